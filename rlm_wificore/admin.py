@@ -1,0 +1,511 @@
+"""wificore-admin: migrations, tenants, NAS, plans and subscribers on every shard.
+
+Bad input gets a one-line error naming the field (and the CSV row), a
+non-zero exit, and nothing half-written: every command is one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+
+from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
+from .keys import Keys
+from .md4 import nt_hash
+from .migrate import migrate_all
+from .policy import normalise_mac
+from .profile import PW_TYPES, STATUS, UNKNOWN, KINDS, Profile
+from .settings import Settings
+from .shardmap import ShardMap
+
+VENDORS = ("mikrotik", "wispr", "cisco", "generic")
+_BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
+_NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
+CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
+              "mac_binding", "framed_ip")
+
+
+# ------------------------------------------------------------------ validation
+def v_username(value: str, field: str = "username") -> str:
+    if not value or len(value) > 253 or not value.isprintable():
+        raise InputError(f"{field}: must be 1..253 printable characters")
+    return value
+
+
+def v_password(password: str, password_type: str, *, hash_cleartext: bool) -> str:
+    if password_type not in PW_TYPES:
+        raise InputError(f"password_type: {password_type!r} is not one of {', '.join(PW_TYPES)}")
+    if not password:
+        raise InputError("password: must not be empty")
+    if password_type == "nthash" and not _NTHASH.match(password):
+        if not hash_cleartext:
+            raise InputError("password: an nthash is 32 hex digits")
+        return nt_hash(password)
+    if password_type == "bcrypt" and not _BCRYPT.match(password):
+        if not hash_cleartext:
+            raise InputError("password: not a bcrypt hash ($2y$NN$…)")
+        import bcrypt
+        return bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
+    if password_type == "nthash":
+        return password.lower()
+    return password
+
+
+def v_choice(value: str, field: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise InputError(f"{field}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def v_time(value: str | None, field: str) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
+    if not value:
+        return None
+    mac = normalise_mac(value)
+    if mac is None:
+        raise InputError(f"{field}: {value!r} is not a MAC address")
+    return mac
+
+
+def v_ip(value: str | None, field: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InputError(f"{field}: {value!r} is not an IP address") from None
+
+
+def v_positive(value: int | None, field: str) -> int | None:
+    if value is not None and value <= 0:
+        raise InputError(f"{field}: must be greater than 0")
+    return value
+
+
+# --------------------------------------------------------------------- helpers
+class Admin:
+    def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc") -> None:
+        self.map = shard_map
+        self.redis_url = redis_url
+        self.keys = Keys(key_prefix)
+
+    def connect(self, tenant_id: int) -> psycopg.Connection:
+        try:
+            shard = self.map.shard_for(tenant_id)
+        except UnknownTenant as exc:
+            raise InputError(f"tenant: {exc}") from None
+        return psycopg.connect(shard.dsn)
+
+    def tenant_exists(self, conn: psycopg.Connection, tenant_id: int) -> None:
+        if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone():
+            raise InputError(f"tenant: {tenant_id} does not exist (wificore-admin tenant add)")
+
+    def plan_id(self, conn: psycopg.Connection, tenant_id: int, name: str) -> int:
+        row = conn.execute("SELECT plan_id FROM plans WHERE tenant_id = %s AND name = %s",
+                           (tenant_id, name)).fetchone()
+        if row is None:
+            raise InputError(f"plan: {name!r} does not exist in tenant {tenant_id}")
+        return row[0]
+
+
+def _print_rows(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> None:
+    w = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+
+
+# -------------------------------------------------------------------- commands
+def cmd_migrate(a: Admin, args: argparse.Namespace) -> None:
+    for shard, versions in migrate_all(a.map).items():
+        print(f"{shard}: " + (f"applied {', '.join(map(str, versions))}" if versions else "up to date"))
+
+
+def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
+    if args.id <= 0:
+        raise InputError("id: must be greater than 0")
+    if not 1 <= len(args.name) <= 200:
+        raise InputError("name: must be 1..200 characters")
+    with a.connect(args.id) as conn:
+        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES (%s, %s) "
+                     "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name", (args.id, args.name))
+    print(f"tenant {args.id} ({args.name}) on shard {a.map.shard_for(args.id).name}")
+
+
+def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
+    rows = []
+    for shard in a.map:
+        with psycopg.connect(shard.dsn) as conn:
+            for r in conn.execute("SELECT tenant_id, name, status FROM tenants ORDER BY tenant_id"):
+                rows.append((*r, shard.name))
+    _print_rows(sorted(rows), ("tenant_id", "name", "status", "shard"))
+
+
+def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
+    ip = v_ip(args.ip, "ip")
+    if not 1 <= len(args.secret) <= 128:
+        raise InputError("secret: must be 1..128 characters")
+    v_choice(args.vendor, "vendor", VENDORS)
+    # The source address picks the tenant: it must be unique in the whole deployment.
+    for shard in a.map:
+        with psycopg.connect(shard.dsn) as conn:
+            row = conn.execute("SELECT tenant_id FROM nas WHERE ip = %s::inet", (ip,)).fetchone()
+            if row and not (row[0] == args.tenant and args.replace):
+                raise InputError(f"ip: {ip} already belongs to a NAS of tenant {row[0]}")
+    with a.connect(args.tenant) as conn:
+        a.tenant_exists(conn, args.tenant)
+        if args.replace:
+            conn.execute("DELETE FROM nas WHERE tenant_id = %s AND (ip = %s::inet OR name = %s)",
+                         (args.tenant, ip, args.name))
+        nas_id = conn.execute(
+            "INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
+            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)).fetchone()[0]
+    print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
+
+
+def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
+    with a.connect(args.tenant) as conn:
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor FROM nas WHERE tenant_id = %s "
+                            "ORDER BY nas_id", (args.tenant,)).fetchall()
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor"))
+
+
+def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
+    for f in ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
+              "data_quota_bytes", "time_quota_s", "simultaneous_use"):
+        v_positive(getattr(args, f), f)
+    if args.interim_interval_s < 60:
+        raise InputError("interim_interval_s: must be at least 60")
+    with a.connect(args.tenant) as conn:
+        a.tenant_exists(conn, args.tenant)
+        plan_id = conn.execute(
+            "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
+            " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
+            " framed_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE SET rate_up_kbps = EXCLUDED.rate_up_kbps,"
+            " rate_down_kbps = EXCLUDED.rate_down_kbps, session_timeout_s = EXCLUDED.session_timeout_s,"
+            " idle_timeout_s = EXCLUDED.idle_timeout_s, interim_interval_s = EXCLUDED.interim_interval_s,"
+            " data_quota_bytes = EXCLUDED.data_quota_bytes, time_quota_s = EXCLUDED.time_quota_s,"
+            " simultaneous_use = EXCLUDED.simultaneous_use, framed_pool = EXCLUDED.framed_pool"
+            " RETURNING plan_id",
+            (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
+             args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
+             args.simultaneous_use or 1, args.framed_pool)).fetchone()[0]
+    print(f"plan {plan_id} {args.name} in tenant {args.tenant}")
+
+
+def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
+    with a.connect(args.tenant) as conn:
+        rows = conn.execute(
+            "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
+            " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool"
+            " FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
+    _print_rows(rows, ("plan_id", "name", "rate_up_kbps", "rate_down_kbps", "session_timeout_s",
+                       "idle_timeout_s", "interim_interval_s", "data_quota_bytes", "time_quota_s",
+                       "simultaneous_use", "framed_pool"))
+
+
+def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
+    username = v_username(args.username)
+    password = v_password(args.password, args.password_type, hash_cleartext=True)
+    v_choice(args.kind, "kind", KINDS)
+    v_choice(args.status, "status", STATUS)
+    expires = v_time(args.expires_at, "expires_at")
+    mac = v_mac(args.mac_binding)
+    ip = v_ip(args.framed_ip, "framed_ip")
+    with a.connect(args.tenant) as conn:
+        a.tenant_exists(conn, args.tenant)
+        plan_id = a.plan_id(conn, args.tenant, args.plan)
+        try:
+            conn.execute(
+                "INSERT INTO subscribers (tenant_id, username, kind, password_type, password, plan_id,"
+                " status, expires_at, mac_binding, framed_ip) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (args.tenant, username, args.kind, args.password_type, password, plan_id, args.status,
+                 expires, mac, ip))
+        except psycopg.errors.UniqueViolation:
+            raise InputError(f"username: {username!r} already exists in tenant {args.tenant}") from None
+    print(f"subscriber {username} in tenant {args.tenant}")
+
+
+def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
+    changes: dict[str, Any] = {}
+    if args.status is not None:
+        changes["status"] = v_choice(args.status, "status", STATUS)
+    if args.password is not None:
+        changes["password_type"] = args.password_type
+        changes["password"] = v_password(args.password, args.password_type, hash_cleartext=True)
+    if args.expires_at is not None:
+        changes["expires_at"] = v_time(args.expires_at, "expires_at")
+    if args.mac_binding is not None:
+        changes["mac_binding"] = v_mac(args.mac_binding) if args.mac_binding != "none" else None
+    if not changes and args.plan is None:
+        raise InputError("nothing to change: give --status, --password, --plan, --expires-at or --mac-binding")
+    with a.connect(args.tenant) as conn:
+        if args.plan is not None:
+            changes["plan_id"] = a.plan_id(conn, args.tenant, args.plan)
+        sets = psycopg.sql.SQL(", ").join(
+            psycopg.sql.SQL("{} = {}").format(psycopg.sql.Identifier(k), psycopg.sql.Placeholder())
+            for k in changes)
+        cur = conn.execute(psycopg.sql.SQL("UPDATE subscribers SET {}, updated_at = now() "
+                                           "WHERE tenant_id = %s AND username = %s").format(sets),
+                           (*changes.values(), args.tenant, args.username))
+        if cur.rowcount != 1:
+            raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
+    print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
+
+
+def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
+    with a.connect(args.tenant) as conn:
+        cur = conn.execute("DELETE FROM subscribers WHERE tenant_id = %s AND username = %s",
+                           (args.tenant, args.username))
+        if cur.rowcount != 1:
+            raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
+    print(f"subscriber {args.username} deleted")
+
+
+def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
+    with a.connect(args.tenant) as conn:
+        rows = conn.execute(
+            "SELECT s.username, s.kind, s.password_type, p.name, s.status, s.expires_at,"
+            " s.mac_binding, host(s.framed_ip) FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
+            " WHERE s.tenant_id = %s ORDER BY s.username LIMIT %s", (args.tenant, args.limit)).fetchall()
+    _print_rows(rows, ("username", "kind", "password_type", "plan", "status", "expires_at",
+                       "mac_binding", "framed_ip"))
+
+
+def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
+    with a.connect(args.tenant) as conn:
+        row = conn.execute(
+            "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
+            " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at"
+            " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
+            " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
+    stored = None
+    if row:
+        stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
+                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row))
+        stored["password"] = "(hidden)"
+    cached: Any = None
+    live: Any = None
+    if a.redis_url:
+        import redis
+        r = redis.Redis.from_url(a.redis_url, socket_timeout=2)
+        try:
+            raw = r.get(a.keys.profile(args.tenant, args.username))
+            ttl = r.ttl(a.keys.profile(args.tenant, args.username))
+            if raw == UNKNOWN:
+                cached = {"unknown_user": True, "ttl_s": ttl}
+            elif raw is not None:
+                p = Profile.unpack(raw)
+                cached = {"subscriber_id": p.subscriber_id, "status": p.status, "kind": p.kind,
+                          "password_type": p.password_type, "plan_id": p.plan_id,
+                          "expires_at": p.expires_at, "mac_binding": p.mac_binding,
+                          "framed_ip": p.framed_ip, "ttl_s": ttl}
+            now = time.time()
+            live = {
+                "sessions": r.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
+                "usage": {k.decode(): int(v) for k, v in
+                          r.hgetall(a.keys.usage(args.tenant, args.username)).items()},
+            }
+        except redis.RedisError as exc:
+            cached = {"error": f"redis: {exc}"}
+        finally:
+            r.close()
+    if stored is None and cached is None:
+        raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
+    print(json.dumps({"stored": stored, "cached": cached, "live": live}, default=str, indent=2))
+
+
+def read_csv_rows(path: str) -> Iterable[tuple[int, dict[str, str]]]:
+    f = sys.stdin if path == "-" else open(path, newline="", encoding="utf-8")
+    with f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "username" not in reader.fieldnames or \
+                "password" not in reader.fieldnames:
+            raise InputError("header: the first line must name the columns, at least username,password")
+        unknown = set(reader.fieldnames) - set(CSV_FIELDS)
+        if unknown:
+            raise InputError(f"header: unknown column {sorted(unknown)[0]!r}")
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise InputError(f"row {reader.line_num + 1}: not UTF-8 ({exc.reason})") from None
+
+
+def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
+    """Validate every row first, then one COPY in one transaction."""
+    with a.connect(args.tenant) as conn:
+        a.tenant_exists(conn, args.tenant)
+        plans = dict(conn.execute("SELECT name, plan_id FROM plans WHERE tenant_id = %s",
+                                  (args.tenant,)).fetchall())
+        rows = []
+        seen: dict[str, int] = {}
+        for line, raw in read_csv_rows(args.file):
+            try:
+                username = v_username((raw.get("username") or "").strip())
+                if username in seen:
+                    raise InputError(f"username: {username!r} repeats row {seen[username]}")
+                seen[username] = line
+                pwt = (raw.get("password_type") or args.password_type).strip()
+                password = v_password(raw.get("password") or "", pwt, hash_cleartext=False)
+                kind = v_choice((raw.get("kind") or args.kind).strip(), "kind", KINDS)
+                plan_name = (raw.get("plan") or args.plan or "").strip()
+                if plan_name not in plans:
+                    raise InputError(f"plan: {plan_name!r} does not exist in tenant {args.tenant}")
+                status = v_choice((raw.get("status") or "active").strip(), "status", STATUS)
+                expires = v_time((raw.get("expires_at") or "").strip(), "expires_at")
+                mac = v_mac((raw.get("mac_binding") or "").strip())
+                ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
+            except InputError as exc:
+                raise InputError(f"row {line}: {exc}") from None
+            rows.append((args.tenant, username, kind, pwt, password, plans[plan_name], status,
+                         expires, mac, ip))
+        if not rows:
+            raise InputError("file: no rows")
+        existing = conn.execute("SELECT username FROM subscribers WHERE tenant_id = %s AND "
+                                "username = ANY(%s) LIMIT 1", (args.tenant, list(seen))).fetchone()
+        if existing:
+            raise InputError(f"row {seen[existing[0]]}: username: {existing[0]!r} already exists "
+                             f"in tenant {args.tenant}")
+        started = time.monotonic()
+        with conn.cursor().copy(
+                "COPY subscribers (tenant_id, username, kind, password_type, password, plan_id,"
+                " status, expires_at, mac_binding, framed_ip) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(r)
+    print(f"imported {len(rows)} subscribers into tenant {args.tenant} "
+          f"in {time.monotonic() - started:.1f} s")
+
+
+# ----------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="wificore-admin", description=__doc__.splitlines()[0])
+    p.add_argument("--shard-map", default=env.get("WIFICORE_SHARD_MAP", Settings.shard_map),
+                   help="shard map file (env WIFICORE_SHARD_MAP)")
+    p.add_argument("--redis-url", default=env.get("WIFICORE_REDIS_URL", Settings.redis_url),
+                   help="Redis, for `subscriber show` (env WIFICORE_REDIS_URL)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply schema migrations to every shard").set_defaults(fn=cmd_migrate)
+
+    t = sub.add_parser("tenant").add_subparsers(dest="action", required=True)
+    x = t.add_parser("add")
+    x.add_argument("--id", type=int, required=True)
+    x.add_argument("--name", required=True)
+    x.set_defaults(fn=cmd_tenant_add)
+    t.add_parser("list").set_defaults(fn=cmd_tenant_list)
+
+    n = sub.add_parser("nas").add_subparsers(dest="action", required=True)
+    x = n.add_parser("add")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--name", required=True)
+    x.add_argument("--ip", required=True, help="the address the NAS sends from")
+    x.add_argument("--secret", required=True)
+    x.add_argument("--vendor", default="generic", help=", ".join(VENDORS))
+    x.add_argument("--replace", action="store_true", help="replace a NAS of this tenant with that ip or name")
+    x.set_defaults(fn=cmd_nas_add)
+    x = n.add_parser("list")
+    x.add_argument("--tenant", type=int, required=True)
+    x.set_defaults(fn=cmd_nas_list)
+
+    pl = sub.add_parser("plan").add_subparsers(dest="action", required=True)
+    x = pl.add_parser("add", help="add or update a plan")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--name", required=True)
+    for f in ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
+              "data_quota_bytes", "time_quota_s", "simultaneous_use"):
+        x.add_argument("--" + f.replace("_", "-"), dest=f, type=int)
+    x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int, default=300)
+    x.add_argument("--framed-pool")
+    x.set_defaults(fn=cmd_plan_add)
+    x = pl.add_parser("list")
+    x.add_argument("--tenant", type=int, required=True)
+    x.set_defaults(fn=cmd_plan_list)
+
+    s = sub.add_parser("subscriber").add_subparsers(dest="action", required=True)
+    x = s.add_parser("add")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--username", required=True)
+    x.add_argument("--password", required=True, help="cleartext; hashed for nthash and bcrypt")
+    x.add_argument("--password-type", default="cleartext", help=", ".join(PW_TYPES))
+    x.add_argument("--kind", default="pppoe", help=", ".join(KINDS))
+    x.add_argument("--plan", required=True, help="plan name")
+    x.add_argument("--status", default="active", help=", ".join(STATUS))
+    x.add_argument("--expires-at")
+    x.add_argument("--mac-binding")
+    x.add_argument("--framed-ip")
+    x.set_defaults(fn=cmd_sub_add)
+    x = s.add_parser("set")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("username")
+    x.add_argument("--status")
+    x.add_argument("--password")
+    x.add_argument("--password-type", default="cleartext")
+    x.add_argument("--plan")
+    x.add_argument("--expires-at")
+    x.add_argument("--mac-binding", help="a MAC, or 'none'")
+    x.set_defaults(fn=cmd_sub_set)
+    x = s.add_parser("delete")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("username")
+    x.set_defaults(fn=cmd_sub_delete)
+    x = s.add_parser("list")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--limit", type=int, default=100)
+    x.set_defaults(fn=cmd_sub_list)
+    x = s.add_parser("show", help="one subscriber as stored and as cached")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("username")
+    x.set_defaults(fn=cmd_sub_show)
+    x = s.add_parser("import", help="bulk import from CSV through COPY")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("file", help="CSV with a header: " + ",".join(CSV_FIELDS) + " ('-' = stdin)")
+    x.add_argument("--plan", help="plan for rows without one")
+    x.add_argument("--kind", default="pppoe")
+    x.add_argument("--password-type", default="cleartext")
+    x.set_defaults(fn=cmd_sub_import)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        admin = Admin(ShardMap.load(args.shard_map), args.redis_url)
+        args.fn(admin, args)
+    except (InputError, ConfigError) as exc:
+        print(f"wificore-admin: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"wificore-admin: database: {msg}", file=sys.stderr)
+        return 1
+    except WiFiCoreError as exc:
+        print(f"wificore-admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

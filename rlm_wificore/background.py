@@ -1,0 +1,185 @@
+"""Threads the module starts itself: they run outside rlm_python3's mutex.
+
+* ``authlog``: moves auth-log records from the in-process queue to the
+  Redis stream in pipelined batches, so post-auth never waits on Redis.
+* ``inval-redis``: subscribes to the invalidation channel and drops the
+  in-process copies other processes announce. A reconnect clears the whole
+  in-process tier (messages may have been missed).
+* ``inval-<shard>``: LISTENs on each shard; a committed change of a
+  subscriber, plan, NAS or tenant deletes the Redis copy and is announced on
+  the channel, so every radiusd drops it within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from typing import TYPE_CHECKING
+
+import psycopg
+import redis
+
+from .log import get_logger
+from .store import conninfo
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = get_logger("rlm_wificore.background")
+
+AUTHLOG_BATCH = 1000
+AUTHLOG_INTERVAL_S = 0.05
+
+
+class Backoff:
+    """Capped, jittered exponential delay between reconnection attempts."""
+
+    def __init__(self, first_s: float = 0.1, cap_s: float = 2.0) -> None:
+        self.first_s, self.cap_s, self.delay = first_s, cap_s, first_s
+
+    def reset(self) -> None:
+        self.delay = self.first_s
+
+    def wait(self, stop: threading.Event) -> None:
+        import random
+        stop.wait(self.delay * (0.5 + random.random() / 2))
+        self.delay = min(self.cap_s, self.delay * 2)
+
+
+def stream_partition(tenant_id: int, partitions: int) -> int:
+    """Every record of a tenant goes to one partition (keeps per-session order)."""
+    return zlib.crc32(str(tenant_id).encode()) % partitions
+
+
+def flush_authlog(engine: Engine) -> int:
+    """Send up to one batch of queued auth-log records; the number sent."""
+    q = engine.authlog
+    if not q:
+        return 0
+    batch = []
+    while q and len(batch) < AUTHLOG_BATCH:
+        batch.append(q.popleft())
+    keys = engine.keys
+    parts = engine.settings.stream_partitions
+    try:
+        pipe = engine.redis.pipeline(transaction=False)
+        for payload in batch:
+            # The tenant id is not needed to pick a partition: auth-log rows are
+            # independent; spread them by payload hash.
+            pipe.xadd(keys.stream(zlib.crc32(payload) % parts), {"d": payload})
+        pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        q.extendleft(reversed(batch))
+        engine.stats.errors["authlog_redis"] += 1
+        raise exc
+    return len(batch)
+
+
+def _authlog_loop(engine: Engine) -> None:
+    backoff = Backoff()
+    while not engine._stop.is_set():
+        try:
+            if flush_authlog(engine) < AUTHLOG_BATCH:
+                engine._stop.wait(AUTHLOG_INTERVAL_S)
+            backoff.reset()
+        except Exception as exc:  # a failing flush is logged; the loop goes on
+            log.warning("authlog_flush_failed", error=str(exc))
+            backoff.wait(engine._stop)
+    try:
+        while flush_authlog(engine):
+            pass
+    except Exception:
+        pass
+
+
+def _redis_inval_loop(engine: Engine) -> None:
+    backoff = Backoff()
+    channel = engine.keys.invalidation_channel
+    while not engine._stop.is_set():
+        pubsub = None
+        try:
+            pubsub = engine.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(channel)
+            # Anything announced while we were not listening is lost: start clean.
+            engine.local.clear()
+            engine.plans.clear()
+            backoff.reset()
+            while not engine._stop.is_set():
+                msg = pubsub.get_message(timeout=0.5)
+                if msg and msg["type"] == "message":
+                    try:
+                        engine.invalidate(json.loads(msg["data"]))
+                    except (ValueError, IndexError, TypeError) as exc:
+                        log.warning("bad_invalidation", error=str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("invalidation_channel_lost", error=str(exc))
+            engine.local.clear()
+            backoff.wait(engine._stop)
+        except Exception as exc:
+            log.error("invalidation_loop_error", error=repr(exc))
+            backoff.wait(engine._stop)
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except Exception:
+                    pass
+
+
+def apply_db_notification(engine: Engine, payload: str) -> None:
+    """One NOTIFY from a shard: drop the Redis copy, announce, drop locally."""
+    msg = json.loads(payload)
+    engine.invalidate(msg)
+    keys = engine.keys
+    kind = msg[0]
+    doomed = []
+    if kind == "s":
+        doomed.append(keys.profile(int(msg[1]), str(msg[2])))
+    elif kind == "p":
+        doomed.append(keys.plan(int(msg[1]), int(msg[2])))
+    elif kind == "n":
+        doomed.append(keys.nas(str(msg[2])))
+    try:
+        pipe = engine.redis.pipeline(transaction=False)
+        if doomed:
+            pipe.delete(*doomed)
+        pipe.publish(keys.invalidation_channel, payload)
+        pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("invalidation_not_announced", error=str(exc))
+
+
+def _pg_listen_loop(engine: Engine, shard) -> None:
+    backoff = Backoff(cap_s=5.0)
+    info = conninfo(shard.listen_dsn, 5000, "rlm_wificore-listen")
+    while not engine._stop.is_set():
+        try:
+            with psycopg.connect(info, autocommit=True) as conn:
+                conn.execute("LISTEN wificore_inval")
+                backoff.reset()
+                while not engine._stop.is_set():
+                    for note in conn.notifies(timeout=0.5, stop_after=100):
+                        try:
+                            apply_db_notification(engine, note.payload)
+                        except (ValueError, IndexError, TypeError) as exc:
+                            log.warning("bad_notification", shard=shard.name, error=str(exc))
+        except psycopg.Error as exc:
+            if not engine._stop.is_set():
+                log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
+                backoff.wait(engine._stop)
+
+
+def start_background(engine: Engine) -> list[threading.Thread]:
+    threads = [
+        threading.Thread(target=_authlog_loop, args=(engine,), name="wificore-authlog", daemon=True),
+        threading.Thread(target=_redis_inval_loop, args=(engine,), name="wificore-inval-redis",
+                         daemon=True),
+    ]
+    for shard in engine.shard_map:
+        threads.append(threading.Thread(target=_pg_listen_loop, args=(engine, shard),
+                                        name=f"wificore-inval-{shard.name}", daemon=True))
+    for t in threads:
+        t.start()
+    return threads

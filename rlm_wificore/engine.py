@@ -1,0 +1,376 @@
+"""The engine: every decision of rlm_wificore, as plain Python.
+
+:mod:`rlm_wificore.hooks` turns radiusd's tuples into a dict and calls
+these methods; tests and benchmarks call them directly. Results are
+:class:`Result` objects with rcode names, never radiusd constants.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import hmac
+import os
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from . import policy, wire
+from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
+from .errors import DecodeError, StoreUnavailable, UnknownTenant
+from .keys import Keys
+from .log import get_logger
+from .profile import NAS_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
+from .settings import Settings
+from .shardmap import ShardMap
+from .store import Breaker, Shards, connect_redis
+
+log = get_logger("rlm_wificore")
+
+Pairs = tuple[tuple[str, str], ...]
+NAS_TTL_S = 60
+MAX_USERNAME = 253
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    """What a hook returns: an rcode name and the pairs for each list."""
+
+    rcode: str  # ok, updated, reject, fail, notfound, noop
+    reply: Pairs = ()
+    config: Pairs = ()
+    request: Pairs = ()
+    reason: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Stats:
+    """Counters kept by the engine; metrics.py exports them."""
+
+    requests: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    tiers: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    db_fallbacks: int = 0
+    credential_cache_hits: int = 0
+
+
+def parse_client(shortname: str) -> tuple[int, int, str]:
+    """'<tenant>:<nas>:<vendor>' (set by the dynamic client lookup) -> parts."""
+    tenant, nas, vendor = shortname.split(":", 2)
+    return int(tenant), int(nas), vendor
+
+
+class Engine:
+    """Owns the cache tiers and the connections; shared by all radiusd threads."""
+
+    def __init__(self, settings: Settings, shard_map: ShardMap | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.shard_map = shard_map or ShardMap.load(settings.shard_map)
+        self.redis = connect_redis(settings)
+        self.redis_breaker = Breaker("redis")
+        self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
+                             pool_max=settings.db_pool_max)
+        self.local = LocalCache(settings.local_cache_max)
+        self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
+        self.clients: dict[str, tuple[int, int, str]] = {}
+        self.stats = Stats()
+        # Verified bcrypt credentials: HMAC under a key that never leaves this process.
+        self._cred_key = os.urandom(32)
+        self._verified: dict[bytes, float] = {}
+        # Auth-log records wait here for the background flusher (outside the mutex).
+        self.authlog: collections.deque[bytes] = collections.deque(maxlen=100_000)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---------------------------------------------------------------- redis
+    def _redis_call(self, fn):
+        """Run ``fn(redis)`` unless the breaker is open; StoreUnavailable on failure."""
+        if not self.redis_breaker.allow():
+            raise StoreUnavailable("redis is down (retrying in <1 s)")
+        try:
+            result = fn(self.redis)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.redis_breaker.fail()
+            self.stats.errors["redis"] += 1
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        self.redis_breaker.ok()
+        return result
+
+    # -------------------------------------------------------- dynamic clients
+    def client(self, ip: str) -> Result:
+        """The NAS at source address ``ip``, as FreeRADIUS-Client-* control pairs."""
+        nas = None
+        key = self.keys.nas(ip)
+        try:
+            raw = self._redis_call(lambda r: r.get(key))
+            if raw:
+                nas = Nas.unpack(raw)
+        except (StoreUnavailable, DecodeError):
+            pass
+        if nas is None:
+            try:
+                rows = self.shards.fetch_all_shards(NAS_SQL, (ip,))
+            except StoreUnavailable as exc:
+                log.warning("nas_lookup_failed", ip=ip, error=str(exc))
+                return Result("fail", reason="backend_unavailable")
+            rows = [r for r in rows if self._owns(r[0])]
+            if len(rows) != 1:
+                log.warning("unknown_client" if not rows else "ambiguous_client", ip=ip, matches=len(rows))
+                return Result("notfound", reason="unknown_client")
+            nas = Nas(*rows[0])
+            try:
+                self._redis_call(lambda r: r.set(key, nas.pack(), ex=NAS_TTL_S))
+            except StoreUnavailable:
+                pass
+        log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
+        return Result("ok", config=(
+            ("FreeRADIUS-Client-IP-Address", ip),
+            ("FreeRADIUS-Client-Secret", nas.secret),
+            ("FreeRADIUS-Client-Shortname", nas.shortname),
+            ("FreeRADIUS-Client-NAS-Type", nas.vendor),
+        ))
+
+    def _owns(self, tenant_id: int) -> bool:
+        """A row only counts on the shard the map assigns its tenant to."""
+        try:
+            self.shard_map.shard_for(tenant_id)
+            return True
+        except UnknownTenant:
+            return False
+
+    # ------------------------------------------------------------ authorize
+    def authorize(self, req: dict[str, str]) -> Result:
+        """Tenant, profile, policy, credentials and reply for one Access-Request."""
+        client = req.get("WiFiCore-Client")
+        if not client:
+            return self._reject("unknown_client", req)
+        parsed = self.clients.get(client)
+        if parsed is None:
+            try:
+                parsed = parse_client(client)
+            except ValueError:
+                return self._reject("unknown_client", req)
+            self.clients[client] = parsed
+        tenant_id, nas_id, vendor = parsed
+        username = req.get("User-Name")
+        if not username or len(username) > MAX_USERNAME or not username.isprintable():
+            return self._reject("bad_request", req)
+
+        try:
+            entry = self._entry(tenant_id, username)
+        except StoreUnavailable as exc:
+            log.warning("lookup_failed", tenant=tenant_id, error=str(exc))
+            return self._reject("backend_unavailable", req)
+        profile = entry.profile
+        if profile is None or entry.plan is None:
+            return self._reject("unknown_user", req)
+        now = time.time()
+        reason = policy.check(profile, entry.plan, entry.state, now=now,
+                              calling_station_id=req.get("Calling-Station-Id"))
+        if reason is not None:
+            return self._reject(reason, req)
+
+        config: Pairs
+        if profile.password_type == "cleartext":
+            config = (("Cleartext-Password", profile.password),)
+        elif profile.password_type == "nthash":
+            config = (("NT-Password", "0x" + profile.password.lower()),)
+        else:  # bcrypt: PAP only; rlm_pap checks it with crypt(3), outside the mutex
+            password = req.get("User-Password")
+            if password is None:
+                return self._reject("method_unsupported", req)
+            if self._is_verified(tenant_id, username, password, profile.password):
+                self.stats.credential_cache_hits += 1
+                config = (("Auth-Type", "Accept"),)
+            else:
+                config = (("Crypt-Password", profile.password),)
+        reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
+        self.stats.requests["authorize:ok"] += 1
+        return Result("updated", reply=reply, config=config,
+                      request=(("WiFiCore-Tenant-Id", str(tenant_id)),))
+
+    def _reject(self, reason: str, req: dict[str, str]) -> Result:
+        self.stats.requests[f"authorize:{reason}"] += 1
+        verdict = policy.reject(reason)
+        return Result("reject", reply=verdict.reply, reason=reason,
+                      request=(("WiFiCore-Reason", reason),))
+
+    def _entry(self, tenant_id: int, username: str) -> Entry:
+        """Profile, plan and live state: in-process, else Redis, else the shard."""
+        key = (tenant_id, username)
+        entry = self.local.get(key)
+        if entry is not None:
+            self.stats.tiers["process"] += 1
+            return entry
+        s = self.settings
+        pkey = self.keys.profile(tenant_id, username)
+        profile: Profile | None = None
+        state: LiveState | None = None
+        known = False
+        try:
+            raw, live, usage = self._redis_call(lambda r: self._read_redis(r, tenant_id, username))
+            state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+            if raw == UNKNOWN:
+                known = True
+            elif raw is not None:
+                profile = Profile.unpack(raw)
+                known = True
+        except StoreUnavailable:
+            pass
+        except DecodeError as exc:
+            log.warning("bad_cached_profile", tenant=tenant_id, error=str(exc))
+        if known:
+            self.stats.tiers["redis"] += 1
+            plan = self._plan(tenant_id, profile.plan_id) if profile else None
+            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
+        else:
+            self.stats.tiers["database"] += 1
+            self.stats.db_fallbacks += 1
+            row = self.shards.fetchone(tenant_id, PROFILE_SQL, (tenant_id, username))
+            plan = None
+            if row is not None:
+                profile, plan = from_row(row)
+                self.plans[(tenant_id, plan.plan_id)] = (time.monotonic() + s.profile_ttl_s, plan)
+            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
+            value = profile.pack() if profile else UNKNOWN
+            redis_ttl = int(ttl_with_jitter(ttl, s.ttl_jitter_pct))
+            try:
+                self._redis_call(lambda r: r.set(pkey, value, ex=redis_ttl))
+                if plan is not None:
+                    self._redis_call(lambda r: r.set(self.keys.plan(tenant_id, plan.plan_id),
+                                                     plan.pack(), ex=redis_ttl))
+            except StoreUnavailable:
+                pass
+        # Without Redis the live state is unknown: cache briefly, fail open.
+        local_ttl = ttl if state is not None else min(ttl, 5)
+        entry = Entry(time.monotonic() + ttl_with_jitter(local_ttl, s.ttl_jitter_pct),
+                      profile, plan, state)
+        self.local.put(key, entry)
+        return entry
+
+    def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
+        pipe = r.pipeline(transaction=False)
+        pipe.get(self.keys.profile(tenant_id, username))
+        pipe.zcount(self.keys.live(tenant_id, username), time.time(), "+inf")
+        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+        return pipe.execute()
+
+    def _plan(self, tenant_id: int, plan_id: int) -> Plan | None:
+        cached = self.plans.get((tenant_id, plan_id))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        plan = None
+        try:
+            raw = self._redis_call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)))
+            plan = Plan.unpack(raw) if raw else None
+        except (StoreUnavailable, DecodeError):
+            pass
+        if plan is None:
+            from .profile import PLAN_SQL
+            row = self.shards.fetchone(tenant_id, PLAN_SQL, (tenant_id, plan_id))
+            if row is None:
+                return None
+            plan = Plan(*row)
+            try:
+                self._redis_call(lambda r: r.set(self.keys.plan(tenant_id, plan_id), plan.pack(),
+                                                 ex=self.settings.profile_ttl_s))
+            except StoreUnavailable:
+                pass
+        self.plans[(tenant_id, plan_id)] = (time.monotonic() + self.settings.profile_ttl_s, plan)
+        return plan
+
+    # ------------------------------------------------- verified credentials
+    def _cred_digest(self, tenant_id: int, username: str, password: str, stored: str) -> bytes:
+        msg = f"{tenant_id}\0{username}\0{password}\0{stored}".encode("utf-8", "surrogateescape")
+        return hmac.new(self._cred_key, msg, hashlib.sha256).digest()
+
+    def _is_verified(self, tenant_id: int, username: str, password: str, stored: str) -> bool:
+        if self.settings.credential_cache_ttl_s <= 0:
+            return False
+        digest = self._cred_digest(tenant_id, username, password, stored)
+        expires = self._verified.get(digest)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            self._verified.pop(digest, None)
+            return False
+        return True
+
+    # -------------------------------------------------------------- post-auth
+    def post_auth(self, req: dict[str, str], *, accepted: bool) -> Result:
+        """Record the outcome: auth-log record, verified-credential cache."""
+        reason = req.get("WiFiCore-Reason") or ("ok" if accepted else "bad_password")
+        client = req.get("WiFiCore-Client")
+        parsed = self.clients.get(client) if client else None
+        if parsed is None and client:
+            try:
+                parsed = parse_client(client)
+            except ValueError:
+                parsed = None
+        if parsed is None:
+            return Result("noop")
+        tenant_id, nas_id, _vendor = parsed
+        username = req.get("User-Name") or ""
+        if accepted and "User-Password" in req and self.settings.credential_cache_ttl_s > 0:
+            entry = self.local.get((tenant_id, username))
+            if entry and entry.profile and entry.profile.password_type == "bcrypt":
+                digest = self._cred_digest(tenant_id, username, req["User-Password"],
+                                           entry.profile.password)
+                if len(self._verified) > 1_000_000:
+                    self._verified.clear()
+                self._verified[digest] = time.monotonic() + self.settings.credential_cache_ttl_s
+        method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
+                  else "mschap" if "MS-CHAP-Challenge" in req else "other")
+        self.authlog.append(wire.pack(wire.KIND_AUTH, {
+            "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
+            "event_id": uuid.uuid4().hex, "username": username[:MAX_USERNAME],
+            "calling_station_id": req.get("Calling-Station-Id"),
+            "result": "accept" if accepted else "reject", "reason": reason, "method": method,
+        }))
+        self.stats.requests[f"post_auth:{'accept' if accepted else 'reject'}"] += 1
+        result = "ok" if accepted else "noop"
+        reply: Pairs = ()
+        if not accepted and reason == "bad_password":
+            reply = (("Reply-Message", policy.MESSAGES["bad_password"]),)
+        return Result(result, reply=reply, reason=reason)
+
+    # ---------------------------------------------------------- invalidation
+    def invalidate(self, message: list[Any]) -> None:
+        """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
+        kind = message[0]
+        if kind == "s":
+            self.local.drop((int(message[1]), str(message[2])))
+        elif kind == "l":
+            self.local.drop_state((int(message[1]), str(message[2])))
+        elif kind == "p":
+            tenant_id, plan_id = int(message[1]), int(message[2])
+            self.plans.pop((tenant_id, plan_id), None)
+            self.local.drop_where(lambda k, e: k[0] == tenant_id and e.profile is not None
+                                  and e.profile.plan_id == plan_id)
+        elif kind == "t":
+            tenant_id = int(message[1])
+            self.local.drop_where(lambda k, e: k[0] == tenant_id)
+        # 'n' (NAS): radiusd's dynamic client expires after its lifetime.
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the background threads (never under `freeradius -C`)."""
+        from .background import start_background
+        self._threads = start_background(self)
+
+    def close(self) -> None:
+        """Stop threads, close every client and pool (radiusd's detach)."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=3)
+        self._threads = []
+        self.shards.close()
+        try:
+            self.redis.close()
+        except Exception:  # closing a broken connection must not stop detach
+            pass

@@ -1,0 +1,174 @@
+"""The radiusd boundary: the only module that imports ``radiusd``.
+
+rlm_python3 calls these functions with a tuple of ``(name, value)`` string
+pairs, one call at a time under a mutex. Each hook turns the tuple into a
+dict, calls the :class:`~rlm_wificore.engine.Engine` and maps its
+:class:`~rlm_wificore.engine.Result` to radiusd's return form. No exception
+crosses this boundary: :func:`_guard` logs it and answers from one table.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+
+import radiusd  # provided by rlm_python3
+
+from . import log as wlog
+from .engine import Engine, Result
+from .errors import ConfigError
+from .metrics import Latency
+from .settings import Settings
+
+RCODES = {
+    "ok": radiusd.RLM_MODULE_OK,
+    "updated": radiusd.RLM_MODULE_UPDATED,
+    "reject": radiusd.RLM_MODULE_REJECT,
+    "fail": radiusd.RLM_MODULE_FAIL,
+    "notfound": radiusd.RLM_MODULE_NOTFOUND,
+    "noop": radiusd.RLM_MODULE_NOOP,
+    "handled": radiusd.RLM_MODULE_HANDLED,
+}
+_LOG_LEVELS = {"debug": radiusd.L_DBG, "info": radiusd.L_INFO, "warning": radiusd.L_WARN,
+               "error": radiusd.L_ERR, "critical": radiusd.L_ERR}
+
+_engine: Engine | None = None
+_latency = Latency()
+_metrics_server = None
+
+
+def _radlog(level: str, line: str) -> None:
+    radiusd.radlog(_LOG_LEVELS.get(level, radiusd.L_INFO), "rlm_wificore: " + line)
+
+
+def _checking_config() -> bool:
+    """True under `freeradius -C`: instantiate must then start no thread and bind no port."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    takes_value = set(b"dDlnipt")
+    skip = False
+    for arg in args[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith(b"-") and not arg.startswith(b"--") and len(arg) > 1:
+            flags = arg[1:]
+            if ord("C") in flags:
+                return True
+            if flags and flags[-1] in takes_value:
+                skip = True
+    return False
+
+
+def _to_radiusd(result: Result):
+    rcode = RCODES[result.rcode]
+    lists = {}
+    if result.reply:
+        lists["reply"] = result.reply
+    if result.config:
+        lists["config"] = result.config
+    if result.request:
+        lists["request"] = result.request
+    if not lists:
+        return rcode
+    return (rcode, lists)
+
+
+def _guard(hook: str, fn, p, on_error: str):
+    start = time.perf_counter()
+    try:
+        if _engine is None:
+            _radlog("error", f"{hook}: module not instantiated")
+            return RCODES[on_error]
+        return _to_radiusd(fn(dict(p) if p else {}))
+    except Exception as exc:  # the boundary: nothing escapes into radiusd
+        if _engine is not None:
+            _engine.stats.errors[f"{hook}:{type(exc).__name__}"] += 1
+        _radlog("error", f"{hook}: {type(exc).__name__}: {exc}")
+        _radlog("debug", traceback.format_exc().replace("\n", " | "))
+        if on_error == "reject":
+            return (RCODES["reject"], {
+                "reply": (("Reply-Message", "Service temporarily unavailable, please try again"),),
+                "request": (("WiFiCore-Reason", "internal_error"),)})
+        return RCODES[on_error]
+    finally:
+        _latency.observe(hook, time.perf_counter() - start)
+
+
+def instantiate(_p):
+    """Parse settings, load the shard map, build clients; start threads unless checking."""
+    global _engine, _metrics_server
+    try:
+        settings = Settings.from_mapping(dict(radiusd.config), source="wificore")
+        wlog.configure(settings.log_level, sink=_radlog)
+        engine = Engine(settings)
+        if not _checking_config():
+            engine.start()
+            if settings.metrics_port:
+                from .metrics import serve
+                _metrics_server = serve(engine, _latency, settings.metrics_addr,
+                                        settings.metrics_port)
+        _engine = engine
+    except ConfigError as exc:
+        radiusd.radlog(radiusd.L_ERR, f"rlm_wificore: invalid configuration: {exc}")
+        return -1
+    except Exception as exc:
+        radiusd.radlog(radiusd.L_ERR, f"rlm_wificore: start-up failed: {type(exc).__name__}: {exc}")
+        return -1
+    radiusd.radlog(radiusd.L_INFO, f"rlm_wificore: ready ({len(engine.shard_map.shards)} shards)")
+    return 0
+
+
+def _authorize(req):
+    lookup = req.get("WiFiCore-Client-Lookup")
+    if lookup is not None:
+        return _engine.client(lookup)
+    return _engine.authorize(req)
+
+
+def authorize(p):
+    return _guard("authorize", _authorize, p, "reject")
+
+
+def authenticate(p):
+    # Every credential is checked by rlm_pap / rlm_chap / rlm_mschap in C,
+    # outside the Python mutex; see docs/decisions.md.
+    return RCODES["noop"]
+
+
+def post_auth(p):
+    def run(req):
+        return _engine.post_auth(req, accepted="WiFiCore-Reason" not in req)
+    return _guard("post_auth", run, p, "noop")
+
+
+def preacct(p):
+    return RCODES["noop"]
+
+
+def accounting(p):
+    def run(req):
+        return _engine.accounting(req)
+    # fail: no Accounting-Response, the NAS retransmits.
+    return _guard("accounting", run, p, "fail")
+
+
+def detach(_p):
+    """Close every client and pool before radiusd finalises Python (see FACTS)."""
+    global _engine, _metrics_server
+    try:
+        if _metrics_server is not None:
+            _metrics_server.shutdown()
+            _metrics_server.server_close()
+        if _engine is not None:
+            _engine.close()
+    except Exception as exc:
+        radiusd.radlog(radiusd.L_ERR, f"rlm_wificore: detach: {exc}")
+    _engine = None
+    _metrics_server = None
+    gc.collect()
+    return 0

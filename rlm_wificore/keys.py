@@ -1,0 +1,56 @@
+"""The Redis key layout: one prefix, the tenant in a hash tag.
+
+``{prefix}:{<tenant>}:…`` keeps a tenant's keys in one Redis Cluster slot.
+Every key that can grow has a TTL or a bound (see docs/redis-keys.md).
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    """Builds every key name from the configured prefix."""
+
+    __slots__ = ("p",)
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def profile(self, tenant_id: int, username: str) -> str:
+        """msgpack subscriber profile, or the 1-byte 'unknown' marker; TTL."""
+        return f"{self.p}:{{{tenant_id}}}:u:{username}"
+
+    def plan(self, tenant_id: int, plan_id: int) -> str:
+        """msgpack plan; TTL."""
+        return f"{self.p}:{{{tenant_id}}}:plan:{plan_id}"
+
+    def live(self, tenant_id: int, username: str) -> str:
+        """ZSET of the subscriber's live sessions, score = expiry (epoch s)."""
+        return f"{self.p}:{{{tenant_id}}}:live:{username}"
+
+    def usage(self, tenant_id: int, username: str) -> str:
+        """HASH of usage counters: octets, time_s."""
+        return f"{self.p}:{{{tenant_id}}}:use:{username}"
+
+    def session(self, tenant_id: int, session_key: str) -> str:
+        """HASH of the last counters seen for one session (delta base); TTL."""
+        return f"{self.p}:{{{tenant_id}}}:sess:{session_key}"
+
+    def nas(self, ip: str) -> str:
+        """msgpack NAS entry by source address (dynamic clients); TTL."""
+        return f"{self.p}:nas:{ip}"
+
+    def stream(self, partition: int) -> str:
+        """Accounting and auth-log records, one stream per partition."""
+        return f"{self.p}:stream:{{{partition}}}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.p}:dead"
+
+    @property
+    def invalidation_channel(self) -> str:
+        return f"{self.p}:inval"
+
+    @property
+    def writer_heartbeat(self) -> str:
+        return f"{self.p}:writer:heartbeat"

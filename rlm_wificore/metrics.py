@@ -1,0 +1,92 @@
+"""Prometheus exposition of the engine's counters (the only prometheus importer).
+
+The hot path only bumps plain counters in :class:`engine.Stats` and
+:class:`Latency`; a collector turns them into metrics at scrape time. Labels
+are bounded: hook, result (reason codes), tier, error kind. Never a username,
+never a tenant.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Latency:
+    """A fixed-bucket histogram per hook; observe() is a bisect and two adds."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+
+    def observe(self, hook: str, seconds: float) -> None:
+        counts = self.counts.get(hook)
+        if counts is None:
+            counts = self.counts[hook] = [0] * (len(BUCKETS_S) + 1)
+            self.sums[hook] = 0.0
+        counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        self.sums[hook] += seconds
+
+
+class EngineCollector:
+    def __init__(self, engine: Engine, latency: Latency) -> None:
+        self.engine = engine
+        self.latency = latency
+
+    def collect(self) -> Iterator[Any]:
+        st = self.engine.stats
+        req = CounterMetricFamily("wificore_requests", "Hook calls by hook and result",
+                                  labels=["hook", "result"])
+        for key, n in list(st.requests.items()):
+            hook, _, result = key.partition(":")
+            req.add_metric([hook, result], n)
+        yield req
+        tiers = CounterMetricFamily("wificore_cache_hits", "Profile lookups answered by tier",
+                                    labels=["tier"])
+        for tier, n in list(st.tiers.items()):
+            tiers.add_metric([tier], n)
+        yield tiers
+        yield CounterMetricFamily("wificore_db_fallbacks", "Lookups that went to a shard",
+                                  value=st.db_fallbacks)
+        yield CounterMetricFamily("wificore_credential_cache_hits",
+                                  "bcrypt checks answered by the verified-credential cache",
+                                  value=st.credential_cache_hits)
+        err = CounterMetricFamily("wificore_errors", "Errors by kind", labels=["kind"])
+        for kind, n in list(st.errors.items()):
+            err.add_metric([kind], n)
+        yield err
+        yield GaugeMetricFamily("wificore_local_cache_entries", "Profiles held in process",
+                                value=len(self.engine.local))
+        yield GaugeMetricFamily("wificore_authlog_queue", "Auth-log records not yet in Redis",
+                                value=len(self.engine.authlog))
+        spool = getattr(self.engine, "spool", None)
+        if spool is not None:
+            yield GaugeMetricFamily("wificore_spool_records", "Accounting records in the local spool",
+                                    value=spool.pending())
+        hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
+        for hook, counts in list(self.latency.counts.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip(BUCKETS_S + (float("inf"),), counts):
+                cumulative += n
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            hist.add_metric([hook], buckets, sum_value=self.latency.sums[hook])
+        yield hist
+
+
+def serve(engine: Engine, latency: Latency, addr: str, port: int) -> Any:
+    """Start the exporter thread on ``addr:port``; returns the server."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine, latency))
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server

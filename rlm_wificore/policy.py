@@ -1,0 +1,113 @@
+"""Policy: pure functions from (profile, plan, live state, request) to a decision.
+
+No I/O here; every reject carries a reason code (for the auth log and the
+NOC) and a Reply-Message a hotspot login page can show. Unknown user and
+wrong password share one message, so the answer never tells which it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .cache import LiveState
+from .profile import Plan, Profile
+
+#: reason code -> Reply-Message
+MESSAGES = {
+    "unknown_user": "Invalid username or password",
+    "bad_password": "Invalid username or password",
+    "method_unsupported": "Invalid username or password",
+    "suspended": "Your account is suspended, please contact your provider",
+    "expired": "Your account has expired",
+    "tenant_suspended": "Service suspended, please contact your provider",
+    "mac_mismatch": "This account is bound to another device",
+    "session_limit": "Maximum number of simultaneous sessions reached",
+    "data_quota": "Your data quota is used up",
+    "time_quota": "Your time quota is used up",
+    "bad_request": "Invalid request",
+    "unknown_client": "Invalid request",
+    "backend_unavailable": "Service temporarily unavailable, please try again",
+    "internal_error": "Service temporarily unavailable, please try again",
+}
+REASONS = tuple(MESSAGES)
+
+_HEX = re.compile(r"[^0-9a-f]")
+
+
+def normalise_mac(raw: str | None) -> str | None:
+    """'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff', … -> 'aa:bb:cc:dd:ee:ff'; None if not a MAC."""
+    if not raw:
+        return None
+    digits = _HEX.sub("", raw.lower())
+    if len(digits) != 12:
+        return None
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """An accept (reason None) with reply pairs, or a reject with a reason."""
+
+    reason: str | None
+    reply: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+def reject(reason: str) -> Verdict:
+    return Verdict(reason, (("Reply-Message", MESSAGES[reason]),))
+
+
+def check(profile: Profile, plan: Plan, state: LiveState | None, *,
+          now: float, calling_station_id: str | None) -> str | None:
+    """The first policy rule the subscriber breaks, as a reason code; None if none."""
+    if profile.status != "active":
+        return profile.status  # 'suspended' or 'expired'
+    if profile.expires_at is not None and profile.expires_at <= now:
+        return "expired"
+    if profile.mac_binding is not None and normalise_mac(calling_station_id) != profile.mac_binding:
+        return "mac_mismatch"
+    if state is not None:  # None: Redis is down; counters unknown, fail open
+        if state.sessions >= plan.simultaneous_use:
+            return "session_limit"
+        if plan.data_quota_bytes is not None and state.octets >= plan.data_quota_bytes:
+            return "data_quota"
+        if plan.time_quota_s is not None and state.time_s >= plan.time_quota_s:
+            return "time_quota"
+    return None
+
+
+def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: str,
+                 *, now: float) -> tuple[tuple[str, str], ...]:
+    """The plan as the NAS's vendor understands it."""
+    reply: list[tuple[str, str]] = []
+    limits = []
+    if plan.session_timeout_s:
+        limits.append(plan.session_timeout_s)
+    if plan.time_quota_s and state is not None:
+        limits.append(max(1, plan.time_quota_s - state.time_s))
+    if profile.expires_at is not None:
+        limits.append(max(1, int(profile.expires_at - now)))
+    if limits:
+        reply.append(("Session-Timeout", str(min(limits))))
+    if plan.idle_timeout_s:
+        reply.append(("Idle-Timeout", str(plan.idle_timeout_s)))
+    reply.append(("Acct-Interim-Interval", str(plan.interim_interval_s)))
+    if profile.framed_ip:
+        reply.append(("Framed-IP-Address", profile.framed_ip))
+    elif plan.framed_pool:
+        reply.append(("Framed-Pool", plan.framed_pool))
+    up, down = plan.rate_up_kbps, plan.rate_down_kbps
+    if up or down:
+        if vendor == "mikrotik":
+            # rx/tx as the router sees the client: upload/download.
+            reply.append(("Mikrotik-Rate-Limit", f"{up or 0}k/{down or 0}k"))
+        elif vendor == "wispr":
+            if up:
+                reply.append(("WISPr-Bandwidth-Max-Up", str(up * 1000)))
+            if down:
+                reply.append(("WISPr-Bandwidth-Max-Down", str(down * 1000)))
+    return tuple(reply)

@@ -1,0 +1,129 @@
+"""Subscriber profiles and plans as cached: small, immutable, msgpack-able.
+
+The Redis form is a positional msgpack array (no field names) so that a
+cached profile stays well under 200 bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+
+from .errors import DecodeError
+
+STATUS = ("active", "suspended", "expired")
+PW_TYPES = ("cleartext", "nthash", "bcrypt")
+KINDS = ("pppoe", "hotspot")
+
+#: Redis value of a negatively cached (unknown) user.
+UNKNOWN = b"\x00"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    plan_id: int
+    rate_up_kbps: int | None
+    rate_down_kbps: int | None
+    session_timeout_s: int | None
+    idle_timeout_s: int | None
+    interim_interval_s: int
+    data_quota_bytes: int | None
+    time_quota_s: int | None
+    simultaneous_use: int
+    framed_pool: str | None
+
+    def pack(self) -> bytes:
+        return msgpack.packb(dataclasses.astuple(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Plan:
+        try:
+            return cls(*msgpack.unpackb(raw))
+        except Exception as exc:
+            raise DecodeError(f"bad cached plan: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Profile:
+    subscriber_id: int
+    kind: str
+    password_type: str
+    password: str
+    status: str
+    expires_at: int | None  # epoch seconds
+    mac_binding: str | None  # normalised aa:bb:cc:dd:ee:ff
+    framed_ip: str | None
+    plan_id: int
+
+    def pack(self) -> bytes:
+        return msgpack.packb([
+            self.subscriber_id, KINDS.index(self.kind), PW_TYPES.index(self.password_type),
+            self.password, STATUS.index(self.status), self.expires_at, self.mac_binding,
+            self.framed_ip, self.plan_id])
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Profile:
+        try:
+            sid, kind, pwt, pw, st, exp, mac, ip, plan = msgpack.unpackb(raw)
+            return cls(sid, KINDS[kind], PW_TYPES[pwt], pw, STATUS[st], exp, mac, ip, plan)
+        except Exception as exc:
+            raise DecodeError(f"bad cached profile: {exc}") from exc
+
+
+#: One round trip on a miss: the subscriber and its plan.
+PROFILE_SQL = """
+SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
+       extract(epoch FROM s.expires_at)::bigint, s.mac_binding::text, host(s.framed_ip),
+       p.plan_id, p.rate_up_kbps, p.rate_down_kbps, p.session_timeout_s, p.idle_timeout_s,
+       p.interim_interval_s, p.data_quota_bytes, p.time_quota_s, p.simultaneous_use,
+       p.framed_pool
+  FROM subscribers s JOIN plans p USING (tenant_id, plan_id)
+ WHERE s.tenant_id = %s AND s.username = %s
+"""
+
+PLAN_SQL = """
+SELECT plan_id, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,
+       interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool
+  FROM plans WHERE tenant_id = %s AND plan_id = %s
+"""
+
+
+def from_row(row: tuple[Any, ...]) -> tuple[Profile, Plan]:
+    """Split a PROFILE_SQL row into the profile and its plan."""
+    profile = Profile(*row[:8], plan_id=row[8])
+    return profile, Plan(*row[8:])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nas:
+    """A RADIUS client as rlm_wificore knows it."""
+
+    tenant_id: int
+    nas_id: int
+    ip: str
+    secret: str
+    vendor: str
+
+    @property
+    def shortname(self) -> str:
+        """The client shortname radiusd hands back in WiFiCore-Client."""
+        return f"{self.tenant_id}:{self.nas_id}:{self.vendor}"
+
+    def pack(self) -> bytes:
+        return msgpack.packb(dataclasses.astuple(self))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Nas:
+        try:
+            return cls(*msgpack.unpackb(raw))
+        except Exception as exc:
+            raise DecodeError(f"bad cached NAS: {exc}") from exc
+
+
+NAS_SQL = """
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor
+  FROM nas n JOIN tenants t USING (tenant_id)
+ WHERE n.ip = %s::inet AND t.status = 'active'
+"""

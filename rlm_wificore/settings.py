@@ -1,0 +1,134 @@
+"""Settings: one frozen dataclass, parsed once at the edge.
+
+radiusd hands the module's ``config { }`` block over as strings
+(:meth:`Settings.from_mapping`); batch_writer and wificore-admin read the
+same keys from the environment as ``WIFICORE_<KEY>`` (:meth:`Settings.from_env`).
+Every error names the key: ``wificore.redis_url: invalid scheme 'http'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(key: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}: {value} is out of range {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def _redis_url(key: str, raw: str) -> str:
+    url = raw.strip()
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{key}: invalid scheme {scheme!r} (use redis://, rediss:// or unix://)")
+    return url
+
+
+def _path(key: str, raw: str) -> str:
+    path = raw.strip()
+    if not path:
+        raise ConfigError(f"{key}: must not be empty")
+    return path
+
+
+def _prefix(key: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or not value.replace("_", "").isalnum():
+        raise ConfigError(f"{key}: {raw!r} must be letters, digits or '_'")
+    return value
+
+
+def _ip(key: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ConfigError(f"{key}: {raw!r} is not an IP address") from None
+
+
+def _level(key: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in _LOG_LEVELS:
+        raise ConfigError(f"{key}: {raw!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return value
+
+
+def _field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every setting of rlm_wificore, with units in the names."""
+
+    shard_map: str = _field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
+                            "Shard map file: tenant ranges to PostgreSQL DSNs.")
+    redis_url: str = _field("redis://127.0.0.1:6379/0", _redis_url,
+                            "Redis for the cache, live sessions, counters and streams.")
+    key_prefix: str = _field("wc", _prefix, "Prefix of every Redis key and stream.")
+    profile_ttl_s: int = _field(600, _int(1, 86400 * 7),
+                                "Lifetime of a cached subscriber profile (Redis and in-process).")
+    ttl_jitter_pct: int = _field(10, _int(0, 50), "Random extra lifetime, in percent, against stampedes.")
+    negative_ttl_s: int = _field(30, _int(1, 3600), "Lifetime of an 'unknown user' entry.")
+    local_cache_max: int = _field(500000, _int(0, 50_000_000), "Most profiles kept in process.")
+    credential_cache_ttl_s: int = _field(900, _int(0, 86400),
+                                         "Lifetime of a verified bcrypt credential (0 = off).")
+    redis_timeout_ms: int = _field(250, _int(1, 60000), "Socket timeout of every Redis call.")
+    db_timeout_ms: int = _field(500, _int(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
+    db_pool_max: int = _field(4, _int(1, 256), "Connections per shard and radiusd process.")
+    stream_partitions: int = _field(4, _int(1, 256), "Accounting stream partitions.")
+    spool_dir: str = _field("/var/spool/wificore", _path,
+                            "Local spool for accounting records while Redis is down.")
+    session_stale_interims: int = _field(2, _int(1, 100),
+                                         "Missed interims after which a live session is dropped.")
+    default_interim_s: int = _field(300, _int(10, 86400),
+                                    "Interim interval assumed when the plan names none.")
+    metrics_addr: str = _field("127.0.0.1", _ip, "Address of the Prometheus exporter.")
+    metrics_port: int = _field(9812, _int(0, 65535), "Port of the Prometheus exporter (0 = off).")
+    log_level: str = _field("info", _level, "debug, info, warning or error.")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None, *, source: str = "wificore") -> Settings:
+        """Parse a mapping of strings (radiusd's ``config { }``); unknown keys are errors."""
+        raw = dict(raw or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(fields))
+        if unknown:
+            raise ConfigError(f"{source}.{unknown[0]}: unknown setting")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            parse = fields[name].metadata["parse"]
+            values[name] = parse(f"{source}.{name}", str(value))
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``WIFICORE_<KEY>`` variables; the rest keep their defaults."""
+        env = os.environ if env is None else env
+        raw = {}
+        for f in dataclasses.fields(cls):
+            var = "WIFICORE_" + f.name.upper()
+            if var in env and env[var] != "":
+                raw[f.name] = env[var]
+        return cls.from_mapping(raw, source="env")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """(key, default, doc) of every setting, for the README and --help."""
+        return [(f.name, f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]

@@ -1,0 +1,136 @@
+"""Access to Redis and the PostgreSQL shards, with short timeouts and breakers.
+
+Inside radiusd every call runs under rlm_python3's mutex, so a wait here is
+a wait for every request. Each backend therefore has a :class:`Breaker`: after
+a failure the backend is skipped (fail fast) until ``retry_s`` has passed,
+then one call probes it again. Reconnection is automatic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import redis
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .errors import StoreUnavailable
+from .settings import Settings
+from .shardmap import Shard, ShardMap
+
+
+class Breaker:
+    """Open after a failure for ``retry_s``; closed again by one success."""
+
+    __slots__ = ("name", "retry_s", "open_until", "failures")
+
+    def __init__(self, name: str, retry_s: float = 1.0) -> None:
+        self.name = name
+        self.retry_s = retry_s
+        self.open_until = 0.0
+        self.failures = 0
+
+    def allow(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def fail(self) -> None:
+        self.failures += 1
+        self.open_until = time.monotonic() + self.retry_s
+
+    def ok(self) -> None:
+        self.open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return not self.allow()
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A Redis client with the configured timeouts (no I/O until first use)."""
+    timeout = settings.redis_timeout_ms / 1000
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry_on_timeout=False, health_check_interval=0)
+
+
+def conninfo(dsn: str, timeout_ms: int, application_name: str) -> str:
+    """The shard DSN plus timeouts; no server-side prepared statements are used."""
+    connect_s = max(2, -(-timeout_ms // 1000))  # libpq's floor is 2 s
+    return psycopg.conninfo.make_conninfo(
+        dsn, connect_timeout=connect_s, application_name=application_name,
+        options=f"-c statement_timeout={timeout_ms}")
+
+
+class Shards:
+    """One small connection pool per shard, opened on demand."""
+
+    def __init__(self, shard_map: ShardMap, *, timeout_ms: int, pool_max: int,
+                 role: str = "radius", application_name: str = "rlm_wificore") -> None:
+        self.map = shard_map
+        self.timeout_s = timeout_ms / 1000
+        self.timeout_ms = timeout_ms
+        self.pool_max = pool_max
+        self.role = role
+        self.application_name = application_name
+        self._pools: dict[str, ConnectionPool] = {}
+        self.breakers = {s.name: Breaker(s.name) for s in shard_map}
+        self._lock = threading.Lock()
+
+    def _dsn(self, shard: Shard) -> str:
+        return {"radius": shard.radius_dsn, "writer": shard.writer_dsn}.get(self.role, shard.dsn)
+
+    def pool(self, shard: Shard) -> ConnectionPool:
+        pool = self._pools.get(shard.name)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(shard.name)
+                if pool is None:
+                    pool = ConnectionPool(
+                        conninfo(self._dsn(shard), self.timeout_ms, self.application_name),
+                        min_size=1, max_size=self.pool_max, name=f"wificore-{shard.name}",
+                        kwargs={"autocommit": True, "prepare_threshold": None},
+                        reconnect_timeout=0, open=True)
+                    self._pools[shard.name] = pool
+        return pool
+
+    @contextmanager
+    def connection(self, shard: Shard) -> Iterator[psycopg.Connection]:
+        """A pooled connection, or :class:`StoreUnavailable` within the timeout."""
+        breaker = self.breakers[shard.name]
+        if not breaker.allow():
+            raise StoreUnavailable(f"shard {shard.name!r} is down (retrying in <1 s)")
+        try:
+            with self.pool(shard).connection(timeout=self.timeout_s) as conn:
+                yield conn
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            breaker.fail()
+            raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
+        breaker.ok()
+
+    def fetchone(self, tenant_id: int, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        shard = self.map.shard_for(tenant_id)
+        with self.connection(shard) as conn:
+            return conn.execute(sql, params).fetchone()
+
+    def fetch_all_shards(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run a query on every shard that answers; the rows of all of them."""
+        rows: list[tuple[Any, ...]] = []
+        errors = []
+        for shard in self.map:
+            try:
+                with self.connection(shard) as conn:
+                    rows.extend(conn.execute(sql, params).fetchall())
+            except StoreUnavailable as exc:
+                errors.append(exc)
+        if errors and not rows:
+            raise errors[0]
+        return rows
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close(timeout=1.0)
+        self._pools.clear()

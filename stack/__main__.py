@@ -1,0 +1,89 @@
+"""python -m stack {up,down,status}: the local stack (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .local import Ports, Stack
+from .servers import ROOT
+
+STATE = ROOT / ".state"
+
+DEMO = {
+    "tenant": "1", "nas_ip": "127.0.0.1", "secret": "testing123",
+    "user": "demo", "password": "demo-password",
+}
+
+
+def seed(stack: Stack) -> None:
+    d = DEMO
+    stack.admin("tenant", "add", "--id", d["tenant"], "--name", "Demo ISP")
+    stack.admin("nas", "add", "--tenant", d["tenant"], "--name", "demo-nas", "--ip", d["nas_ip"],
+                "--secret", d["secret"], "--vendor", "mikrotik", "--replace")
+    stack.admin("plan", "add", "--tenant", d["tenant"], "--name", "home-20m", "--rate-up-kbps", "5000",
+                "--rate-down-kbps", "20000", "--simultaneous-use", "2", "--interim-interval-s", "300")
+    if stack.admin("subscriber", "show", "--tenant", d["tenant"], d["user"], check=False).returncode:
+        stack.admin("subscriber", "add", "--tenant", d["tenant"], "--username", d["user"],
+                    "--password", d["password"], "--plan", "home-20m")
+
+
+def up() -> int:
+    stack = Stack(STATE, Ports())
+    stack.start_data()
+    seed(stack)
+    check = stack.radiusd.check_config()
+    if check.returncode != 0:
+        print(check.stdout[-3000:], check.stderr[-2000:], sep="\n")
+        return 1
+    if not stack.radiusd.running():
+        stack.radiusd.start()
+    if not stack.writer.running():
+        stack.writer.start()
+    d = DEMO
+    print(f"""
+rlm_wificore is running (state in {STATE}):
+  redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}
+  shard1     127.0.0.1:{stack.ports.shard1}   pid {stack.pg[0].pid}
+  shard2     127.0.0.1:{stack.ports.shard2}   pid {stack.pg[1].pid}
+  radiusd    127.0.0.1:{stack.ports.auth}/{stack.ports.acct} pid {stack.radiusd.pid}  (metrics :{stack.ports.metrics})
+  writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
+  logs       {STATE}/log/
+
+Try it:
+  radtest {d['user']} {d['password']} 127.0.0.1 0 {d['secret']}
+  radtest -t mschap {d['user']} {d['password']} 127.0.0.1 0 {d['secret']}
+
+Admin:
+  WIFICORE_SHARD_MAP={stack.shard_map} WIFICORE_REDIS_URL={stack.redis.url} .venv/bin/wificore-admin subscriber show --tenant 1 {d['user']}
+
+Stop everything:
+  bin/stack down
+""")
+    return 0
+
+
+def down() -> int:
+    stack = Stack(STATE, Ports())
+    stack.stop_all()
+    print("stopped")
+    return 0
+
+
+def status() -> int:
+    stack = Stack(STATE, Ports())
+    for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
+                       ("radiusd", stack.radiusd), ("batch_writer", stack.writer)):
+        print(f"{name:13} {'running, pid ' + str(proc.pid) if proc.running() else 'stopped'}")
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="bin/stack")
+    p.add_argument("command", choices=("up", "down", "status"))
+    return {"up": up, "down": down, "status": status}[p.parse_args().command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

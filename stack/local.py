@@ -1,0 +1,101 @@
+"""The whole stack on loopback: Redis, two PostgreSQL shards, radiusd, batch_writer.
+
+Used by ``bin/stack`` (fixed ports, state in ``.state/``) and by the test
+suite (free ports, a temporary state folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .servers import ROOT, BatchWriter, PostgresServer, Radiusd, RedisServer, free_port
+
+LOGIN_ROLES_SQL = """
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wificore_radiusd') THEN
+        CREATE ROLE wificore_radiusd LOGIN IN ROLE wificore_radius;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wificore_batch') THEN
+        CREATE ROLE wificore_batch LOGIN IN ROLE wificore_writer;
+    END IF;
+END $$;
+"""
+
+
+@dataclasses.dataclass
+class Ports:
+    redis: int = 16379
+    shard1: int = 15432
+    shard2: int = 15433
+    auth: int = 1812
+    acct: int = 1813
+    metrics: int = 9812
+    writer_metrics: int = 9813
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(7)))
+
+
+class Stack:
+    def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500) -> None:
+        self.state = state
+        self.ports = ports
+        self.split_at = split_at
+        state.mkdir(parents=True, exist_ok=True)
+        state.chmod(0o755)
+        self.redis = RedisServer(state, ports.redis)
+        self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast),
+                   PostgresServer(state, ports.shard2, "shard2", fast=fast)]
+        self.shard_map = state / "shards.toml"
+        self.radiusd = Radiusd(state, auth_port=ports.auth, acct_port=ports.acct,
+                               shard_map=self.shard_map, redis_url=self.redis.url,
+                               metrics_port=ports.metrics)
+        self.writer = BatchWriter(state, self.writer_env())
+
+    def writer_env(self) -> dict[str, str]:
+        return {"WIFICORE_SHARD_MAP": str(self.shard_map), "WIFICORE_REDIS_URL": self.redis.url,
+                "WIFICORE_WRITER_METRICS_PORT": str(self.ports.writer_metrics),
+                "WIFICORE_WRITER_CONSUMER": "writer-1"}
+
+    def admin_env(self) -> dict[str, str]:
+        return {**os.environ, "WIFICORE_SHARD_MAP": str(self.shard_map),
+                "WIFICORE_REDIS_URL": self.redis.url}
+
+    def write_shard_map(self) -> None:
+        p1, p2 = self.pg
+        lines = ["# Written by the stack; see raddb/mods-config/wificore/shards.toml."]
+        for pg, first, last in ((p1, 1, self.split_at - 1), (p2, self.split_at, 999999)):
+            lines += ["", "[[shard]]", f'name = "{pg.name}"', f"first_tenant = {first}",
+                      f"last_tenant = {last}", f'dsn = "{pg.dsn()}"',
+                      f'radius_dsn = "{pg.dsn("wificore_radiusd")}"',
+                      f'writer_dsn = "{pg.dsn("wificore_batch")}"']
+        self.shard_map.write_text("\n".join(lines) + "\n")
+
+    def admin(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "rlm_wificore.admin", *args], cwd=ROOT,
+                              env=self.admin_env(), capture_output=True, text=True, check=check,
+                              input=input)
+
+    def start_data(self) -> None:
+        """Redis and both shards, migrated, with the login roles."""
+        self.redis.start()
+        for pg in self.pg:
+            pg.start()
+        self.write_shard_map()
+        self.admin("migrate")
+        for pg in self.pg:
+            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(), "-c", LOGIN_ROLES_SQL],
+                           check=True, capture_output=True)
+
+    def stop_all(self) -> None:
+        for proc in (self.writer, self.radiusd):
+            proc.stop()
+        for pg in self.pg:
+            pg.stop()
+        self.redis.stop()

@@ -1,0 +1,305 @@
+"""Start and stop real servers as local processes, on loopback, by PID."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RADDB = ROOT / "raddb"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+VENV = ROOT / ".venv"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind(("127.0.0.1", 0))
+        port = t.getsockname()[1]
+        u.bind(("127.0.0.1", port))  # free for both UDP and TCP
+        return port
+
+
+def wait_for(check, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not come up within {timeout_s:.0f} s")
+
+
+def tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
+    """Signal ``pid``, wait for it to go, SIGKILL after the timeout."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    if pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        return None
+
+
+class Process:
+    """A child started in its own session, its PID written to ``pidfile``."""
+
+    def __init__(self, name: str, state: Path) -> None:
+        self.name = name
+        self.state = state
+        self.pidfile = state / "run" / f"{name}.pid"
+        self.logfile = state / "log" / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        if self.proc is not None:
+            return self.proc.pid
+        try:
+            return int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and pid_alive(pid)
+
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.logfile, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                         start_new_session=True)
+        self.pidfile.write_text(str(self.proc.pid))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
+        pid = self.pid
+        code = None
+        if pid is not None:
+            if self.proc is not None:
+                try:
+                    self.proc.send_signal(sig)
+                    code = self.proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    code = self.proc.wait()
+                except ProcessLookupError:
+                    pass
+            else:
+                code = stop_pid(pid, sig, timeout_s)
+        self.pidfile.unlink(missing_ok=True)
+        self.proc = None
+        return code
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class RedisServer(Process):
+    def __init__(self, state: Path, port: int, name: str = "redis") -> None:
+        super().__init__(name, state)
+        self.port = port
+        self.dir = state / name
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        if self.running() and tcp_open(self.port):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                    "--dir", str(self.dir), "--save", "", "--appendonly", "yes",
+                    "--appendfsync", "everysec", "--protected-mode", "yes",
+                    "--daemonize", "no", "--loglevel", "warning"])
+        wait_for(lambda: tcp_open(self.port), 10, f"redis on port {self.port}")
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+class PostgresServer(Process):
+    """One PostgreSQL cluster (one shard) in ``state/<name>``."""
+
+    def __init__(self, state: Path, port: int, name: str, fast: bool = False) -> None:
+        super().__init__(name, state)
+        self.port = port
+        self.datadir = state / name
+        self.sockdir = state / "run"
+        self.fast = fast
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/wificore"
+
+    def dsn(self, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/wificore"
+
+    def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(_as_postgres([str(PG_BIN / args[0]), *args[1:]]), check=check,
+                              capture_output=True, text=True)
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def start(self) -> None:
+        self.sockdir.mkdir(parents=True, exist_ok=True)
+        self.sockdir.chmod(0o777 | 0o1000)
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.datadir / "PG_VERSION").exists():
+            self.datadir.mkdir(parents=True, exist_ok=True)
+            self.datadir.chmod(0o700)
+            self._chown(self.datadir)
+            self._pg("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
+                     "-E", "UTF8", "--locale=C.UTF-8")
+        if self._pg("pg_ctl", "status", "-D", str(self.datadir), check=False).returncode == 0:
+            return
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.sockdir} "
+                f"-c max_connections=200 -c shared_buffers=256MB")
+        if self.fast:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self.logfile.touch()
+        self._chown(self.logfile)
+        self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir), "-o", opts,
+                 "-l", str(self.logfile))
+        self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                 "-v", "ON_ERROR_STOP=1", "-qAtc", "SELECT 1")
+        exists = self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
+                          "postgres", "-qAtc", "SELECT 1 FROM pg_database WHERE datname='wificore'")
+        if exists.stdout.strip() != "1":
+            self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "wificore")
+
+    def running(self) -> bool:
+        return (self.datadir / "postmaster.pid").exists() and \
+            self._pg("pg_ctl", "status", "-D", str(self.datadir), check=False).returncode == 0
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-t", str(int(timeout_s)), "-D",
+                     str(self.datadir), check=False)
+        return 0
+
+    def kill(self) -> None:
+        """Stop immediately (a crash, for failure tests)."""
+        self._pg("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.datadir), check=False)
+
+
+class Radiusd(Process):
+    """radiusd (threaded, foreground) with the project's raddb."""
+
+    def __init__(self, state: Path, *, auth_port: int, acct_port: int, shard_map: Path,
+                 redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
+                 client_lifetime_s: int = 600, name: str = "radiusd",
+                 extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(name, state)
+        self.auth_port = auth_port
+        self.acct_port = acct_port
+        self.env = {
+            **os.environ,
+            "WIFICORE_RADDB": str(RADDB),
+            "WIFICORE_HOME": str(ROOT),
+            "WIFICORE_STATE": str(state),
+            "WIFICORE_LISTEN_ADDR": "127.0.0.1",
+            "WIFICORE_AUTH_PORT": str(auth_port),
+            "WIFICORE_ACCT_PORT": str(acct_port),
+            "WIFICORE_NAS_NETWORK": "127.0.0.0/8",
+            "WIFICORE_CLIENT_LIFETIME": str(client_lifetime_s),
+            "WIFICORE_SHARD_MAP": str(shard_map),
+            "WIFICORE_REDIS_URL": redis_url,
+            "WIFICORE_METRICS_PORT": str(metrics_port),
+            "WIFICORE_REJECT_DELAY": str(reject_delay),
+            **(extra_env or {}),
+        }
+
+    def check_config(self) -> subprocess.CompletedProcess:
+        (self.state / "log").mkdir(parents=True, exist_ok=True)
+        (self.state / "run").mkdir(parents=True, exist_ok=True)
+        return subprocess.run(["freeradius", "-XC", "-d", str(RADDB)], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+
+    def start(self, timeout_s: float = 30) -> None:
+        (self.state / "log").mkdir(parents=True, exist_ok=True)
+        (self.state / "spool").mkdir(parents=True, exist_ok=True)
+        mark = self.logfile.stat().st_size if self.logfile.exists() else 0
+        self.spawn(["freeradius", "-f", "-d", str(RADDB), "-l", "stdout"], env=self.env)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"radiusd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with open(self.logfile, "rb") as f:
+                f.seek(mark)
+                return b"Ready to process requests" in f.read()
+        wait_for(ready, timeout_s, "radiusd")
+
+
+def venv_bin(name: str) -> str:
+    path = VENV / "bin" / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name) or str(Path(sys.executable).parent / name)
+    return found
+
+
+class BatchWriter(Process):
+    def __init__(self, state: Path, env: dict[str, str], name: str = "batch_writer") -> None:
+        super().__init__(name, state)
+        self.env = {**os.environ, **env}
+
+    def start(self) -> None:
+        self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
