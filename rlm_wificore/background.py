@@ -18,9 +18,13 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
+from pathlib import Path
+
 import psycopg
 import redis
 
+from . import wire
+from .errors import DecodeError
 from .log import get_logger
 from .store import conninfo
 
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 
 log = get_logger("rlm_wificore.background")
 
+FORWARD_BATCH = 1000
+FORWARD_IDLE_S = 0.002
 AUTHLOG_BATCH = 1000
 AUTHLOG_INTERVAL_S = 0.05
 
@@ -92,6 +98,76 @@ def _authlog_loop(engine: Engine) -> None:
             pass
     except Exception:
         pass
+
+
+_LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text()
+#: Live-session and per-session keys outlive a session by this much.
+SESSION_TTL_S = 2 * 86400
+USAGE_TTL_S = 90 * 86400
+
+
+class Forwarder:
+    """Spool -> Redis: one pipeline of script calls per batch, then a checkpoint."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.script = engine.redis.register_script(_LIVE_LUA)
+        self.sent = 0
+        self.dead = 0
+
+    def run_once(self) -> int:
+        """Forward one batch; the number of records forwarded (0: spool empty)."""
+        spool = self.engine.spool
+        batch, position = spool.read_batch(FORWARD_BATCH)
+        if not batch:
+            if position != (spool.read_seg, spool.read_off):
+                spool.commit(position)  # skipped a finished segment
+            return 0
+        s, keys = self.engine.settings, self.engine.keys
+        parts = s.stream_partitions
+        channel = keys.invalidation_channel
+        pipe = self.engine.redis.pipeline(transaction=False)
+        now = time.time()
+        for payload in batch:
+            try:
+                _kind, f = wire.unpack(payload)
+                if "invalid" in f:
+                    raise DecodeError(str(f["invalid"]))
+                t, user = int(f["tenant_id"]), str(f["username"])
+                expires = now + f["interim_s"] * s.session_stale_interims + 60
+                self.script(
+                    keys=[keys.live(t, user), keys.usage(t, user), keys.session(t, f["session_key"]),
+                          keys.stream(stream_partition(t, parts)), keys.nas_live(t, int(f["nas_id"]))],
+                    args=[f["status"], f["session_key"], user, f["input_octets"], f["output_octets"],
+                          f["session_time_s"], expires, now, payload, SESSION_TTL_S, USAGE_TTL_S,
+                          channel, t],
+                    client=pipe)
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                self.dead += 1
+                pipe.xadd(keys.dead_letter, {"d": payload, "reason": str(exc)[:200],
+                                             "source": "radiusd", "ts": str(now)})
+        pipe.execute()
+        spool.commit(position)
+        self.sent += len(batch)
+        return len(batch)
+
+
+def _forward_loop(engine: Engine) -> None:
+    forwarder = Forwarder(engine)
+    backoff = Backoff()
+    while not engine._stop.is_set():
+        try:
+            if forwarder.run_once() < FORWARD_BATCH:
+                engine._stop.wait(FORWARD_IDLE_S)
+            backoff.reset()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            engine.stats.errors["spool_forward_redis"] += 1
+            log.warning("spool_forward_waiting_for_redis", error=str(exc), pending_bytes=engine.spool.pending())
+            backoff.wait(engine._stop)
+        except Exception as exc:  # logged and retried; the spool keeps the records
+            engine.stats.errors["spool_forward"] += 1
+            log.error("spool_forward_failed", error=repr(exc))
+            backoff.wait(engine._stop)
 
 
 def _redis_inval_loop(engine: Engine) -> None:
@@ -174,6 +250,7 @@ def _pg_listen_loop(engine: Engine, shard) -> None:
 def start_background(engine: Engine) -> list[threading.Thread]:
     threads = [
         threading.Thread(target=_authlog_loop, args=(engine,), name="wificore-authlog", daemon=True),
+        threading.Thread(target=_forward_loop, args=(engine,), name="wificore-spool", daemon=True),
         threading.Thread(target=_redis_inval_loop, args=(engine,), name="wificore-inval-redis",
                          daemon=True),
     ]

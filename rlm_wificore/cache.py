@@ -29,6 +29,7 @@ class Entry:
     profile: Profile | None
     plan: Plan | None
     state: LiveState | None  # None: unknown (Redis down), policy fails open
+    state_expires: float = 0.0  # time.monotonic(); the live state is re-read after it
 
 
 def ttl_with_jitter(ttl_s: float, jitter_pct: int) -> float:
@@ -56,6 +57,10 @@ class LocalCache:
             return None
         self.hits += 1
         return entry
+
+    def peek(self, key: tuple[int, str]) -> Entry | None:
+        """The entry, expired or not, without counting a hit or miss."""
+        return self._d.get(key)
 
     def put(self, key: tuple[int, str], entry: Entry) -> None:
         if self.max_entries <= 0:

@@ -19,14 +19,15 @@ from typing import Any
 
 import redis
 
-from . import policy, wire
+from . import policy, records, wire
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
-from .errors import DecodeError, StoreUnavailable, UnknownTenant
+from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
 from .keys import Keys
 from .log import get_logger
 from .profile import NAS_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
 from .settings import Settings
 from .shardmap import ShardMap
+from .spool import Spool
 from .store import Breaker, Shards, connect_redis
 
 log = get_logger("rlm_wificore")
@@ -84,6 +85,7 @@ class Engine:
         self._verified: dict[bytes, float] = {}
         # Auth-log records wait here for the background flusher (outside the mutex).
         self.authlog: collections.deque[bytes] = collections.deque(maxlen=100_000)
+        self.spool: Spool | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -205,6 +207,8 @@ class Engine:
         key = (tenant_id, username)
         entry = self.local.get(key)
         if entry is not None:
+            if entry.profile is not None and entry.state_expires < time.monotonic():
+                self._refresh_state(tenant_id, username, entry)
             self.stats.tiers["process"] += 1
             return entry
         s = self.settings
@@ -248,10 +252,26 @@ class Engine:
                 pass
         # Without Redis the live state is unknown: cache briefly, fail open.
         local_ttl = ttl if state is not None else min(ttl, 5)
-        entry = Entry(time.monotonic() + ttl_with_jitter(local_ttl, s.ttl_jitter_pct),
-                      profile, plan, state)
+        now = time.monotonic()
+        entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
+                      now + s.live_state_ttl_s)
         self.local.put(key, entry)
         return entry
+
+    def _refresh_state(self, tenant_id: int, username: str, entry: Entry) -> None:
+        """Re-read session count and usage (one round trip); unknown if Redis is down."""
+        def read(r: redis.Redis):
+            pipe = r.pipeline(transaction=False)
+            pipe.zcount(self.keys.live(tenant_id, username), time.time(), "+inf")
+            pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+            return pipe.execute()
+        try:
+            live, usage = self._redis_call(read)
+            entry.state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+            self.stats.tiers["redis_state"] += 1
+        except StoreUnavailable:
+            entry.state = None
+        entry.state_expires = time.monotonic() + self.settings.live_state_ttl_s
 
     def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
         pipe = r.pipeline(transaction=False)
@@ -339,6 +359,39 @@ class Engine:
             reply = (("Reply-Message", policy.MESSAGES["bad_password"]),)
         return Result(result, reply=reply, reason=reason)
 
+    # ------------------------------------------------------------ accounting
+    def accounting(self, req: dict[str, str]) -> Result:
+        """Normalise, then make the record durable in the spool; ok = send the response."""
+        client = req.get("WiFiCore-Client")
+        parsed = self.clients.get(client) if client else None
+        if parsed is None:
+            try:
+                parsed = parse_client(client or "")
+            except ValueError:
+                self.stats.requests["accounting:unknown_client"] += 1
+                return Result("noop", reason="unknown_client")
+            self.clients[client] = parsed
+        tenant_id, nas_id, _vendor = parsed
+        if self.spool is None:
+            raise StoreUnavailable("the accounting spool is not open")
+        username = req.get("User-Name") or ""
+        entry = self.local.peek((tenant_id, username))
+        interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None
+                     else self.settings.default_interim_s)
+        try:
+            fields = records.acct_record(req, tenant_id=tenant_id, nas_id=nas_id,
+                                         interim_s=interim_s, arrival_ts=time.time())
+            kind = fields["status"]
+        except InputError as exc:
+            # Answered (the NAS must not retry it forever) and kept for the NOC.
+            fields = {"tenant_id": tenant_id, "nas_id": nas_id, "invalid": str(exc),
+                      "raw": {k: v[:MAX_USERNAME] for k, v in req.items()
+                              if "Password" not in k}}
+            kind = "invalid"
+        self.spool.append(wire.pack(wire.KIND_ACCT, fields))
+        self.stats.requests[f"accounting:{kind}"] += 1
+        return Result("ok")
+
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
@@ -361,6 +414,7 @@ class Engine:
     def start(self) -> None:
         """Start the background threads (never under `freeradius -C`)."""
         from .background import start_background
+        self.spool = Spool(self.settings.spool_dir)
         self._threads = start_background(self)
 
     def close(self) -> None:
@@ -369,6 +423,9 @@ class Engine:
         for t in self._threads:
             t.join(timeout=3)
         self._threads = []
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         self.shards.close()
         try:
             self.redis.close()

@@ -35,6 +35,10 @@ class Keys:
         """HASH of the last counters seen for one session (delta base); TTL."""
         return f"{self.p}:{{{tenant_id}}}:sess:{session_key}"
 
+    def nas_live(self, tenant_id: int, nas_id: int) -> str:
+        """ZSET of the NAS's live sessions ("user\\nsession_key"), for Accounting-On/Off."""
+        return f"{self.p}:{{{tenant_id}}}:naslive:{nas_id}"
+
     def nas(self, ip: str) -> str:
         """msgpack NAS entry by source address (dynamic clients); TTL."""
         return f"{self.p}:nas:{ip}"

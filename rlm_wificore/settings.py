@@ -85,6 +85,9 @@ class Settings:
     profile_ttl_s: int = _field(600, _int(1, 86400 * 7),
                                 "Lifetime of a cached subscriber profile (Redis and in-process).")
     ttl_jitter_pct: int = _field(10, _int(0, 50), "Random extra lifetime, in percent, against stampedes.")
+    live_state_ttl_s: int = _field(30, _int(0, 3600),
+                                   "How long a process trusts its copy of a subscriber's session "
+                                   "count and usage; starts and stops invalidate it at once.")
     negative_ttl_s: int = _field(30, _int(1, 3600), "Lifetime of an 'unknown user' entry.")
     local_cache_max: int = _field(500000, _int(0, 50_000_000), "Most profiles kept in process.")
     credential_cache_ttl_s: int = _field(900, _int(0, 86400),
