@@ -56,3 +56,37 @@ def send(port: int, command: str, secret: str, attrs: dict[str, str | int], *,
             break
         pairs.setdefault(pm.group(1), []).append(pm.group(2).strip('"'))
     return Answer(m.group(1), pairs, out)
+
+
+PYRAD_DICTIONARY = __import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks" / "loadgen" / "dictionary"
+
+
+def send_pyrad(port: int, secret: str, attrs: list[tuple[str, object]], *, source: str = "127.0.0.1",
+               timeout_s: float = 2.0) -> Answer:
+    """An Access-Request built by pyrad, for values radclient cannot express (raw bytes)."""
+    from pyrad import packet
+    from pyrad.client import Client, Timeout
+    from pyrad.dictionary import Dictionary
+
+    client = Client(server="127.0.0.1", authport=port, secret=secret.encode(),
+                    dict=Dictionary(str(PYRAD_DICTIONARY)))
+    client.bind((source, 0))
+    client.timeout = timeout_s
+    client.retries = 1
+    req = client.CreateAuthPacket(code=packet.AccessRequest)
+    for name, value in attrs:
+        if name == "User-Password":
+            value = req.PwCrypt(value)
+        req.AddAttribute(name, value)
+    try:
+        reply = client.SendPacket(req)
+    except Timeout:
+        return Answer(None, {}, "timeout")
+    finally:
+        client._CloseSocket()
+    code = {packet.AccessAccept: "Access-Accept", packet.AccessReject: "Access-Reject"}.get(reply.code)
+    pairs = {}
+    for key in reply.keys():
+        name = key if isinstance(key, str) else str(key)
+        pairs[name] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in reply[key]]
+    return Answer(code, pairs, repr(pairs))

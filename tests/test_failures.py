@@ -1,0 +1,112 @@
+"""Failures: Redis killed, a shard stopped, hostile packets, radiusd killed."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from rlm_wificore.keys import Keys
+from tests.conftest import TENANT_A, TENANT_C
+from tests.radius import send_pyrad
+from tests.test_accounting import acct_packet, wait_until
+
+K = Keys("wc")
+
+
+def pap(auth, tenant, user, password="pw-123456"):
+    return auth(tenant, {"User-Name": user, "User-Password": password})
+
+
+class TestRedisDown:
+    def test_redis_killed_and_restarted(self, stack, auth, acct, subscriber, redis):
+        """With Redis killed, logins fall back to the database and accounting is spooled;
+        when Redis returns the module reconnects and replays the spool, nothing lost."""
+        cached = subscriber()
+        assert pap(auth, TENANT_A, cached).accepted
+        fresh = subscriber()
+        stack.redis.stop(sig=signal.SIGKILL)
+        try:
+            assert pap(auth, TENANT_A, fresh).accepted, "database fallback failed"
+            assert pap(auth, TENANT_A, cached).accepted
+            assert pap(auth, TENANT_A, fresh, "wrong").code == "Access-Reject"
+            for i in range(20):
+                ans = acct(TENANT_A, acct_packet(fresh, f"83{i:06d}", "Start"))
+                assert ans.code == "Accounting-Response", "accounting must be answered from the spool"
+                acct(TENANT_A, acct_packet(fresh, f"83{i:06d}", "Stop", inp=100, out=0, t=1))
+        finally:
+            stack.redis.start()
+        r = redis
+        assert wait_until(lambda: r.hget(K.usage(TENANT_A[0], fresh), "octets") == b"2000", timeout_s=15)
+        fresher = subscriber()
+        assert wait_until(lambda: pap(auth, TENANT_A, fresher).accepted, timeout_s=5)
+        assert wait_until(lambda: r.exists(K.profile(TENANT_A[0], fresher)), timeout_s=5)
+
+
+class TestShardDown:
+    def test_shard_stopped(self, stack, auth, subscriber):
+        """With shard2 down, its cached subscribers are served, misses fail fast,
+        and tenants on shard1 are untouched."""
+        cached = subscriber(tenant=TENANT_C)
+        assert pap(auth, TENANT_C, cached).accepted
+        uncached = subscriber(tenant=TENANT_C)
+        other = subscriber(tenant=TENANT_A)
+        stack.pg[1].kill()
+        try:
+            assert pap(auth, TENANT_C, cached).accepted
+            start = time.monotonic()
+            ans = pap(auth, TENANT_C, uncached)
+            assert ans.code == "Access-Reject"
+            assert "temporarily unavailable" in ans.get("Reply-Message")
+            assert time.monotonic() - start < 1.5
+            assert pap(auth, TENANT_A, other).accepted
+        finally:
+            stack.pg[1].start()
+        assert wait_until(lambda: pap(auth, TENANT_C, uncached).accepted, timeout_s=5)
+
+
+class TestHostileInput:
+    def test_hostile_packets_then_still_answers(self, auth, radiusd, subscriber):
+        """Malformed and hostile Access-Requests get rejects; radiusd keeps answering."""
+        secret = TENANT_A[2]
+        hostile = [
+            [("User-Name", b"\xff\xfe\xfd-not-utf8"), ("User-Password", b"x")],
+            [("User-Name", b"A" * 253), ("User-Password", b"x")],
+            [("User-Name", "x' OR '1'='1"), ("User-Password", b"x")],
+            [("User-Name", "robert\"); DROP TABLE subscribers;--"), ("User-Password", b"x")],
+            [("User-Name", "ctl\x00\x01\x02"), ("User-Password", b"x")],
+            [("User-Password", b"no-user-name")],
+            [("User-Name", "nopassword")],
+            [("User-Name", "user@other-realm"), ("User-Password", b"x"), ("NAS-Identifier", "tenant-2")],
+        ]
+        for attrs in hostile:
+            ans = send_pyrad(radiusd.auth_port, secret, attrs, source=TENANT_A[1])
+            assert ans.code == "Access-Reject", (attrs, ans.output)
+        user = subscriber()
+        assert pap(auth, TENANT_A, user).accepted
+        assert "Traceback" not in radiusd.log_tail(400)
+
+    def test_unknown_nas_gets_no_answer(self, radiusd):
+        """A packet from an address that is no tenant's NAS is not answered (no secret to sign with)."""
+        ans = send_pyrad(radiusd.auth_port, "whatever", [("User-Name", "x"), ("User-Password", b"x")],
+                         source="127.0.0.99", timeout_s=1.0)
+        assert ans.code is None
+
+
+class TestRadiusdKilled:
+    def test_acknowledged_records_survive_kill_9(self, stack, radiusd, acct, subscriber, redis):
+        """Every answered Accounting-Request survives a kill -9 of radiusd while Redis is down."""
+        user = subscriber()
+        stack.redis.stop(sig=signal.SIGKILL)
+        answered = 0
+        try:
+            for i in range(30):
+                if acct(TENANT_A, acct_packet(user, f"84{i:06d}", "Stop", inp=10, t=1)).code:
+                    answered += 1
+            radiusd.stop(sig=signal.SIGKILL)
+        finally:
+            stack.redis.start()
+            radiusd.start()
+        assert answered == 30
+        assert wait_until(lambda: redis.hget(K.usage(TENANT_A[0], user), "octets") == b"300", timeout_s=15)
