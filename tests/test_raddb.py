@@ -1,0 +1,45 @@
+"""The project's raddb on FreeRADIUS 3.2.1 as Debian ships it."""
+
+from __future__ import annotations
+
+from stack.servers import Radiusd
+
+
+def checker(world, **env) -> Radiusd:
+    base = world.radiusd
+    r = Radiusd(world.state, auth_port=base.auth_port, acct_port=base.acct_port,
+                shard_map=world.shard_map, redis_url=world.redis.url, metrics_port=base.env["WIFICORE_METRICS_PORT"],
+                name="radiusd-check")
+    r.env.update(env)
+    return r
+
+
+class TestConfigCheck:
+    def test_config_check_passes(self, world):
+        """`freeradius -XC` accepts the raddb with the module enabled."""
+        out = checker(world).check_config()
+        assert out.returncode == 0, out.stdout[-2000:]
+        assert "Configuration appears to be OK" in out.stdout
+
+    def test_config_check_starts_nothing(self, world, radiusd):
+        """`freeradius -XC` beside a running radiusd: no spool lock taken, no port bound."""
+        out = checker(world).check_config()
+        assert out.returncode == 0, out.stdout[-2000:]
+
+    def test_invalid_setting_names_key(self, world):
+        """An invalid setting stops radiusd at start-up with a message naming the key."""
+        out = checker(world, WIFICORE_REDIS_URL="http://127.0.0.1:1/").check_config()
+        assert out.returncode != 0
+        assert "wificore.redis_url: invalid scheme 'http'" in out.stdout + out.stderr
+
+    def test_missing_shard_map_names_key(self, world):
+        """A shard map that does not exist stops radiusd with a message naming it."""
+        out = checker(world, WIFICORE_SHARD_MAP="/nonexistent/shards.toml").check_config()
+        assert out.returncode != 0
+        assert "shard_map: file '/nonexistent/shards.toml' does not exist" in out.stdout + out.stderr
+
+    def test_bad_number_names_key(self, world):
+        """A non-numeric port stops radiusd with the key in the message."""
+        out = checker(world, WIFICORE_METRICS_PORT="eighty").check_config()
+        assert out.returncode != 0
+        assert "wificore.metrics_port: expected an integer" in out.stdout + out.stderr
