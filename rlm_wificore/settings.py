@@ -97,7 +97,7 @@ class Settings:
     db_pool_max: int = _field(4, _int(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = _field(4, _int(1, 256), "Accounting stream partitions.")
     spool_dir: str = _field("/var/spool/wificore", _path,
-                            "Local spool for accounting records while Redis is down.")
+                            "Write-ahead spool: each accounting record lands here before its response.")
     session_stale_interims: int = _field(2, _int(1, 100),
                                          "Missed interims after which a live session is dropped.")
     default_interim_s: int = _field(300, _int(10, 86400),

@@ -1,0 +1,35 @@
+"""The README matches the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rlm_wificore.policy import MESSAGES
+from rlm_wificore.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+MODULE = (ROOT / "raddb/mods-available/wificore").read_text()
+
+
+class TestReadme:
+    def test_every_setting_with_default(self):
+        """The settings table lists every setting with its built-in default."""
+        for key, default, _doc in Settings.describe():
+            assert f"| `{key}` | `{default}` |" in README, key
+
+    def test_module_config_block_has_every_setting(self):
+        """mods-available/wificore sets every key of Settings, and only those."""
+        block = MODULE.split("\n\tconfig {", 1)[1]
+        keys = set(re.findall(r"^\s*([a-z_]+)\s*=", block, re.M))
+        assert keys == {k for k, _d, _doc in Settings.describe()}
+
+    def test_every_reason_documented(self):
+        """Every reject reason code appears in the README."""
+        for reason in MESSAGES:
+            assert f"`{reason}`" in README, reason
+
+    def test_ci_runs_the_readme_test_command(self):
+        """.ci/run calls the README's test command."""
+        assert "bin/test" in README and "bin/test" in (ROOT / ".ci/run").read_text()
