@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import os
 import threading
 import time
@@ -85,6 +86,9 @@ class Engine:
         self._verified: dict[bytes, float] = {}
         # Auth-log records wait here for the background flusher (outside the mutex).
         self.authlog: collections.deque[bytes] = collections.deque(maxlen=100_000)
+        # Auth-log event ids: a random per-process prefix and a counter (unique, cheap).
+        self._event_prefix = uuid.uuid4().hex[:16]
+        self._event_seq = itertools.count()
         self.spool: Spool | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -348,7 +352,7 @@ class Engine:
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
         self.authlog.append(wire.pack(wire.KIND_AUTH, {
             "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
-            "event_id": uuid.uuid4().hex, "username": username[:MAX_USERNAME],
+            "event_id": f"{self._event_prefix}{next(self._event_seq):x}", "username": username[:MAX_USERNAME],
             "calling_station_id": req.get("Calling-Station-Id"),
             "result": "accept" if accepted else "reject", "reason": reason, "method": method,
         }))
