@@ -1,9 +1,9 @@
 """MS-CHAPv2 (RFC 2759) client computations in pure Python.
 
-OpenSSL 3 disables MD4 and single DES by default, so ``hashlib.new("md4")``
-is often unavailable and the standard library has no DES at all. This
-module carries small implementations of both (MD4 per RFC 1320, DES per
-FIPS 46-3, encryption of single blocks only) and builds on them:
+OpenSSL 3 disables MD4 and single DES by default and the standard library
+has no DES at all. MD4 comes from :mod:`rlm_wificore.md4`; this module
+carries a small DES (FIPS 46-3, encryption of single blocks only) and builds
+on both:
 
 * :func:`nt_password_hash` - MD4 of the UTF-16LE password,
 * :func:`generate_nt_response` - the 24-octet NT-Response,
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import struct
 
 __all__ = [
     "md4",
@@ -31,49 +30,9 @@ __all__ = [
 
 # --------------------------------------------------------------------- MD4
 
+from rlm_wificore.md4 import md4  # noqa: E402  (OpenSSL 3 offers no md4 to hashlib)
+
 _M32 = 0xFFFFFFFF
-
-
-def _rotl(x: int, s: int) -> int:
-    return ((x << s) | (x >> (32 - s))) & _M32
-
-
-def _md4_pure(data: bytes) -> bytes:
-    """MD4 digest of data (RFC 1320), pure Python."""
-    msg = bytearray(data)
-    bitlen = (len(data) * 8) & 0xFFFFFFFFFFFFFFFF
-    msg.append(0x80)
-    msg.extend(b"\x00" * ((56 - len(msg) % 64) % 64))
-    msg.extend(struct.pack("<Q", bitlen))
-    a, b, c, d = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476
-    r2 = (0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
-    r3 = (0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15)
-    for off in range(0, len(msg), 64):
-        x = struct.unpack("<16I", bytes(msg[off:off + 64]))
-        aa, bb, cc, dd = a, b, c, d
-        for i in range(16):
-            a = _rotl((a + ((b & c) | (~b & d)) + x[i]) & _M32, (3, 7, 11, 19)[i % 4])
-            a, b, c, d = d, a, b, c
-        for i in range(16):
-            a = _rotl((a + ((b & c) | (b & d) | (c & d)) + x[r2[i]] + 0x5A827999) & _M32,
-                      (3, 5, 9, 13)[i % 4])
-            a, b, c, d = d, a, b, c
-        for i in range(16):
-            a = _rotl((a + (b ^ c ^ d) + x[r3[i]] + 0x6ED9EBA1) & _M32, (3, 9, 11, 15)[i % 4])
-            a, b, c, d = d, a, b, c
-        a = (a + aa) & _M32
-        b = (b + bb) & _M32
-        c = (c + cc) & _M32
-        d = (d + dd) & _M32
-    return struct.pack("<4I", a, b, c, d)
-
-
-def md4(data: bytes) -> bytes:
-    """MD4 digest of data: hashlib's when OpenSSL provides it, else pure Python."""
-    try:
-        return hashlib.new("md4", data).digest()
-    except ValueError:
-        return _md4_pure(data)
 
 
 # --------------------------------------------------------------------- DES
