@@ -384,7 +384,8 @@ class Engine:
                      else self.settings.default_interim_s)
         try:
             fields = records.acct_record(req, tenant_id=tenant_id, nas_id=nas_id,
-                                         interim_s=interim_s, arrival_ts=time.time())
+                                         interim_s=interim_s, arrival_ts=time.time(),
+                                         record_id=f"{self._event_prefix}{next(self._event_seq):x}")
             kind = fields["status"]
         except InputError as exc:
             # Answered (the NAS must not retry it forever) and kept for the NOC.

@@ -1,68 +1,95 @@
--- One accounting record into Redis, atomically: the live session (what
--- Simultaneous-Use reads), the subscriber's usage counters (delta against
--- the last counters seen for the session, so a replay adds nothing), and
--- the record appended to its stream partition for batch_writer.
+-- A batch of accounting records into Redis, in one call: for each record
+-- the live session (what Simultaneous-Use reads), the subscriber's usage
+-- counters (delta against the last counters seen for the session, so a
+-- replay adds nothing) and the record itself appended to its stream
+-- partition for batch_writer. Records are decoded here (cmsgpack), so the
+-- radiusd process spends no Python time per record on the way to Redis.
 --
--- KEYS[1] live ZSET   KEYS[2] usage HASH   KEYS[3] session HASH
--- KEYS[4] stream      KEYS[5] NAS live ZSET (members "user\nsession_key")
--- ARGV: status, session_key, username, in, out, time_s, expires_at, now,
---       payload, session_ttl_s, usage_ttl_s, channel, tenant_id
-local status, skey, user = ARGV[1], ARGV[2], ARGV[3]
-local now = tonumber(ARGV[8])
+-- ARGV[1] key prefix   ARGV[2] stream partitions   ARGV[3] now (epoch s)
+-- ARGV[4] session_stale_interims   ARGV[5] session TTL s   ARGV[6] usage TTL s
+-- ARGV[7..] packed records (rlm_wificore.wire)
+--
+-- Keys are built here from the records, so this script needs one Redis node
+-- (see docs/decisions.md, "Stream partitions by tenant").
+local prefix, parts, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local channel = prefix .. ':inval'
+local dead = prefix .. ':dead'
 
-if status == 'on' or status == 'off' then
-  -- The NAS restarted: none of its sessions is live any more. The live
-  -- ZSETs share the tenant's hash tag, so they are in this slot.
-  local prefix = string.match(KEYS[1], '^(.*:live:)')
-  local members = redis.call('ZRANGE', KEYS[5], 0, -1)
-  for _, m in ipairs(members) do
-    local sep = string.find(m, '\n', 1, true)
-    if sep then
-      redis.call('ZREM', prefix .. string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
-    end
-  end
-  redis.call('DEL', KEYS[5])
-  redis.call('XADD', KEYS[4], '*', 'd', ARGV[9])
-  redis.call('PUBLISH', ARGV[12], '["t",' .. ARGV[13] .. ']')
-  return #members
-end
-
-local last = redis.call('HMGET', KEYS[3], 'i', 'o', 't', 'x')
-local li, lo, lt = tonumber(last[1]) or 0, tonumber(last[2]) or 0, tonumber(last[3]) or 0
-local ni, no, nt = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-redis.call('XADD', KEYS[4], '*', 'd', ARGV[9])
-if last[4] == '1' then
-  return -1  -- a Stop was final: nothing after it counts or revives the session
-end
-local di, dout, dt = math.max(0, ni - li), math.max(0, no - lo), math.max(0, nt - lt)
--- Numbers leave Lua through string.format('%d'): tostring() would print
--- large counters in exponent form.
 local function int(x) return string.format('%d', x) end
-redis.call('HSET', KEYS[3], 'i', int(math.max(li, ni)), 'o', int(math.max(lo, no)),
-           't', int(math.max(lt, nt)))
-if di + dout > 0 or dt > 0 then
-  redis.call('HINCRBY', KEYS[2], 'octets', int(di + dout))
-  redis.call('HINCRBY', KEYS[2], 'time_s', int(dt))
+
+local function one(payload)
+  local ok, rec = pcall(cmsgpack.unpack, payload)
+  if not ok or type(rec) ~= 'table' or rec[1] ~= 1 or rec[2] ~= 'acct' or type(rec[3]) ~= 'table' then
+    redis.call('XADD', dead, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',
+               'ts', ARGV[3])
+    return
+  end
+  local f = rec[3]
+  if f.invalid then
+    redis.call('XADD', dead, '*', 'd', payload, 'reason', tostring(f.invalid), 'source', 'radiusd',
+               'ts', ARGV[3])
+    return
+  end
+  local t = int(f.tenant_id)
+  local tp = prefix .. ':{' .. t .. '}:'
+  local stream = prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}'
+  local naslive = tp .. 'naslive:' .. int(f.nas_id)
+  local status, skey, user = f.status, f.session_key, f.username
+  redis.call('XADD', stream, '*', 'd', payload)
+
+  if status == 'on' or status == 'off' then
+    -- The NAS restarted: none of its sessions is live any more.
+    local members = redis.call('ZRANGE', naslive, 0, -1)
+    for _, m in ipairs(members) do
+      local sep = string.find(m, '\n', 1, true)
+      if sep then
+        redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+      end
+    end
+    redis.call('DEL', naslive)
+    redis.call('PUBLISH', channel, '["t",' .. t .. ']')
+    return
+  end
+
+  local live, usage, sess = tp .. 'live:' .. user, tp .. 'use:' .. user, tp .. 'sess:' .. skey
+  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x')
+  if last[4] == '1' then
+    return  -- a Stop was final: nothing after it counts or revives the session
+  end
+  local li, lo, lt = tonumber(last[1]) or 0, tonumber(last[2]) or 0, tonumber(last[3]) or 0
+  local ni, no, nt = f.input_octets, f.output_octets, f.session_time_s
+  local di, dout, dt = math.max(0, ni - li), math.max(0, no - lo), math.max(0, nt - lt)
+  redis.call('HSET', sess, 'i', int(math.max(li, ni)), 'o', int(math.max(lo, no)),
+             't', int(math.max(lt, nt)))
+  if di + dout > 0 or dt > 0 then
+    redis.call('HINCRBY', usage, 'octets', int(di + dout))
+    redis.call('HINCRBY', usage, 'time_s', int(dt))
+    redis.call('EXPIRE', usage, usage_ttl)
+  end
+  local member = user .. '\n' .. skey
+  if status == 'stop' then
+    redis.call('HSET', sess, 'x', '1')
+    redis.call('ZREM', live, skey)
+    redis.call('ZREM', naslive, member)
+  else
+    -- A session whose NAS goes silent expires on its own.
+    local expires = now + f.interim_s * stale + 60
+    redis.call('ZADD', live, expires, skey)
+    redis.call('ZADD', naslive, expires, member)
+    redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', naslive, '-inf', now)
+    local top = redis.call('ZRANGE', live, -1, -1, 'WITHSCORES')
+    redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]))))
+    redis.call('EXPIRE', naslive, session_ttl)
+  end
+  redis.call('EXPIRE', sess, session_ttl)
+  if status ~= 'interim' then
+    redis.call('PUBLISH', channel, cjson.encode({'l', f.tenant_id, user}))
+  end
 end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[11]))
-local member = user .. '\n' .. skey
-if status == 'stop' then
-  redis.call('HSET', KEYS[3], 'x', '1')
-  redis.call('ZREM', KEYS[1], skey)
-  redis.call('ZREM', KEYS[5], member)
-else
-  local expires = tonumber(ARGV[7])
-  redis.call('ZADD', KEYS[1], expires, skey)
-  redis.call('ZADD', KEYS[5], expires, member)
-  -- Sessions whose NAS went silent expire on their own.
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  redis.call('EXPIREAT', KEYS[1], int(math.ceil(tonumber(top[2]))))
-  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]))
+
+for i = 7, #ARGV do
+  one(ARGV[i])
 end
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[10]))
-if status ~= 'interim' then
-  redis.call('PUBLISH', ARGV[12], cjson.encode({'l', tonumber(ARGV[13]), user}))
-end
-return 1
+return #ARGV - 6

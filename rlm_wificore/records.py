@@ -9,7 +9,6 @@ session key from the trusted NAS identity plus Acct-Session-Id and User-Name.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from typing import Any
 
 from .errors import InputError
@@ -51,7 +50,7 @@ def _text(req: dict[str, str], name: str) -> str | None:
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
-                arrival_ts: float) -> dict[str, Any]:
+                arrival_ts: float, record_id: str) -> dict[str, Any]:
     """The wire fields of one Accounting-Request; InputError names the bad field."""
     status_raw = req.get("Acct-Status-Type")
     status = STATUS.get(status_raw or "")
@@ -91,5 +90,5 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         "terminate_cause": _text(req, "Acct-Terminate-Cause"),
         "nas_port": _text(req, "NAS-Port"),
         "interim_s": interim_s,
-        "record_id": uuid.uuid4().hex,
+        "record_id": record_id,
     }

@@ -4,7 +4,7 @@ A record is a msgpack array ``[version, kind, {field: value}]`` stored in the
 ``d`` field of a stream entry. Decoding never trusts the payload: anything
 malformed raises :class:`DecodeError` from the cause.
 
-Streams (see keys.py): ``{prefix}:stream:{N}``, N = crc32(str(tenant_id)) %
+Streams (see keys.py): ``{prefix}:stream:{N}``, N = tenant_id %
 stream_partitions for accounting (so one session's records stay in order in
 one partition); auth-log records are spread over all partitions. Each entry
 has one field ``d`` = the packed record. Bad entries go to the dead-letter
