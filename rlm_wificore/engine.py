@@ -33,7 +33,7 @@ from .store import Breaker, Shards, connect_redis
 
 log = get_logger("rlm_wificore")
 
-Pairs = tuple[tuple[str, str], ...]
+Pairs = tuple[tuple[str, ...], ...]  # (attr, value) or (attr, op, value)
 NAS_TTL_S = 60
 MAX_USERNAME = 253
 
@@ -181,24 +181,34 @@ class Engine:
         if reason is not None:
             return self._reject(reason, req)
 
+        password = req.get("User-Password")
         config: Pairs
+        decided = False  # accepted here: post-auth need not run (see docs/decisions.md)
         if profile.password_type == "cleartext":
-            config = (("Cleartext-Password", profile.password),)
+            if password is None:  # CHAP, MS-CHAP: rlm_chap / rlm_mschap check it in C
+                config = (("Cleartext-Password", profile.password),)
+            elif hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
+                                     profile.password.encode("utf-8", "surrogateescape")):
+                config, decided = (("Auth-Type", "Accept"),), True
+            else:
+                return self._reject("bad_password", req)
         elif profile.password_type == "nthash":
             config = (("NT-Password", "0x" + profile.password.lower()),)
         else:  # bcrypt: PAP only; rlm_pap checks it with crypt(3), outside the mutex
-            password = req.get("User-Password")
             if password is None:
                 return self._reject("method_unsupported", req)
             if self._is_verified(tenant_id, username, password, profile.password):
                 self.stats.credential_cache_hits += 1
-                config = (("Auth-Type", "Accept"),)
+                config, decided = (("Auth-Type", "Accept"),), True
             else:
                 config = (("Crypt-Password", profile.password),)
         reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
         self.stats.requests["authorize:ok"] += 1
-        return Result("updated", reply=reply, config=config,
-                      request=(("WiFiCore-Tenant-Id", str(tenant_id)),))
+        request: Pairs = (("WiFiCore-Tenant-Id", str(tenant_id)),)
+        if decided:
+            self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")
+            request += (("WiFiCore-Logged", "1"),)
+        return Result("updated", reply=reply, config=config, request=request)
 
     def _reject(self, reason: str, req: dict[str, str]) -> Result:
         self.stats.requests[f"authorize:{reason}"] += 1
@@ -348,19 +358,12 @@ class Engine:
                 if len(self._verified) > 1_000_000:
                     self._verified.clear()
                 self._verified[digest] = time.monotonic() + self.settings.credential_cache_ttl_s
-        method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
-                  else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        self.authlog.append(wire.pack(wire.KIND_AUTH, {
-            "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
-            "event_id": f"{self._event_prefix}{next(self._event_seq):x}", "username": username[:MAX_USERNAME],
-            "calling_station_id": req.get("Calling-Station-Id"),
-            "result": "accept" if accepted else "reject", "reason": reason, "method": method,
-        }))
+        self._log_auth(req, tenant_id, nas_id, username, accepted=accepted, reason=reason)
         self.stats.requests[f"post_auth:{'accept' if accepted else 'reject'}"] += 1
         result = "ok" if accepted else "noop"
         reply: Pairs = ()
         if not accepted and reason == "bad_password":
-            reply = (("Reply-Message", policy.MESSAGES["bad_password"]),)
+            reply = (("Reply-Message", ":=", policy.MESSAGES["bad_password"]),)
         return Result(result, reply=reply, reason=reason)
 
     # ------------------------------------------------------------ accounting
@@ -396,6 +399,19 @@ class Engine:
         self.spool.append(wire.pack(wire.KIND_ACCT, fields))
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
+
+    def _log_auth(self, req: dict[str, str], tenant_id: int, nas_id: int, username: str, *,
+                  accepted: bool, reason: str) -> None:
+        """Queue one auth-log record (a thread moves it to Redis); never a password."""
+        method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
+                  else "mschap" if "MS-CHAP-Challenge" in req else "other")
+        self.authlog.append(wire.pack(wire.KIND_AUTH, {
+            "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
+            "event_id": f"{self._event_prefix}{next(self._event_seq):x}",
+            "username": username[:MAX_USERNAME],
+            "calling_station_id": req.get("Calling-Station-Id"),
+            "result": "accept" if accepted else "reject", "reason": reason, "method": method,
+        }))
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:

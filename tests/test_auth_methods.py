@@ -35,7 +35,14 @@ class TestMethods:
         user = subscriber(password="right")
         ans = auth(TENANT_A, {"User-Name": user, "User-Password": "wrong"})
         assert ans.code == "Access-Reject", ans.output
-        assert ans.get("Reply-Message") == "Invalid username or password"
+        assert ans.pairs["Reply-Message"] == ["Invalid username or password"]
+
+    def test_chap_wrong_password_rejects(self, auth, subscriber):
+        """A wrong CHAP password (checked by rlm_chap) gets one generic Reply-Message."""
+        user = subscriber(password="right")
+        ans = auth(TENANT_A, {"User-Name": user, "CHAP-Password": "wrong"})
+        assert ans.code == "Access-Reject", ans.output
+        assert ans.pairs["Reply-Message"] == ["Invalid username or password"]
 
     def test_unknown_user_same_message(self, auth):
         """An unknown user gets the same Reply-Message as a wrong password."""
