@@ -1,0 +1,142 @@
+"""The writer's settings: one frozen dataclass, parsed once from the environment.
+
+The shared settings (shard map, Redis URL, key prefix, stream partitions,
+default interim, log level) come from :meth:`rlm_wificore.settings.Settings.from_env`,
+the same ``WIFICORE_<KEY>`` variables radiusd's tooling reads. The writer's own
+knobs are ``WIFICORE_WRITER_<KEY>``; an unknown ``WIFICORE_WRITER_`` variable is
+an error, so a typo cannot silently leave a default in place. Every error
+names the variable: ``WIFICORE_WRITER_BATCH_MAX_ROWS: 0 is out of range 1..100000``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rlm_wificore.errors import ConfigError
+from rlm_wificore.settings import Settings
+
+ENV_PREFIX = "WIFICORE_WRITER_"
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(var: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{var}: expected an integer, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{var}: {value} is out of range {lo}..{hi}")
+        return value
+    return parse
+
+
+def _name(var: str, raw: str) -> str:
+    value = raw.strip()
+    # Consumer and group names end up in Redis key names and log lines.
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
+        raise ConfigError(f"{var}: {raw!r} must be 1..64 of letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def _ip(var: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise ConfigError(f"{var}: {raw!r} is not an IP address") from None
+
+
+def _field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+def default_consumer() -> str:
+    """``<hostname>-<pid>``: unique per process, so two writers never share a PEL."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WriterConfig:
+    """Every knob of the batch writer, with units in the names."""
+
+    consumer: str = _field("", _name, "Consumer name in the group (default <hostname>-<pid>); "
+                           "a stable name lets a restarted writer take its own pending entries back at once.")
+    group: str = _field("writers", _name, "Consumer group shared by all writers.")
+    batch_max_rows: int = _field(5000, _int(1, 100_000),
+                                 "A batch is written when it has this many entries ...")
+    batch_max_age_ms: int = _field(200, _int(1, 60_000), "... or when its first entry is this old.")
+    max_attempts: int = _field(5, _int(1, 1000),
+                               "Deliveries (first read, restart, claim) after which an entry goes to the "
+                               "dead-letter stream.")
+    claim_min_idle_ms: int = _field(60_000, _int(100, 86_400_000),
+                                    "Entries of a writer without a heartbeat are claimed once this idle.")
+    claim_interval_s: int = _field(10, _int(1, 3600), "How often to look for dead writers' entries.")
+    stale_grace_s: int = _field(120, _int(0, 86_400),
+                                "An open session is closed as stale when it has not been updated for "
+                                "2 x its interim interval plus this.")
+    stale_interval_s: int = _field(30, _int(1, 3600), "How often to look for stale sessions.")
+    close_batch_rows: int = _field(5000, _int(1, 100_000),
+                                   "Rows per UPDATE when closing stale or NAS-restart sessions.")
+    close_max_loops: int = _field(200, _int(1, 100_000),
+                                  "UPDATE rounds per close job per pass (bounds one pass).")
+    statement_timeout_ms: int = _field(30_000, _int(100, 3_600_000), "statement_timeout of every writer "
+                                       "transaction (SET LOCAL: works behind PgBouncer).")
+    connect_timeout_s: int = _field(3, _int(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
+    redis_timeout_ms: int = _field(5000, _int(100, 60_000),
+                                   "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
+    heartbeat_ttl_s: int = _field(30, _int(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
+    backoff_max_s: int = _field(10, _int(1, 600), "Longest wait before retrying a shard or Redis.")
+    dead_maxlen: int = _field(100_000, _int(100, 100_000_000), "Approximate bound of the dead-letter stream.")
+    max_event_age_s: int = _field(30 * 86_400, _int(60, 3650 * 86_400),
+                                  "A record whose event time is older than this is absurd (dead letter).")
+    max_event_ahead_s: int = _field(86_400, _int(0, 365 * 86_400),
+                                    "A record whose event time is this far in the future is absurd.")
+    pipeline: int = _field(1, _int(0, 1), "1: decode the next batch while the shards write this one; "
+                           "0: one batch at a time.")
+    metrics_addr: str = _field("127.0.0.1", _ip, "Address of the Prometheus exporter.")
+    metrics_port: int = _field(0, _int(0, 65535), "Port of the Prometheus exporter (0 = off).")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WriterConfig:
+        """Read ``WIFICORE_WRITER_<KEY>``; unknown ones are errors that name the variable."""
+        env = os.environ if env is None else env
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for var in sorted(env):
+            if not var.startswith(ENV_PREFIX):
+                continue
+            name = var[len(ENV_PREFIX):].lower()
+            if name not in fields:
+                raise ConfigError(f"{var}: unknown setting")
+            if env[var] == "":
+                continue
+            values[name] = fields[name].metadata["parse"](var, env[var])
+        if not values.get("consumer"):
+            values["consumer"] = default_consumer()
+        cfg = cls(**values)
+        redis_ms = cfg.redis_timeout_ms
+        if redis_ms <= cfg.batch_max_age_ms:
+            raise ConfigError(f"{ENV_PREFIX}REDIS_TIMEOUT_MS: {redis_ms} must exceed "
+                              f"{ENV_PREFIX}BATCH_MAX_AGE_MS ({cfg.batch_max_age_ms}): reads block that long")
+        return cfg
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """(variable, default, doc) of every writer setting, for the docs and --help."""
+        return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+SHARED_SETTINGS = ("shard_map", "redis_url", "key_prefix", "stream_partitions", "default_interim_s",
+                   "log_level")
+"""The fields of :class:`Settings` the writer uses (``WIFICORE_<KEY>``)."""
+
+
+def load(env: Mapping[str, str] | None = None) -> tuple[Settings, WriterConfig]:
+    """Both halves of the configuration, from one environment."""
+    return Settings.from_env(env), WriterConfig.from_env(env)

@@ -1,0 +1,386 @@
+"""The PostgreSQL side: one :class:`ShardWriter` per shard.
+
+A batch for a shard is one transaction: check the tenants, ``COPY`` the
+collapsed session rows and the auth-log rows into temporary staging tables
+(``ON COMMIT DROP``), merge them into ``sessions`` and ``auth_log``, commit.
+The caller acknowledges the entries only after the commit, so a crash in between
+replays the batch; the merge rules make a replay change nothing:
+
+* ``sessions``: times and counters only move forward (GREATEST; started_at LEAST),
+  a Stop is final, an Interim after a Stop does not reopen the session, a row
+  that does not exist yet is created whatever the record (a lost Start);
+* ``auth_log``: ``ON CONFLICT DO NOTHING`` on a key that holds the event id.
+
+No server-side prepared statements and only transaction-local settings
+(``set_config(..., true)``), so PgBouncer in transaction pooling mode is fine.
+
+Errors: a data or integrity error is about a record, so the batch is split in
+halves until the one record is found and rejected (dead letter); every other
+error (connection lost, timeout, deadlock, permissions, a missing table) is
+about the shard, so nothing is rejected: the entries stay pending and the
+shard is retried after a backoff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from rlm_wificore.shardmap import Shard
+
+from .backoff import Backoff
+from .config import WriterConfig
+from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
+from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
+
+APPLICATION_NAME = "wificore-batch-writer"
+DEADLOCK_RETRIES = 3
+# Conflicts with another writer's transaction: running ours again is all it takes.
+RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+             psycopg.errors.TransactionRollback)
+
+STAGE_SESSIONS = sql.Identifier("wc_stage_sessions")
+STAGE_AUTH = sql.Identifier("wc_stage_auth")
+AUTH_COLUMNS = (
+    ("tenant_id", "integer"), ("logged", "float8"), ("event_id", "text"), ("username", "text"),
+    ("nas_id", "bigint"), ("calling_station_id", "text"), ("result", "text"), ("reason", "text"),
+    ("auth_method", "text"),
+)
+
+
+def _create_stage(name: sql.Identifier, columns: Sequence[tuple[str, str]]) -> sql.Composed:
+    # Column types come from the fixed tuples above, never from input.
+    cols = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns)
+    return sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(name, cols)
+
+
+def _copy(name: sql.Identifier, columns: Sequence[tuple[str, str]]) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c, _ in columns)
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(name, cols)
+
+
+SET_LOCAL = "SELECT set_config('statement_timeout', %s, true), set_config('TimeZone', 'UTC', true)"
+
+KNOWN_TENANTS = "SELECT tenant_id FROM tenants WHERE tenant_id = ANY(%s::integer[])"
+
+# The merge. EXCLUDED is the collapsed batch row; s the stored row.
+# close_reason 'stop' in EXCLUDED means "the batch holds a Stop".
+MERGE_SESSIONS = sql.SQL("""
+INSERT INTO sessions AS s (
+    tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
+    started_at, updated_at, stale_at, stopped_at, session_time_s, input_octets, output_octets,
+    input_packets, output_packets, terminate_cause, close_reason)
+SELECT tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
+       to_timestamp(started), to_timestamp(updated), to_timestamp(stale), to_timestamp(stopped),
+       session_time_s, input_octets, output_octets, input_packets, output_packets, terminate_cause,
+       CASE WHEN stopped IS NOT NULL THEN 'stop' END
+FROM {stage}
+ORDER BY tenant_id, session_key
+ON CONFLICT (tenant_id, session_key) DO UPDATE SET
+    username           = CASE WHEN s.username = '' THEN EXCLUDED.username ELSE s.username END,
+    acct_session_id    = CASE WHEN s.acct_session_id = '' THEN EXCLUDED.acct_session_id
+                              ELSE s.acct_session_id END,
+    calling_station_id = COALESCE(s.calling_station_id, EXCLUDED.calling_station_id),
+    framed_ip          = COALESCE(s.framed_ip, EXCLUDED.framed_ip),
+    started_at         = LEAST(s.started_at, EXCLUDED.started_at),
+    updated_at         = GREATEST(s.updated_at, EXCLUDED.updated_at),
+    stale_at           = GREATEST(s.stale_at, EXCLUDED.stale_at),
+    session_time_s     = GREATEST(s.session_time_s, EXCLUDED.session_time_s),
+    input_octets       = GREATEST(s.input_octets, EXCLUDED.input_octets),
+    output_octets      = GREATEST(s.output_octets, EXCLUDED.output_octets),
+    input_packets      = GREATEST(s.input_packets, EXCLUDED.input_packets),
+    output_packets     = GREATEST(s.output_packets, EXCLUDED.output_packets),
+    -- A Stop is final and beats the writer's own guesses ('stale', 'nas-restart');
+    -- between two Stops the later one wins. A session closed as stale that shows
+    -- life again (a later event: its interims were only late) is reopened.
+    terminate_cause    = CASE
+        WHEN EXCLUDED.close_reason = 'stop'
+             AND (s.close_reason IS DISTINCT FROM 'stop' OR EXCLUDED.stopped_at >= s.stopped_at)
+        THEN COALESCE(EXCLUDED.terminate_cause, s.terminate_cause)
+        ELSE s.terminate_cause END,
+    stopped_at         = CASE
+        WHEN EXCLUDED.close_reason = 'stop' AND s.close_reason = 'stop'
+        THEN GREATEST(s.stopped_at, EXCLUDED.stopped_at)
+        WHEN EXCLUDED.close_reason = 'stop' THEN EXCLUDED.stopped_at
+        WHEN s.close_reason = 'stale' AND EXCLUDED.updated_at > s.stopped_at THEN NULL
+        ELSE s.stopped_at END,
+    close_reason       = CASE
+        WHEN EXCLUDED.close_reason = 'stop' THEN 'stop'
+        WHEN s.close_reason = 'stale' AND EXCLUDED.updated_at > s.stopped_at THEN NULL
+        ELSE s.close_reason END
+""")
+
+INSERT_AUTH = sql.SQL("""
+INSERT INTO auth_log (tenant_id, logged_at, event_id, username, nas_id, calling_station_id,
+                      result, reason, auth_method)
+SELECT tenant_id, to_timestamp(logged), event_id, username, nas_id, calling_station_id,
+       result, reason, auth_method
+FROM {stage}
+ON CONFLICT DO NOTHING
+""")
+
+ENSURE_AUTH_DAYS = "SELECT wificore_auth_log_ensure(%s, %s)"
+
+# Closing in rounds of LIMIT rows, each its own short transaction: never one
+# UPDATE that locks a NAS's (or a shard's) whole set of open sessions.
+CLOSE_NAS = """
+UPDATE sessions s SET stopped_at = to_timestamp(%(ts)s), close_reason = 'nas-restart'
+FROM (SELECT tenant_id, session_key FROM sessions
+      WHERE tenant_id = %(tenant)s AND nas_id = %(nas)s AND stopped_at IS NULL
+        AND started_at < to_timestamp(%(ts)s)
+      LIMIT %(limit)s FOR UPDATE) v
+WHERE s.tenant_id = v.tenant_id AND s.session_key = v.session_key
+"""
+
+# SKIP LOCKED: a row locked right now is being merged, i.e. it is not silent.
+CLOSE_STALE = """
+UPDATE sessions s SET stopped_at = s.updated_at, close_reason = 'stale'
+FROM (SELECT tenant_id, session_key FROM sessions
+      WHERE stopped_at IS NULL AND stale_at < now() - make_interval(secs => %(grace)s)
+      LIMIT %(limit)s FOR UPDATE SKIP LOCKED) v
+WHERE s.tenant_id = v.tenant_id AND s.session_key = v.session_key
+"""
+
+
+class ShardUnavailable(psycopg.OperationalError):
+    """The shard could not take the batch (connection, timeout, or any non-data error)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Item:
+    """One stream entry with its decoded record; ``ref`` is the caller's handle."""
+
+    ref: Any
+    record: Record
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one shard's part of a batch."""
+
+    done: list[Item] = dataclasses.field(default_factory=list)       # committed: acknowledge
+    rejected: list[tuple[Item, str, str]] = dataclasses.field(default_factory=list)  # dead letter
+    deferred: list[Item] = dataclasses.field(default_factory=list)   # stays pending
+    error: str | None = None
+    attempted: bool = False  # False: the shard's backoff was not over, nothing was tried
+    merged_rows: int = 0
+    auth_rows: int = 0
+    closed: int = 0
+    seconds: float = 0.0
+
+
+def _is_record_error(exc: BaseException) -> bool:
+    """True when the error is about a row's content, not about the shard."""
+    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+
+
+def _utc_day(ts: float) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date()
+
+
+class ShardWriter:
+    """Writes batches to one shard over one connection; a backoff guards retries."""
+
+    def __init__(self, shard: Shard, cfg: WriterConfig) -> None:
+        self.shard = shard
+        self.cfg = cfg
+        self.backoff = Backoff(first_s=0.2, max_s=float(cfg.backoff_max_s))
+        self._conn: psycopg.Connection | None = None
+        self._auth_days: set[dt.date] = set()
+        self.last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.shard.name
+
+    @property
+    def down(self) -> bool:
+        return self.backoff.failures > 0
+
+    # ---------------------------------------------------------- connection
+    def _connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._drop()
+            try:
+                conn = psycopg.connect(self.shard.writer_dsn, autocommit=True, prepare_threshold=None,
+                                       connect_timeout=self.cfg.connect_timeout_s,
+                                       application_name=APPLICATION_NAME)
+            except psycopg.Error as exc:
+                raise ShardUnavailable(f"shard {self.name!r}: cannot connect: {exc}") from exc
+            self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection must not hide the first error
+                pass
+
+    def close(self) -> None:
+        self._drop()
+
+    def _begin(self, conn: psycopg.Connection) -> None:
+        conn.execute(SET_LOCAL, (str(self.cfg.statement_timeout_ms),))
+
+    # --------------------------------------------------------------- write
+    def write(self, items: list[Item]) -> Outcome:
+        """Write one shard's part of a batch. Never raises for the shard's own errors."""
+        started = time.perf_counter()
+        out = Outcome()
+        if not self.backoff.ready():
+            out.deferred = list(items)
+            out.error = self.last_error
+            return out
+        out.attempted = True
+        try:
+            self._ensure_auth_days(items)
+            self._write_split(items, out)
+            self._close_nas(items, out)
+        except (psycopg.Error, ShardUnavailable) as exc:
+            # Nothing of this batch counts as done: entries already committed are
+            # replayed later, and the merge makes that harmless.
+            if self._conn is not None and (self._conn.broken or self._conn.closed):
+                self._drop()
+            self.backoff.failed()
+            self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+            out.deferred = list(items)
+            out.done, out.rejected = [], []
+            out.error = self.last_error
+            out.seconds = time.perf_counter() - started
+            return out
+        self.backoff.succeeded()
+        self.last_error = None
+        out.seconds = time.perf_counter() - started
+        return out
+
+    def _write_split(self, items: list[Item], out: Outcome) -> None:
+        """One transaction; on a record error, halves until the bad record is alone."""
+        stack = [items]
+        while stack:
+            part = stack.pop()
+            try:
+                self._write_once(part, out)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                if len(part) == 1:
+                    out.rejected.append((part[0], DEAD_REJECTED_BY_DB, f"shard {self.name!r}: {exc}"[:500]))
+                else:
+                    mid = len(part) // 2
+                    stack += [part[mid:], part[:mid]]
+
+    def _write_once(self, items: list[Item], out: Outcome) -> None:
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                self._transaction(items, out)
+                return
+            except RETRYABLE:
+                # Deadlock or serialization failure with another writer: its
+                # transaction went through, ours may simply run again.
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+
+    def _transaction(self, items: list[Item], out: Outcome) -> None:
+        conn = self._connection()
+        tenants = sorted({it.record.tenant_id for it in items})
+        with conn.transaction():
+            self._begin(conn)
+            known = {row[0] for row in conn.execute(KNOWN_TENANTS, (tenants,))}
+            acct: list[Acct] = []
+            auth: list[Auth] = []
+            good: list[Item] = []
+            unknown: list[tuple[Item, str, str]] = []
+            for it in items:
+                rec = it.record
+                if rec.tenant_id not in known:
+                    unknown.append((it, DEAD_UNKNOWN_TENANT,
+                                    f"tenant {rec.tenant_id} does not exist on shard {self.name!r}"))
+                    continue
+                good.append(it)
+                if isinstance(rec, Acct):
+                    acct.append(rec)
+                else:
+                    auth.append(rec)
+            rows, _events = collapse(acct)  # NAS events are applied after the commit
+            with conn.cursor() as cur:
+                if rows:
+                    cur.execute(_create_stage(STAGE_SESSIONS, SESSION_COLUMNS))
+                    with cur.copy(_copy(STAGE_SESSIONS, SESSION_COLUMNS)) as cp:
+                        for row in rows:
+                            cp.write_row(row)
+                    cur.execute(MERGE_SESSIONS.format(stage=STAGE_SESSIONS))
+                if auth:
+                    cur.execute(_create_stage(STAGE_AUTH, AUTH_COLUMNS))
+                    with cur.copy(_copy(STAGE_AUTH, AUTH_COLUMNS)) as cp:
+                        for a in auth:
+                            cp.write_row((a.tenant_id, a.ts, a.event_id, a.username, a.nas_id,
+                                          a.calling_station_id, a.result, a.reason, a.method))
+                    cur.execute(INSERT_AUTH.format(stage=STAGE_AUTH))
+                    out.auth_rows += max(cur.rowcount, 0)
+        # Committed.
+        out.done += good
+        out.rejected += unknown
+        out.merged_rows += len(rows)
+
+    def _ensure_auth_days(self, items: list[Item]) -> None:
+        """Create the auth log's day partitions the batch needs (UTC days; cached)."""
+        days = {_utc_day(it.record.ts) for it in items if isinstance(it.record, Auth)}
+        missing = days - self._auth_days
+        if not missing:
+            return
+        conn = self._connection()
+        with conn.transaction():
+            self._begin(conn)
+            conn.execute(ENSURE_AUTH_DAYS, (min(missing), max(missing)))
+        self._auth_days |= missing
+
+    # --------------------------------------------------------------- close
+    def _close_nas(self, items: list[Item], out: Outcome) -> None:
+        """Accounting-On/Off: close the NAS's open sessions that started before it, in rounds."""
+        events = sorted({NasEvent(r.event_ts, r.tenant_id, r.nas_id) for r in (it.record for it in out.done)
+                         if isinstance(r, Acct) and r.status in NAS_STATUSES})
+        # In time order: a session is closed by the first restart after it started.
+        for ev in events:
+            out.closed += self._close_rounds(CLOSE_NAS, {"ts": ev.event_ts, "tenant": ev.tenant_id,
+                                                         "nas": ev.nas_id}, what=_nas_what(ev))
+
+    def close_stale(self, grace_s: int) -> int:
+        """Close silent sessions as 'stale', in rounds; the number closed. Raises on shard errors."""
+        if not self.backoff.ready():
+            return 0
+        try:
+            n = self._close_rounds(CLOSE_STALE, {"grace": grace_s}, what="stale sessions")
+        except psycopg.Error as exc:
+            if self._conn is not None and (self._conn.broken or self._conn.closed):
+                self._drop()
+            self.backoff.failed()
+            self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+            raise
+        return n
+
+    def _close_rounds(self, query: str, params: dict[str, Any], *, what: str) -> int:
+        total = 0
+        limit = self.cfg.close_batch_rows
+        for _ in range(self.cfg.close_max_loops):
+            conn = self._connection()
+            with conn.transaction():
+                self._begin(conn)
+                n = conn.execute(query, {**params, "limit": limit}).rowcount
+            total += n
+            if n < limit:
+                return total
+        # The bound is hit: the rest is done next time (entries stay pending / next pass).
+        raise ShardUnavailable(f"shard {self.name!r}: closing {what} needs more than "
+                               f"{self.cfg.close_max_loops} rounds of {limit}; continuing later")
+
+
+def _nas_what(ev: NasEvent) -> str:
+    return f"the sessions of NAS {ev.nas_id} of tenant {ev.tenant_id}"

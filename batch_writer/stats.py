@@ -1,0 +1,79 @@
+"""Counters as plain data. The writer bumps them; metrics.py exports them.
+
+Labels stay bounded: record kinds, dead-letter reason classes, shard names
+(from the shard map), close reasons, stream partitions. Never a tenant or a user.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections import Counter, deque
+from typing import Any
+
+ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# Reason classes of dead letters (the metric label; the full reason is in the entry).
+DEAD_DECODE = "decode"              # not a record at all
+DEAD_INVALID = "invalid"            # a field is missing, malformed or absurd
+DEAD_UNKNOWN_TENANT = "unknown_tenant"
+DEAD_ATTEMPTS = "attempts"          # delivered max_attempts times, never acknowledged
+DEAD_REJECTED_BY_DB = "db_rejected"  # the shard refused this one record (data or integrity error)
+
+
+class Histogram:
+    """Fixed buckets; observe() is a bisect and two adds."""
+
+    __slots__ = ("buckets", "counts", "sum", "count")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""
+        out, running = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
+@dataclasses.dataclass
+class WriterStats:
+    """Everything the writer counts."""
+
+    records: Counter[str] = dataclasses.field(default_factory=Counter)        # by kind
+    dead_letters: Counter[str] = dataclasses.field(default_factory=Counter)   # by reason class
+    shard_errors: Counter[str] = dataclasses.field(default_factory=Counter)   # by shard name
+    sessions_merged: Counter[str] = dataclasses.field(default_factory=Counter)  # rows, by shard
+    sessions_closed: Counter[str] = dataclasses.field(default_factory=Counter)  # by close reason
+    redis_errors: int = 0
+    loop_errors: int = 0
+    batches: int = 0
+    acked: int = 0
+    claimed: int = 0
+    batch_rows: Histogram = dataclasses.field(default_factory=lambda: Histogram(ROWS_BUCKETS))
+    batch_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
+    # The last batches' latencies (decode to acknowledgement), for percentiles in benchmarks.
+    recent_batch_seconds: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=10_000))
+    # Gauges, refreshed by the writer's housekeeping (not at scrape time: a scrape
+    # must not wait on Redis).
+    stream_lag: dict[int, int] = dataclasses.field(default_factory=dict)
+    stream_pending: dict[int, int] = dataclasses.field(default_factory=dict)
+    dead_letter_length: int = 0
+    shards_down: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-able view (heartbeat value, logs)."""
+        return {"batches": self.batches, "acked": self.acked, "records": dict(self.records),
+                "dead_letters": dict(self.dead_letters), "shard_errors": dict(self.shard_errors),
+                "shards_down": sorted(k for k, v in self.shards_down.items() if v)}

@@ -1,0 +1,329 @@
+"""The Redis side: the consumer group over every stream partition.
+
+Where an entry comes from, and what that does to its delivery count (the
+count XPENDING reports, which the writer compares with ``max_attempts``):
+
+* :meth:`Streams.read_new` -- ``XREADGROUP >``: count 1.
+* :meth:`Streams.read_history` -- at start-up, ``XREADGROUP`` from id 0 re-reads
+  the entries this consumer name held when it stopped (a crash): count + 1.
+* :meth:`Streams.claim_dead` -- entries of a consumer whose heartbeat has expired,
+  idle for ``claim_min_idle_ms``: ``XCLAIM``, count + 1.
+* :meth:`Streams.read_own_pending` -- our own entries left pending while their
+  shard was down (``XPENDING`` + ``XRANGE``): count unchanged.
+
+So the count grows only when a writer took an entry and died (or lost it)
+without acknowledging it -- never while an entry waits for its shard. That is
+why claims are not a blanket ``XAUTOCLAIM``: it would also take the entries a
+live writer keeps pending for a down shard, bump their counts on every pass and
+finally dead-letter records whose only fault was an outage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from rlm_wificore.keys import Keys
+
+LAG_SCAN_MAX = 10_000  # bound of the fallback lag count when Redis cannot tell the lag
+
+
+@dataclasses.dataclass(slots=True)
+class Entry:
+    """One stream entry. ``payload`` is the ``d`` field (None if absent)."""
+
+    partition: int
+    id: bytes
+    payload: bytes | None
+    deliveries: int = 1
+    deleted: bool = False  # pending, but no longer in the stream (trimmed by someone)
+
+    @property
+    def source(self) -> str:
+        return f"{self.partition}/{self.id.decode()}"
+
+
+def _raw_reply(response: Any, **_options: Any) -> Any:
+    """XREADGROUP reply as the parser gave it: redis-py's conversion builds a dict per
+    entry, a third of the writer's Redis time at 5,000 entries a batch."""
+    return response
+
+
+def _field(fields: list[bytes], name: bytes) -> bytes | None:
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Streams:
+    """One consumer of the group ``group`` on streams ``keys.stream(0..partitions-1)``."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, partitions: int, group: str, consumer: str,
+                 dead_maxlen: int) -> None:
+        self.r = client
+        client.set_response_callback("XREADGROUP", _raw_reply)
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer
+        self.dead_maxlen = dead_maxlen
+        self.names = [keys.stream(i) for i in range(partitions)]
+        self._index = {name.encode(): i for i, name in enumerate(self.names)}
+        self._history: dict[int, bytes] | None = None   # partition -> last id read, until done
+        self._sweep: dict[int, str] | None = None       # partition -> XPENDING cursor, during a sweep
+
+    # -------------------------------------------------------------- set-up
+    def ensure_groups(self) -> None:
+        """Create the group on every partition (from id 0: entries already there are read too)."""
+        for name in self.names:
+            try:
+                self.r.xgroup_create(name, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def heartbeat_key(self, consumer: str | None = None) -> str:
+        return f"{self.keys.writer_heartbeat}:{consumer or self.consumer}"
+
+    def beat(self, ttl_s: int, info: dict[str, Any]) -> None:
+        self.r.set(self.heartbeat_key(), json.dumps(info, separators=(",", ":")), ex=ttl_s)
+
+    def alive(self, consumer: str) -> bool:
+        return bool(self.r.exists(self.heartbeat_key(consumer)))
+
+    def forget_heartbeat(self) -> None:
+        self.r.delete(self.heartbeat_key())
+
+    # ------------------------------------------------------------- reading
+    def _entries(self, resp: Any, deliveries: int = 1) -> list[Entry]:
+        # Raw reply (see _raw_reply): RESP3 {stream: [[id, [field, value, ...] | None], ...]}
+        # or RESP2 [[stream, [...]], ...].
+        out: list[Entry] = []
+        index = self._index
+        for name, rows in (resp.items() if isinstance(resp, dict) else resp or ()):
+            part = index[name]
+            for entry_id, fields in rows:
+                if fields is None:
+                    out.append(Entry(part, entry_id, None, deliveries, deleted=True))
+                elif fields[0] == b"d":  # the one field radiusd writes
+                    out.append(Entry(part, entry_id, fields[1], deliveries))
+                else:
+                    out.append(Entry(part, entry_id, _field(fields, b"d"), deliveries))
+        return out
+
+    def read_new(self, *, max_rows: int, max_age_ms: int, stop: threading.Event) -> list[Entry]:
+        """Entries never delivered before: up to ``max_rows``, waiting at most ``max_age_ms``
+        for the first one and then until the batch is that old."""
+        out: list[Entry] = []
+        first_at: float | None = None
+        per_stream = len(self.names)
+        while len(out) < max_rows and not stop.is_set():
+            if first_at is None:
+                block_ms = max_age_ms
+            else:
+                block_ms = int(max_age_ms - (time.monotonic() - first_at) * 1000)
+                if block_ms <= 0:
+                    break
+            # COUNT is per stream: ask each for its share, so the batch stays near max_rows.
+            count = max(1, (max_rows - len(out)) // per_stream)
+            resp = self.r.xreadgroup(self.group, self.consumer, {n: ">" for n in self.names},
+                                     count=count, block=max(1, block_ms))
+            got = self._entries(resp)
+            if not got:
+                break
+            if first_at is None:
+                first_at = time.monotonic()
+            out += got
+        return out
+
+    def start_history(self) -> None:
+        """Arm :meth:`read_history` (at start-up)."""
+        self._history = {i: b"0" for i in range(len(self.names))}
+
+    @property
+    def history_pending(self) -> bool:
+        return bool(self._history)
+
+    def read_history(self, *, max_rows: int) -> list[Entry]:
+        """The next page of this consumer's own pending entries (re-delivered: count + 1)."""
+        if not self._history:
+            return []
+        cursors = self._history
+        count = max(1, max_rows // len(cursors))
+        resp = self.r.xreadgroup(self.group, self.consumer,
+                                 {self.names[p]: cid for p, cid in cursors.items()}, count=count)
+        got = self._entries(resp)
+        seen: dict[int, list[Entry]] = {}
+        for e in got:
+            seen.setdefault(e.partition, []).append(e)
+        for p in list(cursors):
+            rows = seen.get(p)
+            if not rows:
+                del cursors[p]
+            else:
+                cursors[p] = rows[-1].id
+        self._fill_deliveries(seen)
+        return got
+
+    def _fill_deliveries(self, by_partition: dict[int, list[Entry]]) -> None:
+        """Set each entry's delivery count from XPENDING (one call per partition)."""
+        if not by_partition:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        order = []
+        for p, rows in by_partition.items():
+            pipe.xpending_range(self.names[p], self.group, rows[0].id, rows[-1].id, len(rows) + 16,
+                                consumername=self.consumer)
+            order.append(p)
+        for p, pending in zip(order, pipe.execute(), strict=True):
+            counts = {row["message_id"]: row["times_delivered"] for row in pending}
+            for e in by_partition[p]:
+                e.deliveries = counts.get(e.id, e.deliveries)
+
+    def _fetch(self, wanted: list[tuple[int, bytes, int]]) -> list[Entry]:
+        """Read entries by id without touching the group: (partition, id, deliveries)."""
+        if not wanted:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for p, eid, _n in wanted:
+            pipe.xrange(self.names[p], eid, eid, count=1)
+        out = []
+        for (p, eid, n), rows in zip(wanted, pipe.execute(), strict=True):
+            if rows:
+                out.append(Entry(p, eid, rows[0][1].get(b"d"), n))
+            else:
+                out.append(Entry(p, eid, None, n, deleted=True))
+        return out
+
+    # ------------------------------------------------------------- sweeps
+    def start_sweep(self) -> None:
+        """Arm :meth:`read_own_pending` for one pass over our pending entries."""
+        self._sweep = {i: "-" for i in range(len(self.names))}
+
+    @property
+    def sweeping(self) -> bool:
+        return self._sweep is not None
+
+    def read_own_pending(self, *, max_rows: int) -> tuple[list[Entry], bool]:
+        """The next page of our own pending entries (count unchanged); (entries, pass finished)."""
+        if self._sweep is None:
+            return [], True
+        cursors = self._sweep
+        count = max(1, max_rows // max(1, len(cursors)))
+        wanted = []
+        for p in list(cursors):
+            rows = self.r.xpending_range(self.names[p], self.group, cursors[p], "+", count,
+                                         consumername=self.consumer)
+            wanted += [(p, row["message_id"], row["times_delivered"]) for row in rows]
+            if len(rows) < count:
+                del cursors[p]
+            else:
+                cursors[p] = "(" + _text(rows[-1]["message_id"])
+        done = not cursors
+        if done:
+            self._sweep = None
+        return self._fetch(wanted), done
+
+    # -------------------------------------------------------------- claims
+    def claim_dead(self, *, max_rows: int, min_idle_ms: int) -> list[Entry]:
+        """Take over entries of consumers whose heartbeat expired (count + 1).
+
+        Consumers without a heartbeat and with nothing pending are removed from
+        the group, so the consumer list stays bounded across restarts.
+        """
+        out: list[Entry] = []
+        for p, name in enumerate(self.names):
+            for c in self.r.xinfo_consumers(name, self.group):
+                other = _text(c["name"])
+                if other == self.consumer or self.alive(other):
+                    continue
+                if int(c["pending"]) == 0:
+                    if int(c.get("idle", 0)) >= min_idle_ms:
+                        self.r.xgroup_delconsumer(name, self.group, other)
+                    continue
+                room = max_rows - len(out)
+                if room <= 0:
+                    return out
+                rows = self.r.xpending_range(name, self.group, "-", "+", room, consumername=other,
+                                             idle=min_idle_ms)
+                if not rows:
+                    continue
+                before = {row["message_id"]: row["times_delivered"] for row in rows}
+                claimed = self.r.xclaim(name, self.group, self.consumer, min_idle_ms, list(before))
+                for entry_id, fields in claimed:
+                    if fields is None:
+                        out.append(Entry(p, entry_id, None, before.get(entry_id, 0) + 1, deleted=True))
+                    else:
+                        out.append(Entry(p, entry_id, fields.get(b"d"), before.get(entry_id, 0) + 1))
+        return out
+
+    # ---------------------------------------------------------------- acks
+    def ack(self, entries: Iterable[Entry]) -> int:
+        """XACK, one call per partition."""
+        by_part: dict[int, list[bytes]] = {}
+        for e in entries:
+            by_part.setdefault(e.partition, []).append(e.id)
+        if not by_part:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for p, ids in by_part.items():
+            pipe.xack(self.names[p], self.group, *ids)
+        return sum(pipe.execute())
+
+    def dead_letter(self, rejected: list[tuple[Entry, str]], *, now: Callable[[], float] = time.time) -> int:
+        """Copy each entry to the dead-letter stream with its reason, then acknowledge it.
+
+        Two round trips on purpose: an entry is acknowledged only when its copy
+        is known to be stored (a crash in between leaves a duplicate dead letter,
+        never a lost record).
+        """
+        if not rejected:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for e, reason in rejected:
+            pipe.xadd(self.keys.dead_letter,
+                      {"d": e.payload or b"", "reason": reason[:1000],
+                       "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"},
+                      maxlen=self.dead_maxlen, approximate=True)
+        results = pipe.execute(raise_on_error=False)
+        stored = [e for (e, _), res in zip(rejected, results, strict=True) if not isinstance(res, Exception)]
+        self.ack(stored)
+        return len(stored)
+
+    # ------------------------------------------------------------- gauges
+    def measure_and_trim(self) -> tuple[dict[int, int], dict[int, int], int]:
+        """(lag, pending) per partition and the dead-letter length; trims acknowledged entries.
+
+        Trimming: entries older than the oldest pending one (or than the last one
+        delivered, when nothing is pending) are acknowledged and can go; ``MINID ~``
+        lets Redis drop whole nodes cheaply. This assumes the writers' group is the
+        only group on the streams.
+        """
+        lag: dict[int, int] = {}
+        pending: dict[int, int] = {}
+        for p, name in enumerate(self.names):
+            info = next((g for g in self.r.xinfo_groups(name) if _text(g["name"]) == self.group), None)
+            if info is None:
+                continue
+            summary = self.r.xpending(name, self.group)
+            pending[p] = int(summary["pending"])
+            last = info.get("last-delivered-id")
+            value = info.get("lag")
+            if value is None:
+                # Redis cannot tell after deletions; count (bounded) what follows the last delivered.
+                value = len(self.r.xrange(name, "(" + _text(last), "+", count=LAG_SCAN_MAX))
+            lag[p] = int(value)
+            floor = summary["min"] if pending[p] else last
+            if floor:
+                self.r.xtrim(name, minid=floor, approximate=True)
+        return lag, pending, int(self.r.xlen(self.keys.dead_letter))

@@ -1,0 +1,368 @@
+"""The writer: ``run()`` = set up, loop ``run_once()`` until stopped, close in ``finally``.
+
+One ``run_once()`` takes one batch from the first source that has work --
+start-up history (our own entries from before a crash), a sweep of our pending
+entries after a shard came back, entries of dead writers, then new entries --
+decodes and routes it, writes each shard's part (shards in parallel threads,
+each with its own connection), then dead-letters and acknowledges. Entries of a
+shard that is down are simply not acknowledged: they stay in our pending list,
+the other shards go on, and a sweep drains them after the shard answers again.
+
+A signal only sets the stop flag: the batch being read is cut short, written,
+committed and acknowledged, then ``run()`` returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import redis
+
+from rlm_wificore.errors import DecodeError, UnknownTenant
+from rlm_wificore.keys import Keys
+from rlm_wificore.log import get_logger
+from rlm_wificore.settings import Settings
+from rlm_wificore.shardmap import ShardMap
+
+from . import stats as st
+from .backoff import Backoff
+from .config import WriterConfig
+from .merge import Item, Outcome, ShardWriter
+from .records import Acct, Limits, Rejected, decode
+from .streams import Entry, Streams
+
+log = get_logger("batch_writer")
+
+MEASURE_INTERVAL_S = 5.0
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One batch between decoding and acknowledgement."""
+
+    size: int
+    started: float
+    to_ack: list[Entry] = dataclasses.field(default_factory=list)
+    dead: list[tuple[Entry, str, str]] = dataclasses.field(default_factory=list)
+    by_shard: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
+    futures: dict[str, Future[Outcome]] = dataclasses.field(default_factory=dict)
+
+
+class Writer:
+    """Moves records from the stream partitions into the shards."""
+
+    def __init__(self, settings: Settings, cfg: WriterConfig, *, burst: bool = False,
+                 shard_map: ShardMap | None = None, redis_client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg
+        self.burst = burst
+        self.map = shard_map or ShardMap.load(settings.shard_map)
+        self.keys = Keys(settings.key_prefix)
+        timeout_s = cfg.redis_timeout_ms / 1000
+        self.redis = redis_client or redis.Redis.from_url(
+            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            health_check_interval=30)
+        self.streams = Streams(self.redis, self.keys, partitions=settings.stream_partitions,
+                               group=cfg.group, consumer=cfg.consumer, dead_maxlen=cfg.dead_maxlen)
+        self.shards = {s.name: ShardWriter(s, cfg) for s in self.map}
+        self.stats = st.WriterStats(shards_down={name: False for name in self.shards})
+        self.stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.shards)),
+                                        thread_name_prefix="wificore-shard")
+        self._ready = False
+        self._needs_sweep: set[str] = set()
+        self._sweep_shards: set[str] = set()
+        self._sweep_failed: set[str] = set()
+        self._caught_up = False
+        self._idle = False
+        self._resweep = False
+        self._inflight: _Batch | None = None
+        self._metrics_server: Any = None
+        now = time.monotonic()
+        self._next_beat = now
+        self._next_claim = now + cfg.claim_interval_s
+        self._next_stale = now + cfg.stale_interval_s
+        self._next_measure = now
+
+    # ------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch and return (signal-safe)."""
+        self.stopping.set()
+
+    def setup(self) -> None:
+        """Groups, heartbeat, history re-read, metrics. Idempotent; Redis errors propagate."""
+        if self._ready:
+            return
+        self.streams.ensure_groups()
+        self.streams.start_history()
+        self._beat()
+        if self.cfg.metrics_port and self._metrics_server is None:
+            from . import metrics
+            self._metrics_server = metrics.serve(self.stats, self.cfg.metrics_addr, self.cfg.metrics_port)
+        self._ready = True
+        log.info("writer_started", consumer=self.cfg.consumer, group=self.cfg.group,
+                 partitions=len(self.streams.names), shards=sorted(self.shards),
+                 metrics_port=self.cfg.metrics_port or None)
+
+    def run(self) -> int:
+        """Loop until stopped (or, in burst mode, until there is nothing left); 0 on a clean stop."""
+        backoff = Backoff(first_s=0.1, max_s=float(self.cfg.backoff_max_s))
+        try:
+            while not self.stopping.is_set():
+                try:
+                    n = self.run_once()
+                except redis.RedisError as exc:
+                    self.stats.redis_errors += 1
+                    if "NOGROUP" in str(exc):
+                        self._ready = False  # the stream or group was deleted: create it again
+                    log.warning("redis_failed", error=str(exc), retry_in_s=round(backoff.failed(), 2))
+                    backoff.wait(self.stopping)
+                    continue
+                except Exception as exc:  # a failing batch never kills the loop
+                    self.stats.loop_errors += 1
+                    log.exception("loop_failed", error=str(exc), retry_in_s=round(backoff.failed(), 2))
+                    backoff.wait(self.stopping)
+                    continue
+                backoff.succeeded()
+                if self.burst and n == 0 and self.idle():
+                    break
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        """Finish the batch in flight, then release everything; the heartbeat goes at once
+        so --check turns red."""
+        try:
+            self.flush()
+        except Exception as exc:  # its entries stay pending: the next start re-reads them
+            log.warning("final_batch_failed", error=str(exc))
+        try:
+            self.streams.forget_heartbeat()
+        except redis.RedisError:
+            pass
+        self._pool.shutdown(wait=True)
+        for w in self.shards.values():
+            w.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        self.redis.close()
+        log.info("writer_stopped", consumer=self.cfg.consumer, **self.stats.summary())
+
+    def idle(self) -> bool:
+        """Nothing new, nothing in flight, nothing of ours to re-read, no shard waiting to be
+        drained (burst mode)."""
+        waiting = {n for n in self._needs_sweep if not self.shards[n].down}
+        return (self._idle and self._inflight is None and not self._resweep
+                and not self.streams.history_pending and not self.streams.sweeping and not waiting)
+
+    # ------------------------------------------------------------- one step
+    def run_once(self) -> int:
+        """Housekeeping when due, then one batch; the number of entries taken.
+
+        With ``pipeline`` on, the batch is left writing in the shard threads while
+        the next call reads and decodes the next one (its entries are acknowledged
+        by that call, or by :meth:`flush`); with it off, it is done on return.
+        """
+        self.setup()
+        if self._housekeeping_due():
+            self.flush()  # housekeeping uses the shard connections
+            self._housekeeping()
+        entries = self._next_entries()
+        batch = self._prepare(entries) if entries else None
+        self.flush()
+        if batch is not None:
+            self._submit(batch)
+            if not self.cfg.pipeline:
+                self.flush()
+        return len(entries)
+
+    def process(self, entries: list[Entry]) -> None:
+        """Decode, route, write, dead-letter and acknowledge ``entries``; done on return."""
+        self.flush()
+        self._submit(self._prepare(entries))
+        self.flush()
+
+    def flush(self) -> None:
+        """Finish the batch in flight: wait for its shards, dead-letter, acknowledge."""
+        batch, self._inflight = self._inflight, None
+        if batch is None:
+            return
+        try:
+            outcomes = {name: f.result() for name, f in batch.futures.items()}
+            self._complete(batch, outcomes)
+        except BaseException:
+            # Whatever was not acknowledged is still in our pending list: re-read it.
+            self._resweep = True
+            raise
+
+    def _next_entries(self) -> list[Entry]:
+        cfg = self.cfg
+        self._idle = False
+        if self.streams.history_pending:
+            self.flush()
+            got = self.streams.read_history(max_rows=cfg.batch_max_rows)
+            if got:
+                return got
+        # A sweep starts when a shard that missed entries answers again (its backoff
+        # is over), or after a batch whose acknowledgement may not have reached Redis.
+        ready = {n for n in self._needs_sweep if self.shards[n].backoff.ready()}
+        if not self.streams.sweeping and (ready or self._resweep):
+            self.flush()
+            self.streams.start_sweep()
+            self._sweep_shards, self._sweep_failed = ready, set()
+            self._resweep = False
+        if self.streams.sweeping:
+            self.flush()  # our in-flight entries are in the pending list too
+            got, finished = self.streams.read_own_pending(max_rows=cfg.batch_max_rows)
+            if finished:
+                # Shards that took every entry of the pass have nothing left behind.
+                self._needs_sweep -= self._sweep_shards - self._sweep_failed
+                self._sweep_shards = set()
+            if got:
+                return got
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + cfg.claim_interval_s
+            got = self.streams.claim_dead(max_rows=cfg.batch_max_rows, min_idle_ms=cfg.claim_min_idle_ms)
+            if got:
+                self.stats.claimed += len(got)
+                log.info("claimed_entries", count=len(got))
+                return got
+        got = self.streams.read_new(max_rows=cfg.batch_max_rows, max_age_ms=cfg.batch_max_age_ms,
+                                    stop=self.stopping)
+        self._caught_up = len(got) < cfg.batch_max_rows
+        self._idle = not got
+        return got
+
+    def limits(self) -> Limits:
+        return Limits(now=time.time(), max_age_s=self.cfg.max_event_age_s,
+                      max_ahead_s=self.cfg.max_event_ahead_s,
+                      default_interim_s=self.settings.default_interim_s)
+
+    def _prepare(self, entries: list[Entry]) -> _Batch:
+        """Decode and route (CPU only: overlaps the shards' work on the previous batch)."""
+        batch = _Batch(size=len(entries), started=time.perf_counter())
+        limits = self.limits()
+        max_attempts = self.cfg.max_attempts
+        shard_for = self.map.shard_for
+        for e in entries:
+            if e.deleted:
+                batch.to_ack.append(e)  # gone from the stream: nothing left to write
+                continue
+            if e.deliveries > max_attempts:
+                batch.dead.append((e, st.DEAD_ATTEMPTS, f"delivered {e.deliveries} times and never "
+                                                        f"acknowledged (max_attempts {max_attempts})"))
+                continue
+            try:
+                rec = decode(e.payload, limits)
+            except DecodeError as exc:
+                batch.dead.append((e, st.DEAD_DECODE, str(exc)))
+                continue
+            except Rejected as exc:
+                batch.dead.append((e, st.DEAD_INVALID, str(exc)))
+                continue
+            try:
+                shard = shard_for(rec.tenant_id)
+            except UnknownTenant as exc:
+                batch.dead.append((e, st.DEAD_UNKNOWN_TENANT, str(exc)))
+                continue
+            batch.by_shard.setdefault(shard.name, []).append(Item(e, rec))
+        return batch
+
+    def _submit(self, batch: _Batch) -> None:
+        """Start the shards' writes (in parallel threads: the wait is the servers')."""
+        for name, items in batch.by_shard.items():
+            batch.futures[name] = self._pool.submit(self.shards[name].write, items)
+        self._inflight = batch
+
+    def _complete(self, batch: _Batch, outcomes: dict[str, Outcome]) -> None:
+        to_ack, dead = batch.to_ack, batch.dead
+        for name, out in outcomes.items():
+            to_ack += [it.ref for it in out.done]
+            dead += [(it.ref, cls, reason) for it, cls, reason in out.rejected]
+            self._account(name, out)
+        if dead:
+            self.streams.dead_letter([(e, reason) for e, _cls, reason in dead])
+            for e, cls, reason in dead:
+                self.stats.dead_letters[cls] += 1
+                log.warning("dead_letter", source=e.source, reason_class=cls, reason=reason)
+        self.stats.acked += self.streams.ack(to_ack)
+        self.stats.batches += 1
+        self.stats.batch_rows.observe(batch.size)
+        seconds = time.perf_counter() - batch.started
+        self.stats.batch_seconds.observe(seconds)
+        self.stats.recent_batch_seconds.append(seconds)
+
+    def _account(self, name: str, out: Outcome) -> None:
+        for it in out.done:
+            rec = it.record
+            self.stats.records[rec.status if isinstance(rec, Acct) else "auth"] += 1
+        self.stats.sessions_merged[name] += out.merged_rows
+        if out.closed:
+            self.stats.sessions_closed["nas-restart"] += out.closed
+        was_down = self.stats.shards_down.get(name, False)
+        if out.deferred:
+            self._needs_sweep.add(name)
+            self._sweep_failed.add(name)
+            self.stats.shards_down[name] = self.shards[name].down
+            if out.attempted:
+                self.stats.shard_errors[name] += 1
+            if not was_down and self.shards[name].down:
+                log.warning("shard_down", shard=name, error=out.error, pending=len(out.deferred))
+        else:
+            self.stats.shards_down[name] = False
+            if was_down:
+                log.info("shard_up", shard=name)
+
+    # --------------------------------------------------------- housekeeping
+    def _housekeeping_due(self) -> bool:
+        now = time.monotonic()
+        return now >= self._next_beat or now >= self._next_measure or now >= self._next_stale
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._next_beat = now + max(1.0, self.cfg.heartbeat_ttl_s / 3)
+            self._beat()
+        if now >= self._next_measure:
+            self._next_measure = now + MEASURE_INTERVAL_S
+            lag, pending, dead_len = self.streams.measure_and_trim()
+            self.stats.stream_lag, self.stats.stream_pending = lag, pending
+            self.stats.dead_letter_length = dead_len
+        if now >= self._next_stale:
+            self._next_stale = now + self.cfg.stale_interval_s
+            self.close_stale()
+
+    def _beat(self) -> None:
+        self.streams.beat(self.cfg.heartbeat_ttl_s, {"ts": round(time.time(), 3), "pid": os.getpid(),
+                                                     "acked": self.stats.acked,
+                                                     "shards_down": self.stats.summary()["shards_down"]})
+
+    def close_stale(self) -> int:
+        """Close silent sessions on every shard that is up and has no backlog of ours."""
+        if not self._caught_up:
+            # Interims may still be waiting in the stream: closing now would close
+            # sessions whose proof of life is on its way.
+            return 0
+        total = 0
+        for name, w in self.shards.items():
+            if w.down or name in self._needs_sweep:
+                continue
+            try:
+                n = w.close_stale(self.cfg.stale_grace_s)
+            except Exception as exc:  # the next pass tries again
+                self.stats.shard_errors[name] += 1
+                log.warning("stale_close_failed", shard=name, error=str(exc))
+                continue
+            if n:
+                self.stats.sessions_closed["stale"] += n
+                log.info("stale_sessions_closed", shard=name, count=n)
+            total += n
+        return total
