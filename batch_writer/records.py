@@ -53,7 +53,9 @@ class Limits:
     default_interim_s: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs a microsecond more per record to build,
+# and records are built 50,000 times a second. Nothing writes to them.
+@dataclasses.dataclass(slots=True)
 class Acct:
     """One accounting record, checked. ``status`` on/off is NAS-wide (no session)."""
 
@@ -75,7 +77,7 @@ class Acct:
     interim_s: int = 300
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Auth:
     """One auth-log record, checked."""
 
@@ -188,8 +190,39 @@ def _interim(fields: dict[str, Any], default_s: int) -> int:
 
 
 # ------------------------------------------------------------------- decoding
+def _str_ok(value: Any, max_len: int) -> bool:
+    return type(value) is str and len(value) <= max_len and "\x00" not in value
+
+
+def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
+    """The common case in one pass: a well-formed session record, or None (then the
+    field-by-field checks run and name what is wrong). Same rules, a third of the cost."""
+    g = f.get
+    tenant_id, nas_id, ev, st = g("tenant_id"), g("nas_id"), g("event_ts"), g("session_time_s")
+    io, oo, ip, op = g("input_octets"), g("output_octets"), g("input_packets"), g("output_packets")
+    key, csid, cause = g("session_key"), g("calling_station_id"), g("terminate_cause")
+    if not (type(tenant_id) is int and 0 < tenant_id <= MAX_TENANT
+            and type(nas_id) is int and 0 <= nas_id <= MAX_COUNTER
+            and type(ev) is float and limits.now - limits.max_age_s <= ev <= limits.now + limits.max_ahead_s
+            and type(st) is int and 0 <= st and ev - st >= MIN_EVENT_TS
+            and type(io) is int and 0 <= io <= MAX_COUNTER and type(oo) is int and 0 <= oo <= MAX_COUNTER
+            and type(ip) is int and 0 <= ip <= MAX_COUNTER and type(op) is int and 0 <= op <= MAX_COUNTER
+            and type(key) is str and 0 < len(key) <= MAX_SESSION_KEY and "\x00" not in key
+            and _str_ok(g("acct_session_id"), MAX_TEXT) and _str_ok(g("username"), MAX_TEXT)
+            and (csid is None or _str_ok(csid, MAX_TEXT)) and (cause is None or _str_ok(cause, 64))):
+        return None
+    status = g("status")
+    if status not in SESSION_STATUSES:
+        return None
+    return Acct(tenant_id, nas_id, status, ev, key, g("acct_session_id"), g("username"), st, io, oo, ip, op,
+                csid, _framed_ip(f), cause, _interim(f, limits.default_interim_s))
+
+
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
     """Check an ``acct`` record's fields; :class:`Rejected` names the first bad one."""
+    fast = _fast_acct(fields, limits)
+    if fast is not None:
+        return fast
     tenant_id = _tenant(fields)
     status = fields.get("status")
     if status in NAS_STATUSES:

@@ -210,6 +210,9 @@ class Streams:
         """Arm :meth:`read_own_pending` for one pass over our pending entries."""
         self._sweep = {i: "-" for i in range(len(self.names))}
 
+    def stop_sweep(self) -> None:
+        self._sweep = None
+
     @property
     def sweeping(self) -> bool:
         return self._sweep is not None

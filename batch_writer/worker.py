@@ -219,6 +219,11 @@ class Writer:
             self.streams.start_sweep()
             self._sweep_shards, self._sweep_failed = ready, set()
             self._resweep = False
+        if self.streams.sweeping and self._sweep_shards and self._sweep_shards <= self._sweep_failed:
+            # Every shard this pass was for is down again: paging on would only hold
+            # up the healthy shards' new entries. The next backoff expiry starts over.
+            self.streams.stop_sweep()
+            self._sweep_shards = set()
         if self.streams.sweeping:
             self.flush()  # our in-flight entries are in the pending list too
             got, finished = self.streams.read_own_pending(max_rows=cfg.batch_max_rows)

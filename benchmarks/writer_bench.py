@@ -30,7 +30,6 @@ import secrets
 import statistics
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ STEP_S = 60
 
 def partition_of(tenant_id: int, partitions: int) -> int:
     """The stream partition of a tenant's accounting records (see rlm_wificore/wire.py)."""
-    return zlib.crc32(str(tenant_id).encode()) % partitions
+    return tenant_id % partitions
 
 
 def acct(tenant_id: int, key: str, status: str, ts: float, *, session_time_s: int = 0, in_octets: int = 0,
@@ -164,6 +163,26 @@ def verify(shard_map: ShardMap, run_id: str, expected: dict[tuple[int, str], dic
     return True, "ok"
 
 
+def backend_cpu(shard_map: ShardMap) -> dict[int, float]:
+    """CPU seconds (user + system) of the writer's backends, when the shards run on this host."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for shard in shard_map:
+        try:
+            with psycopg.connect(shard.dsn, autocommit=True, connect_timeout=5) as conn:
+                pids = [r[0] for r in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'wificore-batch-writer'")]
+        except psycopg.Error:
+            continue
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a remote shard: not measurable from here
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def cleanup(client: redis.Redis, shard_map: ShardMap, prefix: str, partitions: int, run_id: str,
             keep: bool) -> None:
     keys = Keys(prefix)
@@ -200,12 +219,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     writer = Writer(settings, cfg)
     try:
         writer.setup()
-        start = time.perf_counter()
+        for w in writer.shards.values():
+            w._connection()  # connect now: the backends' CPU is measured from here
+        backends = backend_cpu(shard_map)
+        start, cpu0 = time.perf_counter(), time.process_time()
         deadline = start + args.duration
         while writer.stats.acked < len(records) and time.perf_counter() < deadline:
             writer.run_once()
         writer.flush()
-        elapsed = time.perf_counter() - start
+        elapsed, writer_cpu = time.perf_counter() - start, time.process_time() - cpu0
+        shard_cpu = {pid: backend_cpu(shard_map).get(pid, cpu) - cpu for pid, cpu in backends.items()}
     finally:
         writer.close()
     latencies = list(writer.stats.recent_batch_seconds)
@@ -223,7 +246,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
         "prefill_records_per_s": round(len(records) / prefill_s, 1) if prefill_s > 0 else None,
         "dead_letters": sum(writer.stats.dead_letters.values()), "verified": ok, "verify_detail": detail,
-        "cpu_count": os.cpu_count(),
+        # CPU per record, robust to a busy machine: what one core of writer (or of
+        # shard backend) does per second, whatever else runs beside it.
+        "writer_cpu_s": round(writer_cpu, 2),
+        "records_per_writer_cpu_s": round(writer.stats.acked / writer_cpu) if writer_cpu > 0 else None,
+        "shard_backend_cpu_s": round(sum(shard_cpu.values()), 2) if shard_cpu else None,
+        "records_per_backend_cpu_s": (round(writer.stats.acked / sum(shard_cpu.values()))
+                                      if shard_cpu and sum(shard_cpu.values()) > 0 else None),
+        "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 

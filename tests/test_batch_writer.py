@@ -384,19 +384,21 @@ class TestRecovery:
         """With shard2 down, shard1 keeps flowing; shard2's records stay pending and drain on recovery."""
         prefix, t0 = new_prefix(), time.time() - 1800
         k1, k3, k1b = new_key(), new_key(), new_key()
-        w = make_writer(prefix, backoff_max_s=1, connect_timeout_s=2)
+        # Four rows a batch: the sweep after recovery takes several pages.
+        w = make_writer(prefix, backoff_max_s=1, connect_timeout_s=2, batch_max_rows=4)
         try:
             stack.pg[1].stop()
             push(redis, prefix, session_records(T1, k1, t0) + session_records(T3, k3, t0))
-            for _ in range(5):
+            for _ in range(10):
                 w.run_once()
             w.flush()
             assert row(shard_conn, T1, k1)["close_reason"] == "stop"
             assert pending(redis, prefix) == 5  # shard2's five records, not acknowledged
             assert w.stats.shards_down["shard2"] and w.stats.shard_errors["shard2"] >= 1
-            # Still down: new shard1 records keep flowing.
+            # Still down, and its backoff over (a retry probes it): shard1 keeps flowing.
+            time.sleep(1.1)
             push(redis, prefix, session_records(T1, k1b, t0))
-            for _ in range(5):
+            for _ in range(10):
                 w.run_once()
             w.flush()
             assert row(shard_conn, T1, k1b)["close_reason"] == "stop"
