@@ -15,10 +15,11 @@ No server-side prepared statements and only transaction-local settings
 (``set_config(..., true)``), so PgBouncer in transaction pooling mode is fine.
 
 Errors: a data or integrity error is about a record, so the batch is split in
-halves until the one record is found and rejected (dead letter); every other
-error (connection lost, timeout, deadlock, permissions, a missing table) is
-about the shard, so nothing is rejected: the entries stay pending and the
-shard is retried after a backoff.
+halves until the one record is found and rejected (dead letter) -- unless more
+than MAX_DB_REJECTS of one batch are refused, which says "schema", not
+"poison". Every other error (connection lost, timeout, deadlock, permissions,
+a missing table) is about the shard, so nothing is rejected: the entries stay
+pending and the shard is retried after a backoff.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
 
 APPLICATION_NAME = "wificore-batch-writer"
 DEADLOCK_RETRIES = 3
+MAX_DB_REJECTS = 10  # per batch; past it the shard, not the records, is at fault
 # Conflicts with another writer's transaction: running ours again is all it takes.
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
              psycopg.errors.TransactionRollback)
@@ -272,6 +274,11 @@ class ShardWriter:
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 if len(part) == 1:
                     out.rejected.append((part[0], DEAD_REJECTED_BY_DB, f"shard {self.name!r}: {exc}"[:500]))
+                    if len(out.rejected) > MAX_DB_REJECTS:
+                        # Records passed our checks and the shard still refuses many:
+                        # a schema change or a constraint, not poison. Hold, do not drain.
+                        raise ShardUnavailable(f"shard {self.name!r} refuses more than {MAX_DB_REJECTS} "
+                                               f"records of one batch (last: {exc}); holding them") from exc
                 else:
                     mid = len(part) // 2
                     stack += [part[mid:], part[:mid]]

@@ -315,7 +315,11 @@ class Streams:
         lag: dict[int, int] = {}
         pending: dict[int, int] = {}
         for p, name in enumerate(self.names):
-            info = next((g for g in self.r.xinfo_groups(name) if _text(g["name"]) == self.group), None)
+            try:
+                groups = self.r.xinfo_groups(name)
+            except redis.ResponseError:
+                continue  # the stream is gone: the next read fails with NOGROUP and recreates it
+            info = next((g for g in groups if _text(g["name"]) == self.group), None)
             if info is None:
                 continue
             summary = self.r.xpending(name, self.group)

@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -378,6 +379,30 @@ class TestDeadLetters:
         assert row(shard_conn, T1, poison) is None and pending(redis, prefix) == 0
 
 
+    def test_many_refused_records_are_held_not_dead_lettered(self, make_writer, redis, shard_conn, stack):
+        """A constraint that refuses many records of a batch holds them pending; fixed, they are written."""
+        prefix, now = new_prefix(), time.time()
+        tag = "mass" + uuid.uuid4().hex[:8]
+        keys = [f"{tag}-{i}" for i in range(30)]
+        w = make_writer(prefix, backoff_max_s=1)
+        admin = psycopg.connect(stack.pg[0].dsn(), autocommit=True)
+        try:
+            check = psycopg.sql.SQL("ALTER TABLE sessions ADD CONSTRAINT {} CHECK (session_key NOT LIKE {})")
+            admin.execute(check.format(psycopg.sql.Identifier("test_mass"), psycopg.sql.Literal(tag + "%")))
+            push(redis, prefix, [acct(T2, k, "interim", now - 60) for k in keys])
+            for _ in range(3):
+                w.run_once()
+            w.flush()
+            assert dead_letters(redis, prefix) == [] and pending(redis, prefix) == 30
+            assert w.stats.shard_errors["shard1"] >= 1
+        finally:
+            admin.execute("ALTER TABLE sessions DROP CONSTRAINT IF EXISTS test_mass")
+            admin.close()
+        time.sleep(1.1)  # the shard's backoff
+        drain(w)
+        assert pending(redis, prefix) == 0 and all(row(shard_conn, T2, k) for k in keys)
+
+
 # ------------------------------------------------------------------ recovery
 class TestRecovery:
     def test_a_stopped_shard_does_not_block_the_other(self, make_writer, redis, shard_conn, stack):
@@ -489,6 +514,23 @@ class TestOperations:
         assert json.loads(redis.get(key))["pid"] > 0
         w.close()
         assert not redis.exists(key)
+
+    def test_a_deleted_stream_and_group_are_recreated(self, make_writer, redis, shard_conn):
+        """If someone deletes the streams, the loop recreates stream and group and reads what comes next."""
+        prefix, key = new_prefix(), new_key()
+        w = make_writer(prefix)
+        w.run_once()
+        redis.delete(*[Keys(prefix).stream(p) for p in range(PARTITIONS)])
+        push(redis, prefix, [acct(T2, key, "interim", time.time() - 60, in_octets=42)])
+        w.burst = True
+        w._next_measure = 0  # the gauges' pass meets the missing group first
+        guard = threading.Timer(20, w.stop)  # bounded even if recovery never comes
+        guard.start()
+        try:
+            assert w.run() == 0
+        finally:
+            guard.cancel()
+        assert row(shard_conn, T2, key)["input_octets"] == 42 and w.stats.redis_errors >= 1
 
     def test_acknowledged_entries_are_trimmed(self, make_writer, redis):
         """Streams do not grow without bound: entries older than the oldest pending one are trimmed."""
