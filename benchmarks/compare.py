@@ -1,0 +1,949 @@
+"""rlm_wificore against stock FreeRADIUS: one command, one run, one machine.
+
+Starts everything it measures as local processes on 127.0.0.1 (Redis, two
+PostgreSQL shards, radiusd in four set-ups), loads the dataset
+(benchmarks/dataset.py), then measures, each configuration in turn:
+
+==================  ============================================================
+stock_files         stock radiusd, ``files`` + ``pap``, minimal site: the ceiling
+stock_sql           stock radiusd, rlm_sql -> PostgreSQL, FreeRADIUS's own schema
+wificore_warm       rlm_wificore, profiles in process (the steady state)
+wificore_redis      rlm_wificore with ``local_cache_max = 0``: every request reads
+                    Redis (what a freshly restarted radiusd does)
+wificore_cold       rlm_wificore, Redis flushed and no process cache, users never
+                    seen: one shard query per request
+stock_sql_acct      stock rlm_sql accounting into radacct (Start/Interim/Stop)
+wificore_acct       rlm_wificore accounting (spool, Lua script into Redis)
+==================  ============================================================
+
+Each configuration: a warm-up pass, then the closed-loop maximum (``--window``
+requests in flight) ``--repeat`` times, then open-loop points at fractions of
+that maximum (``--points``) for the latency-against-throughput plot. The
+median of the repeats is reported, and ratios between configurations of this
+same run. Also: Redis bytes per cached profile and per live session, and
+batch_writer ingestion (benchmarks/writer_bench.py, when present).
+
+Access-Requests are PAP for every subscriber with a cleartext or NT-hash
+password (bcrypt subscribers are in the data but not in the request mix: one
+crypt(3) costs ~50 ms of CPU in every configuration and would measure bcrypt,
+not the data path). Packets come from every sender tenant's own loopback NAS
+address for rlm_wificore (radiusd picks the tenant by source address) and
+from 127.0.0.1 for the stock baselines (one static client).
+
+Prerequisites (Debian 12): ``bin/setup``, then
+``apt-get install -y freeradius-postgresql`` (the rlm_sql driver and the
+schema) and ``.venv/bin/pip install -e '.[bench]'`` (matplotlib for the plot).
+
+Usage::
+
+    .venv/bin/python benchmarks/compare.py                # moderate defaults
+    .venv/bin/python benchmarks/compare.py --smoke --out /tmp/r   # seconds
+    .venv/bin/python benchmarks/compare.py --tenants 20 --duration 15 --repeat 3
+
+Writes ``latest.json``, ``latest.md`` and ``latest.png`` into ``--out``
+(default benchmarks/results/). Every server it starts is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from benchmarks import dataset as ds  # noqa: E402
+from benchmarks import report  # noqa: E402
+from benchmarks.loadgen import run as loadgen  # noqa: E402
+from rlm_wificore.background import Forwarder  # noqa: E402
+from rlm_wificore.engine import Engine  # noqa: E402
+from rlm_wificore.keys import Keys  # noqa: E402
+from rlm_wificore.profile import Profile  # noqa: E402
+from rlm_wificore.settings import Settings  # noqa: E402
+from rlm_wificore.shardmap import ShardMap  # noqa: E402
+from rlm_wificore.spool import Spool  # noqa: E402
+from stack.local import Ports, Stack  # noqa: E402
+from stack.servers import RADDB, Process, Radiusd, free_port, wait_for  # noqa: E402
+
+STOCK_DIR = Path(__file__).resolve().parent / "stock"
+WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
+STOCK_SECRET = "stock-bench-secret"
+#: Accounting packets are sent in blocks: the Starts of a block, its Interims, its Stops.
+ACCT_BLOCK = 500
+#: Upper bound of packets per sender in a closed-loop auth run (the file is cycled).
+MAX_PACKETS_PER_S = 200_000
+
+
+def _retry_ports(make: Callable[[], Any], attempts: int = 5) -> Any:
+    """stack.servers.free_port can lose a race for the UDP half of a port: try again."""
+    for i in range(attempts):
+        try:
+            return make()
+        except OSError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ machine
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {"cpu_model": model, "cores": os.cpu_count(), "memory_gb": mem_gb,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "freeradius": _freeradius_version()}
+
+
+def _freeradius_version() -> str | None:
+    try:
+        out = subprocess.run(["freeradius", "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"Version (\S+)", out.stdout + out.stderr)
+    return m.group(1).rstrip(",") if m else None
+
+
+def _proc_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return sum(parts) - idle, sum(parts)
+
+
+# ------------------------------------------------------------------ servers
+def _start_radiusd(proc: Process, cmd: list[str], env: dict[str, str], timeout_s: float) -> None:
+    """Spawn radiusd in the foreground and wait for 'Ready to process requests'."""
+    proc.logfile.parent.mkdir(parents=True, exist_ok=True)
+    mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
+    proc.spawn(cmd, env=env)
+
+    def ready() -> bool:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        with open(proc.logfile, "rb") as f:
+            f.seek(mark)
+            return b"Ready to process requests" in f.read()
+    wait_for(ready, timeout_s, proc.name)
+
+
+class StockRadiusd(Process):
+    """Stock radiusd with benchmarks/stock/ (``files`` or ``sql`` baseline)."""
+
+    def __init__(self, state: Path, baseline: str, *, users_file: Path | None = None,
+                 sql: dict[str, str] | None = None) -> None:
+        super().__init__(f"stock-{baseline}", state)
+        self.auth_port, self.acct_port = _retry_ports(lambda: (free_port(), free_port()))
+        self.dir = state / f"stock-{baseline}"
+        self.env = {
+            **os.environ,
+            "STOCK_BASELINE": baseline, "STOCK_RADDB": str(STOCK_DIR), "STOCK_STATE": str(self.dir),
+            "STOCK_AUTH_PORT": str(self.auth_port), "STOCK_ACCT_PORT": str(self.acct_port),
+            "STOCK_SECRET": STOCK_SECRET, "STOCK_USERS_FILE": str(users_file or "/dev/null"),
+        }
+        for key, value in (sql or {}).items():
+            self.env[f"STOCK_SQL_{key.upper()}"] = value
+
+    def start(self, timeout_s: float = 120) -> None:
+        for sub in ("log", "run"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        _start_radiusd(self, ["freeradius", "-f", "-d", str(STOCK_DIR), "-l", "stdout"],
+                       self.env, timeout_s)
+
+
+class WificoreRadiusd(Radiusd):
+    """radiusd with the project's raddb (or a copy of it with other settings)."""
+
+    def __init__(self, state: Path, raddb: Path, **kwargs: Any) -> None:
+        super().__init__(state, **kwargs)
+        self.raddb = raddb
+        self.env["WIFICORE_RADDB"] = str(raddb)
+
+    def start(self, timeout_s: float = 60) -> None:
+        for sub in ("log", "spool", "run"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        _start_radiusd(self, ["freeradius", "-f", "-d", str(self.raddb), "-l", "stdout"],
+                       self.env, timeout_s)
+
+
+def raddb_without_local_cache(dest: Path) -> Path:
+    """A copy of raddb/ whose module keeps no profile in process (local_cache_max = 0)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(RADDB, dest, symlinks=True)
+    conf = dest / "mods-available" / "wificore"
+    text, n = re.subn(r"(?m)^(\s*local_cache_max\s*=\s*)\d+", r"\g<1>0", conf.read_text())
+    if n != 1:
+        raise RuntimeError(f"{RADDB}/mods-available/wificore: no local_cache_max setting to change")
+    conf.write_text(text)
+    return dest
+
+
+# ------------------------------------------------------------------ packets
+@dataclasses.dataclass
+class Sender:
+    """One sending tenant: its bench NAS, its subscribers for each request kind."""
+
+    tenant: ds.Tenant
+    auth_users: list[ds.Subscriber]
+    acct_users: list[ds.Subscriber]
+
+
+def _mac(s: ds.Subscriber) -> str:
+    n = int(s.username.rsplit("-", 1)[1])
+    kind = 0x11 if s.kind == "pppoe" else 0x22
+    return (f"02:{(s.tenant_id >> 8) & 255:02X}:{s.tenant_id & 255:02X}:{kind:02X}:"
+            f"{(n >> 8) & 255:02X}:{n & 255:02X}")
+
+
+def _q(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _common(s: ds.Subscriber, nas_ip: str, sid: int) -> list[str]:
+    """What a MikroTik NAS puts in every request of a PPPoE or hotspot session."""
+    lines = [f"User-Name = {_q(s.username)}", f"NAS-IP-Address = {nas_ip}",
+             'NAS-Identifier = "bench"', f"NAS-Port = {sid}",
+             f"Calling-Station-Id = {_q(_mac(s))}"]
+    if s.kind == "pppoe":
+        lines += ["NAS-Port-Type = Ethernet", "Service-Type = Framed-User", "Framed-Protocol = PPP",
+                  'Called-Station-Id = "pppoe-service"']
+    else:
+        lines += ["NAS-Port-Type = Wireless-802.11", 'Called-Station-Id = "hotspot1"']
+    return lines
+
+
+def auth_text(sender: Sender, seed: int = 1) -> str:
+    """One PAP Access-Request per subscriber of the sender, in a fixed random order."""
+    users = list(sender.auth_users)
+    random.Random(seed + sender.tenant.tenant_id).shuffle(users)
+    out = []
+    for i, s in enumerate(users):
+        sid = 0x80000000 + i
+        lines = _common(s, sender.tenant.bench_ip, sid)
+        lines.insert(1, f"User-Password = {_q(s.cleartext)}")
+        if s.kind == "hotspot":  # RouterOS sends the session id in the hotspot login already
+            lines.append(f'Acct-Session-Id = "{sid:08x}"')
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def acct_text(sender: Sender, sessions: int, epoch: int) -> str:
+    """Start, Interim-Update and Stop of ``sessions`` sessions, in blocks of ACCT_BLOCK.
+
+    Session ids are unique per (epoch, session): every run gets new sessions,
+    so a Start never follows the Stop of the same session.
+    """
+    users = sender.acct_users
+    now = int(time.time()) - 600
+    blocks = []
+    for first in range(0, sessions, ACCT_BLOCK):
+        starts, interims, stops = [], [], []
+        for k in range(first, min(sessions, first + ACCT_BLOCK)):
+            s = users[k % len(users)]
+            sid = 0x80000000 + ((epoch << 20) + k) % 0x80000000
+            base = ["Packet-Type = Accounting-Request"] + _common(s, sender.tenant.bench_ip, sid) + [
+                f'Acct-Session-Id = "{sid:08x}"',
+                f"Framed-IP-Address = 100.{64 + (k >> 16) % 64}.{(k >> 8) & 255}.{k & 255}",
+                "Acct-Delay-Time = 0"]
+            if s.kind == "pppoe":
+                base.append("Acct-Authentic = RADIUS")
+            starts.append(base + ["Acct-Status-Type = Start", f"Event-Timestamp = {now}",
+                                  "Acct-Session-Time = 0", "Acct-Input-Octets = 0",
+                                  "Acct-Output-Octets = 0"])
+            interims.append(base + [
+                "Acct-Status-Type = Interim-Update", f"Event-Timestamp = {now + 300}",
+                "Acct-Session-Time = 300", f"Acct-Input-Octets = {1_000_000 + k}",
+                f"Acct-Output-Octets = {10_000_000 + 3 * k}", "Acct-Input-Packets = 1200",
+                "Acct-Output-Packets = 9000", "Acct-Input-Gigawords = 0",
+                "Acct-Output-Gigawords = 0"])
+            stops.append(base + [
+                "Acct-Status-Type = Stop", f"Event-Timestamp = {now + 600}",
+                "Acct-Session-Time = 600", f"Acct-Input-Octets = {2_000_000 + k}",
+                f"Acct-Output-Octets = {20_000_000 + 3 * k}", "Acct-Input-Packets = 2400",
+                "Acct-Output-Packets = 18000", "Acct-Input-Gigawords = 0",
+                f"Acct-Output-Gigawords = {1 if k % 50 == 0 else 0}",
+                "Acct-Terminate-Cause = User-Request"])
+        blocks += starts + interims + stops
+    return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+class PacketCache:
+    """Encoded RLD1 files, by name and secret."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made: dict[tuple[str, str], tuple[Path, int]] = {}
+
+    def get(self, name: str, secret: str, text: Callable[[], str]) -> tuple[Path, int]:
+        """(RLD1 path, packet count) of the text ``text()`` encoded with ``secret``."""
+        key = (name, secret)
+        if key not in self._made:
+            src = self.folder / f"{name}.txt"
+            if not src.exists():
+                src.write_text(text())
+            tag = hashlib.sha1(secret.encode()).hexdigest()[:8]
+            rld = self.folder / f"{name}.{tag}.rld"
+            counts = loadgen.prepare_packets(src, rld, secret)
+            self._made[key] = (rld, counts["packets"])
+        return self._made[key]
+
+    def drop(self, name: str) -> None:
+        for key in [k for k in self._made if k[0] == name]:
+            self._made.pop(key)[0].unlink(missing_ok=True)
+        (self.folder / f"{name}.txt").unlink(missing_ok=True)
+
+
+# -------------------------------------------------------------- measurement
+@dataclasses.dataclass
+class Target:
+    """One radload process: a packet file, where to send it, from where."""
+
+    rld: Path
+    packets: int
+    port: int
+    secret: str
+    source: str
+
+
+def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
+          count: int | None = None, duration_s: float, server_pid: int | None = None,
+          timeout_s: float = 2.0) -> dict[str, Any]:
+    """Run one radload per target at once; their results merged into one.
+
+    ``window`` and ``rate`` are totals, split evenly over the targets;
+    ``count`` is per target (default: each file once). Rates and counts add
+    up; a percentile is the mean of the senders' percentiles weighted by
+    the responses each received (the senders share one server, so their
+    distributions are alike); ``p99_ms_max`` keeps the worst sender's.
+    """
+    k = len(targets)
+    cpu0, busy0, t0 = _proc_cpu_s(server_pid), _machine_busy(), time.monotonic()
+
+    def one(t: Target) -> dict[str, Any]:
+        return loadgen.run_radload(
+            t.rld, f"127.0.0.1:{t.port}", t.secret, source=t.source,
+            window=max(1, window // k) if window else None,
+            rate=rate / k if rate else None,
+            count=count if count is not None else t.packets,
+            duration=duration_s, timeout=timeout_s)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=k) as pool:
+        parts = list(pool.map(one, targets))
+    wall = time.monotonic() - t0
+    cpu1, busy1 = _proc_cpu_s(server_pid), _machine_busy()
+    received = sum(p.get("received", 0) for p in parts)
+
+    def weighted(key: str) -> float | None:
+        vals = [(p.get(key), p.get("received", 0)) for p in parts if p.get(key) is not None]
+        total = sum(w for _, w in vals)
+        if not vals or total == 0:
+            return None
+        return round(sum(v * w for v, w in vals) / total, 3)
+
+    merged: dict[str, Any] = {
+        "rps": round(sum(p.get("rps", 0.0) for p in parts), 1),
+        "p50_ms": weighted("p50_ms"), "p90_ms": weighted("p90_ms"),
+        "p99_ms": weighted("p99_ms"), "p999_ms": weighted("p999_ms"),
+        "p99_ms_max": max((p.get("p99_ms") or 0) for p in parts),
+        "sent": sum(p.get("sent", 0) for p in parts), "received": received,
+        "accept": sum(p.get("accept", 0) for p in parts),
+        "reject": sum(p.get("reject", 0) for p in parts),
+        "acct_response": sum(p.get("acct_response", 0) for p in parts),
+        "lost": sum(p.get("lost", 0) for p in parts),
+        "duration_s": round(max(p.get("duration_s", 0.0) for p in parts), 3),
+        "cpu_generator": round(sum(p.get("cpu_pct", 0.0) for p in parts), 1),
+        "senders": k,
+    }
+    if cpu0 is not None and cpu1 is not None and wall > 0:
+        merged["cpu_server"] = round(100 * (cpu1 - cpu0) / wall, 1)
+    if busy1[1] > busy0[1]:
+        merged["cpu_machine"] = round(100 * (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 1)
+    return merged
+
+
+_MEDIAN_KEYS = ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "p99_ms_max", "cpu_generator",
+                "cpu_server", "cpu_machine", "sent", "received", "accept", "reject",
+                "acct_response", "lost")
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per key, the median over the repeats."""
+    out: dict[str, Any] = {}
+    for key in _MEDIAN_KEYS:
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            med = statistics.median(vals)
+            out[key] = round(med, 3) if isinstance(med, float) else med
+    return out
+
+
+@dataclasses.dataclass
+class Config:
+    name: str
+    kind: str  # auth | acct
+    server: str  # key of the server that answers it
+    description: str
+    before_each: Callable[[], None] | None = None  # e.g. flush the caches (cold)
+    warm: bool = True
+    once_per_user: bool = False  # cold: never send a user twice between flushes
+
+
+class Bench:
+    """The whole run: servers, data, packets, measurements."""
+
+    def __init__(self, args: argparse.Namespace, state: Path) -> None:
+        self.args = args
+        self.state = state
+        self.stack = Stack(state, _retry_ports(Ports.free), fast=True)
+        self.packets = PacketCache(state / "packets")
+        self.servers: dict[str, Any] = {}
+        self.running: Any = None
+        self.epoch = 0
+        self.warnings: list[str] = []
+        self.results: list[dict[str, Any]] = []
+        self.senders: list[Sender] = []
+        self.dataset: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        a = self.args
+        t0 = time.monotonic()
+        self.stack.start_data()
+        log(f"Redis and shards up in {time.monotonic() - t0:.1f} s (state in {self.state})")
+        self.shard_map = ShardMap.load(self.stack.shard_map)
+        self.spec = ds.Spec(tenants=a.tenants, nas_per_tenant=a.nas_per_tenant,
+                            pppoe_per_tenant=a.pppoe_per_tenant,
+                            hotspot_per_tenant=a.hotspot_per_tenant)
+        pg1 = self.stack.pg[0]
+        self.stock_sql = {"host": "127.0.0.1", "port": str(pg1.port), "user": "postgres",
+                          "db": "radius"}
+        stock_dsn = f"postgresql://postgres@127.0.0.1:{pg1.port}/radius"
+        self.users_file = self.state / "users"
+        self.dataset = ds.load(self.spec, self.shard_map, stock_dsn=stock_dsn,
+                               users_file=self.users_file, replace=True, log=log)
+        tenants = ds.place_tenants(self.spec, self.shard_map)
+        # Sender tenants alternate over the shards (place_tenants is round-robin).
+        for t in tenants[:min(a.senders, len(tenants))]:
+            subs = list(ds.subscribers(self.spec, t.tenant_id, None))
+            self.senders.append(Sender(t, [s for s in subs if s.password_type != "bcrypt"], subs))
+        self.servers = {
+            "stock_files": lambda: StockRadiusd(self.state, "files", users_file=self.users_file),
+            "stock_sql": lambda: StockRadiusd(self.state, "sql", sql=self.stock_sql),
+            "wificore": lambda: self._wificore("wificore", RADDB),
+            "wificore_nolocal": lambda: self._wificore(
+                "wificore-nolocal", raddb_without_local_cache(self.state / "raddb-nolocal")),
+        }
+
+    def _wificore(self, name: str, raddb: Path) -> WificoreRadiusd:
+        auth, acct = _retry_ports(lambda: (free_port(), free_port()))
+        return WificoreRadiusd(self.state / name, raddb, auth_port=auth,
+                               acct_port=acct, shard_map=self.stack.shard_map,
+                               redis_url=self.stack.redis.url, metrics_port=0, name=name)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.redis.url)
+
+    def flush_redis(self) -> None:
+        r = self.redis()
+        try:
+            r.flushdb()
+        finally:
+            r.close()
+
+    def trim_streams(self) -> None:
+        """Drop stream entries between runs: no batch_writer drains them here."""
+        r = self.redis()
+        try:
+            for key in r.scan_iter(match="wc:stream:*", count=1000):
+                r.xtrim(key, maxlen=0)
+        finally:
+            r.close()
+
+    # -------------------------------------------------------------- servers
+    def use_server(self, key: str) -> Any:
+        if self.running is not None and self.running[0] == key:
+            return self.running[1]
+        self.stop_server()
+        if key.startswith("wificore"):
+            self.flush_redis()  # every rlm_wificore set-up starts from an empty Redis
+        server = self.servers[key]()
+        t0 = time.monotonic()
+        server.start()
+        log(f"{key}: radiusd up in {time.monotonic() - t0:.1f} s, pid {server.pid}")
+        self.running = (key, server)
+        return server
+
+    def stop_server(self) -> None:
+        if self.running is None:
+            return
+        key, server = self.running
+        self.running = None
+        code = server.stop()
+        if code not in (0, None):
+            self.warnings.append(f"{key}: radiusd exited with {code} on SIGTERM")
+            log(f"{key}: radiusd exited with {code}:\n{server.log_tail(20)}")
+
+    # -------------------------------------------------------------- targets
+    def _auth_targets(self, stock: bool, port: int) -> list[Target]:
+        out = []
+        for s in self.senders:
+            secret = STOCK_SECRET if stock else s.tenant.bench_secret
+            rld, n = self.packets.get(f"auth-{s.tenant.tenant_id}", secret, lambda s=s: auth_text(s))
+            out.append(Target(rld, n, port, secret, "127.0.0.1" if stock else s.tenant.bench_ip))
+        return out
+
+    def _acct_targets(self, stock: bool, port: int, packets_per_sender: int) -> list[Target]:
+        self.epoch += 1
+        sessions = max(1, math.ceil(packets_per_sender / 3))
+        out = []
+        for s in self.senders:
+            secret = STOCK_SECRET if stock else s.tenant.bench_secret
+            name = f"acct-{s.tenant.tenant_id}-e{self.epoch}"
+            rld, n = self.packets.get(name, secret,
+                                      lambda s=s: acct_text(s, sessions, self.epoch))
+            out.append(Target(rld, n, port, secret, "127.0.0.1" if stock else s.tenant.bench_ip))
+        return out
+
+    def _release_acct(self) -> None:
+        for s in self.senders:
+            self.packets.drop(f"acct-{s.tenant.tenant_id}-e{self.epoch}")
+
+    # ---------------------------------------------------------- measuring
+    def measure(self, cfg: Config) -> dict[str, Any]:
+        a = self.args
+        server = self.use_server(cfg.server)
+        stock = cfg.server.startswith("stock")
+        pid = server.pid
+        port = server.acct_port if cfg.kind == "acct" else server.auth_port
+        k = len(self.senders)
+        warn_start = len(self.warnings)
+
+        def auth_run(**kw: Any) -> dict[str, Any]:
+            if cfg.before_each:
+                cfg.before_each()
+            targets = self._auth_targets(stock, port)
+            if cfg.once_per_user:
+                per = min(t.packets for t in targets)
+                kw["count"] = min(kw.get("count") or per, per)
+            return blast(targets, server_pid=pid, **kw)
+
+        def acct_run(packets_per_sender: int, **kw: Any) -> dict[str, Any]:
+            targets = self._acct_targets(stock, port, packets_per_sender)
+            try:
+                return blast(targets, server_pid=pid, **kw)
+            finally:
+                self._release_acct()
+                self.trim_streams()
+
+        # Warm-up: every user once (fills the caches that the configuration has).
+        if cfg.warm:
+            if cfg.kind == "auth":
+                w = blast(self._auth_targets(stock, port), window=min(a.window, 32 * k),
+                          duration_s=max(30.0, a.duration), server_pid=pid)
+            else:
+                w = acct_run(min(3 * ACCT_BLOCK, a.acct_packets), window=min(a.window, 32 * k),
+                             duration_s=max(30.0, a.duration))
+            log(f"{cfg.name}: warm-up {w['received']} answers, {w['rps']:.0f} req/s, "
+                f"{w['lost']} lost, {w['reject']} rejects")
+            if w["received"] == 0:
+                raise RuntimeError(f"{cfg.name}: no answer during the warm-up "
+                                   f"(see {server.logfile})")
+            self.trim_streams()
+
+        runs = []
+        for i in range(a.repeat):
+            if cfg.kind == "auth":
+                r = auth_run(window=a.window, duration_s=a.duration,
+                             count=int(MAX_PACKETS_PER_S * a.duration))
+            else:
+                r = acct_run(a.acct_packets, window=a.window, duration_s=a.duration)
+            self.trim_streams()
+            runs.append(r)
+            log(f"{cfg.name}: run {i + 1}/{a.repeat}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']} ms, "
+                f"p99 {r['p99_ms']} ms, lost {r['lost']}, reject {r['reject']}, "
+                f"generator {r['cpu_generator']}%, radiusd {r.get('cpu_server')}%")
+        result: dict[str, Any] = {"name": cfg.name, "kind": cfg.kind,
+                                  "description": cfg.description, **median_of(runs)}
+        self._check(cfg, runs)
+
+        points = []
+        top = result.get("rps") or 0
+        for frac in (a.points if top > 0 else []):
+            rate = max(1.0, round(frac * top, 1))
+            reps = []
+            for _ in range(a.point_repeat):
+                count = max(1, math.ceil(rate / k * a.point_duration))
+                if cfg.kind == "auth":
+                    r = auth_run(rate=rate, duration_s=a.point_duration, count=count)
+                else:
+                    r = acct_run(count, rate=rate, duration_s=a.point_duration, count=count)
+                reps.append(r)
+            p = {"offered_rps": rate, "fraction": frac, **median_of(reps)}
+            points.append(p)
+            log(f"{cfg.name}: open loop {rate:,.0f}/s -> {p.get('rps', 0):,.0f} req/s, "
+                f"p50 {p.get('p50_ms')} ms, p99 {p.get('p99_ms')} ms")
+        result["points"] = points
+        result["runs"] = runs
+        result["warnings"] = self.warnings[warn_start:]
+        return result
+
+    def _check(self, cfg: Config, runs: list[dict[str, Any]]) -> None:
+        for r in runs:
+            expected = r["accept"] if cfg.kind == "auth" else r["acct_response"]
+            if r["received"] and expected < r["received"]:
+                self.warnings.append(f"{cfg.name}: {r['received'] - expected} of {r['received']} "
+                                     "answers were not accepts / Accounting-Responses")
+            if r["sent"] and r["lost"] > 0.01 * r["sent"]:
+                self.warnings.append(f"{cfg.name}: {r['lost']} of {r['sent']} requests lost")
+
+    # ------------------------------------------------------------ memory
+    def redis_memory(self) -> dict[str, Any]:
+        """INFO used_memory delta over profiles and live sessions written as the module does."""
+        a = self.args
+        keys = Keys("wc")
+        r = self.redis()
+        try:
+            r.flushdb()
+            subs: list[ds.Subscriber] = []
+            hashes = ds.Hashes.compute()
+            for t in ds.place_tenants(self.spec, self.shard_map):
+                for s in ds.subscribers(self.spec, t.tenant_id, hashes):
+                    subs.append(s)
+                    if len(subs) >= a.memory_samples:
+                        break
+                if len(subs) >= a.memory_samples:
+                    break
+            expires = int(time.time()) + 30 * 86400
+
+            def used() -> int:
+                return int(r.info("memory")["used_memory"])
+
+            before = used()
+            pipe = r.pipeline(transaction=False)
+            packed = 0
+            for i, s in enumerate(subs):
+                value = Profile(i + 1, s.kind, s.password_type, s.password, "active",
+                                expires if s.kind == "hotspot" else None, None, None,
+                                s.plan_id).pack()
+                packed += len(value)
+                pipe.set(keys.profile(s.tenant_id, s.username), value, ex=600 + i % 60)
+                if len(pipe) >= 1000:
+                    pipe.execute()
+            pipe.execute()
+            per_profile = (used() - before) / len(subs)
+            r.flushdb()
+
+            # Live sessions through the module's own accounting path: Engine.accounting()
+            # appends each record to a spool, the Forwarder moves them into Redis.
+            engine = self._spool_sessions(subs)
+            try:
+                engine.redis.ping()  # its connection is not part of the figure
+                before = used()
+                forwarder = Forwarder(engine)
+                while forwarder.run_once():
+                    pass
+                records_n = forwarder.sent
+            finally:
+                engine.close()
+                shutil.rmtree(self.state / "memory-spool", ignore_errors=True)
+            with_streams = used() - before
+            for key in r.scan_iter(match="wc:stream:*", count=1000):
+                r.xtrim(key, maxlen=0)
+            without_streams = used() - before
+            r.flushdb()
+        finally:
+            r.close()
+        return {
+            "profiles": len(subs), "sessions": len(subs),
+            "bytes_per_profile": round(per_profile, 1),
+            "packed_profile_bytes": round(packed / len(subs), 1),
+            "bytes_per_live_session": round(without_streams / len(subs), 1),
+            "bytes_per_stream_record": round((with_streams - without_streams) / records_n, 1),
+        }
+
+    def _spool_sessions(self, subs: list[ds.Subscriber]) -> Engine:
+        """Start + Interim of one session per subscriber through ``Engine.accounting``.
+
+        The records wait in the engine's spool; its Forwarder moves them to Redis.
+        """
+        spool_dir = self.state / "memory-spool"
+        settings = Settings.from_mapping({"shard_map": str(self.stack.shard_map),
+                                          "redis_url": self.stack.redis.url,
+                                          "spool_dir": str(spool_dir)}, source="benchmark")
+        engine = Engine(settings)
+        try:
+            engine.spool = Spool(spool_dir)
+            nas_per_tenant = max(1, self.spec.nas_per_tenant)
+            for i, s in enumerate(subs):
+                client = f"{s.tenant_id}:{1 + i % nas_per_tenant}:mikrotik"
+                for status, t_s, octets in (("Start", 0, 0), ("Interim-Update", 300, 5_000_000)):
+                    result = engine.accounting({
+                        "WiFiCore-Client": client, "Acct-Status-Type": status,
+                        "Acct-Session-Id": f"{0x80000000 + i:08x}", "User-Name": s.username,
+                        "Acct-Session-Time": str(t_s), "Acct-Input-Octets": str(octets // 5),
+                        "Acct-Output-Octets": str(octets), "Calling-Station-Id": _mac(s),
+                        "Framed-IP-Address": "100.64.0.1", "NAS-Port": "1"})
+                    if result.rcode != "ok":
+                        raise RuntimeError(f"accounting answered {result.rcode} ({result.reason})")
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    # ------------------------------------------------------- batch_writer
+    def writer_bench(self) -> dict[str, Any]:
+        """benchmarks/writer_bench.py (another part of the project), run as it documents."""
+        a = self.args
+        if not WRITER_BENCH.exists():
+            return {"skipped": "benchmarks/writer_bench.py is not there"}
+        self.flush_redis()
+        cmd = [sys.executable, str(WRITER_BENCH), "--redis", self.stack.redis.url,
+               "--shard-map", str(self.stack.shard_map), *shlex.split(a.writer_args)]
+        runs = []
+        for i in range(a.repeat):
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                                     timeout=a.writer_timeout)
+            except subprocess.TimeoutExpired:
+                return {"skipped": f"writer_bench.py took longer than {a.writer_timeout} s",
+                        "command": shlex.join(cmd)}
+            if out.returncode != 0:
+                return {"skipped": f"writer_bench.py exited {out.returncode}: "
+                                   f"{out.stderr.strip()[-500:]}", "command": shlex.join(cmd)}
+            try:
+                data = json.loads(out.stdout.strip().splitlines()[-1])
+            except (json.JSONDecodeError, IndexError):
+                return {"skipped": "writer_bench.py printed no JSON", "command": shlex.join(cmd)}
+            runs.append(data)
+            log(f"batch_writer: run {i + 1}/{a.repeat}: {data.get('records_per_s')} records/s")
+        self.flush_redis()
+        rates = [float(r["records_per_s"]) for r in runs if r.get("records_per_s") is not None]
+        return {"records_per_s": round(statistics.median(rates), 1) if rates else None,
+                "runs": runs, "command": shlex.join(cmd)}
+
+    # ----------------------------------------------------------------- all
+    def configs(self) -> list[Config]:
+        cold = self.flush_redis
+        return [
+            Config("stock_files", "auth", "stock_files", "stock radiusd, files + pap (ceiling)"),
+            Config("stock_sql", "auth", "stock_sql", "stock radiusd, rlm_sql -> PostgreSQL"),
+            Config("stock_sql_acct", "acct", "stock_sql", "stock rlm_sql accounting -> radacct"),
+            Config("wificore_warm", "auth", "wificore", "rlm_wificore, warm in process"),
+            Config("wificore_acct", "acct", "wificore", "rlm_wificore accounting (spool + Redis)"),
+            Config("wificore_redis", "auth", "wificore_nolocal",
+                   "rlm_wificore, process cold, warm in Redis"),
+            Config("wificore_cold", "auth", "wificore_nolocal",
+                   "rlm_wificore, cold: one shard query each", before_each=cold, warm=False,
+                   once_per_user=True),
+        ]
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        started = dt.datetime.now(dt.timezone.utc)
+        self.setup()
+        mem = self.redis_memory()
+        log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "
+            f"{mem['bytes_per_live_session']:.0f} B per live session")
+        wanted = set(a.configs) if a.configs else None
+        for cfg in self.configs():
+            if wanted is not None and cfg.name not in wanted:
+                continue
+            self.results.append(self.measure(cfg))
+        self.stop_server()
+        writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
+        by = {c["name"]: c for c in self.results}
+        ratios = {}
+        for num, den in (("wificore_warm", "stock_sql"), ("wificore_warm", "stock_files"),
+                         ("wificore_redis", "stock_sql"), ("wificore_cold", "stock_sql"),
+                         ("wificore_acct", "stock_sql_acct")):
+            if by.get(num, {}).get("rps") and by.get(den, {}).get("rps"):
+                ratios[f"{num}/{den}"] = round(by[num]["rps"] / by[den]["rps"], 2)
+        return {
+            "machine": machine(),
+            "date": started.isoformat(timespec="seconds"),
+            "command": shlex.join([os.path.relpath(sys.executable, ROOT)
+                                   if sys.executable.startswith(str(ROOT)) else sys.executable,
+                                   os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+            "settings": {"repeat": a.repeat, "duration_s": a.duration, "window": a.window,
+                         "senders": len(self.senders), "points": a.points,
+                         "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
+                         "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
+            "dataset": self.dataset,
+            "configurations": self.results,
+            "ratios": ratios,
+            "redis_memory": mem,
+            "batch_writer": writer,
+            "warnings": self.warnings,
+        }
+
+    def close(self) -> None:
+        try:
+            self.stop_server()
+        finally:
+            self.stack.stop_all()
+
+
+def write_packets(args: argparse.Namespace) -> int:
+    """Write the radclient-format packet files of the sender tenants, and a manifest."""
+    shard_map = ShardMap.load(args.shard_map)
+    spec = ds.Spec(tenants=args.tenants, nas_per_tenant=args.nas_per_tenant,
+                   pppoe_per_tenant=args.pppoe_per_tenant,
+                   hotspot_per_tenant=args.hotspot_per_tenant)
+    out: Path = args.write_packets
+    out.mkdir(parents=True, exist_ok=True)
+    sessions = max(1, math.ceil(args.acct_packets / 3))
+    manifest = []
+    for t in ds.place_tenants(spec, shard_map)[:args.senders]:
+        subs = list(ds.subscribers(spec, t.tenant_id, None))
+        sender = Sender(t, [s for s in subs if s.password_type != "bcrypt"], subs)
+        auth, acct = out / f"auth-{t.tenant_id}.txt", out / f"acct-{t.tenant_id}.txt"
+        auth.write_text(auth_text(sender))
+        acct.write_text(acct_text(sender, sessions, epoch=1))
+        manifest.append({"tenant_id": t.tenant_id, "nas_ip": t.bench_ip, "secret": t.bench_secret,
+                         "auth_file": auth.name, "auth_packets": len(sender.auth_users),
+                         "acct_file": acct.name, "acct_packets": 3 * sessions})
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------- cli
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny data and counts, seconds in all: checks that everything still runs")
+    g = p.add_argument_group("dataset (see benchmarks/dataset.py)")
+    g.add_argument("--tenants", type=int, default=20)
+    g.add_argument("--nas-per-tenant", type=int, default=1000)
+    g.add_argument("--pppoe-per-tenant", type=int, default=1500)
+    g.add_argument("--hotspot-per-tenant", type=int, default=1500)
+    g.add_argument("--subscribers-per-tenant", type=int, help="shorthand: half PPPoE, half hotspot")
+    g = p.add_argument_group("load")
+    g.add_argument("--senders", type=int, default=4,
+                   help="tenants sending at once, one radload each (default 4)")
+    g.add_argument("--window", type=int, default=256,
+                   help="closed loop: requests in flight over all senders (default 256)")
+    g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
+    g.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
+    g.add_argument("--points", default="0.25,0.5,0.75,0.9",
+                   help="open-loop rates as fractions of the closed-loop maximum ('' = none)")
+    g.add_argument("--point-duration", type=float, default=5.0, help="seconds per open-loop run")
+    g.add_argument("--point-repeat", type=int, help="runs per open-loop point (default --repeat)")
+    g.add_argument("--acct-packets", type=int,
+                   help="accounting packets per sender and closed-loop run (default: 10,000/s x "
+                        "duration over all senders; a faster server ends the run early)")
+    g.add_argument("--configs", help="only these configurations, comma-separated")
+    g = p.add_argument_group("other measurements")
+    g.add_argument("--memory-samples", type=int, default=20000,
+                   help="profiles and sessions written for the Redis memory figures")
+    g.add_argument("--no-writer", action="store_true", help="skip batch_writer ingestion")
+    g.add_argument("--writer-args", default="", help="extra arguments for writer_bench.py")
+    g.add_argument("--writer-timeout", type=float, default=600.0)
+    g = p.add_argument_group("packet files only (for a load test elsewhere; see README.md)")
+    g.add_argument("--write-packets", type=Path, metavar="DIR",
+                   help="write the sender tenants' packet files and manifest.json into DIR, "
+                        "start nothing")
+    g.add_argument("--shard-map", type=Path, default=RADDB / "mods-config" / "wificore" / "shards.toml",
+                   help="--write-packets: the shard map the dataset was loaded with")
+    p.add_argument("--out", type=Path, default=report.RESULTS, help="folder for latest.{json,md,png}")
+    p.add_argument("--state", type=Path, help="state folder (default: a temporary one, removed)")
+    p.add_argument("--keep-state", action="store_true", help="keep the state folder (logs, data)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.tenants, args.nas_per_tenant = 2, 3
+        args.pppoe_per_tenant = args.hotspot_per_tenant = 30
+        args.subscribers_per_tenant = None
+        args.senders, args.window, args.duration, args.repeat = 1, 16, 1.0, 1
+        args.points, args.point_duration = "0.5", 1.0
+        args.acct_packets = args.acct_packets or 300
+        args.memory_samples = 200
+        args.writer_args = args.writer_args or "--smoke"
+        args.writer_timeout = min(args.writer_timeout, 120.0)
+    if args.subscribers_per_tenant is not None:
+        args.pppoe_per_tenant = args.subscribers_per_tenant // 2
+        args.hotspot_per_tenant = args.subscribers_per_tenant - args.pppoe_per_tenant
+    args.points = [float(x) for x in args.points.split(",") if x.strip()]
+    args.point_repeat = args.point_repeat or args.repeat
+    args.acct_packets = args.acct_packets or math.ceil(10_000 * args.duration / args.senders)
+    args.configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
+    for name in ("senders", "window", "repeat", "memory_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: must be at least 1")
+    if args.duration <= 0 or args.point_duration <= 0:
+        p.error("--duration and --point-duration: must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.write_packets:
+        return write_packets(args)
+    state = args.state or Path(tempfile.mkdtemp(prefix="wificore-bench-", dir="/tmp"))
+    bench = Bench(args, state)
+    try:
+        results = bench.run()
+    finally:
+        bench.close()
+        if not args.state and not args.keep_state:
+            shutil.rmtree(state, ignore_errors=True)
+    paths = report.write(results, args.out)
+    print(report.markdown(results, plot_name=None))
+    log("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

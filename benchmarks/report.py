@@ -1,0 +1,171 @@
+"""Render a comparison run: JSON, Markdown and a latency-against-throughput plot.
+
+compare.py calls :func:`write` at the end of a run. Run on its own, this
+re-renders the Markdown and the plot from a saved JSON file::
+
+    python benchmarks/report.py [benchmarks/results/latest.json] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> str:
+    """The run as a Markdown page: configurations, ratios, memory, ingestion."""
+    m = results.get("machine", {})
+    s = results.get("settings", {})
+    d = results.get("dataset", {})
+    lines = [
+        "# rlm_wificore against stock FreeRADIUS",
+        "",
+        f"Run of {results.get('date', '?')} on {m.get('cpu_model', '?')} "
+        f"({m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GiB), "
+        f"load generator on the same cores, loopback only.",
+        "",
+        f"Command: `{results.get('command', '?')}`",
+        "",
+        f"Dataset: {_fmt(d.get('tenants'))} tenants, {_fmt(d.get('subscribers'))} subscribers, "
+        f"{_fmt(d.get('nas'))} NAS; loaded in {_fmt(d.get('seconds', {}).get('total'), 1)} s. "
+        f"Each measurement: closed loop, window {s.get('window')}, {s.get('senders')} sender(s), "
+        f"{s.get('duration_s')} s, median of {s.get('repeat')}.",
+        "",
+        "| configuration | what | req/s | p50 ms | p90 ms | p99 ms | lost | generator CPU % "
+        "| radiusd CPU % | machine busy % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for c in results.get("configurations", []):
+        lines.append(
+            f"| `{c['name']}` | {c.get('description', '')} | {_fmt(c.get('rps'))} "
+            f"| {_fmt(c.get('p50_ms'))} | {_fmt(c.get('p90_ms'))} | {_fmt(c.get('p99_ms'))} "
+            f"| {_fmt(c.get('lost'))} | {_fmt(c.get('cpu_generator'), 0)} "
+            f"| {_fmt(c.get('cpu_server'), 0)} | {_fmt(c.get('cpu_machine'), 0)} |")
+    ratios = results.get("ratios", {})
+    if ratios:
+        lines += ["", "Throughput ratios (same run):", "", "| ratio | value |", "| --- | ---: |"]
+        for name, value in ratios.items():
+            lines.append(f"| {name} | {_fmt(value)} |")
+    points = [c for c in results.get("configurations", []) if c.get("points")]
+    if points:
+        lines += ["", "Open loop (offered rate -> achieved req/s, p50 / p99 ms):", ""]
+        for c in points:
+            cells = ", ".join(
+                f"{_fmt(p.get('offered_rps'))} -> {_fmt(p.get('rps'))} "
+                f"({_fmt(p.get('p50_ms'))} / {_fmt(p.get('p99_ms'))})" for p in c["points"])
+            lines.append(f"- `{c['name']}`: {cells}")
+    mem = results.get("redis_memory")
+    if mem:
+        lines += ["", "Redis memory (INFO used_memory delta, the module's own encoding and keys):", ""]
+        for key, label in (("bytes_per_profile", "per cached profile"),
+                           ("bytes_per_live_session", "per live session (without stream entries)"),
+                           ("bytes_per_stream_record", "per accounting stream entry, until drained")):
+            if key in mem:
+                lines.append(f"- {label}: {_fmt(mem[key], 0)} bytes")
+        if "profiles" in mem:
+            lines.append(f"- measured over {_fmt(mem['profiles'])} profiles and "
+                         f"{_fmt(mem.get('sessions'))} sessions")
+    bw = results.get("batch_writer")
+    if bw:
+        if bw.get("records_per_s") is not None:
+            lines += ["", f"batch_writer ingestion: {_fmt(bw['records_per_s'])} records/s "
+                          f"(median of {len(bw.get('runs', [])) or 1})."]
+        else:
+            lines += ["", f"batch_writer ingestion: not measured ({bw.get('skipped', 'no result')})."]
+    warnings = results.get("warnings") or []
+    if warnings:
+        lines += ["", "Warnings:", ""] + [f"- {w}" for w in warnings]
+    if plot_name:
+        lines += ["", f"![latency against throughput]({plot_name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Latency (p50 and p99) against achieved throughput, one line per configuration.
+
+    False when matplotlib is not installed (pip install -e '.[bench]').
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharex=False)
+    for c in results.get("configurations", []):
+        # Open-loop points in the order of the offered rate: past the knee the
+        # achieved rate falls back while the latency climbs.
+        pts = sorted((p for p in c.get("points", []) if p.get("rps")),
+                     key=lambda p: p.get("offered_rps", p["rps"]))
+        style = "--" if c.get("kind") == "acct" else "-"
+        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
+            xs = [p["rps"] for p in pts if p.get(key)]
+            ys = [p[key] for p in pts if p.get(key)]
+            line, = ax.plot(xs, ys, style, marker="o", markersize=4, label=c["name"])
+            if c.get("rps") and c.get(key):
+                # The closed-loop maximum: its latency is mostly window / throughput.
+                ax.plot([c["rps"]], [c[key]], linestyle="none", marker="*", markersize=12,
+                        color=line.get_color())
+    for ax, title in zip(axes, ("median latency (p50)", "tail latency (p99)")):
+        ax.set_title(title)
+        ax.set_xlabel("achieved requests/s")
+        ax.set_ylabel("ms")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left")
+    m = results.get("machine", {})
+    fig.suptitle(f"Latency against throughput ({results.get('date', '')}, "
+                 f"{m.get('cores', '?')} cores): open-loop rates, star = closed-loop maximum "
+                 f"(window {results.get('settings', {}).get('window', '?')}), dashed = accounting",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str = "latest") -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` (if matplotlib is there)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md",
+             "png": out_dir / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n")
+    has_plot = plot(results, paths["png"])
+    if not has_plot:
+        paths.pop("png")
+    paths["md"].write_text(markdown(results, paths["png"].name if has_plot else None))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("json", nargs="?", type=Path, default=RESULTS / "latest.json")
+    p.add_argument("--out", type=Path, help="folder for the Markdown and the plot "
+                                             "(default: beside the JSON)")
+    args = p.parse_args(argv)
+    results = json.loads(args.json.read_text())
+    out = args.out or args.json.parent
+    paths = write(results, out, stem=args.json.stem)
+    print("\n".join(str(v) for v in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

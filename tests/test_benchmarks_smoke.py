@@ -1,0 +1,139 @@
+"""The benchmark scripts, run with tiny counts so that they never rot.
+
+benchmarks/compare.py and benchmarks/dataset.py are scripts, not tests; here
+they run end to end in their smoke modes (seconds), each starting and
+stopping its own servers, and their output is checked for shape, not speed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import compare, dataset  # noqa: E402
+from rlm_wificore.shardmap import ShardMap  # noqa: E402
+
+CONFIGURATIONS = {"stock_files", "stock_sql", "stock_sql_acct", "wificore_warm", "wificore_acct",
+                  "wificore_redis", "wificore_cold"}
+RATIOS = {"wificore_warm/stock_sql", "wificore_warm/stock_files", "wificore_redis/stock_sql",
+          "wificore_cold/stock_sql", "wificore_acct/stock_sql_acct"}
+
+TWO_SHARDS = ShardMap.from_dict({"shard": [
+    {"name": "shard1", "first_tenant": 1, "last_tenant": 499, "dsn": "postgresql://x@h/db"},
+    {"name": "shard2", "first_tenant": 500, "last_tenant": 999999, "dsn": "postgresql://x@h/db"},
+]})
+
+
+class TestDatasetGeneration:
+    """What the dataset promises, checked without any server."""
+
+    def test_tenants_alternate_over_the_shards(self):
+        """Tenants are placed round-robin, each id inside its shard's range."""
+        tenants = dataset.place_tenants(dataset.Spec(tenants=5), TWO_SHARDS)
+        assert [t.tenant_id for t in tenants] == [1, 500, 2, 501, 3]
+        assert [t.shard for t in tenants] == ["shard1", "shard2"] * 2 + ["shard1"]
+
+    def test_nas_addresses_are_unique_and_bench_nas_are_loopback(self):
+        """Every NAS address is unique in the deployment; the bench NAS are 127.0.0.x."""
+        spec = dataset.Spec(tenants=30, nas_per_tenant=50)
+        ips = {dataset.nas_ip(spec, k, j) for k in range(30) for j in range(50)}
+        assert len(ips) == 30 * 50
+        assert all(ipaddress.ip_address(ip) in ipaddress.ip_network("10.0.0.0/8") for ip in ips)
+        bench = [dataset.bench_nas_ip(k) for k in range(30)]
+        assert len(set(bench)) == 30 and "127.0.0.1" not in bench
+        assert all(ip.startswith("127.0.0.") for ip in bench)
+
+    def test_usernames_unique_and_password_mix(self):
+        """Usernames are unique across tenants; 60/30/10 cleartext, NT hash, bcrypt."""
+        spec = dataset.Spec(tenants=3, pppoe_per_tenant=50, hotspot_per_tenant=50)
+        subs = [s for t in (1, 2, 500) for s in dataset.subscribers(spec, t)]
+        assert len({s.username for s in subs}) == len(subs) == 300
+        kinds = [s.password_type for s in subs]
+        assert (kinds.count("cleartext"), kinds.count("nthash"), kinds.count("bcrypt")) == (180, 90, 30)
+
+    def test_shared_hashes_verify(self):
+        """The few hashes computed once match the cleartext each subscriber is given."""
+        import bcrypt
+
+        from rlm_wificore.md4 import nt_hash
+        hashes = dataset.Hashes.compute()
+        spec = dataset.Spec(tenants=1, pppoe_per_tenant=20, hotspot_per_tenant=0)
+        for s in dataset.subscribers(spec, 7, hashes):
+            if s.password_type == "nthash":
+                assert s.password == nt_hash(s.cleartext)
+            elif s.password_type == "bcrypt":
+                assert bcrypt.checkpw(s.cleartext.encode(), s.password.encode())
+            else:
+                assert s.password == s.cleartext
+
+    def test_packet_files_parse(self, tmp_path):
+        """The auth and accounting packet texts are valid radclient format for the encoder."""
+        from benchmarks.loadgen import packets
+        spec = dataset.Spec(tenants=1, pppoe_per_tenant=10, hotspot_per_tenant=10)
+        tenant = dataset.place_tenants(spec, TWO_SHARDS)[0]
+        subs = list(dataset.subscribers(spec, tenant.tenant_id))
+        sender = compare.Sender(tenant, [s for s in subs if s.password_type != "bcrypt"], subs)
+        auth = packets.parse_radclient(compare.auth_text(sender))
+        acct = packets.parse_radclient(compare.acct_text(sender, 4, epoch=1))
+        assert len(auth) == 18 and all(t.kind == packets.KIND_ACCESS for t in auth)
+        assert [t.get("Acct-Status-Type") for t in acct] == ["Start"] * 4 + ["Interim-Update"] * 4 \
+            + ["Stop"] * 4
+        assert len({t.get("Acct-Session-Id") for t in acct}) == 4
+
+
+def _run(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class TestScriptsSmoke:
+    """The scripts run end to end with tiny counts."""
+
+    def test_dataset_loader_local(self):
+        """dataset.py --local loads every sink through COPY and reports counts and times."""
+        # No folder given: it makes one in /tmp that the postgres user can enter.
+        out = _run(["benchmarks/dataset.py", "--local", "--tenants", "2",
+                    "--nas-per-tenant", "3", "--subscribers-per-tenant", "20"], timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        result = json.loads(out.stdout)
+        assert result["subscribers"] == 40
+        shards = [v for k, v in result["rows"].items() if k.startswith("wificore:")]
+        assert sum(s["subscribers"] for s in shards) == 40
+        assert sum(s["nas"] for s in shards) == 2 * (3 + 1)
+        assert result["rows"]["stock_sql"]["radcheck"] == 40
+        assert result["rows"]["users_file"] == 40
+        assert result["seconds"]["total"] > 0
+
+    def test_compare_smoke(self, tmp_path):
+        """compare.py --smoke measures every configuration and writes the report files."""
+        out = _run(["benchmarks/compare.py", "--smoke", "--out", str(tmp_path)], timeout=280)
+        assert out.returncode == 0, out.stderr[-4000:]
+        result = json.loads((tmp_path / "latest.json").read_text())
+        assert result["machine"]["cpu_model"] and result["machine"]["cores"] >= 1
+        assert result["date"]
+        by_name = {c["name"]: c for c in result["configurations"]}
+        assert set(by_name) == CONFIGURATIONS
+        for name, c in by_name.items():
+            assert c["rps"] > 0, name
+            for key in ("p50_ms", "p99_ms", "cpu_generator"):
+                assert isinstance(c[key], (int, float)), (name, key)
+            assert c["points"] and c["points"][0]["rps"] > 0, name
+        assert set(result["ratios"]) == RATIOS
+        assert all(v > 0 for v in result["ratios"].values())
+        mem = result["redis_memory"]
+        assert mem["bytes_per_profile"] > 0 and mem["bytes_per_live_session"] > 0
+        assert "batch_writer" in result
+        assert (tmp_path / "latest.md").read_text().startswith("# rlm_wificore")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            pytest.skip("matplotlib is not installed: no plot")
+        assert (tmp_path / "latest.png").stat().st_size > 0
