@@ -195,10 +195,113 @@ def cleanup(client: redis.Redis, shard_map: ShardMap, prefix: str, partitions: i
             conn.execute("DELETE FROM auth_log WHERE event_id LIKE %s", (run_id + "-%",))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def remaining(client: redis.Redis, prefix: str, partitions: int, group: str = "writers") -> int:
+    """Entries the group has not acknowledged yet (never delivered + pending)."""
+    keys, total = Keys(prefix), 0
+    for p in range(partitions):
+        info = next((g for g in client.xinfo_groups(keys.stream(p)) if g["name"] == group.encode()), None)
+        if info is None or info.get("lag") is None:
+            return -1  # not known yet
+        total += int(info["lag"]) + int(info["pending"])
+    return total
+
+
+def _writer_env(args: argparse.Namespace, prefix: str, consumer: str) -> dict[str, str]:
+    return {"WIFICORE_SHARD_MAP": args.shard_map, "WIFICORE_REDIS_URL": args.redis,
+            "WIFICORE_KEY_PREFIX": prefix, "WIFICORE_STREAM_PARTITIONS": str(args.partitions),
+            "WIFICORE_WRITER_CONSUMER": consumer, "WIFICORE_WRITER_BATCH_MAX_ROWS": str(args.batch_max_rows),
+            "WIFICORE_WRITER_BATCH_MAX_AGE_MS": "50", "WIFICORE_WRITER_STALE_INTERVAL_S": "3600",
+            "WIFICORE_WRITER_PIPELINE": str(args.pipeline)}
+
+
+def _child(args: argparse.Namespace, prefix: str, consumer: str, ready: Any, go: Any, stop: Any,
+           results: Any) -> None:
+    """One writer process of a --writers N run: loop run_once() until told to stop."""
     from batch_writer.config import load
     from batch_writer.worker import Writer
 
+    settings, cfg = load(_writer_env(args, prefix, consumer))
+    writer = Writer(settings, cfg)
+    try:
+        writer.setup()
+        for w in writer.shards.values():
+            w._connection()  # connect before the clock starts
+        ready.release()
+        go.wait(60)
+        cpu0 = time.process_time()
+        deadline = time.monotonic() + args.duration
+        while not stop.is_set() and time.monotonic() < deadline:
+            writer.run_once()
+        writer.flush()
+        cpu = time.process_time() - cpu0
+    finally:
+        writer.close()
+    results.put((writer.stats.acked, list(writer.stats.recent_batch_seconds), cpu,
+                 sum(writer.stats.dead_letters.values())))
+
+
+def _drive_processes(args: argparse.Namespace, prefix: str, client: redis.Redis, total: int,
+                     shard_map: ShardMap) -> tuple[float, int, list[float], float, int, dict[int, float]]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    ready, go, stop, results = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(args, prefix, f"bench-{i}", ready, go, stop, results))
+             for i in range(args.writers)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=60):
+                raise RuntimeError("a writer process did not start")
+        backends = backend_cpu(shard_map)
+        start = time.perf_counter()
+        go.set()
+        deadline = start + args.duration
+        while time.perf_counter() < deadline and remaining(client, prefix, args.partitions) != 0:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        shard_cpu = {pid: backend_cpu(shard_map).get(pid, cpu) - cpu for pid, cpu in backends.items()}
+        stop.set()
+        got = [results.get(timeout=120) for _ in procs]
+    finally:
+        stop.set()
+        go.set()
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    acked = sum(g[0] for g in got)
+    latencies = [x for g in got for x in g[1]]
+    return elapsed, acked, latencies, sum(g[2] for g in got), sum(g[3] for g in got), shard_cpu
+
+
+def _drive_in_process(args: argparse.Namespace, prefix: str, total: int,
+                      shard_map: ShardMap) -> tuple[float, int, list[float], float, int, dict[int, float]]:
+    from batch_writer.config import load
+    from batch_writer.worker import Writer
+
+    settings, cfg = load(_writer_env(args, prefix, "bench"))
+    writer = Writer(settings, cfg)
+    try:
+        writer.setup()
+        for w in writer.shards.values():
+            w._connection()  # connect now: the backends' CPU is measured from here
+        backends = backend_cpu(shard_map)
+        start, cpu0 = time.perf_counter(), time.process_time()
+        deadline = start + args.duration
+        while writer.stats.acked < total and time.perf_counter() < deadline:
+            writer.run_once()
+        writer.flush()
+        elapsed, writer_cpu = time.perf_counter() - start, time.process_time() - cpu0
+        shard_cpu = {pid: backend_cpu(shard_map).get(pid, cpu) - cpu for pid, cpu in backends.items()}
+    finally:
+        writer.close()
+    return (elapsed, writer.stats.acked, list(writer.stats.recent_batch_seconds), writer_cpu,
+            sum(writer.stats.dead_letters.values()), shard_cpu)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     shard_map = ShardMap.load(args.shard_map)
     client = redis.Redis.from_url(args.redis)
     run_id = "bench" + secrets.token_hex(4)
@@ -209,50 +312,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     push(client, prefix, records, args.partitions)
     prefill_s = time.perf_counter() - t0
-
-    env = {"WIFICORE_SHARD_MAP": args.shard_map, "WIFICORE_REDIS_URL": args.redis,
-           "WIFICORE_KEY_PREFIX": prefix, "WIFICORE_STREAM_PARTITIONS": str(args.partitions),
-           "WIFICORE_WRITER_CONSUMER": "bench", "WIFICORE_WRITER_BATCH_MAX_ROWS": str(args.batch_max_rows),
-           "WIFICORE_WRITER_BATCH_MAX_AGE_MS": "50", "WIFICORE_WRITER_STALE_INTERVAL_S": "3600",
-           "WIFICORE_WRITER_PIPELINE": str(args.pipeline)}
-    settings, cfg = load(env)
-    writer = Writer(settings, cfg)
-    try:
-        writer.setup()
-        for w in writer.shards.values():
-            w._connection()  # connect now: the backends' CPU is measured from here
-        backends = backend_cpu(shard_map)
-        start, cpu0 = time.perf_counter(), time.process_time()
-        deadline = start + args.duration
-        while writer.stats.acked < len(records) and time.perf_counter() < deadline:
-            writer.run_once()
-        writer.flush()
-        elapsed, writer_cpu = time.perf_counter() - start, time.process_time() - cpu0
-        shard_cpu = {pid: backend_cpu(shard_map).get(pid, cpu) - cpu for pid, cpu in backends.items()}
-    finally:
-        writer.close()
-    latencies = list(writer.stats.recent_batch_seconds)
+    if args.writers > 1:
+        elapsed, acked, latencies, writer_cpu, dead, shard_cpu = _drive_processes(
+            args, prefix, client, len(records), shard_map)
+    else:
+        elapsed, acked, latencies, writer_cpu, dead, shard_cpu = _drive_in_process(
+            args, prefix, len(records), shard_map)
     ok, detail = verify(shard_map, run_id, expected)
     cleanup(client, shard_map, prefix, args.partitions, run_id, args.keep)
     client.close()
     lat = sorted(latencies) or [0.0]
+    backend = sum(shard_cpu.values())
     return {
-        "records": len(records), "acked": writer.stats.acked, "sessions": sessions,
+        "records": len(records), "acked": acked, "sessions": sessions, "writers": args.writers,
         "shards": [s.name for s in shard_map], "tenants": len(tenants), "partitions": args.partitions,
         "batch_max_rows": args.batch_max_rows, "pipeline": args.pipeline, "seconds": round(elapsed, 3),
-        "records_per_s": round(writer.stats.acked / elapsed, 1) if elapsed > 0 else None,
+        "records_per_s": round(acked / elapsed, 1) if elapsed > 0 else None,
         "batches": len(latencies),
         "batch_p50_ms": round(statistics.median(lat) * 1000, 2),
         "batch_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
         "prefill_records_per_s": round(len(records) / prefill_s, 1) if prefill_s > 0 else None,
-        "dead_letters": sum(writer.stats.dead_letters.values()), "verified": ok, "verify_detail": detail,
+        "dead_letters": dead, "verified": ok, "verify_detail": detail,
         # CPU per record, robust to a busy machine: what one core of writer (or of
         # shard backend) does per second, whatever else runs beside it.
         "writer_cpu_s": round(writer_cpu, 2),
-        "records_per_writer_cpu_s": round(writer.stats.acked / writer_cpu) if writer_cpu > 0 else None,
-        "shard_backend_cpu_s": round(sum(shard_cpu.values()), 2) if shard_cpu else None,
-        "records_per_backend_cpu_s": (round(writer.stats.acked / sum(shard_cpu.values()))
-                                      if shard_cpu and sum(shard_cpu.values()) > 0 else None),
+        "records_per_writer_cpu_s": round(acked / writer_cpu) if writer_cpu > 0 else None,
+        "shard_backend_cpu_s": round(backend, 2) if shard_cpu else None,
+        "records_per_backend_cpu_s": round(acked / backend) if backend > 0 else None,
         "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -265,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=120.0, help="stop writing after this many seconds")
     p.add_argument("--batch-max-rows", type=int, default=5000)
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--writers", type=int, default=1,
+                   help="writer processes in one consumer group (default 1: in this process)")
     p.add_argument("--tenants-per-shard", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny run (2000 records, 30 s at most)")
     p.add_argument("--pipeline", type=int, choices=(0, 1), default=1,
@@ -275,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         args.records, args.duration = min(args.records, 2000), min(args.duration, 30.0)
     if not 10 <= args.records <= 10_000_000:
         p.error("--records must be 10..10000000")
+    if not 1 <= args.writers <= 16:
+        p.error("--writers must be 1..16")
     result = run(args)
     print(json.dumps(result))
     return 0 if result["verified"] else 1
