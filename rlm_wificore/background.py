@@ -1,7 +1,7 @@
 """Threads the module starts itself: they run outside rlm_python3's mutex.
 
-* ``authlog``: moves auth-log records from the in-process queue to the
-  Redis stream in pipelined batches, so post-auth never waits on Redis.
+* ``spool``: forwards the spool (accounting and auth-log records) to Redis,
+  one script call per batch (see spool.py and live.lua).
 * ``inval-redis``: subscribes to the invalidation channel and drops the
   in-process copies other processes announce. A reconnect clears the whole
   in-process tier (messages may have been missed).
@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
-import zlib
-from typing import TYPE_CHECKING
-
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import redis
@@ -32,9 +31,7 @@ if TYPE_CHECKING:
 log = get_logger("rlm_wificore.background")
 
 FORWARD_BATCH = 200
-FORWARD_IDLE_S = 0.002
-AUTHLOG_BATCH = 1000
-AUTHLOG_INTERVAL_S = 0.05
+FORWARD_IDLE_S = 0.005
 
 
 class Backoff:
@@ -47,7 +44,6 @@ class Backoff:
         self.delay = self.first_s
 
     def wait(self, stop: threading.Event) -> None:
-        import random
         stop.wait(self.delay * (0.5 + random.random() / 2))
         self.delay = min(self.cap_s, self.delay * 2)
 
@@ -57,47 +53,6 @@ def stream_partition(tenant_id: int, partitions: int) -> int:
 
     live.lua computes the same in Redis."""
     return tenant_id % partitions
-
-
-def flush_authlog(engine: Engine) -> int:
-    """Send up to one batch of queued auth-log records; the number sent."""
-    q = engine.authlog
-    if not q:
-        return 0
-    batch = []
-    while q and len(batch) < AUTHLOG_BATCH:
-        batch.append(q.popleft())
-    keys = engine.keys
-    parts = engine.settings.stream_partitions
-    try:
-        pipe = engine.redis.pipeline(transaction=False)
-        for payload in batch:
-            # The tenant id is not needed to pick a partition: auth-log rows are
-            # independent; spread them by payload hash.
-            pipe.xadd(keys.stream(zlib.crc32(payload) % parts), {"d": payload})
-        pipe.execute()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        q.extendleft(reversed(batch))
-        engine.stats.errors["authlog_redis"] += 1
-        raise exc
-    return len(batch)
-
-
-def _authlog_loop(engine: Engine) -> None:
-    backoff = Backoff()
-    while not engine._stop.is_set():
-        try:
-            if flush_authlog(engine) < AUTHLOG_BATCH:
-                engine._stop.wait(AUTHLOG_INTERVAL_S)
-            backoff.reset()
-        except Exception as exc:  # a failing flush is logged; the loop goes on
-            log.warning("authlog_flush_failed", error=str(exc))
-            backoff.wait(engine._stop)
-    try:
-        while flush_authlog(engine):
-            pass
-    except Exception:
-        pass
 
 
 _LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text()
@@ -117,6 +72,8 @@ class Forwarder:
     def run_once(self) -> int:
         """Forward one batch; the number of records forwarded (0: spool empty)."""
         spool = self.engine.spool
+        if not spool.has_pending():
+            return 0
         batch, position = spool.read_batch(FORWARD_BATCH)
         if not batch:
             if position != (spool.read_seg, spool.read_off):
@@ -227,7 +184,6 @@ def _pg_listen_loop(engine: Engine, shard) -> None:
 
 def start_background(engine: Engine) -> list[threading.Thread]:
     threads = [
-        threading.Thread(target=_authlog_loop, args=(engine,), name="wificore-authlog", daemon=True),
         threading.Thread(target=_forward_loop, args=(engine,), name="wificore-spool", daemon=True),
         threading.Thread(target=_redis_inval_loop, args=(engine,), name="wificore-inval-redis",
                          daemon=True),

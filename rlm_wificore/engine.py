@@ -84,8 +84,6 @@ class Engine:
         # Verified bcrypt credentials: HMAC under a key that never leaves this process.
         self._cred_key = os.urandom(32)
         self._verified: dict[bytes, float] = {}
-        # Auth-log records wait here for the background flusher (outside the mutex).
-        self.authlog: collections.deque[bytes] = collections.deque(maxlen=100_000)
         # Auth-log event ids: a random per-process prefix and a counter (unique, cheap).
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_seq = itertools.count()
@@ -402,10 +400,13 @@ class Engine:
 
     def _log_auth(self, req: dict[str, str], tenant_id: int, nas_id: int, username: str, *,
                   accepted: bool, reason: str) -> None:
-        """Queue one auth-log record (a thread moves it to Redis); never a password."""
+        """Spool one auth-log record (the forwarder moves it to Redis); never a password."""
+        if self.spool is None:
+            self.stats.errors["authlog_no_spool"] += 1
+            return
         method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        self.authlog.append(wire.pack(wire.KIND_AUTH, {
+        self.spool.append(wire.pack(wire.KIND_AUTH, {
             "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
             "event_id": f"{self._event_prefix}{next(self._event_seq):x}",
             "username": username[:MAX_USERNAME],

@@ -1,4 +1,5 @@
--- A batch of accounting records into Redis, in one call: for each record
+-- A batch of spooled records into Redis. Auth-log records are appended to
+-- their stream partition. For accounting records, in one call: for each record
 -- the live session (what Simultaneous-Use reads), the subscriber's usage
 -- counters (delta against the last counters seen for the session, so a
 -- replay adds nothing) and the record itself appended to its stream
@@ -20,12 +21,16 @@ local function int(x) return string.format('%d', x) end
 
 local function one(payload)
   local ok, rec = pcall(cmsgpack.unpack, payload)
-  if not ok or type(rec) ~= 'table' or rec[1] ~= 1 or rec[2] ~= 'acct' or type(rec[3]) ~= 'table' then
+  if not ok or type(rec) ~= 'table' or rec[1] ~= 1 or type(rec[3]) ~= 'table' then
     redis.call('XADD', dead, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',
                'ts', ARGV[3])
     return
   end
   local f = rec[3]
+  if rec[2] == 'auth' then
+    redis.call('XADD', prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}', '*', 'd', payload)
+    return
+  end
   if f.invalid then
     redis.call('XADD', dead, '*', 'd', payload, 'reason', tostring(f.invalid), 'source', 'radiusd',
                'ts', ARGV[3])
@@ -90,6 +95,11 @@ local function one(payload)
 end
 
 for i = 7, #ARGV do
-  one(ARGV[i])
+  -- One bad record must not stop the batch (the forwarder would retry it forever).
+  local ok, err = pcall(one, ARGV[i])
+  if not ok then
+    redis.call('XADD', dead, '*', 'd', ARGV[i], 'reason', 'script error: ' .. tostring(err),
+               'source', 'radiusd', 'ts', ARGV[3])
+  end
 end
 return #ARGV - 6

@@ -65,12 +65,10 @@ class EngineCollector:
         yield err
         yield GaugeMetricFamily("wificore_local_cache_entries", "Profiles held in process",
                                 value=len(self.engine.local))
-        yield GaugeMetricFamily("wificore_authlog_queue", "Auth-log records not yet in Redis",
-                                value=len(self.engine.authlog))
         spool = getattr(self.engine, "spool", None)
         if spool is not None:
-            yield GaugeMetricFamily("wificore_spool_records", "Accounting records in the local spool",
-                                    value=spool.pending())
+            yield GaugeMetricFamily("wificore_spool_pending_bytes",
+                                    "Spooled records not yet forwarded to Redis", value=spool.pending())
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
         for hook, counts in list(self.latency.counts.items()):
             cumulative, buckets = 0, []

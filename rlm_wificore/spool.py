@@ -3,8 +3,9 @@
 The accounting hook appends each record here (one ``write(2)``, a few
 microseconds) and only then returns ok, so the Accounting-Response goes out
 once the record is in the kernel: it survives a ``kill -9`` of radiusd.
-A thread of the module (outside rlm_python3's mutex) forwards records to
-Redis in pipelined batches and checkpoints how far it got. When Redis is
+Auth-log records take the same path. A thread of the module (outside
+rlm_python3's mutex) forwards records to Redis, one script call per batch
+(live.lua), and checkpoints how far it got. When Redis is
 down the spool simply grows and is drained when Redis returns. After a crash
 at most the last batch is sent again; the Redis script and the batch
 writer's merge make a replay harmless.
@@ -53,7 +54,7 @@ class Spool:
         self.write_off = os.fstat(self._wfd).st_size
         self.read_seg, self.read_off = self._load_checkpoint(segs)
         self.appended = 0
-        self.forwarded = 0
+        self._rfile: tuple[int, object] | None = None  # (segment, open file) of the reader
 
     # ------------------------------------------------------------- layout
     def _path(self, seg: int) -> Path:
@@ -93,13 +94,12 @@ class Spool:
         out: list[bytes] = []
         self.corrupt = 0
         while len(out) < max_records:
-            path = self._path(seg)
-            try:
-                with open(path, "rb") as f:
-                    f.seek(off)
-                    data = f.read(min(8 << 20, max(64 << 10, max_records * 512)))
-            except FileNotFoundError:
+            f = self._reader(seg)
+            if f is None:
                 data = b""
+            else:
+                f.seek(off)
+                data = f.read(min(8 << 20, max(64 << 10, max_records * 512)))
             pos = 0
             while len(out) < max_records and pos + 4 <= len(data):
                 (n,) = _LEN.unpack_from(data, pos)
@@ -121,6 +121,24 @@ class Spool:
                 seg, off = seg + 1, 0  # this segment is finished
         return out, (seg, off)
 
+    def _reader(self, seg: int):
+        """The reader's open file of segment ``seg`` (kept open between batches)."""
+        if self._rfile is not None and self._rfile[0] == seg:
+            return self._rfile[1]
+        if self._rfile is not None:
+            self._rfile[1].close()
+            self._rfile = None
+        try:
+            f = open(self._path(seg), "rb")
+        except FileNotFoundError:
+            return None
+        self._rfile = (seg, f)
+        return f
+
+    def has_pending(self) -> bool:
+        """Anything appended after the checkpoint (cheap: no I/O)."""
+        return (self.read_seg, self.read_off) != (self.write_seg, self.write_off)
+
     def commit(self, position: tuple[int, int]) -> None:
         """Everything before ``position`` reached Redis: checkpoint, drop old segments."""
         seg, off = position
@@ -140,6 +158,9 @@ class Spool:
             return (self.write_seg - self.read_seg) * SEGMENT_MAX_BYTES + self.write_off - self.read_off
 
     def close(self) -> None:
+        if self._rfile is not None:
+            self._rfile[1].close()
+            self._rfile = None
         with self._mutex:
             os.close(self._wfd)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)

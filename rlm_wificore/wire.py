@@ -5,8 +5,8 @@ A record is a msgpack array ``[version, kind, {field: value}]`` stored in the
 malformed raises :class:`DecodeError` from the cause.
 
 Streams (see keys.py): ``{prefix}:stream:{N}``, N = tenant_id %
-stream_partitions for accounting (so one session's records stay in order in
-one partition); auth-log records are spread over all partitions. Each entry
+stream_partitions (so one session's records stay in order in one partition),
+for accounting and auth-log records alike. Each entry
 has one field ``d`` = the packed record. Bad entries go to the dead-letter
 stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
 ``reason``, ``source`` and ``ts``.
