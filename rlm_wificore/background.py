@@ -66,7 +66,7 @@ class Forwarder:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.script = engine.redis.register_script(_LIVE_LUA)
+        self.script = engine.redis_bg.register_script(_LIVE_LUA)
         self.sent = 0
 
     def run_once(self) -> int:
@@ -111,7 +111,7 @@ def _redis_inval_loop(engine: Engine) -> None:
     while not engine._stop.is_set():
         pubsub = None
         try:
-            pubsub = engine.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel)
             # Anything announced while we were not listening is lost: start clean.
             engine.local.clear()
@@ -153,7 +153,7 @@ def apply_db_notification(engine: Engine, payload: str) -> None:
     elif kind == "n":
         doomed.append(keys.nas(str(msg[2])))
     try:
-        pipe = engine.redis.pipeline(transaction=False)
+        pipe = engine.redis_bg.pipeline(transaction=False)
         if doomed:
             pipe.delete(*doomed)
         pipe.publish(keys.invalidation_channel, payload)

@@ -35,6 +35,7 @@ log = get_logger("rlm_wificore")
 
 Pairs = tuple[tuple[str, ...], ...]  # (attr, value) or (attr, op, value)
 NAS_TTL_S = 60
+BACKGROUND_REDIS_TIMEOUT_S = 5.0
 MAX_USERNAME = 253
 
 
@@ -74,6 +75,7 @@ class Engine:
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
         self.redis = connect_redis(settings)
+        self.redis_bg = connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S)
         self.redis_breaker = Breaker("redis")
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max)
@@ -449,7 +451,8 @@ class Engine:
             self.spool.close()
             self.spool = None
         self.shards.close()
-        try:
-            self.redis.close()
-        except Exception:  # closing a broken connection must not stop detach
-            pass
+        for client in (self.redis, self.redis_bg):
+            try:
+                client.close()
+            except Exception:  # closing a broken connection must not stop detach
+                pass

@@ -49,9 +49,12 @@ class Breaker:
         return not self.allow()
 
 
-def connect_redis(settings: Settings) -> redis.Redis:
-    """A Redis client with the configured timeouts (no I/O until first use)."""
-    timeout = settings.redis_timeout_ms / 1000
+def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
+    """A Redis client with the configured timeouts (no I/O until first use).
+
+    Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
+    waits on, pass a longer ``timeout_s``."""
+    timeout = settings.redis_timeout_ms / 1000 if timeout_s is None else timeout_s
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
         retry_on_timeout=False, health_check_interval=0)
