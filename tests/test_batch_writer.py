@@ -9,25 +9,31 @@ test_batch_writer_process.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import redis as redis_lib
 
 from batch_writer.config import load
 from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct, partition_of
 from rlm_wificore import wire
 from rlm_wificore.keys import Keys
+from stack.local import Ports, Stack
 from stack.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +51,33 @@ def writer_tenants(stack):
     for t in (T1, T2, T3, T4):
         stack.admin("tenant", "add", "--id", str(t), "--name", f"writer test {t}")
     return stack
+
+
+@contextlib.contextmanager
+def own_stack() -> Iterator[Stack]:
+    """A stack of its own (Redis, two shards, tenants T1..T4), stopped by PID at the end.
+
+    For tests that stop a shard or push tens of thousands of records: the session
+    stack is shared, and stopping its shard2 leaves broken pooled connections in
+    the session's radiusd, while a full Redis slows the restart other tests time.
+    """
+    state = Path(tempfile.mkdtemp(prefix="wificore-writer-", dir="/tmp"))
+    s = Stack(state, Ports.free(), fast=True)
+    try:
+        s.start_data()
+        for t in (T1, T2, T3, T4):
+            s.admin("tenant", "add", "--id", str(t), "--name", f"writer test {t}")
+        yield s
+    finally:
+        s.stop_all()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def private_stack():
+    """A stack of its own for this module's shard-stopping test (see own_stack)."""
+    with own_stack() as s:
+        yield s
 
 
 def new_prefix() -> str:
@@ -68,7 +101,7 @@ def writer_env(stack, prefix: str, **knobs: Any) -> dict[str, str]:
 
 @pytest.fixture
 def make_writer(writer_tenants):
-    """Factory: an in-process Writer on a prefix; closed at teardown."""
+    """Factory: an in-process Writer on a prefix; closed at teardown, its keys deleted."""
     made: list[Writer] = []
 
     def make(prefix: str, **knobs: Any) -> Writer:
@@ -79,6 +112,12 @@ def make_writer(writer_tenants):
     yield make
     for w in made:
         w.close()
+    # The session stack's Redis is shared: leave it as small as we found it.
+    client = redis_lib.Redis.from_url(writer_tenants.redis.url)
+    for w in made:
+        keys = Keys(w.settings.key_prefix)
+        client.delete(*[keys.stream(p) for p in range(PARTITIONS)], keys.dead_letter)
+    client.close()
 
 
 def push(redis, prefix: str, records: list[Any], kind: str = wire.KIND_ACCT) -> list[bytes]:
@@ -405,40 +444,50 @@ class TestDeadLetters:
 
 # ------------------------------------------------------------------ recovery
 class TestRecovery:
-    def test_a_stopped_shard_does_not_block_the_other(self, make_writer, redis, shard_conn, stack):
+    def test_a_stopped_shard_does_not_block_the_other(self, private_stack):
         """With shard2 down, shard1 keeps flowing; shard2's records stay pending and drain on recovery."""
-        prefix, t0 = new_prefix(), time.time() - 1800
+        stack, prefix, t0 = private_stack, new_prefix(), time.time() - 1800
         k1, k3, k1b = new_key(), new_key(), new_key()
-        # Four rows a batch: the sweep after recovery takes several pages.
-        w = make_writer(prefix, backoff_max_s=1, connect_timeout_s=2, batch_max_rows=4)
+        settings, cfg = load(writer_env(stack, prefix, backoff_max_s=1, connect_timeout_s=2,
+                                        batch_max_rows=4))  # four a batch: the sweep takes pages
+        w = Writer(settings, cfg)
+        r = redis_lib.Redis.from_url(stack.redis.url)
+        shard1 = psycopg.connect(stack.pg[0].dsn(), autocommit=True)
         try:
-            stack.pg[1].stop()
-            push(redis, prefix, session_records(T1, k1, t0) + session_records(T3, k3, t0))
-            for _ in range(10):
+            try:
+                stack.pg[1].stop()
+                push(r, prefix, session_records(T1, k1, t0) + session_records(T3, k3, t0))
+                for _ in range(10):
+                    w.run_once()
+                w.flush()
+                assert row(lambda _t: shard1, T1, k1)["close_reason"] == "stop"
+                assert pending(r, prefix) == 5  # shard2's five records, not acknowledged
+                assert w.stats.shards_down["shard2"] and w.stats.shard_errors["shard2"] >= 1
+                # Still down, and its backoff over (a retry probes it): shard1 keeps flowing.
+                time.sleep(1.1)
+                push(r, prefix, session_records(T1, k1b, t0))
+                for _ in range(10):
+                    w.run_once()
+                w.flush()
+                assert row(lambda _t: shard1, T1, k1b)["close_reason"] == "stop"
+                assert pending(r, prefix) == 5
+            finally:
+                stack.pg[1].start()
+            deadline = time.monotonic() + 30
+            while pending(r, prefix) and time.monotonic() < deadline:
                 w.run_once()
+                time.sleep(0.05)
             w.flush()
-            assert row(shard_conn, T1, k1)["close_reason"] == "stop"
-            assert pending(redis, prefix) == 5  # shard2's five records, not acknowledged
-            assert w.stats.shards_down["shard2"] and w.stats.shard_errors["shard2"] >= 1
-            # Still down, and its backoff over (a retry probes it): shard1 keeps flowing.
-            time.sleep(1.1)
-            push(redis, prefix, session_records(T1, k1b, t0))
-            for _ in range(10):
-                w.run_once()
-            w.flush()
-            assert row(shard_conn, T1, k1b)["close_reason"] == "stop"
-            assert pending(redis, prefix) == 5
+            with psycopg.connect(stack.pg[1].dsn(), autocommit=True) as shard2:
+                got = row(lambda _t: shard2, T3, k3)
+            assert got["close_reason"] == "stop"
+            assert (got["input_octets"], got["output_octets"]) == (4000, 12000)
+            assert pending(r, prefix) == 0 and dead_letters(r, prefix) == []
+            assert not w.stats.shards_down["shard2"]
         finally:
-            stack.pg[1].start()
-        deadline = time.monotonic() + 30
-        while pending(redis, prefix) and time.monotonic() < deadline:
-            w.run_once()
-            time.sleep(0.05)
-        w.flush()
-        r = row(shard_conn, T3, k3)
-        assert r["close_reason"] == "stop" and (r["input_octets"], r["output_octets"]) == (4000, 12000)
-        assert pending(redis, prefix) == 0 and dead_letters(redis, prefix) == []
-        assert not w.stats.shards_down["shard2"]
+            w.close()
+            shard1.close()
+            r.close()
 
     def test_entries_of_a_dead_writer_are_claimed(self, make_writer, redis, shard_conn):
         """Entries held by a consumer without a heartbeat are claimed after the idle time and written."""

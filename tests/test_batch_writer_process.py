@@ -5,6 +5,10 @@ PID in a ``finally``. The workload is benchmarks.writer_bench.workload: every
 session's final counters are known by construction, so "exactly once" is
 checked row by row (writer_bench.verify).
 
+These tests push tens of thousands of records: they run on a stack of their
+own (``own_stack``), so the session stack's Redis, whose restart other
+tests time, does not have to reload them.
+
 WIFICORE_TEST_KILL_RECORDS sets the size of the SIGKILL run (default 50,000
 records plus 5% auth-log records; the issue's full size is 200,000).
 """
@@ -35,8 +39,8 @@ from tests.test_batch_writer import (
     T3,
     T4,
     new_prefix,
+    own_stack,
     writer_env,
-    writer_tenants,  # noqa: F401  (fixture)
 )
 
 KILL_RECORDS = int(os.environ.get("WIFICORE_TEST_KILL_RECORDS", "50000"))
@@ -94,7 +98,13 @@ def acked_by(writer: BatchWriter) -> int:
     raise AssertionError(f"no writer_stopped line in {writer.logfile}:\n{writer.log_tail()}")
 
 
-@pytest.mark.usefixtures("writer_tenants")
+@pytest.fixture(scope="module")
+def stack():
+    """This module's own stack (overrides the session one here, conftest's `redis` included)."""
+    with own_stack() as s:
+        yield s
+
+
 class TestWriterProcess:
     def test_sigkill_five_times_loses_and_doubles_nothing(self, stack, redis):
         """Killed with SIGKILL 5 times mid-run, the writer ends with every session once, counters exact."""
