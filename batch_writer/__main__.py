@@ -81,6 +81,7 @@ def check(settings: Settings, consumer: str | None, redis_timeout_ms: int) -> in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: 0 on a clean stop or a passing check, 1 failing check, 2 bad settings."""
     args = _parser().parse_args(argv)
     if args.settings:
         _print_settings()
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer = args.consumer or os.environ.get("WIFICORE_WRITER_CONSUMER") or None
         return check(settings, consumer, cfg.redis_timeout_ms)
 
-    from .worker import Writer  # after configure(): loggers bind to the configured structlog
+    from .worker import Writer  # here, not at the top: --check and --settings stay light
     try:
         writer = Writer(settings, cfg, burst=args.burst)
     except ConfigError as exc:

@@ -60,6 +60,7 @@ class Backoff:
                 and self._clock() - self._started_at >= self.deadline_s)
 
     def remaining_s(self) -> float:
+        """Seconds until the next attempt is due (0 when it is)."""
         return max(0.0, self._next_at - self._clock())
 
     def wait(self, stop: threading.Event) -> None:

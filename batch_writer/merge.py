@@ -199,10 +199,12 @@ class ShardWriter:
 
     @property
     def name(self) -> str:
+        """The shard's name in the map (a metric label)."""
         return self.shard.name
 
     @property
     def down(self) -> bool:
+        """True from a failure until the next success."""
         return self.backoff.failures > 0
 
     # ---------------------------------------------------------- connection
@@ -228,6 +230,7 @@ class ShardWriter:
                 pass
 
     def close(self) -> None:
+        """Close the connection (the next write opens a new one)."""
         self._drop()
 
     def _begin(self, conn: psycopg.Connection) -> None:

@@ -36,6 +36,7 @@ class WriterCollector:
         self.stats = stats
 
     def collect(self) -> Iterator[Any]:
+        """The metric families, read from the counters at scrape time."""
         st = self.stats
         yield _labelled_counter("wificore_writer_records", "Records written, by kind "
                                 "(start, interim, stop, on, off, auth)", "kind", dict(st.records))

@@ -214,7 +214,7 @@ def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
     status = g("status")
     if status not in SESSION_STATUSES:
         return None
-    return Acct(tenant_id, nas_id, status, ev, key, g("acct_session_id"), g("username"), st, io, oo, ip, op,
+    return Acct(tenant_id, nas_id, status, ev, key, f["acct_session_id"], f["username"], st, io, oo, ip, op,
                 csid, _framed_ip(f), cause, _interim(f, limits.default_interim_s))
 
 

@@ -46,6 +46,7 @@ class Entry:
 
     @property
     def source(self) -> str:
+        """``partition/id``, for logs."""
         return f"{self.partition}/{self.id.decode()}"
 
 
@@ -93,15 +94,19 @@ class Streams:
                     raise
 
     def heartbeat_key(self, consumer: str | None = None) -> str:
+        """``{prefix}:writer:heartbeat:{consumer}`` (ours by default)."""
         return f"{self.keys.writer_heartbeat}:{consumer or self.consumer}"
 
     def beat(self, ttl_s: int, info: dict[str, Any]) -> None:
+        """Refresh our heartbeat key with a TTL; ``info`` is its JSON value."""
         self.r.set(self.heartbeat_key(), json.dumps(info, separators=(",", ":")), ex=ttl_s)
 
     def alive(self, consumer: str) -> bool:
+        """True while ``consumer``'s heartbeat key exists."""
         return bool(self.r.exists(self.heartbeat_key(consumer)))
 
     def forget_heartbeat(self) -> None:
+        """Delete our heartbeat key (a clean stop)."""
         self.r.delete(self.heartbeat_key())
 
     # ------------------------------------------------------------- reading
@@ -152,6 +157,7 @@ class Streams:
 
     @property
     def history_pending(self) -> bool:
+        """True until the start-up re-read of our own entries is done."""
         return bool(self._history)
 
     def read_history(self, *, max_rows: int) -> list[Entry]:
@@ -211,10 +217,12 @@ class Streams:
         self._sweep = {i: "-" for i in range(len(self.names))}
 
     def stop_sweep(self) -> None:
+        """Abandon the current sweep pass."""
         self._sweep = None
 
     @property
     def sweeping(self) -> bool:
+        """True during a sweep pass."""
         return self._sweep is not None
 
     def read_own_pending(self, *, max_rows: int) -> tuple[list[Entry], bool]:

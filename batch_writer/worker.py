@@ -247,6 +247,7 @@ class Writer:
         return got
 
     def limits(self) -> Limits:
+        """What counts as absurd for records decoded now."""
         return Limits(now=time.time(), max_age_s=self.cfg.max_event_age_s,
                       max_ahead_s=self.cfg.max_event_ahead_s,
                       default_interim_s=self.settings.default_interim_s)
