@@ -20,7 +20,7 @@ def pap(auth, tenant, user, password="pw-123456"):
 
 
 class TestRedisDown:
-    def test_redis_killed_and_restarted(self, stack, auth, acct, subscriber, redis):
+    def test_redis_killed_and_restarted(self, stack, radiusd, auth, acct, subscriber, redis):
         """With Redis killed, logins fall back to the database and accounting is spooled;
         when Redis returns the module reconnects and replays the spool, nothing lost."""
         cached = subscriber()
@@ -28,8 +28,9 @@ class TestRedisDown:
         fresh = subscriber()
         stack.redis.stop(sig=signal.SIGKILL)
         try:
-            assert pap(auth, TENANT_A, fresh).accepted, "database fallback failed"
-            assert pap(auth, TENANT_A, cached).accepted
+            ans = pap(auth, TENANT_A, fresh)
+            assert ans.accepted, f"database fallback failed: {ans.output}\n{radiusd.log_tail()}"
+            assert pap(auth, TENANT_A, cached).accepted, radiusd.log_tail()
             assert pap(auth, TENANT_A, fresh, "wrong").code == "Access-Reject"
             for i in range(20):
                 ans = acct(TENANT_A, acct_packet(fresh, f"83{i:06d}", "Start"))
@@ -38,10 +39,12 @@ class TestRedisDown:
         finally:
             stack.redis.start()
         r = redis
-        assert wait_until(lambda: r.hget(K.usage(TENANT_A[0], fresh), "octets") == b"2000", timeout_s=15)
+        assert wait_until(lambda: r.hget(K.usage(TENANT_A[0], fresh), "octets") == b"2000", timeout_s=15), \
+            f"spool not replayed: {r.hget(K.usage(TENANT_A[0], fresh), 'octets')}\n{radiusd.log_tail()}"
         fresher = subscriber()
-        assert wait_until(lambda: pap(auth, TENANT_A, fresher).accepted, timeout_s=5)
-        assert wait_until(lambda: r.exists(K.profile(TENANT_A[0], fresher)), timeout_s=5)
+        assert wait_until(lambda: pap(auth, TENANT_A, fresher).accepted, timeout_s=5), radiusd.log_tail()
+        assert wait_until(lambda: r.exists(K.profile(TENANT_A[0], fresher)), timeout_s=5), \
+            f"no reconnect to Redis\n{radiusd.log_tail()}"
 
 
 class TestShardDown:
