@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import StoreUnavailable
 from .settings import Settings
@@ -55,8 +57,12 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
     waits on, pass a longer ``timeout_s``."""
     timeout = settings.redis_timeout_ms / 1000 if timeout_s is None else timeout_s
+    # One immediate retry on a connection error: a pooled connection that
+    # Redis closed (a restart) must not look like an outage. Timeouts are not
+    # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 
 
