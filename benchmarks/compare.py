@@ -16,17 +16,19 @@ stock_sql_acct      stock rlm_sql accounting into radacct (Start/Interim/Stop)
 wificore_acct       rlm_wificore accounting (spool, Lua script into Redis)
 ==================  ============================================================
 
-Each configuration: a warm-up pass, then the closed-loop maximum (``--window``
-requests in flight) ``--repeat`` times, then open-loop points at fractions of
-that maximum (``--points``) for the latency-against-throughput plot. The
-median of the repeats is reported, and ratios between configurations of this
-same run. Also: Redis bytes per cached profile and per live session, and
+The closed-loop maximum (``--window`` requests in flight) is measured
+``--repeat`` times, round-robin over the configurations (so that whatever else
+the machine does weighs on all of them alike), each run after a warm-up pass;
+then open-loop points at fractions of that maximum (``--points``) for the
+latency-against-throughput plot. The median of the repeats is reported, and
+ratios between configurations of this same run. Also: Redis bytes per cached profile and per live session, and
 batch_writer ingestion (benchmarks/writer_bench.py, when present).
 
 Access-Requests are PAP for every subscriber with a cleartext or NT-hash
 password (bcrypt subscribers are in the data but not in the request mix: one
 crypt(3) costs ~50 ms of CPU in every configuration and would measure bcrypt,
-not the data path). Packets come from every sender tenant's own loopback NAS
+not the data path); accounting runs over the bcrypt subscribers, so sessions
+left open never trip Simultaneous-Use in an auth run. Packets come from every sender tenant's own loopback NAS
 address for rlm_wificore (radiusd picks the tenant by source address) and
 from 127.0.0.1 for the stock baselines (one static client).
 
@@ -59,6 +61,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -154,6 +157,36 @@ def _proc_cpu_s(pid: int | None) -> float | None:
         return None
 
 
+def _process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and all their descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [r for r in roots if r]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _cpu_jiffies(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            out[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 def _machine_busy() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs, from /proc/stat."""
     parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -237,6 +270,18 @@ class Sender:
     tenant: ds.Tenant
     auth_users: list[ds.Subscriber]
     acct_users: list[ds.Subscriber]
+
+
+def make_sender(spec: ds.Spec, tenant: ds.Tenant) -> Sender:
+    """The tenant's subscribers split between the two request mixes.
+
+    Access-Requests: every subscriber with a cleartext or NT-hash password.
+    Accounting: the others (bcrypt), so that sessions a run leaves open (cut
+    short by its duration) never count against Simultaneous-Use in an auth run.
+    """
+    subs = list(ds.subscribers(spec, tenant.tenant_id, None))
+    auth = [s for s in subs if s.password_type != "bcrypt"]
+    return Sender(tenant, auth, [s for s in subs if s.password_type == "bcrypt"] or auth)
 
 
 def _mac(s: ds.Subscriber) -> str:
@@ -359,7 +404,7 @@ class Target:
 
 def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
           count: int | None = None, duration_s: float, server_pid: int | None = None,
-          timeout_s: float = 2.0) -> dict[str, Any]:
+          own_roots: list[int] | None = None, timeout_s: float = 2.0) -> dict[str, Any]:
     """Run one radload per target at once; their results merged into one.
 
     ``window`` and ``rate`` are totals, split evenly over the targets;
@@ -367,8 +412,13 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
     up; a percentile is the mean of the senders' percentiles weighted by
     the responses each received (the senders share one server, so their
     distributions are alike); ``p99_ms_max`` keeps the worst sender's.
+    ``cpu_other`` (percent of one core) is the machine's CPU time used by
+    anything but the processes under ``own_roots`` and the generator: other
+    work sharing the machine.
     """
     k = len(targets)
+    own = _process_tree(own_roots or [])
+    own0 = _cpu_jiffies(own)
     cpu0, busy0, t0 = _proc_cpu_s(server_pid), _machine_busy(), time.monotonic()
 
     def one(t: Target) -> dict[str, Any]:
@@ -410,12 +460,18 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
         merged["cpu_server"] = round(100 * (cpu1 - cpu0) / wall, 1)
     if busy1[1] > busy0[1]:
         merged["cpu_machine"] = round(100 * (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 1)
+    if own_roots and wall > 0:
+        own1 = _cpu_jiffies(own)
+        hz = os.sysconf("SC_CLK_TCK")
+        ours = sum(own1[p] - own0[p] for p in own1 if p in own0) / hz / wall * 100
+        machine_pct = (busy1[0] - busy0[0]) / hz / wall * 100
+        merged["cpu_other"] = round(max(0.0, machine_pct - ours - merged["cpu_generator"]), 1)
     return merged
 
 
 _MEDIAN_KEYS = ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "p99_ms_max", "cpu_generator",
                 "cpu_server", "cpu_machine", "sent", "received", "accept", "reject",
-                "acct_response", "lost")
+                "acct_response", "lost", "cpu_other")
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -476,8 +532,7 @@ class Bench:
         tenants = ds.place_tenants(self.spec, self.shard_map)
         # Sender tenants alternate over the shards (place_tenants is round-robin).
         for t in tenants[:min(a.senders, len(tenants))]:
-            subs = list(ds.subscribers(self.spec, t.tenant_id, None))
-            self.senders.append(Sender(t, [s for s in subs if s.password_type != "bcrypt"], subs))
+            self.senders.append(make_sender(self.spec, t))
         self.servers = {
             "stock_files": lambda: StockRadiusd(self.state, "files", users_file=self.users_file),
             "stock_sql": lambda: StockRadiusd(self.state, "sql", sql=self.stock_sql),
@@ -516,8 +571,6 @@ class Bench:
         if self.running is not None and self.running[0] == key:
             return self.running[1]
         self.stop_server()
-        if key.startswith("wificore"):
-            self.flush_redis()  # every rlm_wificore set-up starts from an empty Redis
         server = self.servers[key]()
         t0 = time.monotonic()
         server.start()
@@ -534,6 +587,10 @@ class Bench:
         if code not in (0, None):
             self.warnings.append(f"{key}: radiusd exited with {code} on SIGTERM")
             log(f"{key}: radiusd exited with {code}:\n{server.log_tail(20)}")
+
+    def _own_roots(self) -> list[int]:
+        """This process (radiusd, Redis, radload are its children) and the shards' postmasters."""
+        return [os.getpid(), *(pg.pid for pg in self.stack.pg if pg.pid)]
 
     # -------------------------------------------------------------- targets
     def _auth_targets(self, stock: bool, port: int) -> list[Target]:
@@ -561,83 +618,115 @@ class Bench:
             self.packets.drop(f"acct-{s.tenant.tenant_id}-e{self.epoch}")
 
     # ---------------------------------------------------------- measuring
-    def measure(self, cfg: Config) -> dict[str, Any]:
-        a = self.args
+    def _serve(self, cfg: Config) -> tuple[Any, bool, int]:
+        """The server of ``cfg``, started if needed: (server, stock?, port)."""
         server = self.use_server(cfg.server)
-        stock = cfg.server.startswith("stock")
-        pid = server.pid
         port = server.acct_port if cfg.kind == "acct" else server.auth_port
+        return server, cfg.server.startswith("stock"), port
+
+    def _auth_run(self, cfg: Config, **kw: Any) -> dict[str, Any]:
+        server, stock, port = self._serve(cfg)
+        if cfg.before_each:
+            cfg.before_each()
+        targets = self._auth_targets(stock, port)
+        if cfg.once_per_user:
+            per = min(t.packets for t in targets)
+            kw["count"] = min(kw.get("count") or per, per)
+        return blast(targets, server_pid=server.pid, own_roots=self._own_roots(), **kw)
+
+    def _acct_run(self, cfg: Config, packets_per_sender: int, **kw: Any) -> dict[str, Any]:
+        server, stock, port = self._serve(cfg)
+        targets = self._acct_targets(stock, port, packets_per_sender)
+        try:
+            return blast(targets, server_pid=server.pid, own_roots=self._own_roots(), **kw)
+        finally:
+            self._release_acct()
+            self.trim_streams()
+
+    def warm_up(self, cfg: Config) -> None:
+        """Every subscriber once (fills what the configuration caches); fails on silence."""
+        a = self.args
+        if not cfg.warm:
+            return
+        window = min(a.window, 32 * len(self.senders))
+        if cfg.kind == "auth":
+            w = self._auth_run(cfg, window=window, duration_s=max(30.0, a.duration))
+        else:
+            w = self._acct_run(cfg, min(3 * ACCT_BLOCK, a.acct_packets), window=window,
+                               duration_s=max(30.0, a.duration))
+        log(f"{cfg.name}: warm-up {w['received']} answers, {w['rps']:.0f} req/s, "
+            f"{w['lost']} lost, {w['reject']} rejects")
+        if w["received"] == 0:
+            raise RuntimeError(f"{cfg.name}: no answer during the warm-up "
+                               f"(see {self.running[1].logfile})")
+        self.trim_streams()
+
+    def closed_run(self, cfg: Config, i: int) -> dict[str, Any]:
+        """One closed-loop maximum run, after a warm-up."""
+        a = self.args
+        self.warm_up(cfg)
+        if cfg.kind == "auth":
+            r = self._auth_run(cfg, window=a.window, duration_s=a.duration,
+                               count=int(MAX_PACKETS_PER_S * a.duration))
+        else:
+            r = self._acct_run(cfg, a.acct_packets, window=a.window, duration_s=a.duration)
+        self.trim_streams()
+        self._check(cfg, [r])
+        log(f"{cfg.name}: run {i + 1}/{a.repeat}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']} ms, "
+            f"p99 {r['p99_ms']} ms, lost {r['lost']}, reject {r['reject']}, "
+            f"generator {r['cpu_generator']}%, radiusd {r.get('cpu_server')}%, "
+            f"others {r.get('cpu_other')}%")
+        return r
+
+    def open_points(self, cfg: Config, top: float) -> list[dict[str, Any]]:
+        """Open-loop runs at fractions of the closed-loop maximum ``top``."""
+        a = self.args
         k = len(self.senders)
-        warn_start = len(self.warnings)
-
-        def auth_run(**kw: Any) -> dict[str, Any]:
-            if cfg.before_each:
-                cfg.before_each()
-            targets = self._auth_targets(stock, port)
-            if cfg.once_per_user:
-                per = min(t.packets for t in targets)
-                kw["count"] = min(kw.get("count") or per, per)
-            return blast(targets, server_pid=pid, **kw)
-
-        def acct_run(packets_per_sender: int, **kw: Any) -> dict[str, Any]:
-            targets = self._acct_targets(stock, port, packets_per_sender)
-            try:
-                return blast(targets, server_pid=pid, **kw)
-            finally:
-                self._release_acct()
-                self.trim_streams()
-
-        # Warm-up: every user once (fills the caches that the configuration has).
-        if cfg.warm:
-            if cfg.kind == "auth":
-                w = blast(self._auth_targets(stock, port), window=min(a.window, 32 * k),
-                          duration_s=max(30.0, a.duration), server_pid=pid)
-            else:
-                w = acct_run(min(3 * ACCT_BLOCK, a.acct_packets), window=min(a.window, 32 * k),
-                             duration_s=max(30.0, a.duration))
-            log(f"{cfg.name}: warm-up {w['received']} answers, {w['rps']:.0f} req/s, "
-                f"{w['lost']} lost, {w['reject']} rejects")
-            if w["received"] == 0:
-                raise RuntimeError(f"{cfg.name}: no answer during the warm-up "
-                                   f"(see {server.logfile})")
-            self.trim_streams()
-
-        runs = []
-        for i in range(a.repeat):
-            if cfg.kind == "auth":
-                r = auth_run(window=a.window, duration_s=a.duration,
-                             count=int(MAX_PACKETS_PER_S * a.duration))
-            else:
-                r = acct_run(a.acct_packets, window=a.window, duration_s=a.duration)
-            self.trim_streams()
-            runs.append(r)
-            log(f"{cfg.name}: run {i + 1}/{a.repeat}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']} ms, "
-                f"p99 {r['p99_ms']} ms, lost {r['lost']}, reject {r['reject']}, "
-                f"generator {r['cpu_generator']}%, radiusd {r.get('cpu_server')}%")
-        result: dict[str, Any] = {"name": cfg.name, "kind": cfg.kind,
-                                  "description": cfg.description, **median_of(runs)}
-        self._check(cfg, runs)
-
-        points = []
-        top = result.get("rps") or 0
-        for frac in (a.points if top > 0 else []):
+        points: list[dict[str, Any]] = []
+        if top <= 0 or not a.points:
+            return points
+        self.warm_up(cfg)
+        for frac in a.points:
             rate = max(1.0, round(frac * top, 1))
+            count = max(1, math.ceil(rate / k * a.point_duration))
             reps = []
             for _ in range(a.point_repeat):
-                count = max(1, math.ceil(rate / k * a.point_duration))
                 if cfg.kind == "auth":
-                    r = auth_run(rate=rate, duration_s=a.point_duration, count=count)
+                    reps.append(self._auth_run(cfg, rate=rate, duration_s=a.point_duration,
+                                               count=count))
                 else:
-                    r = acct_run(count, rate=rate, duration_s=a.point_duration, count=count)
-                reps.append(r)
+                    reps.append(self._acct_run(cfg, count, rate=rate, duration_s=a.point_duration,
+                                               count=count))
             p = {"offered_rps": rate, "fraction": frac, **median_of(reps)}
             points.append(p)
             log(f"{cfg.name}: open loop {rate:,.0f}/s -> {p.get('rps', 0):,.0f} req/s, "
                 f"p50 {p.get('p50_ms')} ms, p99 {p.get('p99_ms')} ms")
-        result["points"] = points
-        result["runs"] = runs
-        result["warnings"] = self.warnings[warn_start:]
-        return result
+        return points
+
+    def measure_all(self, configs: list[Config]) -> list[dict[str, Any]]:
+        """Closed-loop repeats round-robin over the configurations, then the open-loop points.
+
+        Round-robin: whatever else the machine does at some moment weighs on
+        every configuration alike, so their ratios hold better than if each
+        were measured in one block.
+        """
+        runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in configs}
+        warn_at = {c.name: [] for c in configs}
+        for i in range(self.args.repeat):
+            for cfg in configs:
+                before = len(self.warnings)
+                runs[cfg.name].append(self.closed_run(cfg, i))
+                warn_at[cfg.name] += self.warnings[before:]
+        results = []
+        for cfg in configs:
+            before = len(self.warnings)
+            result: dict[str, Any] = {"name": cfg.name, "kind": cfg.kind,
+                                      "description": cfg.description, **median_of(runs[cfg.name])}
+            result["points"] = self.open_points(cfg, result.get("rps") or 0)
+            result["runs"] = runs[cfg.name]
+            result["warnings"] = warn_at[cfg.name] + self.warnings[before:]
+            results.append(result)
+        return results
 
     def _check(self, cfg: Config, runs: list[dict[str, Any]]) -> None:
         for r in runs:
@@ -797,10 +886,8 @@ class Bench:
         log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "
             f"{mem['bytes_per_live_session']:.0f} B per live session")
         wanted = set(a.configs) if a.configs else None
-        for cfg in self.configs():
-            if wanted is not None and cfg.name not in wanted:
-                continue
-            self.results.append(self.measure(cfg))
+        self.results = self.measure_all([c for c in self.configs()
+                                         if wanted is None or c.name in wanted])
         self.stop_server()
         writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
         by = {c["name"]: c for c in self.results}
@@ -846,8 +933,7 @@ def write_packets(args: argparse.Namespace) -> int:
     sessions = max(1, math.ceil(args.acct_packets / 3))
     manifest = []
     for t in ds.place_tenants(spec, shard_map)[:args.senders]:
-        subs = list(ds.subscribers(spec, t.tenant_id, None))
-        sender = Sender(t, [s for s in subs if s.password_type != "bcrypt"], subs)
+        sender = make_sender(spec, t)
         auth, acct = out / f"auth-{t.tenant_id}.txt", out / f"acct-{t.tenant_id}.txt"
         auth.write_text(auth_text(sender))
         acct.write_text(acct_text(sender, sessions, epoch=1))
@@ -931,6 +1017,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_packets:
         return write_packets(args)
+
+    def stop(signum: int, _frame: Any) -> None:
+        # Unwind through the finally blocks: every server started is stopped by PID.
+        raise SystemExit(128 + signum)
+    # SIGINT too: a background job of a non-interactive shell starts with it ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     state = args.state or Path(tempfile.mkdtemp(prefix="wificore-bench-", dir="/tmp"))
     bench = Bench(args, state)
     try:

@@ -49,15 +49,21 @@ def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> s
         f"{s.get('duration_s')} s, median of {s.get('repeat')}.",
         "",
         "| configuration | what | req/s | p50 ms | p90 ms | p99 ms | lost | generator CPU % "
-        "| radiusd CPU % | machine busy % |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| radiusd CPU % | machine busy % | others' CPU % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in results.get("configurations", []):
         lines.append(
             f"| `{c['name']}` | {c.get('description', '')} | {_fmt(c.get('rps'))} "
             f"| {_fmt(c.get('p50_ms'))} | {_fmt(c.get('p90_ms'))} | {_fmt(c.get('p99_ms'))} "
             f"| {_fmt(c.get('lost'))} | {_fmt(c.get('cpu_generator'), 0)} "
-            f"| {_fmt(c.get('cpu_server'), 0)} | {_fmt(c.get('cpu_machine'), 0)} |")
+            f"| {_fmt(c.get('cpu_server'), 0)} | {_fmt(c.get('cpu_machine'), 0)} "
+            f"| {_fmt(c.get('cpu_other'), 0)} |")
+    others = [c["cpu_other"] for c in results.get("configurations", []) if "cpu_other" in c]
+    if others:
+        lines += ["", f"CPU used by other work on the machine during the closed-loop runs: "
+                      f"{min(others):.0f} to {max(others):.0f} % of one core (median per "
+                      "configuration); the more, the less the absolute numbers mean."]
     ratios = results.get("ratios", {})
     if ratios:
         lines += ["", "Throughput ratios (same run):", "", "| ratio | value |", "| --- | ---: |"]

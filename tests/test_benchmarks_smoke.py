@@ -79,8 +79,8 @@ class TestDatasetGeneration:
         from benchmarks.loadgen import packets
         spec = dataset.Spec(tenants=1, pppoe_per_tenant=10, hotspot_per_tenant=10)
         tenant = dataset.place_tenants(spec, TWO_SHARDS)[0]
-        subs = list(dataset.subscribers(spec, tenant.tenant_id))
-        sender = compare.Sender(tenant, [s for s in subs if s.password_type != "bcrypt"], subs)
+        sender = compare.make_sender(spec, tenant)
+        assert {s.password_type for s in sender.acct_users} == {"bcrypt"}
         auth = packets.parse_radclient(compare.auth_text(sender))
         acct = packets.parse_radclient(compare.acct_text(sender, 4, epoch=1))
         assert len(auth) == 18 and all(t.kind == packets.KIND_ACCESS for t in auth)
