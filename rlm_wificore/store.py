@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg
 import redis
@@ -23,6 +22,8 @@ from redis.retry import Retry
 from .errors import StoreUnavailable
 from .settings import Settings
 from .shardmap import Shard, ShardMap
+
+T = TypeVar("T")
 
 
 class Breaker:
@@ -106,24 +107,35 @@ class Shards:
                     self._pools[shard.name] = pool
         return pool
 
-    @contextmanager
-    def connection(self, shard: Shard) -> Iterator[psycopg.Connection]:
-        """A pooled connection, or :class:`StoreUnavailable` within the timeout."""
+    def run(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
+        """``fn(conn)`` on a pooled connection, or :class:`StoreUnavailable` within the timeout.
+
+        A connection the server closed (a restart) is dropped by the pool and
+        the call is tried once more on a fresh one; any other failure opens
+        the shard's breaker."""
         breaker = self.breakers[shard.name]
         if not breaker.allow():
             raise StoreUnavailable(f"shard {shard.name!r} is down (retrying in <1 s)")
-        try:
-            with self.pool(shard).connection(timeout=self.timeout_s) as conn:
-                yield conn
-        except (PoolTimeout, psycopg.OperationalError) as exc:
-            breaker.fail()
-            raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
-        breaker.ok()
+        pool = self.pool(shard)
+        for attempt in (1, 2):
+            conn = None
+            try:
+                with pool.connection(timeout=self.timeout_s) as conn:
+                    result = fn(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and conn is not None and conn.broken:
+                    continue
+                breaker.fail()
+                raise StoreUnavailable(f"shard {shard.name!r}: {str(exc).strip()}") from exc
+            except PoolTimeout as exc:
+                breaker.fail()
+                raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
+            breaker.ok()
+            return result
+        raise AssertionError("unreachable")
 
     def fetchone(self, tenant_id: int, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        shard = self.map.shard_for(tenant_id)
-        with self.connection(shard) as conn:
-            return conn.execute(sql, params).fetchone()
+        return self.run(self.map.shard_for(tenant_id), lambda c: c.execute(sql, params).fetchone())
 
     def fetch_all_shards(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run a query on every shard that answers; the rows of all of them."""
@@ -131,8 +143,7 @@ class Shards:
         errors = []
         for shard in self.map:
             try:
-                with self.connection(shard) as conn:
-                    rows.extend(conn.execute(sql, params).fetchall())
+                rows.extend(self.run(shard, lambda c: c.execute(sql, params).fetchall()))
             except StoreUnavailable as exc:
                 errors.append(exc)
         if errors and not rows:

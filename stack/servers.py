@@ -149,14 +149,23 @@ class RedisServer(Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        if self.running() and tcp_open(self.port):
+        if self.running() and self.ready():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
                     "--dir", str(self.dir), "--save", "", "--appendonly", "yes",
                     "--appendfsync", "everysec", "--protected-mode", "yes",
                     "--daemonize", "no", "--loglevel", "warning"])
-        wait_for(lambda: tcp_open(self.port), 10, f"redis on port {self.port}")
+        wait_for(self.ready, 30, f"redis on port {self.port}")
+
+    def ready(self) -> bool:
+        """PING answers PONG: listening and done loading its append-only file."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

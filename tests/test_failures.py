@@ -68,8 +68,10 @@ class TestShardDown:
             assert pap(auth, TENANT_A, other).accepted, "other shard's tenant affected"
         finally:
             stack.pg[1].start()
-        assert wait_until(lambda: pap(auth, TENANT_C, uncached).accepted, timeout_s=10), \
-            "shard2 subscriber not served after recovery"
+        time.sleep(1.1)  # the shard's breaker lets the next miss through after 1 s
+        # The pool's connections died with the server: the first miss must still succeed.
+        ans = pap(auth, TENANT_C, uncached)
+        assert ans.accepted, f"shard2 subscriber not served after recovery: {ans.output}"
 
 
 class TestHostileInput:

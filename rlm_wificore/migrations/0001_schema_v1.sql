@@ -100,7 +100,6 @@ CREATE TABLE sessions_p5 PARTITION OF sessions FOR VALUES WITH (MODULUS 8, REMAI
 CREATE TABLE sessions_p6 PARTITION OF sessions FOR VALUES WITH (MODULUS 8, REMAINDER 6);
 CREATE TABLE sessions_p7 PARTITION OF sessions FOR VALUES WITH (MODULUS 8, REMAINDER 7);
 CREATE INDEX sessions_open_by_nas ON sessions (tenant_id, nas_id) WHERE stopped_at IS NULL;
-CREATE INDEX sessions_open_by_age ON sessions (updated_at) WHERE stopped_at IS NULL;
 CREATE INDEX sessions_by_user ON sessions (tenant_id, username, started_at);
 
 -- Every accept and reject. Range-partitioned by day: retention is
