@@ -104,3 +104,17 @@ class TestMsChapV2:
         """MS-CHAPv2 with a wrong password gets Access-Reject."""
         user = subscriber(password="v2-right")
         assert auth(TENANT_A, mschapv2_attrs(user, "v2-wrong")).code == "Access-Reject"
+
+
+class TestDynamicClients:
+    def test_nas_added_while_running_is_served(self, world, radiusd, auth):
+        """A NAS added to the database after radiusd started is served from its first packet."""
+        tenant = (3, "127.0.0.4", "secret-late", "mikrotik")
+        world.admin("tenant", "add", "--id", "3", "--name", "late tenant")
+        world.admin("nas", "add", "--tenant", "3", "--name", "late-nas", "--ip", tenant[1],
+                    "--secret", tenant[2], "--vendor", "mikrotik")
+        world.admin("plan", "add", "--tenant", "3", "--name", "basic")
+        world.admin("subscriber", "add", "--tenant", "3", "--username", "late-user", "--password",
+                    "late-pw", "--plan", "basic")
+        ans = auth(tenant, {"User-Name": "late-user", "User-Password": "late-pw"})
+        assert ans.accepted, ans.output
