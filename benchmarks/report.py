@@ -71,11 +71,12 @@ def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> s
             lines.append(f"| {name} | {_fmt(value)} |")
     points = [c for c in results.get("configurations", []) if c.get("points")]
     if points:
-        lines += ["", "Open loop (offered rate -> achieved req/s, p50 / p99 ms):", ""]
+        lines += ["", "Open loop (offered rate -> achieved req/s, p50 / p99 ms, others' CPU %):", ""]
         for c in points:
             cells = ", ".join(
                 f"{_fmt(p.get('offered_rps'))} -> {_fmt(p.get('rps'))} "
-                f"({_fmt(p.get('p50_ms'))} / {_fmt(p.get('p99_ms'))})" for p in c["points"])
+                f"({_fmt(p.get('p50_ms'))} / {_fmt(p.get('p99_ms'))}, {_fmt(p.get('cpu_other'), 0)})"
+                for p in c["points"])
             lines.append(f"- `{c['name']}`: {cells}")
     mem = results.get("redis_memory")
     if mem:
@@ -135,13 +136,15 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("ms")
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7) or 1, fontsize=8,
+               frameon=False)
     m = results.get("machine", {})
     fig.suptitle(f"Latency against throughput ({results.get('date', '')}, "
                  f"{m.get('cores', '?')} cores): open-loop rates, star = closed-loop maximum "
                  f"(window {results.get('settings', {}).get('window', '?')}), dashed = accounting",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
