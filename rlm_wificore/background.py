@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = get_logger("rlm_wificore.background")
 
 FORWARD_BATCH = 200
-FORWARD_IDLE_S = 0.005
+FORWARD_IDLE_S = 0.02
 
 
 class Backoff:

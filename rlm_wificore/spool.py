@@ -1,23 +1,30 @@
-"""The accounting spool: a write-ahead log on local disk.
+"""The spool: a write-ahead log on local disk, written through a shared mmap.
 
-The accounting hook appends each record here (one ``write(2)``, a few
-microseconds) and only then returns ok, so the Accounting-Response goes out
-once the record is in the kernel: it survives a ``kill -9`` of radiusd.
-Auth-log records take the same path. A thread of the module (outside
-rlm_python3's mutex) forwards records to Redis, one script call per batch
-(live.lua), and checkpoints how far it got. When Redis is
-down the spool simply grows and is drained when Redis returns. After a crash
+The accounting hook appends each record here and only then returns ok, so
+the Accounting-Response goes out once the record is in the kernel's page
+cache: it survives a ``kill -9`` of radiusd. Auth-log records take the same
+path. Appending is a memory copy into a ``MAP_SHARED`` mapping: no system
+call, so the hook never lets go of the interpreter lock (a ``write(2)``
+would, and then wait to get it back from the module's own threads). A thread
+of the module (outside rlm_python3's mutex) forwards records to Redis, one
+script call per batch (live.lua), and checkpoints how far it got. When Redis
+is down the spool simply grows and drains when Redis returns. After a crash
 at most the last batch is sent again; the Redis script and the batch
-writer's merge make a replay harmless.
+writer's merge make a replay harmless. Like Redis's ``appendfsync
+everysec``, this protects against process crashes, not against power loss.
 
 Layout of ``spool_dir``: ``lock`` (flock: one radiusd per spool),
-``seg-<n>.wal`` segments of frames ``<u32 length><msgpack record>``, and
-``checkpoint`` = ``<segment n> <offset>`` (written by rename).
+``seg-<n>.wal`` segments of ``SEGMENT_BYTES`` (allocated up front) holding frames
+``<u32 length><payload>``, and ``checkpoint`` = ``<segment> <offset>``
+(written by rename). The length is stored after the payload, so a frame is
+either whole or absent; length 0 = nothing written yet, ``END`` = the rest of
+the segment is unused.
 """
 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import struct
 import threading
@@ -26,14 +33,15 @@ from pathlib import Path
 from .errors import ConfigError
 
 _LEN = struct.Struct("<I")
-SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD = 1 << 20
+END = 0xFFFFFFFF
 
 
 class Spool:
-    """Append from the hook (any thread), read and checkpoint from one forwarder."""
+    """Append from the hooks; read and checkpoint from one forwarder thread."""
 
-    def __init__(self, directory: str | Path, *, fsync: bool = False) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -46,15 +54,15 @@ class Spool:
             os.close(self._lock_fd)
             raise ConfigError(f"wificore.spool_dir: {self.dir} is in use by another radiusd "
                               "(give each radiusd process its own spool_dir)") from None
-        self.fsync = fsync
         self._mutex = threading.Lock()
         segs = self.segments()
         self.write_seg = segs[-1] if segs else 0
-        self._wfd = os.open(self._path(self.write_seg), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.write_off = os.fstat(self._wfd).st_size
+        self._wmap = self._map(self.write_seg)
+        # Where the last writer stopped: the first frame not (wholly) written.
+        self.write_off = self._scan_end(self._wmap)
         self.read_seg, self.read_off = self._load_checkpoint(segs)
-        self.appended = 0
-        self._rfile: tuple[int, object] | None = None  # (segment, open file) of the reader
+        self._rmap: tuple[int, mmap.mmap] | None = None
+        self.corrupt = 0
 
     # ------------------------------------------------------------- layout
     def _path(self, seg: int) -> Path:
@@ -62,6 +70,26 @@ class Spool:
 
     def segments(self) -> list[int]:
         return sorted(int(p.name[4:16]) for p in self.dir.glob("seg-*.wal"))
+
+    def _map(self, seg: int) -> mmap.mmap:
+        fd = os.open(self._path(seg), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # Reserve the blocks now: a full disk then fails here, with an error,
+            # instead of as SIGBUS on a later store into a sparse mapping.
+            os.posix_fallocate(fd, 0, SEGMENT_BYTES)
+            return mmap.mmap(fd, SEGMENT_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _scan_end(m: mmap.mmap) -> int:
+        off = 0
+        while off + 4 <= SEGMENT_BYTES:
+            (n,) = _LEN.unpack_from(m, off)
+            if n == 0 or n == END or n > MAX_RECORD or off + 4 + n > SEGMENT_BYTES:
+                break
+            off += 4 + n
+        return off
 
     def _load_checkpoint(self, segs: list[int]) -> tuple[int, int]:
         try:
@@ -72,72 +100,73 @@ class Spool:
 
     # -------------------------------------------------------------- write
     def append(self, payload: bytes) -> None:
-        """Make one record durable against a crash of this process."""
-        frame = _LEN.pack(len(payload)) + payload
+        """Put one record where a crash of this process cannot take it."""
+        n = len(payload)
+        if n == 0 or n > MAX_RECORD:
+            raise ValueError(f"spool record of {n} bytes")
         with self._mutex:
-            if self.write_off + len(frame) > SEGMENT_MAX_BYTES and self.write_off > 0:
-                os.close(self._wfd)
+            off = self.write_off
+            if off + 4 + n > SEGMENT_BYTES:
+                if off + 4 <= SEGMENT_BYTES:
+                    self._wmap[off:off + 4] = _LEN.pack(END)
+                self._wmap.close()
                 self.write_seg += 1
-                self._wfd = os.open(self._path(self.write_seg),
-                                    os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                self.write_off = 0
-            os.write(self._wfd, frame)
-            if self.fsync:
-                os.fdatasync(self._wfd)
-            self.write_off += len(frame)
-            self.appended += 1
+                self._wmap = self._map(self.write_seg)
+                off = 0
+            m = self._wmap
+            m[off + 4:off + 4 + n] = payload
+            m[off:off + 4] = _LEN.pack(n)  # the frame exists once its length does
+            self.write_off = off + 4 + n
 
     # --------------------------------------------------------------- read
-    def read_batch(self, max_records: int) -> tuple[list[bytes], tuple[int, int]]:
-        """Up to ``max_records`` records after the checkpoint, and the position after them."""
-        seg, off = self.read_seg, self.read_off
-        out: list[bytes] = []
-        self.corrupt = 0
-        while len(out) < max_records:
-            f = self._reader(seg)
-            if f is None:
-                data = b""
-            else:
-                f.seek(off)
-                data = f.read(min(8 << 20, max(64 << 10, max_records * 512)))
-            pos = 0
-            while len(out) < max_records and pos + 4 <= len(data):
-                (n,) = _LEN.unpack_from(data, pos)
-                if n > MAX_RECORD:
-                    # A corrupt frame: nothing after it in this segment can be framed.
-                    self.corrupt += 1
-                    pos = len(data)
-                    break
-                if pos + 4 + n > len(data):
-                    break
-                out.append(data[pos + 4:pos + 4 + n])
-                pos += 4 + n
-            off += pos
-            if pos == 0:
-                with self._mutex:
-                    newer = seg < self.write_seg
-                if not newer:
-                    break
-                seg, off = seg + 1, 0  # this segment is finished
-        return out, (seg, off)
-
-    def _reader(self, seg: int):
-        """The reader's open file of segment ``seg`` (kept open between batches)."""
-        if self._rfile is not None and self._rfile[0] == seg:
-            return self._rfile[1]
-        if self._rfile is not None:
-            self._rfile[1].close()
-            self._rfile = None
-        try:
-            f = open(self._path(seg), "rb")
-        except FileNotFoundError:
-            return None
-        self._rfile = (seg, f)
-        return f
-
     def has_pending(self) -> bool:
         """Anything appended after the checkpoint (cheap: no I/O)."""
         return (self.read_seg, self.read_off) != (self.write_seg, self.write_off)
+
+    def _reader(self, seg: int) -> mmap.mmap | None:
+        if self._rmap is not None and self._rmap[0] == seg:
+            return self._rmap[1]
+        if self._rmap is not None:
+            self._rmap[1].close()
+            self._rmap = None
+        try:
+            fd = os.open(self._path(seg), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_size < SEGMENT_BYTES:
+                return None
+            m = mmap.mmap(fd, SEGMENT_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        self._rmap = (seg, m)
+        return m
+
+    def read_batch(self, max_records: int) -> tuple[list[bytes], tuple[int, int]]:
+        """Up to ``max_records`` records after the checkpoint, and the position after them."""
+        write_seg, write_off = self.write_seg, self.write_off  # a consistent snapshot (GIL)
+        seg, off = self.read_seg, self.read_off
+        out: list[bytes] = []
+        while len(out) < max_records:
+            limit = write_off if seg == write_seg else SEGMENT_BYTES
+            m = self._reader(seg)
+            if m is None:
+                if seg < write_seg:
+                    seg, off = seg + 1, 0
+                    continue
+                break
+            while len(out) < max_records and off + 4 <= limit:
+                (n,) = _LEN.unpack_from(m, off)
+                if n == 0 or n == END or n > MAX_RECORD or off + 4 + n > limit:
+                    if n not in (0, END):
+                        self.corrupt += 1  # nothing after it in this segment can be framed
+                    break
+                out.append(m[off + 4:off + 4 + n])
+                off += 4 + n
+            if len(out) >= max_records or seg == write_seg:
+                break
+            seg, off = seg + 1, 0  # a finished segment: the writer moved on
+        return out, (seg, off)
 
     def commit(self, position: tuple[int, int]) -> None:
         """Everything before ``position`` reached Redis: checkpoint, drop old segments."""
@@ -145,23 +174,23 @@ class Spool:
         tmp = self.dir / "checkpoint.tmp"
         tmp.write_text(f"{seg} {off}")
         os.replace(tmp, self.dir / "checkpoint")
+        if self._rmap is not None and self._rmap[0] < seg:
+            self._rmap[1].close()
+            self._rmap = None
         for old in self.segments():
             if old < seg:
                 self._path(old).unlink(missing_ok=True)
         self.read_seg, self.read_off = seg, off
 
     def pending(self) -> int:
-        """Bytes not yet forwarded (approximate across segments)."""
-        with self._mutex:
-            if self.read_seg == self.write_seg:
-                return max(0, self.write_off - self.read_off)
-            return (self.write_seg - self.read_seg) * SEGMENT_MAX_BYTES + self.write_off - self.read_off
+        """Bytes appended but not yet forwarded."""
+        return (self.write_seg - self.read_seg) * SEGMENT_BYTES + self.write_off - self.read_off
 
     def close(self) -> None:
-        if self._rfile is not None:
-            self._rfile[1].close()
-            self._rfile = None
+        if self._rmap is not None:
+            self._rmap[1].close()
+            self._rmap = None
         with self._mutex:
-            os.close(self._wfd)
+            self._wmap.close()
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
