@@ -30,6 +30,7 @@ class Entry:
     plan: Plan | None
     state: LiveState | None  # None: unknown (Redis down), policy fails open
     state_expires: float = 0.0  # time.monotonic(); the live state is re-read after it
+    replies: dict[str, tuple] | None = None  # vendor -> rendered reply, when it cannot change
 
 
 def ttl_with_jitter(ttl_s: float, jitter_pct: int) -> float:

@@ -35,6 +35,8 @@ log = get_logger("rlm_wificore")
 
 Pairs = tuple[tuple[str, ...], ...]  # (attr, value) or (attr, op, value)
 NAS_TTL_S = 60
+#: control:WiFiCore-Logged: authorize already logged the accept, post-auth is skipped.
+LOGGED = (("WiFiCore-Logged", "1"),)
 BACKGROUND_REDIS_TIMEOUT_S = 5.0
 MAX_USERNAME = 253
 
@@ -202,13 +204,18 @@ class Engine:
                 config, decided = (("Auth-Type", "Accept"),), True
             else:
                 config = (("Crypt-Password", profile.password),)
-        reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
+        reply = entry.replies.get(vendor) if entry.replies is not None else None
+        if reply is None:
+            reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
+            if policy.reply_is_static(profile, entry.plan):
+                if entry.replies is None:
+                    entry.replies = {}
+                entry.replies[vendor] = reply
         self.stats.requests["authorize:ok"] += 1
-        request: Pairs = (("WiFiCore-Tenant-Id", str(tenant_id)),)
         if decided:
             self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")
-            request += (("WiFiCore-Logged", "1"),)
-        return Result("updated", reply=reply, config=config, request=request)
+            config += LOGGED
+        return Result("updated", reply=reply, config=config)
 
     def _reject(self, reason: str, req: dict[str, str]) -> Result:
         self.stats.requests[f"authorize:{reason}"] += 1

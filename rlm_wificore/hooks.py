@@ -66,6 +66,10 @@ def _checking_config() -> bool:
 
 def _to_radiusd(result: Result):
     rcode = RCODES[result.rcode]
+    if not result.request:
+        if not result.reply and not result.config:
+            return rcode
+        return (rcode, result.reply, result.config)
     lists = {}
     if result.reply:
         lists["reply"] = result.reply

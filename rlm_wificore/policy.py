@@ -80,6 +80,12 @@ def check(profile: Profile, plan: Plan, state: LiveState | None, *,
     return None
 
 
+def reply_is_static(profile: Profile, plan: Plan) -> bool:
+    """True when the reply depends on nothing but the profile and plan (not on the clock
+    or the usage counters), so it can be rendered once per cache entry."""
+    return profile.expires_at is None and plan.time_quota_s is None
+
+
 def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: str,
                  *, now: float) -> tuple[tuple[str, str], ...]:
     """The plan as the NAS's vendor understands it."""
