@@ -1,9 +1,10 @@
 """Render a comparison run: JSON, Markdown and a latency-against-throughput plot.
 
 compare.py calls :func:`write` at the end of a run. Run on its own, this
-re-renders the Markdown and the plot from a saved JSON file::
+re-renders the Markdown and the plot from a saved JSON file, and with
+``--readme`` the performance section of the project README::
 
-    python benchmarks/report.py [benchmarks/results/latest.json] [--out DIR]
+    python benchmarks/report.py [benchmarks/results/latest.json] [--out DIR] [--readme README.md]
 """
 
 from __future__ import annotations
@@ -163,15 +164,63 @@ def write(results: dict[str, Any], out_dir: Path, stem: str = "latest") -> dict[
     return paths
 
 
+README_START = "<!-- perf:start -->"
+README_END = "<!-- perf:end -->"
+
+
+def readme_section(results: dict[str, Any]) -> str:
+    """The short form for the project README: throughput, latency, ratios of one run."""
+    m = results.get("machine", {})
+    lines = [
+        f"Run of {results.get('date', '?')} on {m.get('cpu_model', '?')} "
+        f"({m.get('cores', '?')} cores), load generator on the same cores; "
+        "closed loop, window 256, median of the repeats "
+        "([full report](benchmarks/results/latest.md)).",
+        "",
+        "| configuration | req/s | p50 ms | p99 ms | generator CPU % |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for c in results.get("configurations", []):
+        lines.append(f"| `{c['name']}` | {_fmt(c.get('rps'))} | {_fmt(c.get('p50_ms'))} | "
+                     f"{_fmt(c.get('p99_ms'))} | {_fmt(c.get('cpu_generator'), 0)} |")
+    ratios = results.get("ratios", {})
+    if ratios:
+        lines += ["", "| ratio (same run) | value |", "| --- | ---: |"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in ratios.items()]
+    mem = results.get("redis_memory") or {}
+    if mem.get("bytes_per_profile") is not None:
+        lines += ["", f"Redis: {_fmt(mem['bytes_per_profile'], 0)} bytes per cached profile, "
+                      f"{_fmt(mem.get('bytes_per_live_session'), 0)} per live session."]
+    writer = results.get("batch_writer") or {}
+    if writer.get("records_per_s") is not None:
+        lines += ["", f"batch_writer: {_fmt(writer['records_per_s'], 0)} records/s into two shards."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, results: dict[str, Any]) -> None:
+    """Replace the text between the README's perf markers with :func:`readme_section`."""
+    text = readme.read_text()
+    head, sep, rest = text.partition(README_START)
+    _old, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers")
+    readme.write_text(f"{head}{README_START}\n{readme_section(results)}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", nargs="?", type=Path, default=RESULTS / "latest.json")
     p.add_argument("--out", type=Path, help="folder for the Markdown and the plot "
                                              "(default: beside the JSON)")
+    p.add_argument("--readme", type=Path,
+                   help="also regenerate the performance section of this README")
     args = p.parse_args(argv)
     results = json.loads(args.json.read_text())
     out = args.out or args.json.parent
     paths = write(results, out, stem=args.json.stem)
+    if args.readme:
+        update_readme(args.readme, results)
+        paths["readme"] = args.readme
     print("\n".join(str(v) for v in paths.values()))
     return 0
 

@@ -194,16 +194,17 @@ class Engine:
                 config, decided = (("Auth-Type", "Accept"),), True
             else:
                 return self._reject("bad_password", req)
+        elif password is not None and self._is_verified(tenant_id, username, password,
+                                                        profile.password):
+            # PAP re-auth with a hashed password that rlm_pap verified before.
+            self.stats.credential_cache_hits += 1
+            config, decided = (("Auth-Type", "Accept"),), True
         elif profile.password_type == "nthash":
             config = (("NT-Password", "0x" + profile.password.lower()),)
         else:  # bcrypt: PAP only; rlm_pap checks it with crypt(3), outside the mutex
             if password is None:
                 return self._reject("method_unsupported", req)
-            if self._is_verified(tenant_id, username, password, profile.password):
-                self.stats.credential_cache_hits += 1
-                config, decided = (("Auth-Type", "Accept"),), True
-            else:
-                config = (("Crypt-Password", profile.password),)
+            config = (("Crypt-Password", profile.password),)
         reply = entry.replies.get(vendor) if entry.replies is not None else None
         if reply is None:
             reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
@@ -359,7 +360,7 @@ class Engine:
         username = req.get("User-Name") or ""
         if accepted and "User-Password" in req and self.settings.credential_cache_ttl_s > 0:
             entry = self.local.get((tenant_id, username))
-            if entry and entry.profile and entry.profile.password_type == "bcrypt":
+            if entry and entry.profile and entry.profile.password_type != "cleartext":
                 digest = self._cred_digest(tenant_id, username, req["User-Password"],
                                            entry.profile.password)
                 if len(self._verified) > 1_000_000:

@@ -91,7 +91,7 @@ class Settings:
     negative_ttl_s: int = _field(30, _int(1, 3600), "Lifetime of an 'unknown user' entry.")
     local_cache_max: int = _field(500000, _int(0, 50_000_000), "Most profiles kept in process.")
     credential_cache_ttl_s: int = _field(900, _int(0, 86400),
-                                         "Lifetime of a verified bcrypt credential (0 = off).")
+                                         "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
     redis_timeout_ms: int = _field(250, _int(1, 60000), "Socket timeout of every Redis call.")
     db_timeout_ms: int = _field(500, _int(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
     db_pool_max: int = _field(4, _int(1, 256), "Connections per shard and radiusd process.")

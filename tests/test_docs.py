@@ -33,3 +33,13 @@ class TestReadme:
     def test_ci_runs_the_readme_test_command(self):
         """.ci/run calls the README's test command."""
         assert "bin/test" in README and "bin/test" in (ROOT / ".ci/run").read_text()
+
+    def test_performance_section_is_the_last_run(self):
+        """The README's performance section is what report.py renders from latest.json."""
+        import json
+        import sys
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import report
+        results = json.loads((ROOT / "benchmarks/results/latest.json").read_text())
+        section = README.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
+        assert section.strip() == report.readme_section(results).strip()

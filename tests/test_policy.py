@@ -155,3 +155,12 @@ class TestCredentialCache:
         ans = auth(TENANT_A, {"User-Name": user, "CHAP-Password": "bc-pass-7"})
         assert ans.code == "Access-Reject"
         assert ans.get("Reply-Message") == "Invalid username or password"
+
+    def test_nthash_pap_reauth_hits_verified_cache(self, auth, subscriber, radiusd):
+        """The second PAP login of an NT-hash user is answered from the verified-credential cache."""
+        user = subscriber(password="nt-pap-5", password_type="nthash")
+        before = metric(radiusd, "wificore_credential_cache_hits")
+        assert pap(auth, TENANT_A, user, password="nt-pap-5").accepted
+        assert pap(auth, TENANT_A, user, password="nt-pap-5").accepted
+        assert metric(radiusd, "wificore_credential_cache_hits") == before + 1
+        assert pap(auth, TENANT_A, user, password="nt-pap-4").code == "Access-Reject"
