@@ -265,11 +265,14 @@ class Engine:
             ttl = s.profile_ttl_s if profile else s.negative_ttl_s
             value = profile.pack() if profile else UNKNOWN
             redis_ttl = int(ttl_with_jitter(ttl, s.ttl_jitter_pct))
-            try:
-                self._redis_call(lambda r: r.set(pkey, value, ex=redis_ttl))
+            def fill(r: redis.Redis) -> None:
+                pipe = r.pipeline(transaction=False)
+                pipe.set(pkey, value, ex=redis_ttl)
                 if plan is not None:
-                    self._redis_call(lambda r: r.set(self.keys.plan(tenant_id, plan.plan_id),
-                                                     plan.pack(), ex=redis_ttl))
+                    pipe.set(self.keys.plan(tenant_id, plan.plan_id), plan.pack(), ex=redis_ttl)
+                pipe.execute()
+            try:
+                self._redis_call(fill)
             except StoreUnavailable:
                 pass
         # Without Redis the live state is unknown: cache briefly, fail open.
