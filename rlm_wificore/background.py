@@ -114,6 +114,7 @@ def _redis_inval_loop(engine: Engine) -> None:
             pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel)
             # Anything announced while we were not listening is lost: start clean.
+            engine.generation += 1
             engine.local.clear()
             engine.plans.clear()
             backoff.reset()
@@ -126,6 +127,7 @@ def _redis_inval_loop(engine: Engine) -> None:
                         log.warning("bad_invalidation", error=str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("invalidation_channel_lost", error=str(exc))
+            engine.generation += 1
             engine.local.clear()
             backoff.wait(engine._stop)
         except Exception as exc:

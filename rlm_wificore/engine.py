@@ -82,6 +82,10 @@ class Engine:
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max)
         self.local = LocalCache(settings.local_cache_max)
+        # Bumped by every invalidation. A lookup that saw it change while it was
+        # reading Redis or a shard may hold what was just invalidated: it answers
+        # with it but does not keep it (the message came before the put).
+        self.generation = 0
         self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
         self.clients: dict[str, tuple[int, int, str]] = {}
         self.stats = Stats()
@@ -234,6 +238,7 @@ class Engine:
             self.stats.tiers["process"] += 1
             return entry
         s = self.settings
+        generation = self.generation
         pkey = self.keys.profile(tenant_id, username)
         profile: Profile | None = None
         state: LiveState | None = None
@@ -280,7 +285,8 @@ class Engine:
         now = time.monotonic()
         entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
                       now + s.live_state_ttl_s)
-        self.local.put(key, entry)
+        if generation == self.generation:
+            self.local.put(key, entry)
         return entry
 
     def _refresh_state(self, tenant_id: int, username: str, entry: Entry) -> None:
@@ -290,13 +296,15 @@ class Engine:
             pipe.zcount(self.keys.live(tenant_id, username), time.time(), "+inf")
             pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
             return pipe.execute()
+        generation = self.generation
         try:
             live, usage = self._redis_call(read)
             entry.state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
             self.stats.tiers["redis_state"] += 1
         except StoreUnavailable:
             entry.state = None
-        entry.state_expires = time.monotonic() + self.settings.live_state_ttl_s
+        fresh = generation == self.generation
+        entry.state_expires = time.monotonic() + self.settings.live_state_ttl_s if fresh else 0.0
 
     def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
         pipe = r.pipeline(transaction=False)
@@ -430,6 +438,7 @@ class Engine:
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
+        self.generation += 1
         kind = message[0]
         if kind == "s":
             self.local.drop((int(message[1]), str(message[2])))

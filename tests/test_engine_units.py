@@ -1,0 +1,40 @@
+"""Engine logic without servers: the cache must never keep what was invalidated meanwhile."""
+
+from __future__ import annotations
+
+from rlm_wificore.engine import Engine
+from rlm_wificore.profile import Plan, Profile
+from rlm_wificore.settings import Settings
+from rlm_wificore.shardmap import ShardMap
+
+MAP = ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
+                                     "dsn": "postgresql://x@127.0.0.1:1/x"}]})
+PROFILE = Profile(1, "pppoe", "cleartext", "pw", "active", None, None, None, 1)
+PLAN = Plan(1, None, None, None, None, 60, None, 100, 1, None)
+
+
+def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
+    e = Engine(Settings(), MAP)
+    e._plan = lambda t, p: PLAN  # plans are not what is tested here
+
+    def fake_call(fn):
+        if invalidate_during_read:
+            e.invalidate(["l", 1, "bob"])  # a Stop forwarded while this lookup waited on Redis
+        return (PROFILE.pack(), *state_during_read)
+    e._redis_call = fake_call
+    return e
+
+
+class TestInvalidationRace:
+    def test_lookup_not_cached_when_invalidated_while_reading(self):
+        """A live state read before an invalidation arrived is used once, not cached."""
+        e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=True)
+        entry = e._entry(1, "bob")
+        assert entry.state.time_s == 0
+        assert e.local.peek((1, "bob")) is None
+
+    def test_lookup_cached_when_quiet(self):
+        """Without an invalidation in between, the entry is kept in process."""
+        e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
+        e._entry(1, "bob")
+        assert e.local.peek((1, "bob")) is not None
