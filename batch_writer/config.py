@@ -11,29 +11,16 @@ names the variable: ``WIFICORE_WRITER_BATCH_MAX_ROWS: 0 is out of range 1..10000
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from rlm_wificore.errors import ConfigError
-from rlm_wificore.settings import Settings
+from rlm_wificore.settings import Settings, int_in_range, ip_address, setting_field
 
 ENV_PREFIX = "WIFICORE_WRITER_"
-
-
-def _int(lo: int, hi: int) -> Callable[[str, str], int]:
-    def parse(var: str, raw: str) -> int:
-        try:
-            value = int(raw.strip())
-        except ValueError:
-            raise ConfigError(f"{var}: expected an integer, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ConfigError(f"{var}: {value} is out of range {lo}..{hi}")
-        return value
-    return parse
 
 
 def _name(var: str, raw: str) -> str:
@@ -42,17 +29,6 @@ def _name(var: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
         raise ConfigError(f"{var}: {raw!r} must be 1..64 of letters, digits, '_', '.', ':' or '-'")
     return value
-
-
-def _ip(var: str, raw: str) -> str:
-    try:
-        return str(ipaddress.ip_address(raw.strip()))
-    except ValueError:
-        raise ConfigError(f"{var}: {raw!r} is not an IP address") from None
-
-
-def _field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
-    return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
 
 def default_consumer() -> str:
@@ -65,42 +41,42 @@ def default_consumer() -> str:
 class WriterConfig:
     """Every knob of the batch writer, with units in the names."""
 
-    consumer: str = _field("", _name, "Consumer name in the group (default <hostname>-<pid>); "
+    consumer: str = setting_field("", _name, "Consumer name in the group (default <hostname>-<pid>); "
                            "a stable name lets a restarted writer take its own pending entries back at once.")
-    group: str = _field("writers", _name, "Consumer group shared by all writers.")
-    batch_max_rows: int = _field(5000, _int(1, 100_000),
+    group: str = setting_field("writers", _name, "Consumer group shared by all writers.")
+    batch_max_rows: int = setting_field(5000, int_in_range(1, 100_000),
                                  "A batch is written when it has this many entries ...")
-    batch_max_age_ms: int = _field(200, _int(1, 60_000), "... or when its first entry is this old.")
-    max_attempts: int = _field(5, _int(1, 1000),
+    batch_max_age_ms: int = setting_field(200, int_in_range(1, 60_000), "... or when its first entry is this old.")
+    max_attempts: int = setting_field(5, int_in_range(1, 1000),
                                "Deliveries (first read, restart, claim) after which an entry goes to the "
                                "dead-letter stream.")
-    claim_min_idle_ms: int = _field(60_000, _int(100, 86_400_000),
+    claim_min_idle_ms: int = setting_field(60_000, int_in_range(100, 86_400_000),
                                     "Entries of a writer without a heartbeat are claimed once this idle.")
-    claim_interval_s: int = _field(10, _int(1, 3600), "How often to look for dead writers' entries.")
-    stale_grace_s: int = _field(120, _int(0, 86_400),
+    claim_interval_s: int = setting_field(10, int_in_range(1, 3600), "How often to look for dead writers' entries.")
+    stale_grace_s: int = setting_field(120, int_in_range(0, 86_400),
                                 "An open session is closed as stale when it has not been updated for "
                                 "2 x its interim interval plus this.")
-    stale_interval_s: int = _field(30, _int(1, 3600), "How often to look for stale sessions.")
-    close_batch_rows: int = _field(5000, _int(1, 100_000),
+    stale_interval_s: int = setting_field(30, int_in_range(1, 3600), "How often to look for stale sessions.")
+    close_batch_rows: int = setting_field(5000, int_in_range(1, 100_000),
                                    "Rows per UPDATE when closing stale or NAS-restart sessions.")
-    close_max_loops: int = _field(200, _int(1, 100_000),
+    close_max_loops: int = setting_field(200, int_in_range(1, 100_000),
                                   "UPDATE rounds per close job per pass (bounds one pass).")
-    statement_timeout_ms: int = _field(30_000, _int(100, 3_600_000), "statement_timeout of every writer "
+    statement_timeout_ms: int = setting_field(30_000, int_in_range(100, 3_600_000), "statement_timeout of every writer "
                                        "transaction (SET LOCAL: works behind PgBouncer).")
-    connect_timeout_s: int = _field(3, _int(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
-    redis_timeout_ms: int = _field(5000, _int(100, 60_000),
+    connect_timeout_s: int = setting_field(3, int_in_range(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
+    redis_timeout_ms: int = setting_field(5000, int_in_range(100, 60_000),
                                    "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
-    heartbeat_ttl_s: int = _field(30, _int(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
-    backoff_max_s: int = _field(10, _int(1, 600), "Longest wait before retrying a shard or Redis.")
-    dead_maxlen: int = _field(100_000, _int(100, 100_000_000), "Approximate bound of the dead-letter stream.")
-    max_event_age_s: int = _field(30 * 86_400, _int(60, 3650 * 86_400),
+    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
+    backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
+    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000), "Approximate bound of the dead-letter stream.")
+    max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
                                   "A record whose event time is older than this is absurd (dead letter).")
-    max_event_ahead_s: int = _field(86_400, _int(0, 365 * 86_400),
+    max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),
                                     "A record whose event time is this far in the future is absurd.")
-    pipeline: int = _field(1, _int(0, 1), "1: decode the next batch while the shards write this one; "
+    pipeline: int = setting_field(1, int_in_range(0, 1), "1: decode the next batch while the shards write this one; "
                            "0: one batch at a time.")
-    metrics_addr: str = _field("127.0.0.1", _ip, "Address of the Prometheus exporter.")
-    metrics_port: int = _field(0, _int(0, 65535), "Port of the Prometheus exporter (0 = off).")
+    metrics_addr: str = setting_field("127.0.0.1", ip_address, "Address of the Prometheus exporter.")
+    metrics_port: int = setting_field(0, int_in_range(0, 65535), "Port of the Prometheus exporter (0 = off).")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WriterConfig:

@@ -20,7 +20,7 @@ from .errors import ConfigError
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+def int_in_range(lo: int, hi: int) -> Callable[[str, str], int]:
     def parse(key: str, raw: str) -> int:
         try:
             value = int(raw.strip())
@@ -55,7 +55,7 @@ def _prefix(key: str, raw: str) -> str:
     return value
 
 
-def _ip(key: str, raw: str) -> str:
+def ip_address(key: str, raw: str) -> str:
     try:
         return str(ipaddress.ip_address(raw.strip()))
     except ValueError:
@@ -69,7 +69,7 @@ def _level(key: str, raw: str) -> str:
     return value
 
 
-def _field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
+def setting_field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
 
 
@@ -77,34 +77,34 @@ def _field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
 class Settings:
     """Every setting of rlm_wificore, with units in the names."""
 
-    shard_map: str = _field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
+    shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
                             "Shard map file: tenant ranges to PostgreSQL DSNs.")
-    redis_url: str = _field("redis://127.0.0.1:6379/0", _redis_url,
+    redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
                             "Redis for the cache, live sessions, counters and streams.")
-    key_prefix: str = _field("wc", _prefix, "Prefix of every Redis key and stream.")
-    profile_ttl_s: int = _field(600, _int(1, 86400 * 7),
+    key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
+    profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
                                 "Lifetime of a cached subscriber profile (Redis and in-process).")
-    ttl_jitter_pct: int = _field(10, _int(0, 50), "Random extra lifetime, in percent, against stampedes.")
-    live_state_ttl_s: int = _field(30, _int(0, 3600),
+    ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50), "Random extra lifetime, in percent, against stampedes.")
+    live_state_ttl_s: int = setting_field(30, int_in_range(0, 3600),
                                    "How long a process trusts its copy of a subscriber's session "
                                    "count and usage; starts and stops invalidate it at once.")
-    negative_ttl_s: int = _field(30, _int(1, 3600), "Lifetime of an 'unknown user' entry.")
-    local_cache_max: int = _field(500000, _int(0, 50_000_000), "Most profiles kept in process.")
-    credential_cache_ttl_s: int = _field(900, _int(0, 86400),
+    negative_ttl_s: int = setting_field(30, int_in_range(1, 3600), "Lifetime of an 'unknown user' entry.")
+    local_cache_max: int = setting_field(500000, int_in_range(0, 50_000_000), "Most profiles kept in process.")
+    credential_cache_ttl_s: int = setting_field(900, int_in_range(0, 86400),
                                          "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
-    redis_timeout_ms: int = _field(250, _int(1, 60000), "Socket timeout of every Redis call.")
-    db_timeout_ms: int = _field(500, _int(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
-    db_pool_max: int = _field(4, _int(1, 256), "Connections per shard and radiusd process.")
-    stream_partitions: int = _field(4, _int(1, 256), "Accounting stream partitions.")
-    spool_dir: str = _field("/var/spool/wificore", _path,
+    redis_timeout_ms: int = setting_field(250, int_in_range(1, 60000), "Socket timeout of every Redis call.")
+    db_timeout_ms: int = setting_field(500, int_in_range(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
+    db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
+    stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
+    spool_dir: str = setting_field("/var/spool/wificore", _path,
                             "Write-ahead spool: each accounting record lands here before its response.")
-    session_stale_interims: int = _field(2, _int(1, 100),
+    session_stale_interims: int = setting_field(2, int_in_range(1, 100),
                                          "Missed interims after which a live session is dropped.")
-    default_interim_s: int = _field(300, _int(10, 86400),
+    default_interim_s: int = setting_field(300, int_in_range(10, 86400),
                                     "Interim interval assumed when the plan names none.")
-    metrics_addr: str = _field("127.0.0.1", _ip, "Address of the Prometheus exporter.")
-    metrics_port: int = _field(9812, _int(0, 65535), "Port of the Prometheus exporter (0 = off).")
-    log_level: str = _field("info", _level, "debug, info, warning or error.")
+    metrics_addr: str = setting_field("127.0.0.1", ip_address, "Address of the Prometheus exporter.")
+    metrics_port: int = setting_field(9812, int_in_range(0, 65535), "Port of the Prometheus exporter (0 = off).")
+    log_level: str = setting_field("info", _level, "debug, info, warning or error.")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None, *, source: str = "wificore") -> Settings:

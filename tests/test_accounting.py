@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from rlm_wificore import wire
 from rlm_wificore.keys import Keys

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -132,8 +131,4 @@ class TestScriptsSmoke:
         assert mem["bytes_per_profile"] > 0 and mem["bytes_per_live_session"] > 0
         assert "batch_writer" in result
         assert (tmp_path / "latest.md").read_text().startswith("# rlm_wificore")
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            pytest.skip("matplotlib is not installed: no plot")
-        assert (tmp_path / "latest.png").stat().st_size > 0
+        assert (tmp_path / "latest.png").stat().st_size > 0  # matplotlib is a test dependency

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 
 from rlm_wificore.keys import Keys
 from tests.conftest import TENANT_A, TENANT_C
