@@ -56,6 +56,7 @@ Try it:
 
 Admin:
   WIFICORE_SHARD_MAP={stack.shard_map} WIFICORE_REDIS_URL={stack.redis.url} .venv/bin/wificore-admin subscriber show --tenant 1 {d['user']}
+  WIFICORE_REDIS_URL={stack.redis.url} .venv/bin/wificore-batch-writer --check --consumer writer-1
 
 Stop everything:
   bin/stack down
