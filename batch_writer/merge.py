@@ -35,7 +35,7 @@ from psycopg import sql
 
 from rlm_wificore.shardmap import Shard
 
-from .backoff import Backoff
+from rlm_wificore.backoff import Backoff
 from .config import WriterConfig
 from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
 from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT

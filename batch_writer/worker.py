@@ -30,7 +30,7 @@ from rlm_wificore.settings import Settings
 from rlm_wificore.shardmap import ShardMap
 
 from . import stats as st
-from .backoff import Backoff
+from rlm_wificore.backoff import Backoff
 from .config import WriterConfig
 from .merge import Item, Outcome, ShardWriter
 from .records import Acct, Limits, Rejected, decode

@@ -88,7 +88,7 @@ from rlm_wificore.settings import Settings  # noqa: E402
 from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
-from stack.servers import RADDB, Process, Radiusd, free_port, wait_for  # noqa: E402
+from stack.servers import RADDB, Process, Radiusd, free_port, start_radiusd  # noqa: E402
 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
 WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
@@ -195,21 +195,6 @@ def _machine_busy() -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------ servers
-def _start_radiusd(proc: Process, cmd: list[str], env: dict[str, str], timeout_s: float) -> None:
-    """Spawn radiusd in the foreground and wait for 'Ready to process requests'."""
-    proc.logfile.parent.mkdir(parents=True, exist_ok=True)
-    mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
-    proc.spawn(cmd, env=env)
-
-    def ready() -> bool:
-        if proc.proc is not None and proc.proc.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
-        with open(proc.logfile, "rb") as f:
-            f.seek(mark)
-            return b"Ready to process requests" in f.read()
-    wait_for(ready, timeout_s, proc.name)
-
-
 class StockRadiusd(Process):
     """Stock radiusd with benchmarks/stock/ (``files`` or ``sql`` baseline)."""
 
@@ -230,23 +215,7 @@ class StockRadiusd(Process):
     def start(self, timeout_s: float = 120) -> None:
         for sub in ("log", "run"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        _start_radiusd(self, ["freeradius", "-f", "-d", str(STOCK_DIR), "-l", "stdout"],
-                       self.env, timeout_s)
-
-
-class WificoreRadiusd(Radiusd):
-    """radiusd with the project's raddb (or a copy of it with other settings)."""
-
-    def __init__(self, state: Path, raddb: Path, **kwargs: Any) -> None:
-        super().__init__(state, **kwargs)
-        self.raddb = raddb
-        self.env["WIFICORE_RADDB"] = str(raddb)
-
-    def start(self, timeout_s: float = 60) -> None:
-        for sub in ("log", "spool", "run"):
-            (self.state / sub).mkdir(parents=True, exist_ok=True)
-        _start_radiusd(self, ["freeradius", "-f", "-d", str(self.raddb), "-l", "stdout"],
-                       self.env, timeout_s)
+        start_radiusd(self, STOCK_DIR, self.env, timeout_s)
 
 
 def raddb_without_local_cache(dest: Path) -> Path:
@@ -541,11 +510,11 @@ class Bench:
                 "wificore-nolocal", raddb_without_local_cache(self.state / "raddb-nolocal")),
         }
 
-    def _wificore(self, name: str, raddb: Path) -> WificoreRadiusd:
+    def _wificore(self, name: str, raddb: Path) -> Radiusd:
         auth, acct = _retry_ports(lambda: (free_port(), free_port()))
-        return WificoreRadiusd(self.state / name, raddb, auth_port=auth,
-                               acct_port=acct, shard_map=self.stack.shard_map,
-                               redis_url=self.stack.redis.url, metrics_port=0, name=name)
+        return Radiusd(self.state / name, raddb=raddb, auth_port=auth, acct_port=acct,
+                       shard_map=self.stack.shard_map, redis_url=self.stack.redis.url,
+                       metrics_port=0, name=name)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.stack.redis.url)

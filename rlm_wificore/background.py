@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 import psycopg
 import redis
 
+from .backoff import Backoff
 from .log import get_logger
 from .store import conninfo
 
@@ -32,27 +32,6 @@ log = get_logger("rlm_wificore.background")
 
 FORWARD_BATCH = 200
 FORWARD_IDLE_S = 0.02
-
-
-class Backoff:
-    """Capped, jittered exponential delay between reconnection attempts."""
-
-    def __init__(self, first_s: float = 0.1, cap_s: float = 2.0) -> None:
-        self.first_s, self.cap_s, self.delay = first_s, cap_s, first_s
-
-    def reset(self) -> None:
-        self.delay = self.first_s
-
-    def wait(self, stop: threading.Event) -> None:
-        stop.wait(self.delay * (0.5 + random.random() / 2))
-        self.delay = min(self.cap_s, self.delay * 2)
-
-
-def stream_partition(tenant_id: int, partitions: int) -> int:
-    """Every record of a tenant goes to one partition (keeps per-session order).
-
-    live.lua computes the same in Redis."""
-    return tenant_id % partitions
 
 
 _LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text()
@@ -89,24 +68,26 @@ class Forwarder:
 
 def _forward_loop(engine: Engine) -> None:
     forwarder = Forwarder(engine)
-    backoff = Backoff()
+    backoff = Backoff(first_s=0.1, max_s=2.0)
     while not engine._stop.is_set():
         try:
             if forwarder.run_once() < FORWARD_BATCH:
                 engine._stop.wait(FORWARD_IDLE_S)
-            backoff.reset()
+            backoff.succeeded()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             engine.stats.errors["spool_forward_redis"] += 1
             log.warning("spool_forward_waiting_for_redis", error=str(exc), pending_bytes=engine.spool.pending())
+            backoff.failed()
             backoff.wait(engine._stop)
         except Exception as exc:  # logged and retried; the spool keeps the records
             engine.stats.errors["spool_forward"] += 1
             log.error("spool_forward_failed", error=repr(exc))
+            backoff.failed()
             backoff.wait(engine._stop)
 
 
 def _redis_inval_loop(engine: Engine) -> None:
-    backoff = Backoff()
+    backoff = Backoff(first_s=0.1, max_s=2.0)
     channel = engine.keys.invalidation_channel
     while not engine._stop.is_set():
         pubsub = None
@@ -117,7 +98,7 @@ def _redis_inval_loop(engine: Engine) -> None:
             engine.generation += 1
             engine.local.clear()
             engine.plans.clear()
-            backoff.reset()
+            backoff.succeeded()
             while not engine._stop.is_set():
                 msg = pubsub.get_message(timeout=0.5)
                 if msg and msg["type"] == "message":
@@ -129,9 +110,11 @@ def _redis_inval_loop(engine: Engine) -> None:
             log.warning("invalidation_channel_lost", error=str(exc))
             engine.generation += 1
             engine.local.clear()
+            backoff.failed()
             backoff.wait(engine._stop)
         except Exception as exc:
             log.error("invalidation_loop_error", error=repr(exc))
+            backoff.failed()
             backoff.wait(engine._stop)
         finally:
             if pubsub is not None:
@@ -165,13 +148,13 @@ def apply_db_notification(engine: Engine, payload: str) -> None:
 
 
 def _pg_listen_loop(engine: Engine, shard) -> None:
-    backoff = Backoff(cap_s=5.0)
+    backoff = Backoff(first_s=0.1, max_s=5.0)
     info = conninfo(shard.listen_dsn, 5000, "rlm_wificore-listen")
     while not engine._stop.is_set():
         try:
             with psycopg.connect(info, autocommit=True) as conn:
                 conn.execute("LISTEN wificore_inval")
-                backoff.reset()
+                backoff.succeeded()
                 while not engine._stop.is_set():
                     for note in conn.notifies(timeout=0.5, stop_after=100):
                         try:
@@ -181,6 +164,7 @@ def _pg_listen_loop(engine: Engine, shard) -> None:
         except psycopg.Error as exc:
             if not engine._stop.is_set():
                 log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
+                backoff.failed()
                 backoff.wait(engine._stop)
 
 

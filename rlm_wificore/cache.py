@@ -44,19 +44,12 @@ class LocalCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._d: dict[tuple[int, str], Entry] = {}
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: tuple[int, str]) -> Entry | None:
         entry = self._d.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        if entry.expires < time.monotonic():
+        if entry is not None and entry.expires < time.monotonic():
             self._d.pop(key, None)
-            self.misses += 1
             return None
-        self.hits += 1
         return entry
 
     def peek(self, key: tuple[int, str]) -> Entry | None:
@@ -73,10 +66,6 @@ class LocalCache:
         d[key] = entry
 
     def drop(self, key: tuple[int, str]) -> None:
-        self._d.pop(key, None)
-
-    def drop_state(self, key: tuple[int, str]) -> None:
-        """The live state changed elsewhere: forget the entry (profile included)."""
         self._d.pop(key, None)
 
     def drop_where(self, predicate) -> int:

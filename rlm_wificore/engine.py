@@ -25,7 +25,7 @@ from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
 from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
 from .keys import Keys
 from .log import get_logger
-from .profile import NAS_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
+from .profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
 from .settings import Settings
 from .shardmap import ShardMap
 from .spool import Spool
@@ -59,7 +59,6 @@ class Stats:
     requests: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     tiers: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    db_fallbacks: int = 0
     credential_cache_hits: int = 0
 
 
@@ -147,6 +146,20 @@ class Engine:
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
         ))
 
+    def _client(self, req: dict[str, str]) -> tuple[int, int, str] | None:
+        """(tenant, NAS, vendor) of the RADIUS client that sent ``req``; None if unknown."""
+        client = req.get("WiFiCore-Client")
+        if not client:
+            return None
+        parsed = self.clients.get(client)
+        if parsed is None:
+            try:
+                parsed = parse_client(client)
+            except ValueError:
+                return None
+            self.clients[client] = parsed
+        return parsed
+
     def _owns(self, tenant_id: int) -> bool:
         """A row only counts on the shard the map assigns its tenant to."""
         try:
@@ -158,16 +171,9 @@ class Engine:
     # ------------------------------------------------------------ authorize
     def authorize(self, req: dict[str, str]) -> Result:
         """Tenant, profile, policy, credentials and reply for one Access-Request."""
-        client = req.get("WiFiCore-Client")
-        if not client:
-            return self._reject("unknown_client", req)
-        parsed = self.clients.get(client)
+        parsed = self._client(req)
         if parsed is None:
-            try:
-                parsed = parse_client(client)
-            except ValueError:
-                return self._reject("unknown_client", req)
-            self.clients[client] = parsed
+            return self._reject("unknown_client", req)
         tenant_id, nas_id, vendor = parsed
         username = req.get("User-Name")
         if not username or len(username) > MAX_USERNAME or not username.isprintable():
@@ -224,8 +230,7 @@ class Engine:
 
     def _reject(self, reason: str, req: dict[str, str]) -> Result:
         self.stats.requests[f"authorize:{reason}"] += 1
-        verdict = policy.reject(reason)
-        return Result("reject", reply=verdict.reply, reason=reason,
+        return Result("reject", reply=policy.reject_reply(reason), reason=reason,
                       request=(("WiFiCore-Reason", reason),))
 
     def _entry(self, tenant_id: int, username: str) -> Entry:
@@ -261,7 +266,6 @@ class Engine:
             ttl = s.profile_ttl_s if profile else s.negative_ttl_s
         else:
             self.stats.tiers["database"] += 1
-            self.stats.db_fallbacks += 1
             row = self.shards.fetchone(tenant_id, PROFILE_SQL, (tenant_id, username))
             plan = None
             if row is not None:
@@ -324,7 +328,6 @@ class Engine:
         except (StoreUnavailable, DecodeError):
             pass
         if plan is None:
-            from .profile import PLAN_SQL
             row = self.shards.fetchone(tenant_id, PLAN_SQL, (tenant_id, plan_id))
             if row is None:
                 return None
@@ -358,19 +361,13 @@ class Engine:
     def post_auth(self, req: dict[str, str], *, accepted: bool) -> Result:
         """Record the outcome: auth-log record, verified-credential cache."""
         reason = req.get("WiFiCore-Reason") or ("ok" if accepted else "bad_password")
-        client = req.get("WiFiCore-Client")
-        parsed = self.clients.get(client) if client else None
-        if parsed is None and client:
-            try:
-                parsed = parse_client(client)
-            except ValueError:
-                parsed = None
+        parsed = self._client(req)
         if parsed is None:
             return Result("noop")
         tenant_id, nas_id, _vendor = parsed
         username = req.get("User-Name") or ""
         if accepted and "User-Password" in req and self.settings.credential_cache_ttl_s > 0:
-            entry = self.local.get((tenant_id, username))
+            entry = self.local.peek((tenant_id, username))
             if entry and entry.profile and entry.profile.password_type != "cleartext":
                 digest = self._cred_digest(tenant_id, username, req["User-Password"],
                                            entry.profile.password)
@@ -388,15 +385,10 @@ class Engine:
     # ------------------------------------------------------------ accounting
     def accounting(self, req: dict[str, str]) -> Result:
         """Normalise, then make the record durable in the spool; ok = send the response."""
-        client = req.get("WiFiCore-Client")
-        parsed = self.clients.get(client) if client else None
+        parsed = self._client(req)
         if parsed is None:
-            try:
-                parsed = parse_client(client or "")
-            except ValueError:
-                self.stats.requests["accounting:unknown_client"] += 1
-                return Result("noop", reason="unknown_client")
-            self.clients[client] = parsed
+            self.stats.requests["accounting:unknown_client"] += 1
+            return Result("noop", reason="unknown_client")
         tenant_id, nas_id, _vendor = parsed
         if self.spool is None:
             raise StoreUnavailable("the accounting spool is not open")
@@ -440,10 +432,8 @@ class Engine:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
         self.generation += 1
         kind = message[0]
-        if kind == "s":
+        if kind in ("s", "l"):  # the subscriber, or its live state, changed
             self.local.drop((int(message[1]), str(message[2])))
-        elif kind == "l":
-            self.local.drop_state((int(message[1]), str(message[2])))
         elif kind == "p":
             tenant_id, plan_id = int(message[1]), int(message[2])
             self.plans.pop((tenant_id, plan_id), None)

@@ -55,7 +55,7 @@ class EngineCollector:
             tiers.add_metric([tier], n)
         yield tiers
         yield CounterMetricFamily("wificore_db_fallbacks", "Lookups that went to a shard",
-                                  value=st.db_fallbacks)
+                                  value=st.tiers["database"])
         yield CounterMetricFamily("wificore_credential_cache_hits",
                                   "bcrypt checks answered by the verified-credential cache",
                                   value=st.credential_cache_hits)

@@ -7,7 +7,6 @@ wrong password share one message, so the answer never tells which it was.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 from .cache import LiveState
@@ -45,20 +44,9 @@ def normalise_mac(raw: str | None) -> str | None:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Verdict:
-    """An accept (reason None) with reply pairs, or a reject with a reason."""
-
-    reason: str | None
-    reply: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def accepted(self) -> bool:
-        return self.reason is None
-
-
-def reject(reason: str) -> Verdict:
-    return Verdict(reason, (("Reply-Message", MESSAGES[reason]),))
+def reject_reply(reason: str) -> tuple[tuple[str, str], ...]:
+    """The reply of a reject: its Reply-Message."""
+    return (("Reply-Message", MESSAGES[reason]),)
 
 
 def check(profile: Profile, plan: Plan, state: LiveState | None, *,

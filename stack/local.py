@@ -6,10 +6,14 @@ suite (free ports, a temporary state folder).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .servers import ROOT, BatchWriter, PostgresServer, Radiusd, RedisServer, free_port
@@ -99,3 +103,18 @@ class Stack:
         for pg in self.pg:
             pg.stop()
         self.redis.stop()
+
+
+@contextlib.contextmanager
+def temporary_stack(prefix: str = "wificore-", *, keep: bool = False) -> Iterator[Stack]:
+    """Redis and two migrated shards on free loopback ports in a new folder under /tmp
+    (readable by the postgres user); stopped by PID and removed at the end."""
+    state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    s = Stack(state, Ports.free(), fast=True)
+    try:
+        s.start_data()
+        yield s
+    finally:
+        s.stop_all()
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)

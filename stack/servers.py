@@ -249,19 +249,35 @@ class PostgresServer(Process):
         self._pg("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.datadir), check=False)
 
 
+def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: float) -> None:
+    """Spawn radiusd (threaded, foreground) with ``raddb``; wait for 'Ready to process requests'."""
+    proc.logfile.parent.mkdir(parents=True, exist_ok=True)
+    mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
+    proc.spawn(["freeradius", "-f", "-d", str(raddb), "-l", "stdout"], env=env)
+
+    def ready() -> bool:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        with open(proc.logfile, "rb") as f:
+            f.seek(mark)
+            return b"Ready to process requests" in f.read()
+    wait_for(ready, timeout_s, proc.name)
+
+
 class Radiusd(Process):
-    """radiusd (threaded, foreground) with the project's raddb."""
+    """radiusd (threaded, foreground) with the project's raddb, or a copy of it."""
 
     def __init__(self, state: Path, *, auth_port: int, acct_port: int, shard_map: Path,
                  redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
-                 client_lifetime_s: int = 600, name: str = "radiusd",
+                 client_lifetime_s: int = 600, name: str = "radiusd", raddb: Path = RADDB,
                  extra_env: dict[str, str] | None = None) -> None:
         super().__init__(name, state)
         self.auth_port = auth_port
         self.acct_port = acct_port
+        self.raddb = raddb
         self.env = {
             **os.environ,
-            "WIFICORE_RADDB": str(RADDB),
+            "WIFICORE_RADDB": str(raddb),
             "WIFICORE_HOME": str(ROOT),
             "WIFICORE_STATE": str(state),
             "WIFICORE_LISTEN_ADDR": "127.0.0.1",
@@ -276,25 +292,18 @@ class Radiusd(Process):
             **(extra_env or {}),
         }
 
+    def _dirs(self) -> None:
+        for sub in ("log", "run", "spool"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+
     def check_config(self) -> subprocess.CompletedProcess:
-        (self.state / "log").mkdir(parents=True, exist_ok=True)
-        (self.state / "run").mkdir(parents=True, exist_ok=True)
-        return subprocess.run(["freeradius", "-XC", "-d", str(RADDB)], env=self.env,
+        self._dirs()
+        return subprocess.run(["freeradius", "-XC", "-d", str(self.raddb)], env=self.env,
                               capture_output=True, text=True, timeout=60)
 
     def start(self, timeout_s: float = 30) -> None:
-        (self.state / "log").mkdir(parents=True, exist_ok=True)
-        (self.state / "spool").mkdir(parents=True, exist_ok=True)
-        mark = self.logfile.stat().st_size if self.logfile.exists() else 0
-        self.spawn(["freeradius", "-f", "-d", str(RADDB), "-l", "stdout"], env=self.env)
-
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"radiusd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with open(self.logfile, "rb") as f:
-                f.seek(mark)
-                return b"Ready to process requests" in f.read()
-        wait_for(ready, timeout_s, "radiusd")
+        self._dirs()
+        start_radiusd(self, self.raddb, self.env, timeout_s)
 
 
 def venv_bin(name: str) -> str:

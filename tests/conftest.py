@@ -12,9 +12,7 @@ are what every test here runs against.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import psycopg
@@ -24,7 +22,7 @@ import redis as redis_lib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stack.local import Ports, Stack  # noqa: E402
+from stack.local import temporary_stack  # noqa: E402
 from tests.radius import send  # noqa: E402
 
 # Tenants of the test world: (tenant_id, NAS source address, secret, vendor).
@@ -35,15 +33,8 @@ TENANT_C = (600, "127.0.0.3", "secret-c", "generic")    # shard2
 
 @pytest.fixture(scope="session")
 def stack():
-    state = Path(tempfile.mkdtemp(prefix="wificore-test-", dir="/tmp"))
-    s = Stack(state, Ports.free(), fast=True)
-    try:
-        s.start_data()
+    with temporary_stack("wificore-test-", keep=bool(os.environ.get("WIFICORE_TEST_KEEP"))) as s:
         yield s
-    finally:
-        s.stop_all()
-        if not os.environ.get("WIFICORE_TEST_KEEP"):
-            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -33,7 +31,7 @@ from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct, partition_of
 from rlm_wificore import wire
 from rlm_wificore.keys import Keys
-from stack.local import Ports, Stack
+from stack.local import Stack, temporary_stack
 from stack.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,16 +59,10 @@ def own_stack() -> Iterator[Stack]:
     stack is shared, and stopping its shard2 leaves broken pooled connections in
     the session's radiusd, while a full Redis slows the restart other tests time.
     """
-    state = Path(tempfile.mkdtemp(prefix="wificore-writer-", dir="/tmp"))
-    s = Stack(state, Ports.free(), fast=True)
-    try:
-        s.start_data()
+    with temporary_stack("wificore-writer-") as s:
         for t in (T1, T2, T3, T4):
             s.admin("tenant", "add", "--id", str(t), "--name", f"writer test {t}")
         yield s
-    finally:
-        s.stop_all()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import msgpack
 import pytest
 
-from batch_writer.backoff import Backoff
+from rlm_wificore.backoff import Backoff
 from batch_writer.config import WriterConfig
 from batch_writer.records import Acct, Limits, NasEvent, Rejected, collapse, decode
 from benchmarks.writer_bench import acct

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from stack.local import Ports, Stack
+from stack.local import temporary_stack
 
 #: Seconds Redis stays down while the NAS keeps sending (the issue asks for 30).
 OUTAGE_S = float(os.environ.get("WIFICORE_TEST_REDIS_OUTAGE_S", "30"))
@@ -23,10 +20,7 @@ RATE = 60  # Accounting-Requests per second: 3 * SESSIONS packets last ~OUTAGE_S
 
 @pytest.fixture(scope="module")
 def full_stack():
-    state = Path(tempfile.mkdtemp(prefix="wificore-e2e-", dir="/tmp"))
-    s = Stack(state, Ports.free(), fast=True)
-    try:
-        s.start_data()
+    with temporary_stack("wificore-e2e-") as s:
         s.admin("tenant", "add", "--id", "7", "--name", "e2e")
         s.admin("nas", "add", "--tenant", "7", "--name", "nas", "--ip", "127.0.0.1", "--secret", "e2e-secret",
                 "--vendor", "mikrotik")
@@ -34,9 +28,6 @@ def full_stack():
         s.radiusd.start()
         s.writer.start()
         yield s
-    finally:
-        s.stop_all()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def packets() -> str:

@@ -1,4 +1,4 @@
-"""The one retry object: capped, jittered exponential delay, with an optional deadline.
+"""The one retry object of rlm_wificore and batch_writer: capped, jittered, with an optional deadline.
 
 It never sleeps by itself in the hot loop: :meth:`Backoff.ready` says whether the
 next attempt is due, so one shard that is down does not hold up the others.
