@@ -13,6 +13,9 @@ wificore_redis      rlm_wificore with ``local_cache_max = 0``: every request rea
 wificore_cold       rlm_wificore, Redis flushed and no process cache, users never
                     seen: one shard query per request
 stock_sql_acct      stock rlm_sql accounting into radacct (Start/Interim/Stop)
+python_floor        rlm_python3 with a module that decides nothing (benchmarks/stock/
+                    floor.py): the most any rlm_python3 module can answer here
+python_floor_acct   the same for the accounting mix
 wificore_acct       rlm_wificore accounting (spool, Lua script into Redis)
 ==================  ============================================================
 
@@ -505,6 +508,7 @@ class Bench:
         self.servers = {
             "stock_files": lambda: StockRadiusd(self.state, "files", users_file=self.users_file),
             "stock_sql": lambda: StockRadiusd(self.state, "sql", sql=self.stock_sql),
+            "stock_python": lambda: StockRadiusd(self.state, "python"),
             "wificore": lambda: self._wificore("wificore", RADDB),
             "wificore_nolocal": lambda: self._wificore(
                 "wificore-nolocal", raddb_without_local_cache(self.state / "raddb-nolocal")),
@@ -838,6 +842,10 @@ class Bench:
             Config("stock_files", "auth", "stock_files", "stock radiusd, files + pap (ceiling)"),
             Config("stock_sql", "auth", "stock_sql", "stock radiusd, rlm_sql -> PostgreSQL"),
             Config("stock_sql_acct", "acct", "stock_sql", "stock rlm_sql accounting -> radacct"),
+            Config("python_floor", "auth", "stock_python",
+                   "rlm_python3 that decides nothing (floor)"),
+            Config("python_floor_acct", "acct", "stock_python",
+                   "rlm_python3 accounting that decides nothing (floor)"),
             Config("wificore_warm", "auth", "wificore", "rlm_wificore, warm in process"),
             Config("wificore_acct", "acct", "wificore", "rlm_wificore accounting (spool + Redis)"),
             Config("wificore_redis", "auth", "wificore_nolocal",
@@ -863,7 +871,9 @@ class Bench:
         ratios = {}
         for num, den in (("wificore_warm", "stock_sql"), ("wificore_warm", "stock_files"),
                          ("wificore_redis", "stock_sql"), ("wificore_cold", "stock_sql"),
-                         ("wificore_acct", "stock_sql_acct")):
+                         ("wificore_acct", "stock_sql_acct"),
+                         ("wificore_warm", "python_floor"), ("wificore_acct", "python_floor_acct"),
+                         ("python_floor", "stock_files")):
             if by.get(num, {}).get("rps") and by.get(den, {}).get("rps"):
                 ratios[f"{num}/{den}"] = round(by[num]["rps"] / by[den]["rps"], 2)
         return {

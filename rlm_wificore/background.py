@@ -23,6 +23,7 @@ import redis
 
 from .backoff import Backoff
 from .log import get_logger
+from .spool import MAX_RECORD
 from .store import conninfo
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 log = get_logger("rlm_wificore.background")
 
-FORWARD_BATCH = 200
+#: Bytes of spool per script call (a few hundred records).
+FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
 
 
@@ -41,29 +43,42 @@ USAGE_TTL_S = 90 * 86400
 
 
 class Forwarder:
-    """Spool -> Redis: one script call per batch (decoded in Redis), then a checkpoint."""
+    """Spool -> Redis: one script call per span of raw frames (split in Redis), then a checkpoint."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.script = engine.redis_bg.register_script(_LIVE_LUA)
         self.sent = 0
+        self._corrupt_at: tuple[int, int] | None = None
+        self.full = False  # the last span was as long as a span can be: more is waiting
 
     def run_once(self) -> int:
-        """Forward one batch; the number of records forwarded (0: spool empty)."""
+        """Forward one span; the number of records forwarded (0: spool empty)."""
         spool = self.engine.spool
         if not spool.has_pending():
+            self.full = False
             return 0
-        batch, position = spool.read_batch(FORWARD_BATCH)
-        if not batch:
-            if position != (spool.read_seg, spool.read_off):
-                spool.commit(position)  # skipped a finished segment
-            return 0
+        span = spool.read_span(FORWARD_BYTES)
+        self.full = len(span.data) == FORWARD_BYTES
+        records, consumed, ended, corrupt = self._send(span.data) if span.data else (0, 0, 0, 0)
+        if span.data and not (consumed or ended) and len(span.data) == FORWARD_BYTES:
+            span = spool.read_span(4 + MAX_RECORD)  # one frame larger than a span
+            records, consumed, ended, corrupt = self._send(span.data)
+        if corrupt and (span.seg, span.off + consumed) != self._corrupt_at:
+            # Nothing after it in this segment can be framed; once the writer
+            # seals the segment the forwarder moves on to the next one.
+            self._corrupt_at = (span.seg, span.off + consumed)
+            spool.corrupt += 1
+            log.error("spool_corrupt_frame", segment=span.seg, offset=span.off + consumed)
+        spool.advance(span, consumed, bool(ended))
+        self.sent += records
+        return records
+
+    def _send(self, data: bytes) -> list[int]:
         s = self.engine.settings
-        self.script(args=[s.key_prefix, s.stream_partitions, time.time(), s.session_stale_interims,
-                          SESSION_TTL_S, USAGE_TTL_S, *batch])
-        spool.commit(position)
-        self.sent += len(batch)
-        return len(batch)
+        return self.script(args=[s.key_prefix, s.stream_partitions, time.time(),
+                                 s.session_stale_interims, SESSION_TTL_S, USAGE_TTL_S,
+                                 MAX_RECORD, data])
 
 
 def _forward_loop(engine: Engine) -> None:
@@ -71,7 +86,8 @@ def _forward_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     while not engine._stop.is_set():
         try:
-            if forwarder.run_once() < FORWARD_BATCH:
+            # Wait unless a whole span went: a few large calls, not many small ones.
+            if not forwarder.run_once() or not forwarder.full:
                 engine._stop.wait(FORWARD_IDLE_S)
             backoff.succeeded()
         except (redis.ConnectionError, redis.TimeoutError) as exc:

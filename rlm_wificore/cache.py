@@ -30,7 +30,8 @@ class Entry:
     plan: Plan | None
     state: LiveState | None  # None: unknown (Redis down), policy fails open
     state_expires: float = 0.0  # time.monotonic(); the live state is re-read after it
-    replies: dict[str, tuple] | None = None  # vendor -> rendered reply, when it cannot change
+    # vendor -> (rendered reply, valid until (epoch s), the live state it was rendered for)
+    replies: dict[str, tuple] | None = None
 
 
 def ttl_with_jitter(ttl_s: float, jitter_pct: int) -> float:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import itertools
+import math
 import os
 import threading
 import time
@@ -39,6 +40,8 @@ NAS_TTL_S = 60
 LOGGED = (("WiFiCore-Logged", "1"),)
 BACKGROUND_REDIS_TIMEOUT_S = 5.0
 MAX_USERNAME = 253
+#: A reply that depends on the clock (expiry, time quota) is rendered again after this.
+REPLY_REUSE_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -215,13 +218,18 @@ class Engine:
             if password is None:
                 return self._reject("method_unsupported", req)
             config = (("Crypt-Password", profile.password),)
-        reply = entry.replies.get(vendor) if entry.replies is not None else None
-        if reply is None:
+        # The rendered reply is kept on the entry: for good when it depends on the
+        # profile and plan alone, else for REPLY_REUSE_S and the same live state.
+        cached = entry.replies.get(vendor) if entry.replies is not None else None
+        if cached is not None and cached[1] > now and cached[2] is entry.state:
+            reply = cached[0]
+        else:
             reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
-            if policy.reply_is_static(profile, entry.plan):
-                if entry.replies is None:
-                    entry.replies = {}
-                entry.replies[vendor] = reply
+            if entry.replies is None:
+                entry.replies = {}
+            valid = (math.inf if policy.reply_is_static(profile, entry.plan)
+                     else now + REPLY_REUSE_S)
+            entry.replies[vendor] = (reply, valid, entry.state)
         self.stats.requests["authorize:ok"] += 1
         if decided:
             self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")
@@ -343,7 +351,8 @@ class Engine:
     # ------------------------------------------------- verified credentials
     def _cred_digest(self, tenant_id: int, username: str, password: str, stored: str) -> bytes:
         msg = f"{tenant_id}\0{username}\0{password}\0{stored}".encode("utf-8", "surrogateescape")
-        return hmac.new(self._cred_key, msg, hashlib.sha256).digest()
+        # Keyed BLAKE2b is a MAC in one C call (hmac.new costs twice as much).
+        return hashlib.blake2b(msg, key=self._cred_key, digest_size=32).digest()
 
     def _is_verified(self, tenant_id: int, username: str, password: str, stored: str) -> bool:
         if self.settings.credential_cache_ttl_s <= 0:

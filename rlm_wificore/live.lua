@@ -3,12 +3,16 @@
 -- the live session (what Simultaneous-Use reads), the subscriber's usage
 -- counters (delta against the last counters seen for the session, so a
 -- replay adds nothing) and the record itself appended to its stream
--- partition for batch_writer. Records are decoded here (cmsgpack), so the
--- radiusd process spends no Python time per record on the way to Redis.
+-- partition for batch_writer. The forwarder sends a span of the spool as it
+-- lies on disk, frames and all; they are split and decoded (cmsgpack) here,
+-- so the radiusd process spends no Python time per record on the way to Redis.
 --
 -- ARGV[1] key prefix   ARGV[2] stream partitions   ARGV[3] now (epoch s)
 -- ARGV[4] session_stale_interims   ARGV[5] session TTL s   ARGV[6] usage TTL s
--- ARGV[7..] packed records (rlm_wificore.wire)
+-- ARGV[7] largest record   ARGV[8] a span of spool frames: <u32 LE length><record>
+--         (rlm_wificore.spool; the last frame may be cut short)
+-- Returns {records, bytes consumed, segment ended (0/1), corrupt frames (0/1)},
+-- framing exactly as rlm_wificore.spool.split_frames does.
 --
 -- Keys are built here from the records, so this script needs one Redis node
 -- (see docs/decisions.md, "Stream partitions by tenant").
@@ -94,12 +98,25 @@ local function one(payload)
   end
 end
 
-for i = 7, #ARGV do
+local largest, span = tonumber(ARGV[7]), ARGV[8]
+local pos, size, records, ended, corrupt = 1, #span, 0, 0, 0
+while pos + 3 <= size do
+  local n = struct.unpack('<I4', span, pos)
+  if n == 0 or n == 4294967295 or n > largest then
+    -- 0: never written; 4294967295: the writer moved on; else nothing after it can be framed.
+    ended = 1
+    if n ~= 0 and n ~= 4294967295 then corrupt = 1 end
+    break
+  end
+  if pos + 3 + n > size then break end
+  local payload = string.sub(span, pos + 4, pos + 3 + n)
   -- One bad record must not stop the batch (the forwarder would retry it forever).
-  local ok, err = pcall(one, ARGV[i])
+  local ok, err = pcall(one, payload)
   if not ok then
-    redis.call('XADD', dead, '*', 'd', ARGV[i], 'reason', 'script error: ' .. tostring(err),
+    redis.call('XADD', dead, '*', 'd', payload, 'reason', 'script error: ' .. tostring(err),
                'source', 'radiusd', 'ts', ARGV[3])
   end
+  records = records + 1
+  pos = pos + 4 + n
 end
-return #ARGV - 6
+return {records, pos - 1, ended, corrupt}

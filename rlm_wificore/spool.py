@@ -6,8 +6,10 @@ cache: it survives a ``kill -9`` of radiusd. Auth-log records take the same
 path. Appending is a memory copy into a ``MAP_SHARED`` mapping: no system
 call, so the hook never lets go of the interpreter lock (a ``write(2)``
 would, and then wait to get it back from the module's own threads). A thread
-of the module (outside rlm_python3's mutex) forwards records to Redis, one
-script call per batch (live.lua), and checkpoints how far it got. When Redis
+of the module (outside rlm_python3's mutex) forwards the spool to Redis as
+raw bytes, one script call per span of up to ``FORWARD_BYTES`` (live.lua
+splits the frames, so the forwarder spends no Python time per record), and
+checkpoints how far the script got. When Redis
 is down the spool simply grows and drains when Redis returns. After a crash
 at most the last batch is sent again; the Redis script and the batch
 writer's merge make a replay harmless. Like Redis's ``appendfsync
@@ -15,14 +17,15 @@ everysec``, this protects against process crashes, not against power loss.
 
 Layout of ``spool_dir``: ``lock`` (flock: one radiusd per spool),
 ``seg-<n>.wal`` segments of ``SEGMENT_BYTES`` (allocated up front) holding frames
-``<u32 length><payload>``, and ``checkpoint`` = ``<segment> <offset>``
-(written by rename). The length is stored after the payload, so a frame is
-either whole or absent; length 0 = nothing written yet, ``END`` = the rest of
-the segment is unused.
+``<u32 length><payload>``, and ``checkpoint`` = ``<segment> <offset>`` (one
+fixed-width line, rewritten in place). The length is stored after the
+payload, so a frame is either whole or absent; length 0 = nothing written
+yet, ``END`` = the rest of the segment is unused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import mmap
 import os
@@ -36,6 +39,33 @@ _LEN = struct.Struct("<I")
 SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD = 1 << 20
 END = 0xFFFFFFFF
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes of one segment from ``off``: whole frames, maybe a partial one at the end."""
+
+    seg: int
+    off: int
+    data: bytes
+    sealed: bool  # the writer has moved on to a later segment
+
+
+def split_frames(data: bytes, max_records: int | None = None) -> tuple[list[bytes], int, bool, int]:
+    """The whole frames at the start of ``data``: (payloads, bytes consumed,
+    segment ended, corrupt frames). live.lua frames a span the same way."""
+    out: list[bytes] = []
+    off, size = 0, len(data)
+    while off + 4 <= size and (max_records is None or len(out) < max_records):
+        (n,) = _LEN.unpack_from(data, off)
+        if n == 0 or n == END or n > MAX_RECORD:
+            # 0: never written; END: the writer moved on; else nothing after it can be framed.
+            return out, off, True, int(n not in (0, END))
+        if off + 4 + n > size:
+            break
+        out.append(data[off + 4:off + 4 + n])
+        off += 4 + n
+    return out, off, False, 0
 
 
 class Spool:
@@ -61,6 +91,7 @@ class Spool:
         # Where the last writer stopped: the first frame not (wholly) written.
         self.write_off = self._scan_end(self._wmap)
         self.read_seg, self.read_off = self._load_checkpoint(segs)
+        self._checkpoint_fd = os.open(self.dir / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
         self._rmap: tuple[int, mmap.mmap] | None = None
         self.corrupt = 0
 
@@ -142,44 +173,71 @@ class Spool:
         self._rmap = (seg, m)
         return m
 
-    def read_batch(self, max_records: int) -> tuple[list[bytes], tuple[int, int]]:
-        """Up to ``max_records`` records after the checkpoint, and the position after them."""
+    def read_span(self, max_bytes: int, position: tuple[int, int] | None = None) -> Span:
+        """The bytes after the checkpoint (or ``position``), up to ``max_bytes``, from
+        one segment; empty and not sealed when there is nothing.
+
+        A span may end inside a frame; whoever reads it takes the whole frames
+        at its start (:func:`split_frames`, or live.lua in Redis) and commits
+        how far it got with :meth:`advance`.
+        """
         write_seg, write_off = self.write_seg, self.write_off  # a consistent snapshot (GIL)
-        seg, off = self.read_seg, self.read_off
-        out: list[bytes] = []
-        while len(out) < max_records:
-            limit = write_off if seg == write_seg else SEGMENT_BYTES
-            m = self._reader(seg)
+        seg, off = position or (self.read_seg, self.read_off)
+        while True:
+            m = self._reader(seg) if (seg, off) != (write_seg, write_off) else None
             if m is None:
-                if seg < write_seg:
+                if seg < write_seg:  # a finished segment that is gone: nothing left in it
                     seg, off = seg + 1, 0
                     continue
+                return Span(seg, off, b"", False)
+            limit = write_off if seg == write_seg else SEGMENT_BYTES
+            return Span(seg, off, m[off:min(limit, off + max_bytes)], seg < write_seg)
+
+    @staticmethod
+    def after(span: Span, consumed: int, ended: bool) -> tuple[int, int]:
+        """The position after ``consumed`` bytes of ``span``: the next segment once a
+        sealed one is used up (an end mark, or less room left than a frame needs)."""
+        if span.sealed and (ended or span.off + consumed + 4 > SEGMENT_BYTES):
+            return span.seg + 1, 0
+        return span.seg, span.off + consumed
+
+    def advance(self, span: Span, consumed: int, ended: bool) -> None:
+        """Checkpoint past ``consumed`` bytes of ``span`` (see :meth:`after`)."""
+        position = self.after(span, consumed, ended)
+        if position != (self.read_seg, self.read_off):
+            self.commit(position)
+
+    def read_batch(self, max_records: int) -> tuple[list[bytes], tuple[int, int]]:
+        """Up to ``max_records`` records after the checkpoint, and the position after them."""
+        position = (self.read_seg, self.read_off)
+        out: list[bytes] = []
+        while len(out) < max_records:
+            span = self.read_span(4 + MAX_RECORD, position)
+            position = (span.seg, span.off)
+            if not span.data and not span.sealed:
                 break
-            while len(out) < max_records and off + 4 <= limit:
-                (n,) = _LEN.unpack_from(m, off)
-                if n == 0 or n == END or n > MAX_RECORD or off + 4 + n > limit:
-                    if n not in (0, END):
-                        self.corrupt += 1  # nothing after it in this segment can be framed
-                    break
-                out.append(m[off + 4:off + 4 + n])
-                off += 4 + n
-            if len(out) >= max_records or seg == write_seg:
+            records, consumed, ended, corrupt = split_frames(span.data, max_records - len(out))
+            self.corrupt += corrupt
+            out += records
+            position = self.after(span, consumed, ended)
+            if not records and position[0] == span.seg:
                 break
-            seg, off = seg + 1, 0  # a finished segment: the writer moved on
-        return out, (seg, off)
+        return out, position
 
     def commit(self, position: tuple[int, int]) -> None:
         """Everything before ``position`` reached Redis: checkpoint, drop old segments."""
         seg, off = position
-        tmp = self.dir / "checkpoint.tmp"
-        tmp.write_text(f"{seg} {off}")
-        os.replace(tmp, self.dir / "checkpoint")
-        if self._rmap is not None and self._rmap[0] < seg:
-            self._rmap[1].close()
-            self._rmap = None
-        for old in self.segments():
-            if old < seg:
-                self._path(old).unlink(missing_ok=True)
+        # One pwrite of a fixed-width line over the last one: a crash of this
+        # process cannot tear it (the kernel holds the page), and it costs one
+        # system call per batch instead of a write, a rename and a scan.
+        os.pwrite(self._checkpoint_fd, b"%012d %012d\n" % (seg, off), 0)
+        if seg != self.read_seg:
+            if self._rmap is not None and self._rmap[0] < seg:
+                self._rmap[1].close()
+                self._rmap = None
+            for old in self.segments():
+                if old < seg:
+                    self._path(old).unlink(missing_ok=True)
         self.read_seg, self.read_off = seg, off
 
     def pending(self) -> int:
@@ -192,5 +250,6 @@ class Spool:
             self._rmap = None
         with self._mutex:
             self._wmap.close()
+        os.close(self._checkpoint_fd)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)

@@ -45,11 +45,16 @@ KIND_AUTH = "auth"
 KINDS = (KIND_ACCT, KIND_AUTH)
 
 
+#: One packer for every record: packb() builds a new one per call. Packer.pack
+#: runs in C without releasing the GIL, so sharing it between threads is safe.
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def pack(kind: str, fields: dict[str, Any]) -> bytes:
     """Encode one record."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}")
-    return msgpack.packb([VERSION, kind, fields], use_bin_type=True)
+    return _packer.pack((VERSION, kind, fields))
 
 
 def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:

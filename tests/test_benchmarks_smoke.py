@@ -20,10 +20,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import compare, dataset  # noqa: E402
 from rlm_wificore.shardmap import ShardMap  # noqa: E402
 
-CONFIGURATIONS = {"stock_files", "stock_sql", "stock_sql_acct", "wificore_warm", "wificore_acct",
-                  "wificore_redis", "wificore_cold"}
+CONFIGURATIONS = {"stock_files", "stock_sql", "stock_sql_acct", "python_floor", "python_floor_acct",
+                  "wificore_warm", "wificore_acct", "wificore_redis", "wificore_cold"}
 RATIOS = {"wificore_warm/stock_sql", "wificore_warm/stock_files", "wificore_redis/stock_sql",
-          "wificore_cold/stock_sql", "wificore_acct/stock_sql_acct"}
+          "wificore_cold/stock_sql", "wificore_acct/stock_sql_acct", "wificore_warm/python_floor",
+          "wificore_acct/python_floor_acct", "python_floor/stock_files"}
 
 TWO_SHARDS = ShardMap.from_dict({"shard": [
     {"name": "shard1", "first_tenant": 1, "last_tenant": 499, "dsn": "postgresql://x@h/db"},
