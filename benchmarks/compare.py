@@ -91,7 +91,8 @@ from rlm_wificore.settings import Settings  # noqa: E402
 from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
-from stack.servers import RADDB, Process, Radiusd, free_port, start_radiusd  # noqa: E402
+from stack.servers import (RADDB, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
+                           start_radiusd)
 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
 WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
@@ -149,15 +150,21 @@ def _freeradius_version() -> str | None:
     return m.group(1).rstrip(",") if m else None
 
 
-def _proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (all its threads)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+def _proc_cpu_s(pids: list[int]) -> float | None:
+    """User + system CPU seconds of processes (all their threads), summed."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+    return total if pids else None
+
+
+def _pids(server: Any) -> list[int]:
+    """The radiusd processes of a server (a RadiusdGroup has several)."""
+    return list(getattr(server, "pids", None) or [server.pid])
 
 
 def _process_tree(roots: list[int]) -> list[int]:
@@ -375,7 +382,7 @@ class Target:
 
 
 def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
-          count: int | None = None, duration_s: float, server_pid: int | None = None,
+          count: int | None = None, duration_s: float, server_pids: list[int] | None = None,
           own_roots: list[int] | None = None, timeout_s: float = 2.0) -> dict[str, Any]:
     """Run one radload per target at once; their results merged into one.
 
@@ -391,7 +398,7 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
     k = len(targets)
     own = _process_tree(own_roots or [])
     own0 = _cpu_jiffies(own)
-    cpu0, busy0, t0 = _proc_cpu_s(server_pid), _machine_busy(), time.monotonic()
+    cpu0, busy0, t0 = _proc_cpu_s(server_pids or []), _machine_busy(), time.monotonic()
 
     def one(t: Target) -> dict[str, Any]:
         return loadgen.run_radload(
@@ -404,7 +411,7 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
     with concurrent.futures.ThreadPoolExecutor(max_workers=k) as pool:
         parts = list(pool.map(one, targets))
     wall = time.monotonic() - t0
-    cpu1, busy1 = _proc_cpu_s(server_pid), _machine_busy()
+    cpu1, busy1 = _proc_cpu_s(server_pids or []), _machine_busy()
     received = sum(p.get("received", 0) for p in parts)
 
     def weighted(key: str) -> float | None:
@@ -514,11 +521,15 @@ class Bench:
                 "wificore-nolocal", raddb_without_local_cache(self.state / "raddb-nolocal")),
         }
 
-    def _wificore(self, name: str, raddb: Path) -> Radiusd:
+    def _wificore(self, name: str, raddb: Path) -> RadiusdGroup:
+        """``--radiusd-procs`` processes on one pair of ports, as bin/stack runs them."""
         auth, acct = _retry_ports(lambda: (free_port(), free_port()))
-        return Radiusd(self.state / name, raddb=raddb, auth_port=auth, acct_port=acct,
-                       shard_map=self.stack.shard_map, redis_url=self.stack.redis.url,
-                       metrics_port=0, name=name)
+        n = self.args.radiusd_procs
+        return RadiusdGroup([
+            Radiusd(self.state / f"{name}-{i}", raddb=raddb, auth_port=auth, acct_port=acct,
+                    shard_map=self.stack.shard_map, redis_url=self.stack.redis.url,
+                    metrics_port=0, name=f"{name}-{i}", reuseport=n > 1)
+            for i in range(n)])
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.stack.redis.url)
@@ -547,7 +558,8 @@ class Bench:
         server = self.servers[key]()
         t0 = time.monotonic()
         server.start()
-        log(f"{key}: radiusd up in {time.monotonic() - t0:.1f} s, pid {server.pid}")
+        log(f"{key}: radiusd up in {time.monotonic() - t0:.1f} s, pid "
+            + ", ".join(map(str, _pids(server))))
         self.running = (key, server)
         return server
 
@@ -605,13 +617,13 @@ class Bench:
         if cfg.once_per_user:
             per = min(t.packets for t in targets)
             kw["count"] = min(kw.get("count") or per, per)
-        return blast(targets, server_pid=server.pid, own_roots=self._own_roots(), **kw)
+        return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(), **kw)
 
     def _acct_run(self, cfg: Config, packets_per_sender: int, **kw: Any) -> dict[str, Any]:
         server, stock, port = self._serve(cfg)
         targets = self._acct_targets(stock, port, packets_per_sender)
         try:
-            return blast(targets, server_pid=server.pid, own_roots=self._own_roots(), **kw)
+            return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(), **kw)
         finally:
             self._release_acct()
             self.trim_streams()
@@ -883,7 +895,7 @@ class Bench:
                                    if sys.executable.startswith(str(ROOT)) else sys.executable,
                                    os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
             "settings": {"repeat": a.repeat, "duration_s": a.duration, "window": a.window,
-                         "senders": len(self.senders), "points": a.points,
+                         "senders": len(self.senders), "radiusd_procs": a.radiusd_procs, "points": a.points,
                          "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
                          "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
             "dataset": self.dataset,
@@ -937,8 +949,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--hotspot-per-tenant", type=int, default=1500)
     g.add_argument("--subscribers-per-tenant", type=int, help="shorthand: half PPPoE, half hotspot")
     g = p.add_argument_group("load")
-    g.add_argument("--senders", type=int, default=4,
-                   help="tenants sending at once, one radload each (default 4)")
+    g.add_argument("--senders", type=int, default=8,
+                   help="tenants sending at once, one radload each (default 8: enough source "
+                        "addresses for the kernel to spread them over the radiusd processes)")
+    g.add_argument("--radiusd-procs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="rlm_wificore radiusd processes sharing the ports, as bin/stack runs "
+                        "them (default: one per core)")
     g.add_argument("--window", type=int, default=256,
                    help="closed loop: requests in flight over all senders (default 256)")
     g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
@@ -984,7 +1000,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.point_repeat = args.point_repeat or args.repeat
     args.acct_packets = args.acct_packets or math.ceil(10_000 * args.duration / args.senders)
     args.configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
-    for name in ("senders", "window", "repeat", "memory_samples"):
+    for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be at least 1")
     if args.duration <= 0 or args.point_duration <= 0:

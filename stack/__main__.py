@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .local import Ports, Stack
@@ -28,16 +29,32 @@ def seed(stack: Stack) -> None:
                     "--password", d["password"], "--plan", "home-20m")
 
 
+def procs() -> int:
+    """radiusd processes: WIFICORE_RADIUSD_PROCS, else one per core (one Python call at a
+    time per process; see docs/decisions.md)."""
+    raw = os.environ.get("WIFICORE_RADIUSD_PROCS", "")
+    if raw:
+        if not raw.isdigit() or not 1 <= int(raw) <= 64:
+            raise SystemExit(f"WIFICORE_RADIUSD_PROCS={raw!r}: a number from 1 to 64")
+        return int(raw)
+    return len(os.sched_getaffinity(0))
+
+
+def make_stack() -> Stack:
+    return Stack(STATE, Ports(), procs=procs())
+
+
 def up() -> int:
-    stack = Stack(STATE, Ports())
+    stack = make_stack()
     stack.start_data()
     seed(stack)
     check = stack.radiusd.check_config()
     if check.returncode != 0:
         print(check.stdout[-3000:], check.stderr[-2000:], sep="\n")
         return 1
-    if not stack.radiusd.running():
-        stack.radiusd.start()
+    for r in stack.radiusds:
+        if not r.running():
+            r.start()
     if not stack.writer.running():
         stack.writer.start()
     d = DEMO
@@ -46,7 +63,7 @@ rlm_wificore is running (state in {STATE}):
   redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}
   shard1     127.0.0.1:{stack.ports.shard1}   pid {stack.pg[0].pid}
   shard2     127.0.0.1:{stack.ports.shard2}   pid {stack.pg[1].pid}
-  radiusd    127.0.0.1:{stack.ports.auth}/{stack.ports.acct} pid {stack.radiusd.pid}  (metrics :{stack.ports.metrics})
+{radiusd_lines(stack)}
   writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
   logs       {STATE}/log/
 
@@ -64,17 +81,24 @@ Stop everything:
     return 0
 
 
+def radiusd_lines(stack: Stack) -> str:
+    return "\n".join(
+        f"  {r.name:10} 127.0.0.1:{stack.ports.auth}/{stack.ports.acct} pid {r.pid}  "
+        f"(metrics :{r.env['WIFICORE_METRICS_PORT']})" for r in stack.radiusds)
+
+
 def down() -> int:
-    stack = Stack(STATE, Ports())
+    stack = Stack(STATE, Ports(), procs=64)  # whatever ran: stopping one that is not there is a no-op
     stack.stop_all()
     print("stopped")
     return 0
 
 
 def status() -> int:
-    stack = Stack(STATE, Ports())
+    stack = Stack(STATE, Ports(), procs=64)
+    radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
     for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
-                       ("radiusd", stack.radiusd), ("batch_writer", stack.writer)):
+                       *((r.name, r) for r in radiusds), ("batch_writer", stack.writer)):
         print(f"{name:13} {'running, pid ' + str(proc.pid) if proc.running() else 'stopped'}")
     return 0
 

@@ -47,7 +47,12 @@ class Ports:
 
 
 class Stack:
-    def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500) -> None:
+    """``procs`` radiusd processes share the RADIUS ports (contrib/reuseport/): the
+    first keeps its state in ``state``, process i in ``state/radiusd-<i>``, with
+    metrics on ``ports.metrics + 10 * i``."""
+
+    def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500,
+                 procs: int = 1) -> None:
         self.state = state
         self.ports = ports
         self.split_at = split_at
@@ -57,9 +62,13 @@ class Stack:
         self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast),
                    PostgresServer(state, ports.shard2, "shard2", fast=fast)]
         self.shard_map = state / "shards.toml"
-        self.radiusd = Radiusd(state, auth_port=ports.auth, acct_port=ports.acct,
-                               shard_map=self.shard_map, redis_url=self.redis.url,
-                               metrics_port=ports.metrics)
+        self.radiusds = [
+            Radiusd(state if i == 0 else state / f"radiusd-{i}", auth_port=ports.auth,
+                    acct_port=ports.acct, shard_map=self.shard_map, redis_url=self.redis.url,
+                    metrics_port=ports.metrics + 10 * i if ports.metrics else 0,
+                    name="radiusd" if i == 0 else f"radiusd-{i}", reuseport=procs > 1)
+            for i in range(procs)]
+        self.radiusd = self.radiusds[0]
         self.writer = BatchWriter(state, self.writer_env())
 
     def writer_env(self) -> dict[str, str]:
@@ -98,7 +107,7 @@ class Stack:
                            check=True, capture_output=True)
 
     def stop_all(self) -> None:
-        for proc in (self.writer, self.radiusd):
+        for proc in (self.writer, *self.radiusds):
             proc.stop()
         for pg in self.pg:
             pg.stop()

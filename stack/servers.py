@@ -16,6 +16,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RADDB = ROOT / "raddb"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV = ROOT / ".venv"
+REUSEPORT_SRC = ROOT / "contrib" / "reuseport" / "wificore-reuseport.c"
+REUSEPORT_LIB = ROOT / "build" / "wificore-reuseport.so"
+
+
+def reuseport_library() -> Path:
+    """build/wificore-reuseport.so, compiled from contrib/reuseport/ when missing or older."""
+    if not REUSEPORT_LIB.exists() or REUSEPORT_LIB.stat().st_mtime < REUSEPORT_SRC.stat().st_mtime:
+        REUSEPORT_LIB.parent.mkdir(parents=True, exist_ok=True)
+        tmp = REUSEPORT_LIB.with_suffix(".so.tmp")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-o", str(tmp), str(REUSEPORT_SRC),
+                        "-ldl"], check=True, capture_output=True)
+        tmp.replace(REUSEPORT_LIB)
+    return REUSEPORT_LIB
 
 
 def free_port() -> int:
@@ -270,7 +283,7 @@ class Radiusd(Process):
     def __init__(self, state: Path, *, auth_port: int, acct_port: int, shard_map: Path,
                  redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
                  client_lifetime_s: int = 600, name: str = "radiusd", raddb: Path = RADDB,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, reuseport: bool = False) -> None:
         super().__init__(name, state)
         self.auth_port = auth_port
         self.acct_port = acct_port
@@ -291,6 +304,8 @@ class Radiusd(Process):
             "WIFICORE_REJECT_DELAY": str(reject_delay),
             **(extra_env or {}),
         }
+        if reuseport:  # one of several radiusd processes on the same ports
+            self.env["LD_PRELOAD"] = str(reuseport_library())
 
     def _dirs(self) -> None:
         for sub in ("log", "run", "spool"):
@@ -304,6 +319,40 @@ class Radiusd(Process):
     def start(self, timeout_s: float = 30) -> None:
         self._dirs()
         start_radiusd(self, self.raddb, self.env, timeout_s)
+
+
+class RadiusdGroup:
+    """Several radiusd processes sharing the same ports (``reuseport=True``), started
+    and stopped together; the first one stands for the group where one is needed."""
+
+    def __init__(self, members: list[Radiusd]) -> None:
+        self.members = members
+        self.auth_port, self.acct_port = members[0].auth_port, members[0].acct_port
+        self.logfile = members[0].logfile
+        self.name = members[0].name
+
+    @property
+    def pid(self) -> int | None:
+        return self.members[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.pid for m in self.members if m.pid is not None]
+
+    def start(self, timeout_s: float = 30) -> None:
+        try:
+            for m in self.members:
+                m.start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
+        codes = [m.stop(sig, timeout_s) for m in self.members]
+        return next((c for c in codes if c not in (0, None)), codes[0])
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(f"--- {m.name}\n{m.log_tail(n)}" for m in self.members)
 
 
 def venv_bin(name: str) -> str:
