@@ -29,6 +29,7 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 import sys
 import tempfile
 import time
@@ -69,8 +70,8 @@ def build(name: str = "radload", force: bool = False, cc: str | None = None) -> 
     """Compile build/<name> from its C source if missing or older than the sources.
 
     name is "radload" or "responder"; the compiler is cc, $CC or gcc. The
-    binary is written to a temporary name and renamed, so concurrent builds
-    never expose a half-written file.
+    binary is written to a temporary name (per process and thread) and renamed,
+    so concurrent builds never expose a half-written file.
     """
     if name not in _SOURCES:
         raise ValueError(f"unknown program {name!r}")
@@ -84,7 +85,7 @@ def build(name: str = "radload", force: bool = False, cc: str | None = None) -> 
     if shutil.which(compiler) is None:
         raise RadloadError(f"C compiler {compiler!r} not found (apt-get install gcc)")
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = BUILD_DIR / f".{name}.{os.getpid()}.tmp"
+    tmp = BUILD_DIR / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
     cmd = [compiler, "-O2", "-Wall", "-o", str(tmp), str(sources[0]), "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
