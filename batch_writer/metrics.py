@@ -59,6 +59,8 @@ class WriterCollector:
         yield _histogram("wificore_writer_batch_rows", "Entries per batch", st.batch_rows)
         yield _histogram("wificore_writer_batch_seconds", "Time to write and acknowledge one batch",
                          st.batch_seconds)
+        yield _histogram("wificore_writer_record_age_seconds", "From radiusd receiving a record to "
+                         "its commit in the shard (the NAS-to-row latency)", st.record_age_seconds)
         lag = GaugeMetricFamily("wificore_writer_stream_lag", "Entries not yet delivered to the group",
                                 labels=["partition"])
         for p, n in sorted(st.stream_lag.items()):

@@ -13,6 +13,8 @@ from typing import Any
 
 ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+               300.0, 3600.0)
 
 # Reason classes of dead letters (the metric label; the full reason is in the entry).
 DEAD_DECODE = "decode"              # not a record at all
@@ -65,6 +67,10 @@ class WriterStats:
     batch_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
     # The last batches' latencies (decode to acknowledgement), for percentiles in benchmarks.
     recent_batch_seconds: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=10_000))
+    # From radiusd receiving a record to its commit in the shard (clocks of both hosts assumed
+    # in sync), and the last ages for exact percentiles in benchmarks.
+    record_age_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(AGE_BUCKETS))
+    recent_record_ages: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=200_000))
     # Gauges, refreshed by the writer's housekeeping (not at scrape time: a scrape
     # must not wait on Redis).
     stream_lag: dict[int, int] = dataclasses.field(default_factory=dict)

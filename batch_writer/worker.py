@@ -307,9 +307,19 @@ class Writer:
         self.stats.recent_batch_seconds.append(seconds)
 
     def _account(self, name: str, out: Outcome) -> None:
+        now = time.time()
+        ages, recent = self.stats.record_age_seconds, self.stats.recent_record_ages
         for it in out.done:
             rec = it.record
-            self.stats.records[rec.status if isinstance(rec, Acct) else "auth"] += 1
+            if isinstance(rec, Acct):
+                self.stats.records[rec.status] += 1
+                received = rec.arrival_ts
+            else:
+                self.stats.records["auth"] += 1
+                received = rec.ts
+            if received:
+                ages.observe(now - received)
+                recent.append(now - received)
         self.stats.sessions_merged[name] += out.merged_rows
         if out.closed:
             self.stats.sessions_closed["nas-restart"] += out.closed

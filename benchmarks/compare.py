@@ -70,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,46 @@ def _proc_cpu_s(pids: list[int]) -> float | None:
         except (OSError, IndexError, ValueError):
             return None
     return total if pids else None
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return None
+
+
+def _metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def _histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a Prometheus histogram, +Inf last."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + '_bucket{le="'):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((math.inf if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Prometheus's histogram_quantile: linear inside the bucket that holds rank q."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return round(lower_bound + (bound - lower_bound) * share, 3)
+        lower_bound, lower_count = bound, count
+    return None
 
 
 def _pids(server: Any) -> list[int]:
@@ -816,6 +857,58 @@ class Bench:
             raise
         return engine
 
+    # -------------------------------------------------- NAS -> PostgreSQL
+    def end_to_end(self) -> dict[str, Any]:
+        """Accounting at a fixed rate through radiusd, Redis and a running batch_writer:
+        how long from radiusd receiving a record to its commit in the shard.
+
+        The writer's ``wificore_writer_record_age_seconds`` histogram gives the
+        percentiles (linear within a bucket, as Prometheus does); radload's own
+        latencies are the NAS's side.
+        """
+        a = self.args
+        rate, duration = a.e2e_rate, a.e2e_duration
+        self.trim_streams()
+        cfg = next(c for c in self.configs() if c.name == "wificore_acct")
+        server, _stock, port = self._serve(cfg)
+        writer = self.stack.writer
+        writer.start()
+        try:
+            wait_for_metrics = time.monotonic() + 30
+            while _scrape(self.stack.ports.writer_metrics) is None:
+                if time.monotonic() > wait_for_metrics or not writer.running():
+                    raise RuntimeError(f"batch_writer did not start:\n{writer.log_tail()}")
+                time.sleep(0.2)
+            per_sender = math.ceil(rate * duration / len(self.senders))
+            targets = self._acct_targets(False, port, per_sender)
+            try:
+                sent = blast(targets, rate=rate, duration_s=duration, server_pids=_pids(server),
+                             own_roots=self._own_roots())
+            finally:
+                self._release_acct()
+            expected = sent["acct_response"]
+            deadline = time.monotonic() + 120
+            written = 0.0
+            while time.monotonic() < deadline:
+                text = _scrape(self.stack.ports.writer_metrics) or ""
+                written = _metric_sum(text, "wificore_writer_records_total")
+                if written >= expected:
+                    break
+                time.sleep(0.5)
+            text = _scrape(self.stack.ports.writer_metrics) or ""
+        finally:
+            writer.stop()
+            self.trim_streams()
+        buckets = _histogram_buckets(text, "wificore_writer_record_age_seconds")
+        out = {"rate": rate, "duration_s": duration, "nas_rps": sent["rps"],
+               "answered": expected, "written": int(written), "lost": sent["lost"],
+               "nas_p50_ms": sent["p50_ms"], "nas_p99_ms": sent["p99_ms"],
+               "row_p50_s": _quantile(buckets, 0.5), "row_p99_s": _quantile(buckets, 0.99),
+               "records_in_histogram": int(buckets[-1][1]) if buckets else 0}
+        log(f"end to end at {rate:,.0f}/s: {out['nas_rps']:,.0f} answered/s, {int(written):,} of "
+            f"{expected:,} written, NAS->row p50 {out['row_p50_s']} s, p99 {out['row_p99_s']} s")
+        return out
+
     # ------------------------------------------------------- batch_writer
     def writer_bench(self) -> dict[str, Any]:
         """benchmarks/writer_bench.py (another part of the project), run as it documents."""
@@ -878,6 +971,9 @@ class Bench:
         self.results = self.measure_all([c for c in self.configs()
                                          if wanted is None or c.name in wanted])
         self.stop_server()
+        e2e = (self.end_to_end() if a.e2e_rate > 0 and not a.no_writer
+               else {"skipped": "--e2e-rate 0" if a.e2e_rate <= 0 else "--no-writer"})
+        self.stop_server()
         writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
         by = {c["name"]: c for c in self.results}
         ratios = {}
@@ -903,6 +999,7 @@ class Bench:
             "ratios": ratios,
             "redis_memory": mem,
             "batch_writer": writer,
+            "end_to_end": e2e,
             "warnings": self.warnings,
         }
 
@@ -973,6 +1070,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-writer", action="store_true", help="skip batch_writer ingestion")
     g.add_argument("--writer-args", default="", help="extra arguments for writer_bench.py")
     g.add_argument("--writer-timeout", type=float, default=600.0)
+    g.add_argument("--e2e-rate", type=float, default=10_000.0,
+                   help="accounting requests/s for the NAS-to-row measurement (0 = skip)")
+    g.add_argument("--e2e-duration", type=float, default=20.0,
+                   help="seconds of that load")
     g = p.add_argument_group("packet files only (for a load test elsewhere; see README.md)")
     g.add_argument("--write-packets", type=Path, metavar="DIR",
                    help="write the sender tenants' packet files and manifest.json into DIR, "
@@ -993,6 +1094,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.memory_samples = 200
         args.writer_args = args.writer_args or "--smoke"
         args.writer_timeout = min(args.writer_timeout, 120.0)
+        args.e2e_rate, args.e2e_duration = 200.0, 2.0
     if args.subscribers_per_tenant is not None:
         args.pppoe_per_tenant = args.subscribers_per_tenant // 2
         args.hotspot_per_tenant = args.subscribers_per_tenant - args.pppoe_per_tenant

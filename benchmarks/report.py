@@ -97,6 +97,9 @@ def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> s
                           f"(median of {len(bw.get('runs', [])) or 1})."]
         else:
             lines += ["", f"batch_writer ingestion: not measured ({bw.get('skipped', 'no result')})."]
+    e2e = results.get("end_to_end")
+    if e2e:
+        lines += ["", _e2e_line(e2e)]
     warnings = results.get("warnings") or []
     if warnings:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in warnings]
@@ -194,7 +197,22 @@ def readme_section(results: dict[str, Any]) -> str:
     writer = results.get("batch_writer") or {}
     if writer.get("records_per_s") is not None:
         lines += ["", f"batch_writer: {_fmt(writer['records_per_s'], 0)} records/s into two shards."]
+    e2e = results.get("end_to_end") or {}
+    if e2e.get("row_p99_s") is not None:
+        lines += ["", _e2e_line(e2e)]
     return "\n".join(lines)
+
+
+def _e2e_line(e2e: dict[str, Any]) -> str:
+    """The NAS-to-row measurement in one sentence."""
+    if e2e.get("row_p99_s") is None:
+        return f"NAS to PostgreSQL row: not measured ({e2e.get('skipped', 'no result')})."
+    return (f"NAS to PostgreSQL row, accounting offered at {_fmt(e2e['rate'], 0)}/s for "
+            f"{_fmt(e2e['duration_s'], 0)} s with batch_writer running: "
+            f"{_fmt(e2e['nas_rps'], 0)} answered/s, {_fmt(e2e['written'])} of "
+            f"{_fmt(e2e['answered'])} answered records in the shards; from radiusd receiving a "
+            f"record to its commit p50 {_fmt(e2e['row_p50_s'], 3)} s, p99 {_fmt(e2e['row_p99_s'], 3)} s "
+            f"(the NAS saw p99 {_fmt(e2e['nas_p99_ms'])} ms for its response).")
 
 
 def update_readme(readme: Path, results: dict[str, Any]) -> None:

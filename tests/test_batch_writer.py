@@ -329,6 +329,10 @@ class TestMerge:
         made = shard_conn(T1).execute("SELECT to_regclass(%s) IS NOT NULL", (f"auth_log_{day}",))
         assert made.fetchone()[0]
         assert w.stats.records["auth"] == 6
+        # The NAS-to-row metric: each written record's age at commit, from its ts.
+        ages = sorted(w.stats.recent_record_ages)
+        assert w.stats.record_age_seconds.count == 6 and len(ages) == 6
+        assert 4 <= ages[0] < 60 and ages[-1] >= 12 * 86400
 
 
 # -------------------------------------------------------------- dead letters

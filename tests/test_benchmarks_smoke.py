@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -131,5 +132,28 @@ class TestScriptsSmoke:
         mem = result["redis_memory"]
         assert mem["bytes_per_profile"] > 0 and mem["bytes_per_live_session"] > 0
         assert "batch_writer" in result
+        assert result["settings"]["radiusd_procs"] >= 1
+        e2e = result["end_to_end"]  # a running batch_writer wrote every answered record
+        assert e2e["answered"] > 0 and e2e["written"] == e2e["answered"], e2e
+        assert 0 < e2e["row_p50_s"] <= e2e["row_p99_s"], e2e
         assert (tmp_path / "latest.md").read_text().startswith("# rlm_wificore")
         assert (tmp_path / "latest.png").stat().st_size > 0  # matplotlib is a test dependency
+
+
+class TestHistogramQuantile:
+    """compare.py's reading of a Prometheus histogram (pure logic)."""
+
+    def test_linear_inside_the_bucket(self):
+        from benchmarks.compare import _quantile
+        buckets = [(0.1, 50.0), (0.5, 90.0), (1.0, 100.0), (math.inf, 100.0)]
+        assert _quantile(buckets, 0.5) == 0.1
+        assert _quantile(buckets, 0.7) == 0.3
+        assert _quantile(buckets, 0.99) == 0.95
+
+    def test_rank_beyond_the_last_bound_and_empty(self):
+        from benchmarks.compare import _histogram_buckets, _quantile
+        text = ('h_bucket{le="1.0"} 9.0\nh_bucket{le="+Inf"} 10.0\nh_count 10.0\n')
+        buckets = _histogram_buckets(text, "h")
+        assert buckets == [(1.0, 9.0), (math.inf, 10.0)]
+        assert _quantile(buckets, 0.99) == 1.0  # somewhere above 1 s: the last finite bound
+        assert _quantile([(1.0, 0.0), (math.inf, 0.0)], 0.5) is None

@@ -29,9 +29,9 @@ import select
 import shutil
 import signal
 import subprocess
-import threading
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
