@@ -2,6 +2,9 @@
 
 * ``spool``: forwards the spool (accounting and auth-log records) to Redis,
   one script call per batch (see spool.py and live.lua).
+* ``state``: re-reads, in one round trip per batch, the live state (session
+  count, usage) of cached subscribers that the hooks found due, so that no
+  hook waits on Redis for it.
 * ``inval-redis``: subscribes to the invalidation channel and drops the
   in-process copies other processes announce. A reconnect clears the whole
   in-process tier (messages may have been missed).
@@ -102,6 +105,24 @@ def _forward_loop(engine: Engine) -> None:
             backoff.wait(engine._stop)
 
 
+STATE_BATCH = 500
+
+
+def _state_loop(engine: Engine) -> None:
+    """Re-read the live state of cached subscribers that the hooks found due."""
+    queue, wake = engine.stale_states, engine.stale_wake
+    while not engine._stop.is_set():
+        wake.wait(0.5)
+        wake.clear()
+        while queue and not engine._stop.is_set():
+            batch = [queue.popleft() for _ in range(min(STATE_BATCH, len(queue)))]
+            try:
+                engine.refresh_states(batch)
+            except Exception as exc:  # logged; the entries are queued again by the hooks
+                engine.stats.errors["state_refresh"] += 1
+                log.error("state_refresh_failed", error=repr(exc))
+
+
 def _redis_inval_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     channel = engine.keys.invalidation_channel
@@ -189,7 +210,9 @@ def start_background(engine: Engine) -> list[threading.Thread]:
         threading.Thread(target=_forward_loop, args=(engine,), name="wificore-spool", daemon=True),
         threading.Thread(target=_redis_inval_loop, args=(engine,), name="wificore-inval-redis",
                          daemon=True),
+        threading.Thread(target=_state_loop, args=(engine,), name="wificore-state", daemon=True),
     ]
+    engine.state_refresher = True
     for shard in engine.shard_map:
         threads.append(threading.Thread(target=_pg_listen_loop, args=(engine, shard),
                                         name=f"wificore-inval-{shard.name}", daemon=True))

@@ -42,6 +42,8 @@ BACKGROUND_REDIS_TIMEOUT_S = 5.0
 MAX_USERNAME = 253
 #: A reply that depends on the clock (expiry, time quota) is rendered again after this.
 REPLY_REUSE_S = 1.0
+#: A live state queued for a re-read is queued again if not re-read by then.
+STATE_RETRY_S = 1.0
 
 
 class Result:
@@ -109,6 +111,11 @@ class Engine:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_seq = itertools.count()
         self.spool: Spool | None = None
+        # Cached entries whose live state is due for a re-read, for the state thread
+        # (background.py); until that thread runs, the hook re-reads it itself.
+        self.stale_states: collections.deque[tuple[int, str, Entry]] = collections.deque()
+        self.stale_wake = threading.Event()
+        self.state_refresher = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -258,7 +265,14 @@ class Engine:
         entry = self.local.get(key)
         if entry is not None:
             if entry.profile is not None and entry.state_expires < time.monotonic():
-                self._refresh_state(tenant_id, username, entry)
+                if self.state_refresher:
+                    # Answer from the state we have; a module thread re-reads it (no
+                    # Redis round trip under the mutex). Asked again if not done soon.
+                    entry.state_expires = time.monotonic() + STATE_RETRY_S
+                    self.stale_states.append((tenant_id, username, entry))
+                    self.stale_wake.set()
+                else:
+                    self._refresh_state(tenant_id, username, entry)
             self.stats.tiers["process"] += 1
             return entry
         s = self.settings
@@ -311,6 +325,31 @@ class Engine:
         if generation == self.generation:
             self.local.put(key, entry)
         return entry
+
+    def refresh_states(self, batch: list[tuple[int, str, Entry]]) -> None:
+        """Re-read the live state of cached entries in one round trip (the state thread);
+        unknown (fail open) if Redis is down, as a synchronous refresh would leave it."""
+        generation = self.generation
+        now = time.time()
+        pipe = self.redis_bg.pipeline(transaction=False)
+        for tenant_id, username, _entry in batch:
+            pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
+            pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+        try:
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.stats.errors["redis_state"] += 1
+            for _t, _u, entry in batch:
+                entry.state = None
+            return
+        if generation != self.generation:
+            return  # an invalidation overtook the read: those entries ask again
+        expires = time.monotonic() + self.settings.live_state_ttl_s
+        for i, (_t, _u, entry) in enumerate(batch):
+            live, usage = replies[2 * i], replies[2 * i + 1]
+            entry.state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+            entry.state_expires = expires
+        self.stats.tiers["redis_state"] += len(batch)
 
     def _refresh_state(self, tenant_id: int, username: str, entry: Entry) -> None:
         """Re-read session count and usage (one round trip); unknown if Redis is down."""
@@ -474,6 +513,7 @@ class Engine:
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""
         self._stop.set()
+        self.state_refresher = False
         for t in self._threads:
             t.join(timeout=3)
         self._threads = []

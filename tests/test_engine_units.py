@@ -38,3 +38,36 @@ class TestInvalidationRace:
         e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
         e._entry(1, "bob")
         assert e.local.peek((1, "bob")) is not None
+
+
+class TestStateRefreshOffTheHook:
+    def test_due_state_is_reread_by_the_state_thread(self, stack, redis):
+        """A due live state is answered from what is cached and re-read by the module's
+        thread; usage that grew without an invalidation (interims) then counts."""
+        import threading
+        import time
+        import uuid
+
+        from rlm_wificore import background
+
+        e = Engine(Settings(redis_url=stack.redis.url, live_state_ttl_s=1), MAP)
+        e._plan = lambda t, p: PLAN  # time quota 100 s
+        user = f"carol-{uuid.uuid4().hex[:8]}"
+        redis.set(e.keys.profile(5, user), PROFILE.pack(), ex=60)
+        req = {"WiFiCore-Client": "5:1:generic", "User-Name": user, "User-Password": "pw"}
+        thread = threading.Thread(target=background._state_loop, args=(e,), daemon=True)
+        e.state_refresher = True
+        thread.start()
+        try:
+            assert e.authorize(dict(req)).rcode == "updated"
+            redis.hset(e.keys.usage(5, user), "time_s", 500)  # no invalidation message
+            time.sleep(1.1)
+            assert e.authorize(dict(req)).rcode == "updated"  # answered from the cached state
+            deadline = time.monotonic() + 3
+            while e.authorize(dict(req)).reason != "time_quota":
+                assert time.monotonic() < deadline, "the state thread never re-read the usage"
+                time.sleep(0.05)
+            assert e.stats.tiers["redis_state"] >= 1
+        finally:
+            e.close()
+            thread.join(2)
