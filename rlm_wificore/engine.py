@@ -44,6 +44,7 @@ MAX_USERNAME = 253
 REPLY_REUSE_S = 1.0
 #: A live state queued for a re-read is queued again if not re-read by then.
 STATE_RETRY_S = 1.0
+MAX_STALE_QUEUE = 100_000
 
 
 class Result:
@@ -269,8 +270,9 @@ class Engine:
                     # Answer from the state we have; a module thread re-reads it (no
                     # Redis round trip under the mutex). Asked again if not done soon.
                     entry.state_expires = time.monotonic() + STATE_RETRY_S
-                    self.stale_states.append((tenant_id, username, entry))
-                    self.stale_wake.set()
+                    if len(self.stale_states) < MAX_STALE_QUEUE:  # bounded if Redis hangs
+                        self.stale_states.append((tenant_id, username, entry))
+                        self.stale_wake.set()
                 else:
                     self._refresh_state(tenant_id, username, entry)
             self.stats.tiers["process"] += 1
