@@ -207,11 +207,12 @@ def _e2e_line(e2e: dict[str, Any]) -> str:
     """The NAS-to-row measurement in one sentence."""
     if e2e.get("row_p99_s") is None:
         return f"NAS to PostgreSQL row: not measured ({e2e.get('skipped', 'no result')})."
+    held = ("records the spools held from earlier runs are written first and not counted"
+            if "written_before" in e2e else "with any the spools still held from earlier runs")
     return (f"NAS to PostgreSQL row, accounting offered at {_fmt(e2e['rate'], 0)}/s for "
             f"{_fmt(e2e['duration_s'], 0)} s with batch_writer running: "
             f"{_fmt(e2e['nas_rps'], 0)} answered/s; {_fmt(e2e['answered'])} records answered, "
-            f"{_fmt(e2e['written'])} written (with any the spools still held from earlier runs); "
-            f"from radiusd receiving a "
+            f"{_fmt(e2e['written'])} written ({held}); from radiusd receiving a "
             f"record to its commit p50 {_fmt(e2e['row_p50_s'], 3)} s, p99 {_fmt(e2e['row_p99_s'], 3)} s "
             f"(the NAS saw p99 {_fmt(e2e['nas_p99_ms'])} ms for its response).")
 
