@@ -424,7 +424,8 @@ class Target:
 
 def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
           count: int | None = None, duration_s: float, server_pids: list[int] | None = None,
-          own_roots: list[int] | None = None, timeout_s: float = 2.0) -> dict[str, Any]:
+          own_roots: list[int] | None = None, timeout_s: float = 2.0,
+          sockets: int | None = None) -> dict[str, Any]:
     """Run one radload per target at once; their results merged into one.
 
     ``window`` and ``rate`` are totals, split evenly over the targets;
@@ -447,7 +448,7 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
             window=max(1, window // k) if window else None,
             rate=rate / k if rate else None,
             count=count if count is not None else t.packets,
-            duration=duration_s, timeout=timeout_s)
+            duration=duration_s, timeout=timeout_s, sockets=sockets)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=k) as pool:
         parts = list(pool.map(one, targets))
@@ -658,13 +659,15 @@ class Bench:
         if cfg.once_per_user:
             per = min(t.packets for t in targets)
             kw["count"] = min(kw.get("count") or per, per)
-        return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(), **kw)
+        return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(),
+                     sockets=self.args.sender_sockets, **kw)
 
     def _acct_run(self, cfg: Config, packets_per_sender: int, **kw: Any) -> dict[str, Any]:
         server, stock, port = self._serve(cfg)
         targets = self._acct_targets(stock, port, packets_per_sender)
         try:
-            return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(), **kw)
+            return blast(targets, server_pids=_pids(server), own_roots=self._own_roots(),
+                     sockets=self.args.sender_sockets, **kw)
         finally:
             self._release_acct()
             self.trim_streams()
@@ -888,7 +891,7 @@ class Bench:
             targets = self._acct_targets(False, port, per_sender)
             try:
                 sent = blast(targets, rate=rate, duration_s=duration, server_pids=_pids(server),
-                             own_roots=self._own_roots())
+                             own_roots=self._own_roots(), sockets=a.sender_sockets)
             finally:
                 self._release_acct()
             expected = sent["acct_response"]
@@ -1012,7 +1015,8 @@ class Bench:
                                    if sys.executable.startswith(str(ROOT)) else sys.executable,
                                    os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
             "settings": {"repeat": a.repeat, "duration_s": a.duration, "window": a.window,
-                         "senders": len(self.senders), "radiusd_procs": a.radiusd_procs, "points": a.points,
+                         "senders": len(self.senders), "radiusd_procs": a.radiusd_procs,
+                         "sender_sockets": a.sender_sockets, "points": a.points,
                          "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
                          "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
             "dataset": self.dataset,
@@ -1070,6 +1074,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--senders", type=int, default=8,
                    help="tenants sending at once, one radload each (default 8: enough source "
                         "addresses for the kernel to spread them over the radiusd processes)")
+    g.add_argument("--sender-sockets", type=int,
+                   help="UDP sockets (source ports) per sender (default: radload's own choice, "
+                        "enough for the Ids in flight); more measured slower here")
     g.add_argument("--radiusd-procs", type=int, default=len(os.sched_getaffinity(0)),
                    help="rlm_wificore radiusd processes sharing the ports, as bin/stack runs "
                         "them (default: one per core)")
@@ -1126,6 +1133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be at least 1")
+    if args.sender_sockets is not None and args.sender_sockets < 1:
+        p.error("--sender-sockets: must be at least 1")
     if args.duration <= 0 or args.point_duration <= 0:
         p.error("--duration and --point-duration: must be positive")
     return args
