@@ -42,39 +42,39 @@ class WriterConfig:
     """Every knob of the batch writer, with units in the names."""
 
     consumer: str = setting_field("", _name, "Consumer name in the group (default <hostname>-<pid>); "
-                           "a stable name lets a restarted writer take its own pending entries back at once.")
+                                  "a stable name lets a restarted writer take its own pending entries back at once.")
     group: str = setting_field("writers", _name, "Consumer group shared by all writers.")
     batch_max_rows: int = setting_field(5000, int_in_range(1, 100_000),
-                                 "A batch is written when it has this many entries ...")
+                                        "A batch is written when it has this many entries ...")
     batch_max_age_ms: int = setting_field(200, int_in_range(1, 60_000), "... or when its first entry is this old.")
     max_attempts: int = setting_field(5, int_in_range(1, 1000),
-                               "Deliveries (first read, restart, claim) after which an entry goes to the "
-                               "dead-letter stream.")
+                                      "Deliveries (first read, restart, claim) after which an entry goes to the "
+                                      "dead-letter stream.")
     claim_min_idle_ms: int = setting_field(60_000, int_in_range(100, 86_400_000),
-                                    "Entries of a writer without a heartbeat are claimed once this idle.")
+                                           "Entries of a writer without a heartbeat are claimed once this idle.")
     claim_interval_s: int = setting_field(10, int_in_range(1, 3600), "How often to look for dead writers' entries.")
     stale_grace_s: int = setting_field(120, int_in_range(0, 86_400),
-                                "An open session is closed as stale when it has not been updated for "
-                                "2 x its interim interval plus this.")
+                                       "An open session is closed as stale when it has not been updated for "
+                                       "2 x its interim interval plus this.")
     stale_interval_s: int = setting_field(30, int_in_range(1, 3600), "How often to look for stale sessions.")
     close_batch_rows: int = setting_field(5000, int_in_range(1, 100_000),
-                                   "Rows per UPDATE when closing stale or NAS-restart sessions.")
+                                          "Rows per UPDATE when closing stale or NAS-restart sessions.")
     close_max_loops: int = setting_field(200, int_in_range(1, 100_000),
-                                  "UPDATE rounds per close job per pass (bounds one pass).")
+                                         "UPDATE rounds per close job per pass (bounds one pass).")
     statement_timeout_ms: int = setting_field(30_000, int_in_range(100, 3_600_000), "statement_timeout of every writer "
-                                       "transaction (SET LOCAL: works behind PgBouncer).")
+                                              "transaction (SET LOCAL: works behind PgBouncer).")
     connect_timeout_s: int = setting_field(3, int_in_range(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
     redis_timeout_ms: int = setting_field(5000, int_in_range(100, 60_000),
-                                   "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
+                                          "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
     heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
     dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000), "Approximate bound of the dead-letter stream.")
     max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
-                                  "A record whose event time is older than this is absurd (dead letter).")
+                                         "A record whose event time is older than this is absurd (dead letter).")
     max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),
-                                    "A record whose event time is this far in the future is absurd.")
+                                           "A record whose event time is this far in the future is absurd.")
     pipeline: int = setting_field(1, int_in_range(0, 1), "1: decode the next batch while the shards write this one; "
-                           "0: one batch at a time.")
+                                  "0: one batch at a time.")
     metrics_addr: str = setting_field("127.0.0.1", ip_address, "Address of the Prometheus exporter.")
     metrics_port: int = setting_field(0, int_in_range(0, 65535), "Port of the Prometheus exporter (0 = off).")
 

@@ -274,7 +274,7 @@ class Engine:
                         self.stale_states.append((tenant_id, username, entry))
                         self.stale_wake.set()
                 else:
-                    self._refresh_state(tenant_id, username, entry)
+                    self.refresh_states([(tenant_id, username, entry)], in_hook=True)
             self.stats.tiers["process"] += 1
             return entry
         s = self.settings
@@ -285,7 +285,7 @@ class Engine:
         known = False
         try:
             raw, live, usage = self._redis_call(lambda r: self._read_redis(r, tenant_id, username))
-            state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+            state = self._state(live, usage)
             if raw == UNKNOWN:
                 known = True
             elif raw is not None:
@@ -328,53 +328,47 @@ class Engine:
             self.local.put(key, entry)
         return entry
 
-    def refresh_states(self, batch: list[tuple[int, str, Entry]]) -> None:
-        """Re-read the live state of cached entries in one round trip (the state thread);
-        unknown (fail open) if Redis is down, as a synchronous refresh would leave it."""
+    def _read_state(self, pipe, tenant_id: int, username: str, now: float) -> None:
+        """Queue the two reads of a live state on ``pipe`` (see :meth:`_state`)."""
+        pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
+        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+
+    @staticmethod
+    def _state(live: Any, usage: list[Any]) -> LiveState:
+        return LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+
+    def refresh_states(self, batch: list[tuple[int, str, Entry]], *, in_hook: bool = False) -> None:
+        """Re-read the live state of cached entries in one round trip: the state thread's
+        batches, or one entry in the hook while that thread is not running (through the
+        breaker). Unknown (fail open) if Redis is down, asked again after STATE_RETRY_S;
+        read while an invalidation came in, used once and asked again at the next use."""
         generation = self.generation
-        now = time.time()
-        pipe = self.redis_bg.pipeline(transaction=False)
-        for tenant_id, username, _entry in batch:
-            pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
-            pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+
+        def read(r: redis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            now = time.time()
+            for tenant_id, username, _entry in batch:
+                self._read_state(pipe, tenant_id, username, now)
+            return pipe.execute()
         try:
-            replies = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError):
+            replies = self._redis_call(read) if in_hook else read(self.redis_bg)
+        except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
             self.stats.errors["redis_state"] += 1
+            retry = time.monotonic() + STATE_RETRY_S
             for _t, _u, entry in batch:
-                entry.state = None
+                entry.state, entry.state_expires = None, retry
             return
-        if generation != self.generation:
-            return  # an invalidation overtook the read: those entries ask again
-        expires = time.monotonic() + self.settings.live_state_ttl_s
+        expires = (time.monotonic() + self.settings.live_state_ttl_s
+                   if generation == self.generation else 0.0)
         for i, (_t, _u, entry) in enumerate(batch):
-            live, usage = replies[2 * i], replies[2 * i + 1]
-            entry.state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+            entry.state = self._state(replies[2 * i], replies[2 * i + 1])
             entry.state_expires = expires
         self.stats.tiers["redis_state"] += len(batch)
-
-    def _refresh_state(self, tenant_id: int, username: str, entry: Entry) -> None:
-        """Re-read session count and usage (one round trip); unknown if Redis is down."""
-        def read(r: redis.Redis):
-            pipe = r.pipeline(transaction=False)
-            pipe.zcount(self.keys.live(tenant_id, username), time.time(), "+inf")
-            pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
-            return pipe.execute()
-        generation = self.generation
-        try:
-            live, usage = self._redis_call(read)
-            entry.state = LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
-            self.stats.tiers["redis_state"] += 1
-        except StoreUnavailable:
-            entry.state = None
-        fresh = generation == self.generation
-        entry.state_expires = time.monotonic() + self.settings.live_state_ttl_s if fresh else 0.0
 
     def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
         pipe = r.pipeline(transaction=False)
         pipe.get(self.keys.profile(tenant_id, username))
-        pipe.zcount(self.keys.live(tenant_id, username), time.time(), "+inf")
-        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+        self._read_state(pipe, tenant_id, username, time.time())
         return pipe.execute()
 
     def _plan(self, tenant_id: int, plan_id: int) -> Plan | None:
@@ -480,7 +474,7 @@ class Engine:
             return
         method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        self.spool.append(wire.pack_auth({
+        self.spool.append(wire.pack(wire.KIND_AUTH, {
             "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
             "event_id": f"{self._event_prefix}{next(self._event_seq):x}",
             "username": username[:MAX_USERNAME],

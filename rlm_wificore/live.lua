@@ -12,7 +12,7 @@
 -- ARGV[7] largest record   ARGV[8] a span of spool frames: <u32 LE length><record>
 --         (rlm_wificore.spool; the last frame may be cut short)
 -- Returns {records, bytes consumed, segment ended (0/1), corrupt frames (0/1)},
--- framing exactly as rlm_wificore.spool.split_frames does.
+-- framing as rlm_wificore/spool.py describes it.
 --
 -- Keys are built here from the records, so this script needs one Redis node
 -- (see docs/decisions.md, "Stream partitions by tenant").

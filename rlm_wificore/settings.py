@@ -78,30 +78,30 @@ class Settings:
     """Every setting of rlm_wificore, with units in the names."""
 
     shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
-                            "Shard map file: tenant ranges to PostgreSQL DSNs.")
+                                   "Shard map file: tenant ranges to PostgreSQL DSNs.")
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
-                            "Redis for the cache, live sessions, counters and streams.")
+                                   "Redis for the cache, live sessions, counters and streams.")
     key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
     profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
-                                "Lifetime of a cached subscriber profile (Redis and in-process).")
+                                       "Lifetime of a cached subscriber profile (Redis and in-process).")
     ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50), "Random extra lifetime, in percent, against stampedes.")
     live_state_ttl_s: int = setting_field(30, int_in_range(0, 3600),
-                                   "How long a process trusts its copy of a subscriber's session "
-                                   "count and usage; starts and stops invalidate it at once.")
+                                          "How long a process trusts its copy of a subscriber's session "
+                                          "count and usage; starts and stops invalidate it at once.")
     negative_ttl_s: int = setting_field(30, int_in_range(1, 3600), "Lifetime of an 'unknown user' entry.")
     local_cache_max: int = setting_field(500000, int_in_range(0, 50_000_000), "Most profiles kept in process.")
     credential_cache_ttl_s: int = setting_field(900, int_in_range(0, 86400),
-                                         "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
+                                                "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
     redis_timeout_ms: int = setting_field(250, int_in_range(1, 60000), "Socket timeout of every Redis call.")
     db_timeout_ms: int = setting_field(500, int_in_range(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
     db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
-                            "Write-ahead spool: each accounting record lands here before its response.")
+                                   "Write-ahead spool: each accounting record lands here before its response.")
     session_stale_interims: int = setting_field(2, int_in_range(1, 100),
-                                         "Missed interims after which a live session is dropped.")
+                                                "Missed interims after which a live session is dropped.")
     default_interim_s: int = setting_field(300, int_in_range(10, 86400),
-                                    "Interim interval assumed when the plan names none.")
+                                           "Interim interval assumed when the plan names none.")
     metrics_addr: str = setting_field("127.0.0.1", ip_address, "Address of the Prometheus exporter.")
     metrics_port: int = setting_field(9812, int_in_range(0, 65535), "Port of the Prometheus exporter (0 = off).")
     log_level: str = setting_field("info", _level, "debug, info, warning or error.")

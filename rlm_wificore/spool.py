@@ -51,23 +51,6 @@ class Span:
     sealed: bool  # the writer has moved on to a later segment
 
 
-def split_frames(data: bytes, max_records: int | None = None) -> tuple[list[bytes], int, bool, int]:
-    """The whole frames at the start of ``data``: (payloads, bytes consumed,
-    segment ended, corrupt frames). live.lua frames a span the same way."""
-    out: list[bytes] = []
-    off, size = 0, len(data)
-    while off + 4 <= size and (max_records is None or len(out) < max_records):
-        (n,) = _LEN.unpack_from(data, off)
-        if n == 0 or n == END or n > MAX_RECORD:
-            # 0: never written; END: the writer moved on; else nothing after it can be framed.
-            return out, off, True, int(n not in (0, END))
-        if off + 4 + n > size:
-            break
-        out.append(data[off + 4:off + 4 + n])
-        off += 4 + n
-    return out, off, False, 0
-
-
 class Spool:
     """Append from the hooks; read and checkpoint from one forwarder thread."""
 
@@ -177,9 +160,10 @@ class Spool:
         """The bytes after the checkpoint (or ``position``), up to ``max_bytes``, from
         one segment; empty and not sealed when there is nothing.
 
-        A span may end inside a frame; whoever reads it takes the whole frames
-        at its start (:func:`split_frames`, or live.lua in Redis) and commits
-        how far it got with :meth:`advance`.
+        A span may end inside a frame; whoever reads it (live.lua, in Redis)
+        takes the whole frames at its start and commits how far it got with
+        :meth:`advance`. A length of 0 (never written) or ``END`` ends the
+        frames of a segment, and so does a length over ``MAX_RECORD`` (corrupt).
         """
         write_seg, write_off = self.write_seg, self.write_off  # a consistent snapshot (GIL)
         seg, off = position or (self.read_seg, self.read_off)
@@ -206,23 +190,6 @@ class Spool:
         position = self.after(span, consumed, ended)
         if position != (self.read_seg, self.read_off):
             self.commit(position)
-
-    def read_batch(self, max_records: int) -> tuple[list[bytes], tuple[int, int]]:
-        """Up to ``max_records`` records after the checkpoint, and the position after them."""
-        position = (self.read_seg, self.read_off)
-        out: list[bytes] = []
-        while len(out) < max_records:
-            span = self.read_span(4 + MAX_RECORD, position)
-            position = (span.seg, span.off)
-            if not span.data and not span.sealed:
-                break
-            records, consumed, ended, corrupt = split_frames(span.data, max_records - len(out))
-            self.corrupt += corrupt
-            out += records
-            position = self.after(span, consumed, ended)
-            if not records and position[0] == span.seg:
-                break
-        return out, position
 
     def commit(self, position: tuple[int, int]) -> None:
         """Everything before ``position`` reached Redis: checkpoint, drop old segments."""

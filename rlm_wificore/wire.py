@@ -57,11 +57,6 @@ def pack(kind: str, fields: dict[str, Any]) -> bytes:
     return _packer.pack((VERSION, kind, fields))
 
 
-def pack_auth(fields: dict[str, Any]) -> bytes:
-    """Encode one auth-log record (the hot path's shortcut for ``pack(KIND_AUTH, …)``)."""
-    return _packer.pack((VERSION, KIND_AUTH, fields))
-
-
 def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
     """Decode one record into (kind, fields)."""
     try:

@@ -40,6 +40,11 @@ def procs() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def procs_on_disk() -> int:
+    """How many radiusd processes the last `up` started: process i > 0 has .state/radiusd-<i>/."""
+    return 1 + sum(1 for p in STATE.glob("radiusd-*") if p.is_dir())
+
+
 def make_stack() -> Stack:
     return Stack(STATE, Ports(), procs=procs())
 
@@ -88,14 +93,14 @@ def radiusd_lines(stack: Stack) -> str:
 
 
 def down() -> int:
-    stack = Stack(STATE, Ports(), procs=64)  # whatever ran: stopping one that is not there is a no-op
+    stack = Stack(STATE, Ports(), procs=procs_on_disk())
     stack.stop_all()
     print("stopped")
     return 0
 
 
 def status() -> int:
-    stack = Stack(STATE, Ports(), procs=64)
+    stack = Stack(STATE, Ports(), procs=procs_on_disk())
     radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
     for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
                        *((r.name, r) for r in radiusds), ("batch_writer", stack.writer)):

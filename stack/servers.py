@@ -304,8 +304,7 @@ class Radiusd(Process):
             "WIFICORE_REJECT_DELAY": str(reject_delay),
             **(extra_env or {}),
         }
-        if reuseport:  # one of several radiusd processes on the same ports
-            self.env["LD_PRELOAD"] = str(reuseport_library())
+        self.reuseport = reuseport  # one of several radiusd processes on the same ports
 
     def _dirs(self) -> None:
         for sub in ("log", "run", "spool"):
@@ -318,6 +317,8 @@ class Radiusd(Process):
 
     def start(self, timeout_s: float = 30) -> None:
         self._dirs()
+        if self.reuseport:
+            self.env["LD_PRELOAD"] = str(reuseport_library())
         start_radiusd(self, self.raddb, self.env, timeout_s)
 
 

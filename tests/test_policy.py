@@ -139,15 +139,18 @@ class TestInvalidation:
 
 
 class TestCredentialCache:
-    def test_bcrypt_reauth_hits_verified_cache(self, auth, subscriber, radiusd):
-        """The second PAP login of a bcrypt user is answered from the verified-credential cache."""
-        user = subscriber(password="bc-pass-9", password_type="bcrypt")
+    @pytest.mark.parametrize("password_type,password,wrong", [("bcrypt", "bc-pass-9", "bc-pass-8"),
+                                                              ("nthash", "nt-pap-5", "nt-pap-4")])
+    def test_hashed_pap_reauth_hits_verified_cache(self, auth, subscriber, radiusd, password_type,
+                                                   password, wrong):
+        """The second PAP login of a bcrypt or NT-hash user is answered from the
+        verified-credential cache; a wrong password never matches it."""
+        user = subscriber(password=password, password_type=password_type)
         before = metric(radiusd, "wificore_credential_cache_hits")
-        assert pap(auth, TENANT_A, user, password="bc-pass-9").accepted
-        assert pap(auth, TENANT_A, user, password="bc-pass-9").accepted
+        assert pap(auth, TENANT_A, user, password=password).accepted
+        assert pap(auth, TENANT_A, user, password=password).accepted
         assert metric(radiusd, "wificore_credential_cache_hits") == before + 1
-        # A wrong password never matches the cache.
-        assert pap(auth, TENANT_A, user, password="bc-pass-8").code == "Access-Reject"
+        assert pap(auth, TENANT_A, user, password=wrong).code == "Access-Reject"
 
     def test_bcrypt_with_chap_is_rejected(self, auth, subscriber):
         """CHAP cannot be checked against bcrypt: a reject, same message as a bad password."""
@@ -155,12 +158,3 @@ class TestCredentialCache:
         ans = auth(TENANT_A, {"User-Name": user, "CHAP-Password": "bc-pass-7"})
         assert ans.code == "Access-Reject"
         assert ans.get("Reply-Message") == "Invalid username or password"
-
-    def test_nthash_pap_reauth_hits_verified_cache(self, auth, subscriber, radiusd):
-        """The second PAP login of an NT-hash user is answered from the verified-credential cache."""
-        user = subscriber(password="nt-pap-5", password_type="nthash")
-        before = metric(radiusd, "wificore_credential_cache_hits")
-        assert pap(auth, TENANT_A, user, password="nt-pap-5").accepted
-        assert pap(auth, TENANT_A, user, password="nt-pap-5").accepted
-        assert metric(radiusd, "wificore_credential_cache_hits") == before + 1
-        assert pap(auth, TENANT_A, user, password="nt-pap-4").code == "Access-Reject"
