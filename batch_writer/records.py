@@ -361,22 +361,39 @@ class NasEvent:
     nas_id: int
 
 
+def _single(r: Acct) -> tuple[Any, ...]:
+    """The row of a session that has one record in the batch (the common case): no fold."""
+    stop = r.status == "stop"
+    return (r.tenant_id, r.session_key, r.nas_id, r.username, r.acct_session_id, r.calling_station_id,
+            r.framed_ip, r.event_ts - r.session_time_s, r.event_ts, r.event_ts + 2 * r.interim_s,
+            r.event_ts if stop else None, r.session_time_s, r.input_octets, r.output_octets,
+            r.input_packets, r.output_packets, r.terminate_cause if stop else None)
+
+
 def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEvent]]:
     """Session rows (one per session, in key order: fewer lock waits) and NAS events (in time order)."""
-    rows: dict[tuple[int, str], _Row] = {}
+    # A session's first record is kept as it is; a _Row is built only for a second one.
+    rows: dict[tuple[int, str], Acct | _Row] = {}
     events: set[NasEvent] = set()
     for r in records:
         if r.status in NAS_STATUSES:
             events.add(NasEvent(r.event_ts, r.tenant_id, r.nas_id))
             continue
         key = (r.tenant_id, r.session_key)
-        row = rows.get(key)
-        if row is None:
-            rows[key] = _Row(r)
+        seen = rows.get(key)
+        if seen is None:
+            rows[key] = r
+        elif type(seen) is _Row:
+            seen.fold(r)
         else:
+            row = _Row(seen)
             row.fold(r)
+            rows[key] = row
     out = []
-    for (tenant_id, session_key), w in sorted(rows.items(), key=lambda kv: kv[0]):
+    for (tenant_id, session_key), w in sorted(rows.items()):  # keys are unique: values never compared
+        if type(w) is not _Row:
+            out.append(_single(w))
+            continue
         out.append((tenant_id, session_key, w.nas_id, w.username, w.acct_session_id, w.calling_station_id,
                     w.framed_ip, w.started, w.updated, w.stale, w.stopped, w.session_time_s,
                     w.input_octets, w.output_octets, w.input_packets, w.output_packets, w.terminate_cause))

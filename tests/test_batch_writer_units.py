@@ -115,6 +115,11 @@ class TestCollapse:
         for perm in itertools.permutations(seq):
             assert collapse(list(perm) + [perm[0], perm[-1]])[0] == expected
 
+    def test_a_session_seen_once_gives_the_row_a_fold_gives(self):
+        """The shortcut for a single record builds the same row as folding it with its duplicate."""
+        for r in self.sequence():
+            assert collapse([r])[0] == collapse([r, r])[0]
+
     def test_a_lost_start_is_recreated_from_the_session_time(self):
         """Without a Start, started = event time minus session time."""
         rows, _ = collapse([rec("interim", NOW - 100, session_time_s=600)])
