@@ -889,6 +889,7 @@ class Bench:
             written_before = _metric_sum(before_text, "wificore_writer_records_total")
             per_sender = math.ceil(rate * duration / len(self.senders))
             targets = self._acct_targets(False, port, per_sender)
+            log(f"end to end: sending accounting at {rate:,.0f}/s for {duration:g} s")
             try:
                 sent = blast(targets, rate=rate, duration_s=duration, server_pids=_pids(server),
                              own_roots=self._own_roots(), sockets=a.sender_sockets)

@@ -53,7 +53,10 @@ local function one(payload)
     for _, m in ipairs(members) do
       local sep = string.find(m, '\n', 1, true)
       if sep then
-        redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
+        local skey = string.sub(m, sep + 1)
+        redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), skey)
+        -- Should the session go on all the same, its next record enters it again.
+        redis.call('HDEL', tp .. 'sess:' .. skey, 'r')
       end
     end
     redis.call('DEL', naslive)
@@ -62,7 +65,7 @@ local function one(payload)
   end
 
   local live, usage, sess = tp .. 'live:' .. user, tp .. 'use:' .. user, tp .. 'sess:' .. skey
-  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x')
+  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r')
   if last[4] == '1' then
     return  -- a Stop was final: nothing after it counts or revives the session
   end
@@ -82,15 +85,33 @@ local function one(payload)
     redis.call('ZREM', live, skey)
     redis.call('ZREM', naslive, member)
   else
-    -- A session whose NAS goes silent expires on its own.
+    -- A session whose NAS goes silent expires on its own: the live set's score
+    -- is the deadline, and readers count only members whose deadline is ahead.
     local expires = now + f.interim_s * stale + 60
-    redis.call('ZADD', live, expires, skey)
-    redis.call('ZADD', naslive, expires, member)
-    redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
-    redis.call('ZREMRANGEBYSCORE', naslive, '-inf', now)
-    local top = redis.call('ZRANGE', live, -1, -1, 'WITHSCORES')
-    redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]))))
-    redis.call('EXPIRE', naslive, session_ttl)
+    if redis.call('ZADD', live, expires, skey) == 1 then
+      -- A new member (a Start, or a session whose Start was lost): drop the
+      -- expired ones, and let the key live as long as its latest deadline.
+      redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
+      local top = redis.call('ZRANGE', live, -1, -1, 'WITHSCORES')
+      redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]))))
+    else
+      -- The key has had a deadline since its first member: only push it out.
+      redis.call('EXPIREAT', live, int(math.ceil(expires)), 'GT')
+    end
+    -- The NAS's set is only for Accounting-On/Off. A member is refreshed when
+    -- half of a longer horizon has passed (sess field r), not at every
+    -- Interim: a NAS holds thousands of sessions, and a ZADD into that set is
+    -- the dearest command here. A member of a dead session may linger up to
+    -- the horizon; removing it from a live set it already left is harmless.
+    local refresh_at = tonumber(last[5]) or 0
+    if now >= refresh_at then
+      local horizon = 4 * (f.interim_s * stale + 60)
+      if redis.call('ZADD', naslive, now + horizon, member) == 1 then
+        redis.call('ZREMRANGEBYSCORE', naslive, '-inf', now)
+      end
+      redis.call('EXPIRE', naslive, session_ttl)
+      redis.call('HSET', sess, 'r', int(now + horizon / 2))
+    end
   end
   redis.call('EXPIRE', sess, session_ttl)
   if status ~= 'interim' then
