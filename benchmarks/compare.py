@@ -98,8 +98,11 @@ from stack.servers import (RADDB, Process, Radiusd, RadiusdGroup, free_port,  # 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
 WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
 STOCK_SECRET = "stock-bench-secret"
-#: Accounting packets are sent in blocks: the Starts of a block, its Interims, its Stops.
+#: Accounting packets are sent in blocks of sessions: the Starts of a block, its Interims
+#: round by round, its Stops.
 ACCT_BLOCK = 500
+ACCT_INTERIMS = 8
+ACCT_PER_SESSION = ACCT_INTERIMS + 2
 #: Upper bound of packets per sender in a closed-loop auth run (the file is cycled).
 MAX_PACKETS_PER_S = 200_000
 
@@ -344,16 +347,20 @@ def auth_text(sender: Sender, seed: int = 1) -> str:
 
 
 def acct_text(sender: Sender, sessions: int, epoch: int) -> str:
-    """Start, Interim-Update and Stop of ``sessions`` sessions, in blocks of ACCT_BLOCK.
+    """Start, ACCT_INTERIMS Interim-Updates and Stop of ``sessions`` sessions, in blocks of
+    ACCT_BLOCK sessions: 10% Start, 80% Interim, 10% Stop, the mix of the writer benchmark
+    (an ISP's sessions last hours and send an Interim every few minutes).
 
     Session ids are unique per (epoch, session): every run gets new sessions,
     so a Start never follows the Stop of the same session.
     """
     users = sender.acct_users
-    now = int(time.time()) - 600
+    step = 300
+    now = int(time.time()) - step * (ACCT_INTERIMS + 2)
     blocks = []
     for first in range(0, sessions, ACCT_BLOCK):
-        starts, interims, stops = [], [], []
+        starts, stops = [], []
+        interims: list[list[list[str]]] = [[] for _ in range(ACCT_INTERIMS)]
         for k in range(first, min(sessions, first + ACCT_BLOCK)):
             s = users[k % len(users)]
             sid = 0x80000000 + ((epoch << 20) + k) % 0x80000000
@@ -366,20 +373,22 @@ def acct_text(sender: Sender, sessions: int, epoch: int) -> str:
             starts.append(base + ["Acct-Status-Type = Start", f"Event-Timestamp = {now}",
                                   "Acct-Session-Time = 0", "Acct-Input-Octets = 0",
                                   "Acct-Output-Octets = 0"])
-            interims.append(base + [
-                "Acct-Status-Type = Interim-Update", f"Event-Timestamp = {now + 300}",
-                "Acct-Session-Time = 300", f"Acct-Input-Octets = {1_000_000 + k}",
-                f"Acct-Output-Octets = {10_000_000 + 3 * k}", "Acct-Input-Packets = 1200",
-                "Acct-Output-Packets = 9000", "Acct-Input-Gigawords = 0",
-                "Acct-Output-Gigawords = 0"])
+            for j in range(1, ACCT_INTERIMS + 1):
+                interims[j - 1].append(base + [
+                    "Acct-Status-Type = Interim-Update", f"Event-Timestamp = {now + j * step}",
+                    f"Acct-Session-Time = {j * step}", f"Acct-Input-Octets = {j * 1_000_000 + k}",
+                    f"Acct-Output-Octets = {j * 10_000_000 + 3 * k}", f"Acct-Input-Packets = {j * 1200}",
+                    f"Acct-Output-Packets = {j * 9000}", "Acct-Input-Gigawords = 0",
+                    "Acct-Output-Gigawords = 0"])
+            end = ACCT_INTERIMS + 1
             stops.append(base + [
-                "Acct-Status-Type = Stop", f"Event-Timestamp = {now + 600}",
-                "Acct-Session-Time = 600", f"Acct-Input-Octets = {2_000_000 + k}",
-                f"Acct-Output-Octets = {20_000_000 + 3 * k}", "Acct-Input-Packets = 2400",
-                "Acct-Output-Packets = 18000", "Acct-Input-Gigawords = 0",
+                "Acct-Status-Type = Stop", f"Event-Timestamp = {now + end * step}",
+                f"Acct-Session-Time = {end * step}", f"Acct-Input-Octets = {end * 1_000_000 + k}",
+                f"Acct-Output-Octets = {end * 10_000_000 + 3 * k}", f"Acct-Input-Packets = {end * 1200}",
+                f"Acct-Output-Packets = {end * 9000}", "Acct-Input-Gigawords = 0",
                 f"Acct-Output-Gigawords = {1 if k % 50 == 0 else 0}",
                 "Acct-Terminate-Cause = User-Request"])
-        blocks += starts + interims + stops
+        blocks += starts + [p for rnd in interims for p in rnd] + stops
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
 
 
@@ -630,7 +639,7 @@ class Bench:
 
     def _acct_targets(self, stock: bool, port: int, packets_per_sender: int) -> list[Target]:
         self.epoch += 1
-        sessions = max(1, math.ceil(packets_per_sender / 3))
+        sessions = max(1, math.ceil(packets_per_sender / ACCT_PER_SESSION))
         out = []
         for s in self.senders:
             secret = STOCK_SECRET if stock else s.tenant.bench_secret
@@ -1044,7 +1053,7 @@ def write_packets(args: argparse.Namespace) -> int:
                    hotspot_per_tenant=args.hotspot_per_tenant)
     out: Path = args.write_packets
     out.mkdir(parents=True, exist_ok=True)
-    sessions = max(1, math.ceil(args.acct_packets / 3))
+    sessions = max(1, math.ceil(args.acct_packets / ACCT_PER_SESSION))
     manifest = []
     for t in ds.place_tenants(spec, shard_map)[:args.senders]:
         sender = make_sender(spec, t)
@@ -1053,7 +1062,7 @@ def write_packets(args: argparse.Namespace) -> int:
         acct.write_text(acct_text(sender, sessions, epoch=1))
         manifest.append({"tenant_id": t.tenant_id, "nas_ip": t.bench_ip, "secret": t.bench_secret,
                          "auth_file": auth.name, "auth_packets": len(sender.auth_users),
-                         "acct_file": acct.name, "acct_packets": 3 * sessions})
+                         "acct_file": acct.name, "acct_packets": ACCT_PER_SESSION * sessions})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
     return 0

@@ -85,8 +85,10 @@ class TestDatasetGeneration:
         auth = packets.parse_radclient(compare.auth_text(sender))
         acct = packets.parse_radclient(compare.acct_text(sender, 4, epoch=1))
         assert len(auth) == 18 and all(t.kind == packets.KIND_ACCESS for t in auth)
-        assert [t.get("Acct-Status-Type") for t in acct] == ["Start"] * 4 + ["Interim-Update"] * 4 \
+        assert [t.get("Acct-Status-Type") for t in acct] == ["Start"] * 4 + ["Interim-Update"] * 32 \
             + ["Stop"] * 4
+        times = [int(t.get("Acct-Session-Time")) for t in acct if t.get("Acct-Session-Id") == acct[0].get("Acct-Session-Id")]
+        assert times == sorted(times) and len(times) == compare.ACCT_PER_SESSION
         assert len({t.get("Acct-Session-Id") for t in acct}) == 4
 
 
