@@ -91,6 +91,7 @@ from rlm_wificore.profile import Profile  # noqa: E402
 from rlm_wificore.settings import Settings  # noqa: E402
 from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
+from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
 from stack.servers import (RADDB, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
                            start_radiusd)
@@ -880,9 +881,15 @@ class Bench:
         """
         a = self.args
         rate, duration = a.e2e_rate, a.e2e_duration
-        self.trim_streams()
         cfg = next(c for c in self.configs() if c.name == "wificore_acct")
         server, _stock, port = self._serve(cfg)
+        # What earlier runs left in the radiusd spools would reach the writer during this
+        # run with ages of a minute: wait until it is in Redis, then drop it.
+        spools = [m.state / "spool" for m in getattr(server, "members", [server])]
+        wait_for_spools = time.monotonic() + 120
+        while not all(spool_drained(d) for d in spools) and time.monotonic() < wait_for_spools:
+            time.sleep(0.2)
+        self.trim_streams()
         writer = self.stack.writer
         writer.start()
         try:
@@ -891,8 +898,8 @@ class Bench:
                 if time.monotonic() > wait_for_metrics or not writer.running():
                     raise RuntimeError(f"batch_writer did not start:\n{writer.log_tail()}")
                 time.sleep(0.2)
-            # Records the radiusd spools still held from earlier runs are forwarded and
-            # written first; the measurement counts only what arrives after them.
+            # The writer may still be merging what it read before the trim; the
+            # measurement counts only what comes after that.
             before_text = self._writer_settled()
             before = _histogram_buckets(before_text, "wificore_writer_record_age_seconds")
             written_before = _metric_sum(before_text, "wificore_writer_records_total")

@@ -220,3 +220,27 @@ class Spool:
         os.close(self._checkpoint_fd)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
+
+
+def drained(directory: str | Path) -> bool:
+    """Whether everything appended to the spool in ``directory`` has been forwarded.
+
+    Reads only the checkpoint and the length word after it, so it is safe beside the
+    radiusd that owns the spool (for tools and benchmarks; the forwarder has its own view).
+    """
+    d = Path(directory)
+    segs = sorted(int(p.name[4:16]) for p in d.glob("seg-*.wal"))
+    try:
+        seg, off = (int(x) for x in (d / "checkpoint").read_text().split())
+    except (OSError, ValueError):
+        seg, off = (segs[0] if segs else 0), 0
+    if any(s > seg for s in segs):
+        return False  # the writer has moved on to a later segment
+    try:
+        with open(d / f"seg-{seg:012d}.wal", "rb") as f:
+            f.seek(off)
+            word = f.read(4)
+    except FileNotFoundError:
+        return True
+    return len(word) < 4 or _LEN.unpack(word)[0] == 0
+

@@ -77,6 +77,22 @@ class TestSpool:
         assert len(sp.segments()) == 1
         sp.close()
 
+    def test_drained_seen_from_outside(self, tmp_path, monkeypatch):
+        """spool.drained() (read-only, for tools beside radiusd) follows the checkpoint,
+        across a segment change too."""
+        monkeypatch.setattr(spool_mod, "SEGMENT_BYTES", 4096)
+        sp = Spool(tmp_path)
+        assert spool_mod.drained(tmp_path)
+        sp.append(b"a" * 100)
+        assert not spool_mod.drained(tmp_path)
+        assert drain(sp) == [b"a" * 100] and spool_mod.drained(tmp_path)
+        for _ in range(60):  # past the end of the segment
+            sp.append(b"b" * 100)
+        assert len(sp.segments()) == 2 and not spool_mod.drained(tmp_path)
+        assert len(take(sp, 1000)) > 0 and not spool_mod.drained(tmp_path)
+        assert len(drain(sp)) > 0 and spool_mod.drained(tmp_path)
+        sp.close()
+
     def test_second_process_refused(self, tmp_path):
         """A spool directory in use is refused with the key named."""
         sp = Spool(tmp_path)
