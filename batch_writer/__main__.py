@@ -96,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         consumer = args.consumer or os.environ.get("WIFICORE_WRITER_CONSUMER") or None
         return check(settings, consumer, cfg.redis_timeout_ms)
 
-    from .worker import Writer  # here, not at the top: --check and --settings stay light
+    from .worker import Writer, tune_gc  # here, not at the top: --check and --settings stay light
     try:
+        tune_gc()
         writer = Writer(settings, cfg, burst=args.burst)
     except ConfigError as exc:
         print(f"wificore-batch-writer: {exc}", file=sys.stderr)

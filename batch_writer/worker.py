@@ -15,6 +15,7 @@ committed and acknowledged, then ``run()`` returns.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import threading
 import time
@@ -39,6 +40,25 @@ from .streams import Entry, Streams
 log = get_logger("batch_writer")
 
 MEASURE_INTERVAL_S = 5.0
+
+
+#: Young-generation threshold of the cyclic GC in a writer process (CPython's default: 700).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Set up the collector for a writer process (the service and the benchmark call it).
+
+    A batch allocates tens of thousands of short-lived objects, none in a cycle
+    (reference counting frees them), and with the default threshold of 700 each
+    batch ran dozens of collections, each walking every young object and, now and
+    then, the whole heap. ``gc.freeze()`` leaves what exists at start-up (modules,
+    settings) out of every later collection; a larger young generation makes
+    collections rare. Measured with benchmarks/writer_bench.py: see docs/batch-writer.md.
+    """
+    gc.freeze()
+    _gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 @dataclasses.dataclass

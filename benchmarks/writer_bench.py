@@ -218,9 +218,10 @@ def _child(args: argparse.Namespace, prefix: str, consumer: str, ready: Any, go:
            results: Any) -> None:
     """One writer process of a --writers N run: loop run_once() until told to stop."""
     from batch_writer.config import load
-    from batch_writer.worker import Writer
+    from batch_writer.worker import Writer, tune_gc
 
     settings, cfg = load(_writer_env(args, prefix, consumer))
+    tune_gc()  # as the service does
     writer = Writer(settings, cfg)
     try:
         writer.setup()
@@ -279,9 +280,10 @@ def _drive_processes(args: argparse.Namespace, prefix: str, client: redis.Redis,
 def _drive_in_process(args: argparse.Namespace, prefix: str, total: int,
                       shard_map: ShardMap) -> tuple[float, int, list[float], float, int, dict[int, float]]:
     from batch_writer.config import load
-    from batch_writer.worker import Writer
+    from batch_writer.worker import Writer, tune_gc
 
     settings, cfg = load(_writer_env(args, prefix, "bench"))
+    tune_gc()  # as the service does
     writer = Writer(settings, cfg)
     try:
         writer.setup()

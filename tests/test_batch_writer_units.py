@@ -195,3 +195,15 @@ class TestBackoff:
         t = time.monotonic()
         b.wait(stop)
         assert time.monotonic() - t < 1.0
+
+
+def test_tune_gc_in_a_fresh_process():
+    """A writer process freezes what exists at start-up and collects young objects rarely."""
+    import subprocess
+    import sys
+    code = ("import gc; from batch_writer.worker import tune_gc, GC_GEN0_THRESHOLD; tune_gc(); "
+            "assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD and gc.get_freeze_count() > 1000")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
