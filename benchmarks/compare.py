@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import datetime as dt
 import hashlib
 import json
@@ -93,7 +94,7 @@ from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
-from stack.servers import (RADDB, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
+from stack.servers import (RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
                            start_radiusd)
 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
@@ -175,6 +176,12 @@ def _scrape(port: int) -> str | None:
         return None
 
 
+def _scrape_all(ports: list[int]) -> str | None:
+    """The metrics of several processes one after the other; None unless all answer."""
+    texts = [_scrape(p) for p in ports]
+    return None if any(t is None for t in texts) else "\n".join(t for t in texts if t is not None)
+
+
 def _metric_sum(text: str, name: str) -> float:
     """Sum of every sample of ``name`` (all label sets)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -182,13 +189,15 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 def _histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
-    """(upper bound, cumulative count) of a Prometheus histogram, +Inf last."""
-    out = []
+    """(upper bound, cumulative count) of a Prometheus histogram, +Inf last; the samples of
+    several processes (their scrapes one after the other in ``text``) are added up."""
+    out: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(name + '_bucket{le="'):
             le = line.split('le="', 1)[1].split('"', 1)[0]
-            out.append((math.inf if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-    return sorted(out)
+            bound = math.inf if le == "+Inf" else float(le)
+            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return sorted(out.items())
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -890,17 +899,20 @@ class Bench:
         while not all(spool_drained(d) for d in spools) and time.monotonic() < wait_for_spools:
             time.sleep(0.2)
         self.trim_streams()
-        writer = self.stack.writer
-        writer.start()
+        writers, ports = self._e2e_writers(a.e2e_writers)
+        scrape = functools.partial(_scrape_all, ports)
+        for w in writers:
+            w.start()
         try:
             wait_for_metrics = time.monotonic() + 30
-            while _scrape(self.stack.ports.writer_metrics) is None:
-                if time.monotonic() > wait_for_metrics or not writer.running():
-                    raise RuntimeError(f"batch_writer did not start:\n{writer.log_tail()}")
+            while scrape() is None:
+                if time.monotonic() > wait_for_metrics or not all(w.running() for w in writers):
+                    raise RuntimeError("batch_writer did not start:\n"
+                                       + "\n".join(w.log_tail() for w in writers))
                 time.sleep(0.2)
             # The writer may still be merging what it read before the trim; the
             # measurement counts only what comes after that.
-            before_text = self._writer_settled()
+            before_text = self._writer_settled(scrape)
             before = _histogram_buckets(before_text, "wificore_writer_record_age_seconds")
             written_before = _metric_sum(before_text, "wificore_writer_records_total")
             per_sender = math.ceil(rate * duration / len(self.senders))
@@ -915,19 +927,20 @@ class Bench:
             deadline = time.monotonic() + 120
             written = 0.0
             while time.monotonic() < deadline:
-                text = _scrape(self.stack.ports.writer_metrics) or ""
+                text = scrape() or ""
                 written = _metric_sum(text, "wificore_writer_records_total") - written_before
                 if written >= expected:
                     break
                 time.sleep(0.5)
-            text = _scrape(self.stack.ports.writer_metrics) or ""
+            text = scrape() or ""
         finally:
-            writer.stop()
+            for w in writers:
+                w.stop()
             self.trim_streams()
         after = _histogram_buckets(text, "wificore_writer_record_age_seconds")
         counted = dict(before)
         buckets = [(bound, count - counted.get(bound, 0.0)) for bound, count in after]
-        out = {"rate": rate, "duration_s": duration, "nas_rps": sent["rps"],
+        out = {"rate": rate, "duration_s": duration, "writers": len(writers), "nas_rps": sent["rps"],
                "answered": expected, "written": int(written), "lost": sent["lost"],
                "written_before": int(written_before),
                "nas_p50_ms": sent["p50_ms"], "nas_p99_ms": sent["p99_ms"],
@@ -937,12 +950,24 @@ class Bench:
             f"{expected:,} written, NAS->row p50 {out['row_p50_s']} s, p99 {out['row_p99_s']} s")
         return out
 
-    def _writer_settled(self, quiet_s: float = 2.0, timeout_s: float = 60.0) -> str:
-        """The writer's metrics once its record count has not moved for ``quiet_s``."""
+    def _e2e_writers(self, n: int) -> tuple[list[Any], list[int]]:
+        """The stack's batch_writer and ``n - 1`` more in the same consumer group."""
+        writers, ports = [self.stack.writer], [self.stack.ports.writer_metrics]
+        for i in range(2, n + 1):
+            port = free_port()
+            env = {**self.stack.writer_env(), "WIFICORE_WRITER_CONSUMER": f"writer-{i}",
+                   "WIFICORE_WRITER_METRICS_PORT": str(port)}
+            writers.append(BatchWriter(self.state / f"writer-{i}", env, name=f"batch_writer-{i}"))
+            ports.append(port)
+        return writers, ports
+
+    def _writer_settled(self, scrape: Callable[[], str | None], quiet_s: float = 2.0,
+                        timeout_s: float = 60.0) -> str:
+        """The writers' metrics once their record count has not moved for ``quiet_s``."""
         deadline = time.monotonic() + timeout_s
         last, since = -1.0, time.monotonic()
         while True:
-            text = _scrape(self.stack.ports.writer_metrics) or ""
+            text = scrape() or ""
             n = _metric_sum(text, "wificore_writer_records_total")
             if n != last:
                 last, since = n, time.monotonic()
@@ -1113,10 +1138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--memory-samples", type=int, default=20000,
                    help="profiles and sessions written for the Redis memory figures")
     g.add_argument("--no-writer", action="store_true", help="skip batch_writer ingestion")
-    g.add_argument("--writer-args", default="", help="extra arguments for writer_bench.py")
+    g.add_argument("--writer-args", default="--writers 2",
+                   help="arguments for writer_bench.py (default --writers 2: one writer process per "
+                        "shard, as a two-shard deployment runs them)")
     g.add_argument("--writer-timeout", type=float, default=600.0)
     g.add_argument("--e2e-rate", type=float, default=10_000.0,
                    help="accounting requests/s for the NAS-to-row measurement (0 = skip)")
+    g.add_argument("--e2e-writers", type=int, default=2,
+                   help="batch_writer processes during the end-to-end run (default 2: one per shard)")
     g.add_argument("--e2e-duration", type=float, default=20.0,
                    help="seconds of that load")
     g = p.add_argument_group("packet files only (for a load test elsewhere; see README.md)")
@@ -1137,7 +1166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.points, args.point_duration = "0.5", 1.0
         args.acct_packets = args.acct_packets or 300
         args.memory_samples = 200
-        args.writer_args = args.writer_args or "--smoke"
+        args.writer_args = f"{args.writer_args} --smoke"
         args.writer_timeout = min(args.writer_timeout, 120.0)
         args.e2e_rate, args.e2e_duration = 200.0, 2.0
     if args.subscribers_per_tenant is not None:
@@ -1147,7 +1176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.point_repeat = args.point_repeat or args.repeat
     args.acct_packets = args.acct_packets or math.ceil(10_000 * args.duration / args.senders)
     args.configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
-    for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs"):
+    for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs", "e2e_writers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be at least 1")
     if args.sender_sockets is not None and args.sender_sockets < 1:

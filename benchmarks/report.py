@@ -94,7 +94,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> s
     if bw:
         if bw.get("records_per_s") is not None:
             lines += ["", f"batch_writer ingestion: {_fmt(bw['records_per_s'])} records/s "
-                          f"(median of {len(bw.get('runs', [])) or 1})."]
+                          f"(median of {len(bw.get('runs', [])) or 1}{_writers(bw)})."]
         else:
             lines += ["", f"batch_writer ingestion: not measured ({bw.get('skipped', 'no result')})."]
     e2e = results.get("end_to_end")
@@ -196,11 +196,18 @@ def readme_section(results: dict[str, Any]) -> str:
                       f"{_fmt(mem.get('bytes_per_live_session'), 0)} per live session."]
     writer = results.get("batch_writer") or {}
     if writer.get("records_per_s") is not None:
-        lines += ["", f"batch_writer: {_fmt(writer['records_per_s'], 0)} records/s into two shards."]
+        lines += ["", f"batch_writer: {_fmt(writer['records_per_s'], 0)} records/s into two shards"
+                      f"{_writers(writer)}."]
     e2e = results.get("end_to_end") or {}
     if e2e.get("row_p99_s") is not None:
         lines += ["", _e2e_line(e2e)]
     return "\n".join(lines)
+
+
+def _writers(bw: dict[str, Any]) -> str:
+    """", N writer processes" from the runs of writer_bench.py, when it says."""
+    n = {r.get("writers") for r in bw.get("runs", [])} - {None}
+    return f", {n.pop()} writer processes" if len(n) == 1 else ""
 
 
 def _e2e_line(e2e: dict[str, Any]) -> str:
@@ -210,7 +217,7 @@ def _e2e_line(e2e: dict[str, Any]) -> str:
     held = ("records the spools held from earlier runs are written first and not counted"
             if "written_before" in e2e else "with any the spools still held from earlier runs")
     return (f"NAS to PostgreSQL row, accounting offered at {_fmt(e2e['rate'], 0)}/s for "
-            f"{_fmt(e2e['duration_s'], 0)} s with batch_writer running: "
+            f"{_fmt(e2e['duration_s'], 0)} s with {e2e.get('writers', 1)} batch_writer process(es) running: "
             f"{_fmt(e2e['nas_rps'], 0)} answered/s; {_fmt(e2e['answered'])} records answered, "
             f"{_fmt(e2e['written'])} written ({held}); from radiusd receiving a "
             f"record to its commit p50 {_fmt(e2e['row_p50_s'], 3)} s, p99 {_fmt(e2e['row_p99_s'], 3)} s "
