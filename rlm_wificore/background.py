@@ -140,7 +140,10 @@ def _redis_inval_loop(engine: Engine) -> None:
                 msg = pubsub.get_message(timeout=0.5)
                 if msg and msg["type"] == "message":
                     try:
-                        engine.invalidate(json.loads(msg["data"]))
+                        data = msg["data"]
+                        if isinstance(data, bytes):  # one bad name must not lose the others
+                            data = data.decode("utf-8", "replace")
+                        engine.invalidate(json.loads(data))
                     except (ValueError, IndexError, TypeError) as exc:
                         log.warning("bad_invalidation", error=str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:

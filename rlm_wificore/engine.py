@@ -489,6 +489,9 @@ class Engine:
         kind = message[0]
         if kind in ("s", "l"):  # the subscriber, or its live state, changed
             self.local.drop((int(message[1]), str(message[2])))
+        elif kind == "L":  # live states changed by one call of live.lua: [[tenant, user], ...]
+            for tenant_id, username in message[1]:
+                self.local.drop((int(tenant_id), str(username)))
         elif kind == "p":
             tenant_id, plan_id = int(message[1]), int(message[2])
             self.plans.pop((tenant_id, plan_id), None)

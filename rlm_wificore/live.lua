@@ -20,6 +20,10 @@ local prefix, parts, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local channel = prefix .. ':inval'
 local dead = prefix .. ':dead'
+-- Subscribers whose live sessions a Start or Stop changed: announced in one message
+-- per call ({"L", [[tenant, user], ...]}), not one per record, so that every radiusd
+-- wakes once per call to drop its copies, not once per record.
+local changed = {}
 
 local function int(x) return string.format('%d', x) end
 
@@ -115,7 +119,7 @@ local function one(payload)
   end
   redis.call('EXPIRE', sess, session_ttl)
   if status ~= 'interim' then
-    redis.call('PUBLISH', channel, cjson.encode({'l', f.tenant_id, user}))
+    changed[#changed + 1] = {f.tenant_id, user}
   end
 end
 
@@ -139,5 +143,8 @@ while pos + 3 <= size do
   end
   records = records + 1
   pos = pos + 4 + n
+end
+if #changed > 0 then
+  redis.call('PUBLISH', channel, cjson.encode({'L', changed}))
 end
 return {records, pos - 1, ended, corrupt}

@@ -71,3 +71,14 @@ class TestStateRefreshOffTheHook:
         finally:
             e.close()
             thread.join(2)
+
+
+def test_one_message_drops_the_copies_of_many_subscribers():
+    """live.lua's ["L", [[tenant, user], ...]] drops each subscriber it names, and only those."""
+    e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
+    for user in ("bob", "carol", "dave"):
+        e._entry(1, user)
+    e.invalidate(["L", [[1, "bob"], [1, "dave"], [2, "carol"]]])
+    assert e.local.peek((1, "bob")) is None and e.local.peek((1, "dave")) is None
+    assert e.local.peek((1, "carol")) is not None
+

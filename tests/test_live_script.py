@@ -116,3 +116,27 @@ def test_a_stop_is_final(live):
     assert live.live_count(T0 + 5) == 0 and live.nas_members() == {}
     assert live.r.hgetall(f"{live.p}:{{1}}:use:alice") == usage
     assert usage[b"octets"] == b"3600" and usage[b"time_s"] == b"120"
+
+
+def test_starts_and_stops_of_one_call_are_announced_in_one_message(live):
+    """Every radiusd drops its copies of the subscribers whose sessions changed: one message
+    per script call, naming each of them; Interims announce nothing."""
+    import json
+    import time as _time
+
+    pubsub = live.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{live.p}:inval")
+    try:
+        live.send(T0, record("start"), record("start", key="s2", user="bob"),
+                  record("interim", t=60), record("stop", key="s2", user="bob", t=60))
+        live.send(T0 + 120, record("interim", t=120))
+        messages, deadline = [], _time.monotonic() + 5
+        while _time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.2)
+            if msg:
+                messages.append(json.loads(msg["data"]))
+            elif messages:
+                break
+        assert messages == [["L", [[1, "alice"], [1, "bob"], [1, "bob"]]]]
+    finally:
+        pubsub.close()
