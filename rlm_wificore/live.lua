@@ -27,14 +27,24 @@ local changed = {}
 
 local function int(x) return string.format('%d', x) end
 
+-- Version 2 records carry their fields by position (rlm_wificore/wire.py,
+-- ACCT_FIELDS and AUTH_FIELDS); version 1 as a map. The fields used here, by name:
+local function fields(rec)
+  local v = rec[3]
+  if rec[1] == 1 then return v end
+  if rec[2] == 'auth' then return {tenant_id = v[1]} end
+  return {tenant_id = v[1], nas_id = v[2], session_key = v[3], username = v[5], status = v[6],
+          session_time_s = v[9], input_octets = v[10], output_octets = v[11], interim_s = v[18]}
+end
+
 local function one(payload)
   local ok, rec = pcall(cmsgpack.unpack, payload)
-  if not ok or type(rec) ~= 'table' or rec[1] ~= 1 or type(rec[3]) ~= 'table' then
+  if not ok or type(rec) ~= 'table' or (rec[1] ~= 1 and rec[1] ~= 2) or type(rec[3]) ~= 'table' then
     redis.call('XADD', dead, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',
                'ts', ARGV[3])
     return
   end
-  local f = rec[3]
+  local f = fields(rec)
   if rec[2] == 'auth' then
     redis.call('XADD', prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}', '*', 'd', payload)
     return

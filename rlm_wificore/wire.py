@@ -1,8 +1,15 @@
 """The wire format of stream records, shared by rlm_wificore and batch_writer.
 
-A record is a msgpack array ``[version, kind, {field: value}]`` stored in the
-``d`` field of a stream entry. Decoding never trusts the payload: anything
-malformed raises :class:`DecodeError` from the cause.
+A record is a msgpack array ``[version, kind, body]`` stored in the ``d``
+field of a stream entry. Version 2 (written since 2026-11-27): ``body`` is
+the array of the kind's field values in the order of ``ACCT_FIELDS`` /
+``AUTH_FIELDS`` below -- no field names on the wire, so packing, Redis's
+script and the writer each skip a score of map keys per record. Version 1:
+``body`` is a ``{field: value}`` map; still read (records spooled or queued
+before an upgrade), and still written for records that do not have exactly
+the fields of their kind (an Accounting-Request that could not be
+normalised: ``invalid`` and ``raw``). Decoding never trusts the payload:
+anything malformed raises :class:`DecodeError` from the cause.
 
 Streams (see keys.py): ``{prefix}:stream:{N}``, N = tenant_id %
 stream_partitions (so one session's records stay in order in one partition),
@@ -39,10 +46,22 @@ import msgpack
 
 from .errors import DecodeError
 
-VERSION = 1
+VERSION = 2        # written
+MAP_VERSION = 1    # read, and written for records outside the fixed fields
 KIND_ACCT = "acct"
 KIND_AUTH = "auth"
 KINDS = (KIND_ACCT, KIND_AUTH)
+
+#: Field order of version 2 bodies (live.lua reads some by position). Any change to
+#: them is a new version: writers must read what older radiusd processes spooled.
+ACCT_FIELDS = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status",
+               "event_ts", "arrival_ts", "session_time_s", "input_octets", "output_octets",
+               "input_packets", "output_packets", "calling_station_id", "framed_ip", "terminate_cause",
+               "nas_port", "interim_s", "record_id")
+AUTH_FIELDS = ("tenant_id", "nas_id", "ts", "event_id", "username", "calling_station_id", "result",
+               "reason", "method")
+FIELDS = {KIND_ACCT: ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
+_NAMES = {kind: frozenset(names) for kind, names in FIELDS.items()}
 
 
 #: One packer for every record: packb() builds a new one per call. Packer.pack
@@ -51,25 +70,43 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def pack(kind: str, fields: dict[str, Any]) -> bytes:
-    """Encode one record."""
-    if kind not in KINDS:
+    """Encode one record: version 2 when ``fields`` has only fields of ``kind``
+    (missing ones are sent as None), else a version 1 map that keeps them all."""
+    names = FIELDS.get(kind)
+    if names is None:
         raise ValueError(f"unknown record kind {kind!r}")
-    return _packer.pack((VERSION, kind, fields))
+    if fields.keys() <= _NAMES[kind]:
+        get = fields.get
+        return _packer.pack((VERSION, kind, [get(n) for n in names]))
+    return _packer.pack((MAP_VERSION, kind, fields))
 
 
-def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
-    """Decode one record into (kind, fields)."""
+def unpack_body(payload: bytes) -> tuple[str, list[Any] | dict[str, Any]]:
+    """Decode one record into (kind, body): the value list of version 2 (as long as the
+    kind's fields), or the map of version 1. For readers with a positional fast path."""
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise DecodeError(f"undecodable record: {exc}") from exc
     if not (isinstance(obj, list) and len(obj) == 3):
-        raise DecodeError("record is not [version, kind, fields]")
-    version, kind, fields = obj
-    if version != VERSION:
-        raise DecodeError(f"unsupported record version {version!r}")
+        raise DecodeError("record is not [version, kind, body]")
+    version, kind, body = obj
     if kind not in KINDS:
         raise DecodeError(f"unknown record kind {kind!r}")
-    if not isinstance(fields, dict):
-        raise DecodeError("record fields are not a map")
-    return kind, fields
+    if version == VERSION:
+        if not isinstance(body, list) or len(body) != len(FIELDS[kind]):
+            raise DecodeError(f"record body is not the {len(FIELDS[kind])} {kind} fields")
+    elif version == MAP_VERSION:
+        if not isinstance(body, dict):
+            raise DecodeError("record fields are not a map")
+    else:
+        raise DecodeError(f"unsupported record version {version!r}")
+    return kind, body
+
+
+def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode one record into (kind, fields), whatever its version."""
+    kind, body = unpack_body(payload)
+    if isinstance(body, list):
+        return kind, dict(zip(FIELDS[kind], body))
+    return kind, body

@@ -79,6 +79,40 @@ class TestDecode:
         r = decode(wire.pack(wire.KIND_ACCT, fields), LIMITS)
         assert isinstance(r, Acct) and r.status == "on" and r.nas_id == 1
 
+    @pytest.mark.parametrize("extra", [
+        {}, {"framed_ip": "10.0.0.300", "interim_s": -5}, {"framed_ip": None, "calling_station_id": None},
+        {"terminate_cause": "User-Request", "status": "stop"}, {"arrival_ts": None},
+        {"input_octets": -1}, {"username": "x" * 300},
+    ])
+    def test_both_wire_versions_decode_alike(self, extra):
+        """A record sent as a version 1 map and as version 2 values decodes to the same record
+        (or is refused with the same reason)."""
+        fields = {**acct(7, "k1", "interim", NOW - 60, session_time_s=60), **extra}
+        v1 = msgpack.packb([wire.MAP_VERSION, wire.KIND_ACCT, fields], use_bin_type=True)
+        v2 = wire.pack(wire.KIND_ACCT, fields)
+        assert msgpack.unpackb(v2)[0] == wire.VERSION
+        try:
+            expected = decode(v1, LIMITS)
+        except Rejected as exc:
+            with pytest.raises(Rejected, match=str(exc).split(":")[0]):
+                decode(v2, LIMITS)
+        else:
+            assert decode(v2, LIMITS) == expected
+
+    def test_version_2_bodies_must_have_every_field(self):
+        """A value list shorter or longer than the kind's fields is not a record."""
+        values = [1] * len(wire.ACCT_FIELDS)
+        for body in (values[:-1], values + [1]):
+            with pytest.raises(DecodeError, match="fields"):
+                decode(msgpack.packb([wire.VERSION, wire.KIND_ACCT, body]), LIMITS)
+
+    def test_records_outside_the_fixed_fields_stay_maps(self):
+        """An Accounting-Request that could not be normalised keeps its own fields (version 1)."""
+        fields = {"tenant_id": 7, "nas_id": 1, "invalid": "Acct-Status-Type: 'x'", "raw": {"a": "b"}}
+        payload = wire.pack(wire.KIND_ACCT, fields)
+        assert msgpack.unpackb(payload)[0] == wire.MAP_VERSION
+        assert wire.unpack(payload) == (wire.KIND_ACCT, fields)
+
     def test_auth_records_decode_and_check(self):
         """An auth-log record needs an event id and a known result."""
         good = {"tenant_id": 7, "nas_id": 1, "ts": NOW - 1, "event_id": "e1", "username": "bob",
