@@ -186,11 +186,12 @@ def _ip(value: Any) -> str | None:
 
 
 def _interim(fields: dict[str, Any], default_s: int) -> int:
-    value = fields.get("interim_s")
+    return _interim_value(fields.get("interim_s"), default_s)
+
+
+def _interim_value(value: Any, default_s: int) -> int:
     lo, hi = INTERIM_RANGE_S
-    if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
-        return value
-    return default_s
+    return value if type(value) is int and lo <= value <= hi else default_s
 
 
 # ------------------------------------------------------------------- decoding
@@ -199,8 +200,11 @@ def _str_ok(value: Any, max_len: int) -> bool:
 
 
 def _arrival(f: dict[str, Any]) -> float:
+    return _arrival_value(f.get("arrival_ts"))
+
+
+def _arrival_value(v: Any) -> float:
     """``arrival_ts`` if it is a plausible epoch time, else 0.0 (only a metric reads it)."""
-    v = f.get("arrival_ts")
     return float(v) if type(v) in (int, float) and v > 0 else 0.0
 
 
@@ -226,14 +230,8 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
             and (csid is None or _str_ok(csid, MAX_TEXT)) and (cause is None or _str_ok(cause, 64))
             and status in SESSION_STATUSES):
         return None
-    lo, hi = INTERIM_RANGE_S
-    if not (type(interim) is int and lo <= interim <= hi):
-        interim = limits.default_interim_s
-    if framed_ip is not None:
-        framed_ip = _ip(framed_ip)
-    arrival = float(arrival) if type(arrival) in (int, float) and arrival > 0 else 0.0
-    return Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, framed_ip, cause,
-                interim, arrival)
+    return Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, _ip(framed_ip),
+                cause, _interim_value(interim, limits.default_interim_s), _arrival_value(arrival))
 
 
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:

@@ -452,17 +452,17 @@ class Engine:
         interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None
                      else self.settings.default_interim_s)
         try:
-            fields = records.acct_record(req, tenant_id=tenant_id, nas_id=nas_id,
-                                         interim_s=interim_s, arrival_ts=time.time(),
-                                         record_id=f"{self._event_prefix}{next(self._event_seq):x}")
-            kind = fields["status"]
+            kind, values = records.acct_record(
+                req, tenant_id=tenant_id, nas_id=nas_id, interim_s=interim_s, arrival_ts=time.time(),
+                record_id=f"{self._event_prefix}{next(self._event_seq):x}")
+            payload = wire.pack_values(wire.KIND_ACCT, values)
         except InputError as exc:
             # Answered (the NAS must not retry it forever) and kept for the NOC.
-            fields = {"tenant_id": tenant_id, "nas_id": nas_id, "invalid": str(exc),
-                      "raw": {k: v[:MAX_USERNAME] for k, v in req.items()
-                              if "Password" not in k}}
+            payload = wire.pack(wire.KIND_ACCT, {
+                "tenant_id": tenant_id, "nas_id": nas_id, "invalid": str(exc),
+                "raw": {k: v[:MAX_USERNAME] for k, v in req.items() if "Password" not in k}})
             kind = "invalid"
-        self.spool.append(wire.pack(wire.KIND_ACCT, fields))
+        self.spool.append(payload)
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
 
@@ -474,20 +474,20 @@ class Engine:
             return
         method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        self.spool.append(wire.pack(wire.KIND_AUTH, {
-            "tenant_id": tenant_id, "nas_id": nas_id, "ts": time.time(),
-            "event_id": f"{self._event_prefix}{next(self._event_seq):x}",
-            "username": username[:MAX_USERNAME],
-            "calling_station_id": req.get("Calling-Station-Id"),
-            "result": "accept" if accepted else "reject", "reason": reason, "method": method,
-        }))
+        # wire.AUTH_FIELDS order
+        self.spool.append(wire.pack_values(wire.KIND_AUTH, [
+            tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
+            username[:MAX_USERNAME], req.get("Calling-Station-Id"),
+            "accept" if accepted else "reject", reason, method]))
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
         self.generation += 1
         kind = message[0]
-        if kind in ("s", "l"):  # the subscriber, or its live state, changed
+        # The subscriber, or its live state, changed ('l': one subscriber, as live.lua of the
+        # previous release announces it, while a rolling upgrade runs both).
+        if kind in ("s", "l"):
             self.local.drop((int(message[1]), str(message[2])))
         elif kind == "L":  # live states changed by one call of live.lua: [[tenant, user], ...]
             for tenant_id, username in message[1]:

@@ -50,8 +50,9 @@ def _text(req: dict[str, str], name: str) -> str | None:
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
-                arrival_ts: float, record_id: str) -> dict[str, Any]:
-    """The wire fields of one Accounting-Request; InputError names the bad field."""
+                arrival_ts: float, record_id: str) -> tuple[str, list[Any]]:
+    """The status and the wire values (``wire.ACCT_FIELDS`` order) of one
+    Accounting-Request; InputError names the bad field."""
     status_raw = req.get("Acct-Status-Type")
     status = STATUS.get(status_raw or "")
     if status is None:
@@ -76,19 +77,12 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         key = session_key(tenant_id, nas_id, acct_session_id, username)
     else:
         acct_session_id, username, key = "", "", ""
-    return {
-        "tenant_id": tenant_id, "nas_id": nas_id, "session_key": key,
-        "acct_session_id": acct_session_id, "username": username, "status": status,
-        "event_ts": event_ts, "arrival_ts": arrival_ts,
-        "session_time_s": _u32(req, "Acct-Session-Time"),
-        "input_octets": (_u32(req, "Acct-Input-Gigawords") << 32) | _u32(req, "Acct-Input-Octets"),
-        "output_octets": (_u32(req, "Acct-Output-Gigawords") << 32) | _u32(req, "Acct-Output-Octets"),
-        "input_packets": _u32(req, "Acct-Input-Packets"),
-        "output_packets": _u32(req, "Acct-Output-Packets"),
-        "calling_station_id": _text(req, "Calling-Station-Id"),
-        "framed_ip": req.get("Framed-IP-Address"),
-        "terminate_cause": _text(req, "Acct-Terminate-Cause"),
-        "nas_port": _text(req, "NAS-Port"),
-        "interim_s": interim_s,
-        "record_id": record_id,
-    }
+    return status, [
+        tenant_id, nas_id, key, acct_session_id, username, status, event_ts, arrival_ts,
+        _u32(req, "Acct-Session-Time"),
+        (_u32(req, "Acct-Input-Gigawords") << 32) | _u32(req, "Acct-Input-Octets"),
+        (_u32(req, "Acct-Output-Gigawords") << 32) | _u32(req, "Acct-Output-Octets"),
+        _u32(req, "Acct-Input-Packets"), _u32(req, "Acct-Output-Packets"),
+        _text(req, "Calling-Station-Id"), req.get("Framed-IP-Address"),
+        _text(req, "Acct-Terminate-Cause"), _text(req, "NAS-Port"), interim_s, record_id,
+    ]

@@ -51,6 +51,23 @@ class Span:
     sealed: bool  # the writer has moved on to a later segment
 
 
+def _segment_path(directory: Path, seg: int) -> Path:
+    return directory / f"seg-{seg:012d}.wal"
+
+
+def _segments(directory: Path) -> list[int]:
+    return sorted(int(p.name[4:16]) for p in directory.glob("seg-*.wal"))
+
+
+def _checkpoint(directory: Path, segs: list[int]) -> tuple[int, int]:
+    """The position the forwarder has reached; the start of the oldest segment if none."""
+    try:
+        seg, off = (directory / "checkpoint").read_text().split()
+        return int(seg), int(off)
+    except (OSError, ValueError):
+        return (segs[0] if segs else 0), 0
+
+
 class Spool:
     """Append from the hooks; read and checkpoint from one forwarder thread."""
 
@@ -73,17 +90,17 @@ class Spool:
         self._wmap = self._map(self.write_seg)
         # Where the last writer stopped: the first frame not (wholly) written.
         self.write_off = self._scan_end(self._wmap)
-        self.read_seg, self.read_off = self._load_checkpoint(segs)
+        self.read_seg, self.read_off = _checkpoint(self.dir, segs)
         self._checkpoint_fd = os.open(self.dir / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
         self._rmap: tuple[int, mmap.mmap] | None = None
         self.corrupt = 0
 
     # ------------------------------------------------------------- layout
     def _path(self, seg: int) -> Path:
-        return self.dir / f"seg-{seg:012d}.wal"
+        return _segment_path(self.dir, seg)
 
     def segments(self) -> list[int]:
-        return sorted(int(p.name[4:16]) for p in self.dir.glob("seg-*.wal"))
+        return _segments(self.dir)
 
     def _map(self, seg: int) -> mmap.mmap:
         fd = os.open(self._path(seg), os.O_RDWR | os.O_CREAT, 0o600)
@@ -104,13 +121,6 @@ class Spool:
                 break
             off += 4 + n
         return off
-
-    def _load_checkpoint(self, segs: list[int]) -> tuple[int, int]:
-        try:
-            seg, off = (self.dir / "checkpoint").read_text().split()
-            return int(seg), int(off)
-        except (OSError, ValueError):
-            return (segs[0] if segs else self.write_seg), 0
 
     # -------------------------------------------------------------- write
     def append(self, payload: bytes) -> None:
@@ -229,18 +239,14 @@ def drained(directory: str | Path) -> bool:
     radiusd that owns the spool (for tools and benchmarks; the forwarder has its own view).
     """
     d = Path(directory)
-    segs = sorted(int(p.name[4:16]) for p in d.glob("seg-*.wal"))
-    try:
-        seg, off = (int(x) for x in (d / "checkpoint").read_text().split())
-    except (OSError, ValueError):
-        seg, off = (segs[0] if segs else 0), 0
+    segs = _segments(d)
+    seg, off = _checkpoint(d, segs)
     if any(s > seg for s in segs):
         return False  # the writer has moved on to a later segment
     try:
-        with open(d / f"seg-{seg:012d}.wal", "rb") as f:
+        with open(_segment_path(d, seg), "rb") as f:
             f.seek(off)
             word = f.read(4)
     except FileNotFoundError:
         return True
     return len(word) < 4 or _LEN.unpack(word)[0] == 0
-

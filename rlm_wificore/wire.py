@@ -69,9 +69,17 @@ _NAMES = {kind: frozenset(names) for kind, names in FIELDS.items()}
 _packer = msgpack.Packer(use_bin_type=True)
 
 
+def pack_values(kind: str, values: list[Any]) -> bytes:
+    """Encode one version 2 record from its values in ``FIELDS[kind]`` order: the hooks'
+    form (no dict, no name lookups), so nothing is checked but the count."""
+    if len(values) != len(FIELDS[kind]):
+        raise ValueError(f"{kind} record of {len(values)} values, not {len(FIELDS[kind])}")
+    return _packer.pack((VERSION, kind, values))
+
+
 def pack(kind: str, fields: dict[str, Any]) -> bytes:
-    """Encode one record: version 2 when ``fields`` has only fields of ``kind``
-    (missing ones are sent as None), else a version 1 map that keeps them all."""
+    """Encode one record from a dict: version 2 when ``fields`` has only fields of
+    ``kind`` (missing ones are sent as None), else a version 1 map that keeps them all."""
     names = FIELDS.get(kind)
     if names is None:
         raise ValueError(f"unknown record kind {kind!r}")

@@ -152,6 +152,13 @@ class TestHistogramQuantile:
         assert _quantile(buckets, 0.7) == 0.3
         assert _quantile(buckets, 0.99) == 0.95
 
+    def test_several_processes_add_up(self):
+        """Scrapes of several writers, one after the other, give one histogram of their sum."""
+        from benchmarks.compare import _histogram_buckets
+        one = 'h_bucket{le="1.0"} 9.0\nh_bucket{le="+Inf"} 10.0\n'
+        two = 'h_bucket{le="1.0"} 1.0\nh_bucket{le="+Inf"} 5.0\n'
+        assert _histogram_buckets(one + two, "h") == [(1.0, 10.0), (math.inf, 15.0)]
+
     def test_rank_beyond_the_last_bound_and_empty(self):
         from benchmarks.compare import _histogram_buckets, _quantile
         text = ('h_bucket{le="1.0"} 9.0\nh_bucket{le="+Inf"} 10.0\nh_count 10.0\n')

@@ -82,3 +82,41 @@ def test_one_message_drops_the_copies_of_many_subscribers():
     assert e.local.peek((1, "bob")) is None and e.local.peek((1, "dave")) is None
     assert e.local.peek((1, "carol")) is not None
 
+
+
+def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
+    """The hooks build records as value lists; read back by name, every value is where
+    wire.ACCT_FIELDS / AUTH_FIELDS say it is."""
+    import struct
+
+    from rlm_wificore import records, wire
+    from rlm_wificore.spool import Spool
+
+    req = {"Acct-Status-Type": "Interim-Update", "Acct-Session-Id": "abc", "User-Name": "bob",
+           "Acct-Session-Time": "60", "Acct-Input-Octets": "5", "Acct-Input-Gigawords": "1",
+           "Acct-Output-Octets": "7", "Acct-Input-Packets": "3", "Acct-Output-Packets": "4",
+           "Calling-Station-Id": "AA-BB", "Framed-IP-Address": "10.0.0.9", "NAS-Port": "12"}
+    status, values = records.acct_record(req, tenant_id=7, nas_id=3, interim_s=300, arrival_ts=1.9e9,
+                                         record_id="r1")
+    kind, f = wire.unpack(wire.pack_values(wire.KIND_ACCT, values))
+    assert status == f["status"] == "interim" and kind == wire.KIND_ACCT
+    assert (f["tenant_id"], f["nas_id"], f["username"], f["acct_session_id"]) == (7, 3, "bob", "abc")
+    assert (f["session_time_s"], f["input_octets"], f["output_octets"]) == (60, 2**32 + 5, 7)
+    assert (f["input_packets"], f["output_packets"], f["calling_station_id"]) == (3, 4, "AA-BB")
+    assert (f["framed_ip"], f["nas_port"], f["interim_s"], f["record_id"]) == ("10.0.0.9", "12", 300, "r1")
+    assert f["arrival_ts"] == f["event_ts"] == 1.9e9 and f["session_key"]
+
+    e = Engine(Settings(), MAP)
+    e.spool = Spool(tmp_path)
+    try:
+        e._log_auth({"User-Password": "x", "Calling-Station-Id": "CC-DD"}, 7, 3, "bob",
+                    accepted=False, reason="bad_password")
+        data = e.spool.read_span(4096).data
+        (n,) = struct.unpack_from("<I", data)
+        kind, f = wire.unpack(data[4:4 + n])
+    finally:
+        e.spool.close()
+    assert kind == wire.KIND_AUTH and "x" not in f.values()
+    assert (f["tenant_id"], f["nas_id"], f["username"], f["calling_station_id"]) == (7, 3, "bob", "CC-DD")
+    assert (f["result"], f["reason"], f["method"]) == ("reject", "bad_password", "pap")
+    assert f["event_id"] and f["ts"] > 1.7e9
