@@ -17,7 +17,7 @@
 -- Keys are built here from the records, so this script needs one Redis node
 -- (see docs/decisions.md, "Stream partitions by tenant").
 local prefix, parts, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local channel = prefix .. ':inval'
 local dead = prefix .. ':dead'
 -- Subscribers whose live sessions a Start or Stop changed: announced in one message
@@ -86,48 +86,62 @@ local function one(payload)
   local li, lo, lt = tonumber(last[1]) or 0, tonumber(last[2]) or 0, tonumber(last[3]) or 0
   local ni, no, nt = f.input_octets, f.output_octets, f.session_time_s
   local di, dout, dt = math.max(0, ni - li), math.max(0, no - lo), math.max(0, nt - lt)
-  redis.call('HSET', sess, 'i', int(math.max(li, ni)), 'o', int(math.max(lo, no)),
-             't', int(math.max(lt, nt)))
+  -- Expiries are refreshed when the session's refresh time (field r) is due, not at
+  -- every Interim: refresh every R seconds, R = half a longer horizon (4 x the live
+  -- deadline), at most a quarter of the session TTL. See docs/decisions.md.
+  local deadline = f.interim_s * stale + 60
+  local every = math.min(2 * deadline, session_ttl / 4)
+  local refresh_at = tonumber(last[5]) or 0
+  local due = now >= refresh_at
+  local fresh = redis.call('HSET', sess, 'i', int(math.max(li, ni)), 'o', int(math.max(lo, no)),
+                           't', int(math.max(lt, nt))) > 0  -- a new session hash
   if di + dout > 0 or dt > 0 then
-    redis.call('HINCRBY', usage, 'octets', int(di + dout))
+    local d = di + dout
+    -- The value equals the increment: the key (or field) is new and has no expiry yet.
+    local total = redis.call('HINCRBY', usage, 'octets', int(d))
     redis.call('HINCRBY', usage, 'time_s', int(dt))
-    redis.call('EXPIRE', usage, usage_ttl)
+    if due or total == d then
+      redis.call('EXPIRE', usage, usage_ttl)
+    end
   end
   local member = user .. '\n' .. skey
   if status == 'stop' then
     redis.call('HSET', sess, 'x', '1')
     redis.call('ZREM', live, skey)
     redis.call('ZREM', naslive, member)
+    redis.call('EXPIRE', sess, session_ttl)
   else
     -- A session whose NAS goes silent expires on its own: the live set's score
     -- is the deadline, and readers count only members whose deadline is ahead.
-    local expires = now + f.interim_s * stale + 60
+    -- The key outlives every deadline set until the next refresh of any of its
+    -- sessions: its expiry is at least (refresh time + deadline).
+    local expires = now + deadline
     if redis.call('ZADD', live, expires, skey) == 1 then
       -- A new member (a Start, or a session whose Start was lost): drop the
-      -- expired ones, and let the key live as long as its latest deadline.
+      -- expired ones, and let the key live as long as its latest deadline
+      -- plus one refresh interval.
       redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
       local top = redis.call('ZRANGE', live, -1, -1, 'WITHSCORES')
-      redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]))))
-    else
-      -- The key has had a deadline since its first member: only push it out.
-      redis.call('EXPIREAT', live, int(math.ceil(expires)), 'GT')
+      redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]) + every)))
+    elseif due then
+      redis.call('EXPIREAT', live, int(math.ceil(expires + every)), 'GT')
     end
-    -- The NAS's set is only for Accounting-On/Off. A member is refreshed when
-    -- half of a longer horizon has passed (sess field r), not at every
-    -- Interim: a NAS holds thousands of sessions, and a ZADD into that set is
-    -- the dearest command here. A member of a dead session may linger up to
-    -- the horizon; removing it from a live set it already left is harmless.
-    local refresh_at = tonumber(last[5]) or 0
-    if now >= refresh_at then
-      local horizon = 4 * (f.interim_s * stale + 60)
+    -- The NAS's set is only for Accounting-On/Off, refreshed at the same times:
+    -- a NAS holds thousands of sessions, and a ZADD into that set is the
+    -- dearest command here. A member of a dead session may linger up to the
+    -- horizon; removing it from a live set it already left is harmless.
+    if due then
+      local horizon = 4 * deadline
       if redis.call('ZADD', naslive, now + horizon, member) == 1 then
         redis.call('ZREMRANGEBYSCORE', naslive, '-inf', now)
       end
       redis.call('EXPIRE', naslive, session_ttl)
-      redis.call('HSET', sess, 'r', int(now + horizon / 2))
+      redis.call('HSET', sess, 'r', int(now + every))
+    end
+    if due or fresh then
+      redis.call('EXPIRE', sess, session_ttl)
     end
   end
-  redis.call('EXPIRE', sess, session_ttl)
   if status ~= 'interim' then
     changed[#changed + 1] = {f.tenant_id, user}
   end

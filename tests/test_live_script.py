@@ -18,6 +18,7 @@ INTERIM_S = 60
 STALE = 2  # interims
 DEADLINE_S = INTERIM_S * STALE + 60
 HORIZON_S = 4 * DEADLINE_S
+REFRESH_S = min(HORIZON_S / 2, SESSION_TTL_S / 4)  # how often a session's expiries are pushed
 
 
 def record(status: str, key: str = "s1", user: str = "alice", nas_id: int = 7, t: int = 0) -> bytes:
@@ -73,9 +74,41 @@ def test_a_session_counts_while_interims_come_and_expires_when_they_stop(live):
     last = T0 + 5 * INTERIM_S
     assert live.live_count(last + DEADLINE_S - 1) == 1
     assert live.live_count(last + DEADLINE_S + 1) == 0
-    # The key lives exactly as long as its latest deadline.
+    # The key outlives the latest deadline, by at most one refresh interval.
     ttl_until = live.r.expiretime(f"{live.p}:{{1}}:live:alice")
-    assert ttl_until == last + DEADLINE_S
+    assert last + DEADLINE_S <= ttl_until <= last + DEADLINE_S + REFRESH_S
+
+
+def test_expiries_are_pushed_at_refresh_times_and_never_fall_behind(live):
+    """Interims refresh the keys' expiries only when the session's refresh time is due, yet
+    over many refresh intervals the live set never expires before its member's deadline,
+    and the session hash and usage counters always carry an expiry."""
+    live_key = f"{live.p}:{{1}}:live:alice"
+    sess_key, use_key = f"{live.p}:{{1}}:sess:s1", f"{live.p}:{{1}}:use:alice"
+    live.send(T0, record("start"))
+    steps = int(5 * REFRESH_S / INTERIM_S)
+    pushed = 0
+    for k in range(1, steps + 1):
+        now = T0 + k * INTERIM_S
+        before = live.r.expiretime(live_key)
+        live.send(now, record("interim", t=k * INTERIM_S))
+        after = live.r.expiretime(live_key)
+        pushed += after != before
+        assert after >= now + DEADLINE_S, k
+        assert live.r.ttl(sess_key) > 0 and live.r.ttl(use_key) > 0
+    # Pushed about once per refresh interval, not at every Interim.
+    assert 3 <= pushed <= steps // 3
+
+
+def test_usage_counters_created_mid_session_get_an_expiry(live):
+    """Counters removed by hand while a session goes on are created again by its next
+    Interim, with an expiry, though its refresh time is not due."""
+    use_key = f"{live.p}:{{1}}:use:alice"
+    live.send(T0, record("start"), record("interim", t=60))
+    live.r.delete(use_key)
+    live.send(T0 + 120, record("interim", t=120))
+    assert live.r.hgetall(use_key) == {b"octets": b"1800", b"time_s": b"60"}
+    assert live.r.ttl(use_key) > 0
 
 
 def test_the_nas_set_is_refreshed_once_per_half_horizon(live):
