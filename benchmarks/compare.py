@@ -589,7 +589,8 @@ class Bench:
         return RadiusdGroup([
             Radiusd(self.state / f"{name}-{i}", raddb=raddb, auth_port=auth, acct_port=acct,
                     shard_map=self.stack.shard_map, redis_url=self.stack.redis.url,
-                    metrics_port=0, name=f"{name}-{i}", reuseport=n > 1)
+                    metrics_port=0, name=f"{name}-{i}", reuseport=n > 1,
+                    threaded=self.args.radiusd_threaded)
             for i in range(n)])
 
     def redis(self) -> redis.Redis:
@@ -1062,6 +1063,7 @@ class Bench:
                                    os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
             "settings": {"repeat": a.repeat, "duration_s": a.duration, "window": a.window,
                          "senders": len(self.senders), "radiusd_procs": a.radiusd_procs,
+                         "radiusd_threaded": a.radiusd_threaded,
                          "sender_sockets": a.sender_sockets, "points": a.points,
                          "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
                          "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
@@ -1126,6 +1128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--radiusd-procs", type=int, default=len(os.sched_getaffinity(0)),
                    help="rlm_wificore radiusd processes sharing the ports, as bin/stack runs "
                         "them (default: one per core)")
+    g.add_argument("--radiusd-threaded", action="store_true",
+                   help="run the rlm_wificore radiusd processes with their thread pool "
+                        "(default: -t, one event loop each, as bin/stack runs them)")
     g.add_argument("--window", type=int, default=256,
                    help="closed loop: requests in flight over all senders (default 256)")
     g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")

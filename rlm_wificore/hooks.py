@@ -19,7 +19,7 @@ from . import log as wlog
 from .engine import Engine, Result
 from .errors import ConfigError
 from .metrics import Latency
-from .settings import Settings
+from .settings import Settings, is_config_check
 
 RCODES = {
     "ok": radiusd.RLM_MODULE_OK,
@@ -46,22 +46,9 @@ def _checking_config() -> bool:
     """True under `freeradius -C`: instantiate must then start no thread and bind no port."""
     try:
         with open("/proc/self/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
+            return is_config_check(f.read().split(b"\0"))
     except OSError:
         return False
-    takes_value = set(b"dDlnipt")
-    skip = False
-    for arg in args[1:]:
-        if skip:
-            skip = False
-            continue
-        if arg.startswith(b"-") and not arg.startswith(b"--") and len(arg) > 1:
-            flags = arg[1:]
-            if ord("C") in flags:
-                return True
-            if flags and flags[-1] in takes_value:
-                skip = True
-    return False
 
 
 def _to_radiusd(result: Result):

@@ -135,3 +135,28 @@ class Settings:
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(key, default, doc) of every setting, for the README and --help."""
         return [(f.name, f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+#: radiusd's options that take a value (freeradius -h, 3.2): -d -D -l -n -i -p.
+_RADIUSD_VALUE_OPTIONS = frozenset(b"dDlnip")
+
+
+def is_config_check(argv: list[bytes]) -> bool:
+    """True if radiusd's command line (``/proc/self/cmdline`` split at NUL) has ``-C``:
+    `freeradius -C` only checks the configuration, so the module must start no thread
+    and bind no port. Options may be grouped (``-XC``); a value may follow its option
+    in the same word (``-d/etc/raddb``) or in the next one (``-d -C`` names a folder)."""
+    skip = False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if not arg.startswith(b"-") or arg.startswith(b"--") or len(arg) < 2:
+            continue
+        for i, flag in enumerate(arg[1:]):
+            if flag == ord("C"):
+                return True
+            if flag in _RADIUSD_VALUE_OPTIONS:
+                skip = i == len(arg) - 2  # the value is the next word
+                break
+    return False

@@ -262,11 +262,14 @@ class PostgresServer(Process):
         self._pg("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.datadir), check=False)
 
 
-def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: float) -> None:
-    """Spawn radiusd (threaded, foreground) with ``raddb``; wait for 'Ready to process requests'."""
+def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: float,
+                  threaded: bool = True) -> None:
+    """Spawn radiusd (foreground; ``threaded=False``: ``-t``, no thread pool) with ``raddb``;
+    wait for 'Ready to process requests'."""
     proc.logfile.parent.mkdir(parents=True, exist_ok=True)
     mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
-    proc.spawn(["freeradius", "-f", "-d", str(raddb), "-l", "stdout"], env=env)
+    proc.spawn(["freeradius", "-f", *([] if threaded else ["-t"]), "-d", str(raddb),
+                "-l", "stdout"], env=env)
 
     def ready() -> bool:
         if proc.proc is not None and proc.proc.poll() is not None:
@@ -278,13 +281,16 @@ def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: fl
 
 
 class Radiusd(Process):
-    """radiusd (threaded, foreground) with the project's raddb, or a copy of it."""
+    """radiusd with the project's raddb, or a copy of it: foreground, without a thread
+    pool (``-t``: one event loop, see docs/decisions.md) unless ``threaded``."""
 
     def __init__(self, state: Path, *, auth_port: int, acct_port: int, shard_map: Path,
                  redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
                  client_lifetime_s: int = 600, name: str = "radiusd", raddb: Path = RADDB,
-                 extra_env: dict[str, str] | None = None, reuseport: bool = False) -> None:
+                 extra_env: dict[str, str] | None = None, reuseport: bool = False,
+                 threaded: bool = False) -> None:
         super().__init__(name, state)
+        self.threaded = threaded
         self.auth_port = auth_port
         self.acct_port = acct_port
         self.raddb = raddb
@@ -319,7 +325,7 @@ class Radiusd(Process):
         self._dirs()
         if self.reuseport:
             self.env["LD_PRELOAD"] = str(reuseport_library())
-        start_radiusd(self, self.raddb, self.env, timeout_s)
+        start_radiusd(self, self.raddb, self.env, timeout_s, threaded=self.threaded)
 
 
 class RadiusdGroup:

@@ -120,3 +120,19 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     assert (f["tenant_id"], f["nas_id"], f["username"], f["calling_station_id"]) == (7, 3, "bob", "CC-DD")
     assert (f["result"], f["reason"], f["method"]) == ("reject", "bad_password", "pap")
     assert f["event_id"] and f["ts"] > 1.7e9
+
+
+def test_config_check_is_read_from_radiusd_command_line():
+    """`freeradius -C` (alone or grouped) means a configuration check; -t (no threads,
+    as bin/stack runs radiusd) takes no value, and a value such as a folder named -C
+    is not the option."""
+    from rlm_wificore.settings import is_config_check
+
+    def check(line: str) -> bool:
+        return is_config_check([w.encode() for w in ["freeradius", *line.split()]])
+
+    assert check("-C -d raddb") and check("-XC -d raddb") and check("-t -C -d raddb")
+    assert check("-tfC") and check("-d raddb -xxC")
+    assert not check("-t -f -d raddb -l stdout") and not check("-f -d raddb")
+    assert not check("-d -C -f") and not check("-fd -C") and not check("-d/etc/raddbC -f")
+    assert not check("-l -Cfile -f")
