@@ -542,7 +542,9 @@ class Bench:
     def __init__(self, args: argparse.Namespace, state: Path) -> None:
         self.args = args
         self.state = state
-        self.stack = Stack(state, _retry_ports(Ports.free), fast=True)
+        # fsync=off unless --durable-shards: the stock rlm_sql baselines and the writer
+        # run against the same shards, so the ratios hold either way.
+        self.stack = Stack(state, _retry_ports(Ports.free), fast=not args.durable_shards)
         self.packets = PacketCache(state / "packets")
         self.servers: dict[str, Any] = {}
         self.running: Any = None
@@ -1065,6 +1067,7 @@ class Bench:
             "settings": {"repeat": a.repeat, "duration_s": a.duration, "window": a.window,
                          "senders": len(self.senders), "radiusd_procs": a.radiusd_procs,
                          "radiusd_threaded": a.radiusd_threaded,
+                         "durable_shards": a.durable_shards,
                          "sender_sockets": a.sender_sockets, "points": a.points,
                          "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
                          "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
@@ -1129,6 +1132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--radiusd-procs", type=int, default=len(os.sched_getaffinity(0)),
                    help="rlm_wificore radiusd processes sharing the ports, as bin/stack runs "
                         "them (default: one per core)")
+    g.add_argument("--durable-shards", action="store_true",
+                   help="run the PostgreSQL shards with fsync, synchronous_commit and "
+                        "full_page_writes on, as a deployment would (default: off, as the tests)")
     g.add_argument("--radiusd-threaded", action="store_true",
                    help="run the rlm_wificore radiusd processes with their thread pool "
                         "(default: -t, one event loop each, as bin/stack runs them)")
