@@ -194,6 +194,17 @@ def test_open_loop_rate(access_rld: Path, responder: run.Responder) -> None:
     assert 0.08 <= res["duration_s"] <= 0.5
 
 
+def test_open_loop_polling_keeps_latencies_exact(access_rld: Path, responder: run.Responder) -> None:
+    """--poll-us collects responses every 5 ms instead of on each arrival (bursts every
+    5 ms too); latencies come from the kernel's receive timestamps, so they stay well under
+    that interval (read at collection time, they would be ~5 ms)."""
+    res = run.run_radload(access_rld, responder.target, SECRET, rate=2000, count=400,
+                          duration=10, timeout=2, tick_us=5000, poll_us=5000)
+    assert res["mode"] == "open" and res["poll_us"] == 5000
+    assert res["sent"] == res["received"] == res["accept"] == 400
+    assert res["p50_ms"] < 1.0, res
+
+
 def test_lost_and_reject_counts(access_rld: Path) -> None:
     """Dropped requests count as lost after the timeout and Access-Rejects as reject."""
     with run.Responder(SECRET, drop_every=5, reject_every=4, max_seconds=60) as resp:

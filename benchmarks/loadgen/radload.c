@@ -57,7 +57,10 @@
  * epoll set, sendmmsg/recvmmsg batches (--io plain: send/recv per packet).
  * Open loop sends the packets that are due in bursts at most every
  * --tick-us microseconds, which keeps the wake-ups (and the CPU) low while
- * holding the average rate exact.
+ * holding the average rate exact. With --poll-us it also collects the
+ * responses only every that many microseconds instead of waking for each
+ * one; the kernel's receive timestamp of each datagram (SO_TIMESTAMPNS)
+ * keeps the latencies exact.
  *
  * Build: gcc -O2 -Wall -o radload radload.c -lm   (needs only gcc and libc)
  */
@@ -157,6 +160,7 @@ static uint64_t total_inflight;
 static size_t cursor;            /* next template to send */
 static int use_mmsg = 1;
 static int batch = 64;
+static int kernel_ts = 0; /* --poll-us: latencies from SO_TIMESTAMPNS */
 
 static uint64_t c_sent, c_recv, c_accept, c_reject, c_acct, c_other, c_lost,
     c_late, c_badauth, c_senderr, c_stalls;
@@ -504,7 +508,7 @@ static void handle_response(int k, const uint8_t *buf, size_t len, uint64_t t)
     }
     size_t plen = (size_t)((buf[2] << 8) | buf[3]);
     c_recv++;
-    hist_add(t - slots[s].t_sent);
+    hist_add(t > slots[s].t_sent ? t - slots[s].t_sent : 0);
     t_last_event = t;
     int ok = 0;
     if (plen >= 20 && plen <= len) {
@@ -532,8 +536,25 @@ static void handle_response(int k, const uint8_t *buf, size_t len, uint64_t t)
     release(s);
 }
 
+/* When the kernel received the datagram, on the CLOCK_MONOTONIC scale: `mono`
+ * (now) minus its age, the kernel's CLOCK_REALTIME stamp against `real` (now). */
+static uint64_t arrival_ns(struct msghdr *h, uint64_t mono, uint64_t real)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+            uint64_t stamp = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            uint64_t age = real > stamp ? real - stamp : 0;
+            return age < mono ? mono - age : mono;
+        }
+    }
+    return mono;
+}
+
 static void receive_on(int k)
 {
+    static uint8_t ctl[MAX_BATCH][CMSG_SPACE(sizeof(struct timespec))];
     static struct mmsghdr msgs[MAX_BATCH];
     static struct iovec iov[MAX_BATCH];
     static uint8_t bufs[MAX_BATCH][MAX_PKT];
@@ -549,6 +570,12 @@ static void receive_on(int k)
                 msgs[j].msg_hdr.msg_iov = &iov[j];
                 msgs[j].msg_hdr.msg_iovlen = 1;
             }
+            if (kernel_ts) {
+                for (int j = 0; j < batch; j++) {
+                    msgs[j].msg_hdr.msg_control = ctl[j];
+                    msgs[j].msg_hdr.msg_controllen = sizeof(ctl[j]);
+                }
+            }
             int r = recvmmsg(fd, msgs, (unsigned)batch, MSG_DONTWAIT, NULL);
             if (r <= 0) {
                 if (r < 0 && errno == ECONNREFUSED)
@@ -556,8 +583,15 @@ static void receive_on(int k)
                 return;
             }
             uint64_t t = now_ns();
+            uint64_t real = 0;
+            if (kernel_ts) {
+                struct timespec rt;
+                clock_gettime(CLOCK_REALTIME, &rt);
+                real = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
+            }
             for (int j = 0; j < r; j++)
-                handle_response(k, bufs[j], msgs[j].msg_len, t);
+                handle_response(k, bufs[j], msgs[j].msg_len,
+                                kernel_ts ? arrival_ns(&msgs[j].msg_hdr, t, real) : t);
             if (r < batch)
                 return;
         } else {
@@ -597,7 +631,9 @@ static void usage(void)
         "  --allow-host A allow the non-loopback target A (exact address)\n"
         "  --io MODE      mmsg (sendmmsg/recvmmsg, default) or plain (send/recv)\n"
         "  --batch B      packets per sendmmsg/recvmmsg (default 64, max 256)\n"
-        "  --tick-us US   open loop: minimum gap between send bursts (default 200)\n");
+        "  --tick-us US   open loop: minimum gap between send bursts (default 200)\n"
+        "  --poll-us US   open loop: collect responses every US microseconds rather than\n"
+        "                 on each arrival; latencies from kernel receive timestamps\n");
     exit(2);
 }
 
@@ -651,7 +687,7 @@ int main(int argc, char **argv)
     long window = 0, acct_port = 0;
     double rate = 0, duration = 60, timeout = 2;
     uint64_t count = 0;
-    int want_socks = 0, tick_us = 200;
+    int want_socks = 0, tick_us = 200, poll_us = 0;
 
     static const struct option opts[] = {
         {"file", required_argument, 0, 'f'},
@@ -670,6 +706,7 @@ int main(int argc, char **argv)
         {"io", required_argument, 0, 'i'},
         {"batch", required_argument, 0, 'b'},
         {"tick-us", required_argument, 0, 'u'},
+        {"poll-us", required_argument, 0, 'o'},
         {"md5", required_argument, 0, 'M'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
@@ -702,6 +739,7 @@ int main(int argc, char **argv)
             break;
         case 'b': batch = (int)strtol(optarg, NULL, 10); break;
         case 'u': tick_us = (int)strtol(optarg, NULL, 10); break;
+        case 'o': poll_us = (int)strtol(optarg, NULL, 10); break;
         case 'M': {
             uint8_t d[16];
             md5_ctx c;
@@ -731,6 +769,8 @@ int main(int argc, char **argv)
         die("--batch must be 1..256");
     if (tick_us < 0 || tick_us > 1000000)
         die("--tick-us must be 0..1000000");
+    if (poll_us < 0 || poll_us > 100000)
+        die("--poll-us must be 0..100000");
     if (acct_port < 0 || acct_port > 65535)
         die("--acct-port must be 1..65535");
     int open_loop = rate > 0;
@@ -792,6 +832,10 @@ int main(int argc, char **argv)
         if (inet_pton(AF_INET, source, &src.sin_addr) != 1)
             die("--source must be an IPv4 address");
     }
+    /* --poll-us: open loop only, and only with recvmmsg (the timestamps come with it) */
+    const uint64_t poll_ns = (open_loop && use_mmsg) ? (uint64_t)poll_us * 1000ull : 0;
+    if (poll_ns)
+        kernel_ts = 1;
     int epfd = epoll_create1(0);
     if (epfd < 0)
         die_errno("epoll_create1");
@@ -800,6 +844,11 @@ int main(int argc, char **argv)
         if (fd < 0)
             die_errno("socket");
         set_bufsize(fd);
+        if (kernel_ts) {
+            int on = 1;
+            if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on)) < 0)
+                die_errno("setsockopt SO_TIMESTAMPNS");
+        }
         if (source && bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0)
             die_errno("bind --source");
         const struct sockaddr_in *to = (k >= per_group) ? &dst_acct : &dst;
@@ -876,7 +925,17 @@ int main(int argc, char **argv)
             wait_ns = 100000; /* socket buffer full: retry soon */
         if (!open_loop && total_inflight == 0 && wait_ns > 1000000)
             wait_ns = 1000000; /* nothing in flight after failed sends: retry soon */
-        int n = wait_events(epfd, evs, 256, wait_ns);
+        int n;
+        if (poll_ns) {
+            /* sleep to the next send or poll time, then take what has arrived */
+            uint64_t nap = wait_ns < poll_ns ? wait_ns : poll_ns;
+            struct timespec ts = {(time_t)(nap / 1000000000ull), (long)(nap % 1000000000ull)};
+            if (nap)
+                nanosleep(&ts, NULL);
+            n = wait_events(epfd, evs, 256, 0);
+        } else {
+            n = wait_events(epfd, evs, 256, wait_ns);
+        }
         if (n < 0 && errno != EINTR)
             die_errno("epoll_wait");
         for (int i = 0; i < n; i++)
@@ -902,7 +961,7 @@ int main(int argc, char **argv)
            "\"cpu_user_s\": %.4f, \"cpu_sys_s\": %.4f, \"cpu_pct\": %.2f, "
            "\"mode\": \"%s\", \"window\": %ld, \"rate\": %.1f, \"sockets\": %d, "
            "\"io\": \"%s\", \"batch\": %d, \"timeout_s\": %.3f, \"packets_in_file\": %zu, "
-           "\"target\": \"%s\", \"acct_port\": %ld}\n",
+           "\"target\": \"%s\", \"acct_port\": %ld, \"poll_us\": %llu}\n",
            (unsigned long long)c_sent, (unsigned long long)c_recv,
            (unsigned long long)c_accept, (unsigned long long)c_reject,
            (unsigned long long)c_acct, (unsigned long long)c_other,
@@ -915,6 +974,7 @@ int main(int argc, char **argv)
            cpu_user, cpu_sys, wall > 0 ? (cpu_user + cpu_sys) / wall * 100.0 : 0.0,
            open_loop ? "open" : "closed", open_loop ? 0L : window, rate, nsock,
            use_mmsg ? "mmsg" : "plain", batch, timeout, ntmpl, target,
-           acct_port ? acct_port : (long)ntohs(dst.sin_port));
+           acct_port ? acct_port : (long)ntohs(dst.sin_port),
+           (unsigned long long)(poll_ns / 1000));
     return 0;
 }

@@ -112,7 +112,7 @@ def run_radload(rld_file: str | os.PathLike[str], target: str, secret: str, *,
                 timeout: float = 2.0, sockets: int | None = None,
                 source: str | None = None, acct_port: int | None = None,
                 allow_host: str | None = None, io: str | None = None, batch: int | None = None,
-                tick_us: int | None = None,
+                tick_us: int | None = None, poll_us: int | None = None,
                 extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Run radload on an RLD1 file against target ("ADDR:PORT"); return its JSON dict.
 
@@ -131,7 +131,7 @@ def run_radload(rld_file: str | os.PathLike[str], target: str, secret: str, *,
         cmd += ["--window", str(int(window))]
     optional = {"--count": count, "--sockets": sockets, "--source": source,
                 "--acct-port": acct_port, "--allow-host": allow_host, "--io": io,
-                "--batch": batch, "--tick-us": tick_us}
+                "--batch": batch, "--tick-us": tick_us, "--poll-us": poll_us}
     for flag, value in optional.items():
         if value is not None:
             cmd += [flag, str(value)]
