@@ -36,6 +36,14 @@ def group(world):
 
 
 class TestSharedPorts:
+    def test_each_process_runs_one_event_loop(self, group):
+        """Every radiusd with the module is started with -t (no thread pool: one event
+        loop per process, see docs/decisions.md), as bin/stack and the benchmarks run it."""
+        for pid in group.pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            assert args[0].endswith(b"freeradius") and b"-t" in args, args
+
     def test_both_processes_answer(self, group, subscriber):
         """Requests from many source ports are all answered, and each process answers some
         (the kernel spreads them by source port; 40 all on one socket: ~1 in 10^12)."""
