@@ -443,6 +443,10 @@ class Target:
 
 #: The end-to-end run's senders: bursts and response collection every millisecond.
 E2E_POLL_US = 1000
+#: Closed-loop runs: each sender collects responses every 500 µs. The generator shares
+#: the server's two cores; woken for every response it cost 18-21 µs of CPU per request
+#: and radiusd's replies paid for waking it (benchmarks/README.md).
+CLOSED_POLL_US = 500
 
 
 def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
@@ -458,9 +462,9 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
     distributions are alike); ``p99_ms_max`` keeps the worst sender's.
     ``cpu_other`` (percent of one core) is the machine's CPU time used by
     anything but the processes under ``own_roots`` and the generator: other
-    work sharing the machine. ``poll_us`` (open loop): each radload sends and
-    collects responses every that many microseconds (kernel receive
-    timestamps keep the latencies exact) instead of waking for each response.
+    work sharing the machine. ``poll_us``: each radload collects responses
+    (and, in open loop, sends) every that many microseconds instead of waking
+    for each response; kernel receive timestamps keep the latencies exact.
     """
     k = len(targets)
     own = _process_tree(own_roots or [])
@@ -709,10 +713,11 @@ class Bench:
             return
         window = min(a.window, 32 * len(self.senders))
         if cfg.kind == "auth":
-            w = self._auth_run(cfg, window=window, duration_s=max(30.0, a.duration))
+            w = self._auth_run(cfg, window=window, duration_s=max(30.0, a.duration),
+                               poll_us=a.poll_us)
         else:
             w = self._acct_run(cfg, min(3 * ACCT_BLOCK, a.acct_packets), window=window,
-                               duration_s=max(30.0, a.duration))
+                               duration_s=max(30.0, a.duration), poll_us=a.poll_us)
         log(f"{cfg.name}: warm-up {w['received']} answers, {w['rps']:.0f} req/s, "
             f"{w['lost']} lost, {w['reject']} rejects")
         if w["received"] == 0:
@@ -726,9 +731,10 @@ class Bench:
         self.warm_up(cfg)
         if cfg.kind == "auth":
             r = self._auth_run(cfg, window=a.window, duration_s=a.duration,
-                               count=int(MAX_PACKETS_PER_S * a.duration))
+                               count=int(MAX_PACKETS_PER_S * a.duration), poll_us=a.poll_us)
         else:
-            r = self._acct_run(cfg, a.acct_packets, window=a.window, duration_s=a.duration)
+            r = self._acct_run(cfg, a.acct_packets, window=a.window, duration_s=a.duration,
+                               poll_us=a.poll_us)
         self.trim_streams()
         self._check(cfg, [r])
         log(f"{cfg.name}: run {i + 1}/{a.repeat}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']} ms, "
@@ -1078,7 +1084,7 @@ class Bench:
                          "senders": len(self.senders), "radiusd_procs": a.radiusd_procs,
                          "radiusd_threaded": a.radiusd_threaded,
                          "durable_shards": a.durable_shards,
-                         "sender_sockets": a.sender_sockets, "points": a.points,
+                         "sender_sockets": a.sender_sockets, "poll_us": a.poll_us, "points": a.points,
                          "point_duration_s": a.point_duration, "acct_packets": a.acct_packets,
                          "auth_packets_per_sender": [len(s.auth_users) for s in self.senders]},
             "dataset": self.dataset,
@@ -1150,6 +1156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: -t, one event loop each, as bin/stack runs them)")
     g.add_argument("--window", type=int, default=256,
                    help="closed loop: requests in flight over all senders (default 256)")
+    g.add_argument("--poll-us", type=int, default=CLOSED_POLL_US,
+                   help="closed loop: each sender collects responses every US microseconds "
+                        f"rather than waking for each one (default {CLOSED_POLL_US}; 0 = wake "
+                        "for each; see benchmarks/README.md)")
     g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
     g.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
     g.add_argument("--points", default="0.25,0.5,0.75,0.9",
@@ -1205,6 +1215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs", "e2e_writers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be at least 1")
+    if not 0 <= args.poll_us <= 100_000:
+        p.error("--poll-us: must be 0..100000")
     if args.sender_sockets is not None and args.sender_sockets < 1:
         p.error("--sender-sockets: must be at least 1")
     if args.duration <= 0 or args.point_duration <= 0:

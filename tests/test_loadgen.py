@@ -205,6 +205,20 @@ def test_open_loop_polling_keeps_latencies_exact(access_rld: Path, responder: ru
     assert res["p50_ms"] < 1.0, res
 
 
+def test_closed_loop_polling_keeps_latencies_exact(access_rld: Path,
+                                                  responder: run.Responder) -> None:
+    """In closed loop too, --poll-us collects responses every 5 ms and refills the window
+    then; the latencies still come from the kernel's receive timestamps (read at
+    collection time they would be ~5 ms), and the window bounds what is in flight."""
+    res = run.run_radload(access_rld, responder.target, SECRET, window=8, count=400,
+                          duration=10, timeout=2, poll_us=5000)
+    assert res["mode"] == "closed" and res["poll_us"] == 5000
+    assert res["sent"] == res["received"] == res["accept"] == 400
+    assert res["p50_ms"] < 1.0, res
+    # 400 requests, 8 per 5 ms collection: at least 50 collections
+    assert res["duration_s"] >= 0.2, res
+
+
 def test_lost_and_reject_counts(access_rld: Path) -> None:
     """Dropped requests count as lost after the timeout and Access-Rejects as reject."""
     with run.Responder(SECRET, drop_every=5, reject_every=4, max_seconds=60) as resp:

@@ -57,10 +57,10 @@
  * epoll set, sendmmsg/recvmmsg batches (--io plain: send/recv per packet).
  * Open loop sends the packets that are due in bursts at most every
  * --tick-us microseconds, which keeps the wake-ups (and the CPU) low while
- * holding the average rate exact. With --poll-us it also collects the
- * responses only every that many microseconds instead of waking for each
- * one; the kernel's receive timestamp of each datagram (SO_TIMESTAMPNS)
- * keeps the latencies exact.
+ * holding the average rate exact. With --poll-us (open or closed loop) it
+ * collects the responses only every that many microseconds instead of
+ * waking for each one; the kernel's receive timestamp of each datagram
+ * (SO_TIMESTAMPNS) keeps the latencies exact.
  *
  * Build: gcc -O2 -Wall -o radload radload.c -lm   (needs only gcc and libc)
  */
@@ -632,8 +632,9 @@ static void usage(void)
         "  --io MODE      mmsg (sendmmsg/recvmmsg, default) or plain (send/recv)\n"
         "  --batch B      packets per sendmmsg/recvmmsg (default 64, max 256)\n"
         "  --tick-us US   open loop: minimum gap between send bursts (default 200)\n"
-        "  --poll-us US   open loop: collect responses every US microseconds rather than\n"
-        "                 on each arrival; latencies from kernel receive timestamps\n");
+        "  --poll-us US   collect responses every US microseconds rather than on each\n"
+        "                 arrival (closed loop: refill the window then); latencies from\n"
+        "                 kernel receive timestamps\n");
     exit(2);
 }
 
@@ -832,8 +833,8 @@ int main(int argc, char **argv)
         if (inet_pton(AF_INET, source, &src.sin_addr) != 1)
             die("--source must be an IPv4 address");
     }
-    /* --poll-us: open loop only, and only with recvmmsg (the timestamps come with it) */
-    const uint64_t poll_ns = (open_loop && use_mmsg) ? (uint64_t)poll_us * 1000ull : 0;
+    /* --poll-us: only with recvmmsg (the timestamps come with it) */
+    const uint64_t poll_ns = use_mmsg ? (uint64_t)poll_us * 1000ull : 0;
     if (poll_ns)
         kernel_ts = 1;
     int epfd = epoll_create1(0);
