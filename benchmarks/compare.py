@@ -443,10 +443,11 @@ class Target:
 
 #: The end-to-end run's senders: bursts and response collection every millisecond.
 E2E_POLL_US = 1000
-#: Closed-loop runs: each sender collects responses every 500 µs. The generator shares
-#: the server's two cores; woken for every response it cost 18-21 µs of CPU per request
-#: and radiusd's replies paid for waking it (benchmarks/README.md).
-CLOSED_POLL_US = 500
+#: Closed-loop and open-loop points: each sender collects responses (and in open loop
+#: sends) every 500 µs. The generator shares the server's two cores; woken for every
+#: response it cost 18-21 µs of CPU per request and radiusd's replies paid for waking
+#: it (benchmarks/README.md).
+POLL_US = 500
 
 
 def blast(targets: list[Target], *, window: int | None = None, rate: float | None = None,
@@ -478,7 +479,7 @@ def blast(targets: list[Target], *, window: int | None = None, rate: float | Non
             rate=rate / k if rate else None,
             count=count if count is not None else t.packets,
             duration=duration_s, timeout=timeout_s, sockets=sockets,
-            tick_us=poll_us, poll_us=poll_us)
+            tick_us=poll_us or None, poll_us=poll_us or None)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=k) as pool:
         parts = list(pool.map(one, targets))
@@ -758,10 +759,10 @@ class Bench:
             for _ in range(a.point_repeat):
                 if cfg.kind == "auth":
                     reps.append(self._auth_run(cfg, rate=rate, duration_s=a.point_duration,
-                                               count=count))
+                                               count=count, poll_us=a.poll_us))
                 else:
                     reps.append(self._acct_run(cfg, count, rate=rate, duration_s=a.point_duration,
-                                               count=count))
+                                               count=count, poll_us=a.poll_us))
             p = {"offered_rps": rate, "fraction": frac, **median_of(reps)}
             points.append(p)
             log(f"{cfg.name}: open loop {rate:,.0f}/s -> {p.get('rps', 0):,.0f} req/s, "
@@ -1156,10 +1157,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: -t, one event loop each, as bin/stack runs them)")
     g.add_argument("--window", type=int, default=256,
                    help="closed loop: requests in flight over all senders (default 256)")
-    g.add_argument("--poll-us", type=int, default=CLOSED_POLL_US,
-                   help="closed loop: each sender collects responses every US microseconds "
-                        f"rather than waking for each one (default {CLOSED_POLL_US}; 0 = wake "
-                        "for each; see benchmarks/README.md)")
+    g.add_argument("--poll-us", type=int, default=POLL_US,
+                   help="each sender collects responses every US microseconds rather than "
+                        "waking for each one, and in open loop sends every US microseconds "
+                        f"(default {POLL_US}; 0 = wake for each response, send every 200 µs; "
+                        "see benchmarks/README.md)")
     g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
     g.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
     g.add_argument("--points", default="0.25,0.5,0.75,0.9",
