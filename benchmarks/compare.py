@@ -1161,7 +1161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="each sender collects responses every US microseconds rather than "
                         "waking for each one, and in open loop sends every US microseconds "
                         f"(default {POLL_US}; 0 = wake for each response, send every 200 µs; "
-                        "see benchmarks/README.md)")
+                        f"the end-to-end run keeps {E2E_POLL_US}; see benchmarks/README.md)")
     g.add_argument("--duration", type=float, default=15.0, help="seconds per closed-loop run")
     g.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median counts")
     g.add_argument("--points", default="0.25,0.5,0.75,0.9",

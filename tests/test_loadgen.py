@@ -219,6 +219,18 @@ def test_closed_loop_polling_keeps_latencies_exact(access_rld: Path,
     assert res["duration_s"] >= 0.2, res
 
 
+def test_polling_without_recvmmsg_is_refused(access_rld: Path) -> None:
+    """--poll-us takes its latencies from recvmmsg's timestamps: with --io plain radload
+    says so and exits, rather than quietly waking for each response."""
+    binary = run.build("radload")
+    proc = subprocess.run([str(binary), "--file", str(access_rld), "--target", "127.0.0.1:9",
+                           "--secret", SECRET, "--count", "1", "--duration", "1",
+                           "--io", "plain", "--poll-us", "500"],
+                          capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--poll-us needs --io mmsg" in proc.stderr
+
+
 def test_lost_and_reject_counts(access_rld: Path) -> None:
     """Dropped requests count as lost after the timeout and Access-Rejects as reject."""
     with run.Responder(SECRET, drop_every=5, reject_every=4, max_seconds=60) as resp:

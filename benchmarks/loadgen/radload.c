@@ -772,6 +772,8 @@ int main(int argc, char **argv)
         die("--tick-us must be 0..1000000");
     if (poll_us < 0 || poll_us > 100000)
         die("--poll-us must be 0..100000");
+    if (poll_us && !use_mmsg)
+        die("--poll-us needs --io mmsg (the receive timestamps come with recvmmsg)");
     if (acct_port < 0 || acct_port > 65535)
         die("--acct-port must be 1..65535");
     int open_loop = rate > 0;
@@ -833,8 +835,7 @@ int main(int argc, char **argv)
         if (inet_pton(AF_INET, source, &src.sin_addr) != 1)
             die("--source must be an IPv4 address");
     }
-    /* --poll-us: only with recvmmsg (the timestamps come with it) */
-    const uint64_t poll_ns = use_mmsg ? (uint64_t)poll_us * 1000ull : 0;
+    const uint64_t poll_ns = (uint64_t)poll_us * 1000ull;
     if (poll_ns)
         kernel_ts = 1;
     int epfd = epoll_create1(0);
