@@ -166,6 +166,8 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     if not 1 <= len(args.secret) <= 128:
         raise InputError("secret: must be 1..128 characters")
     v_choice(args.vendor, "vendor", VENDORS)
+    v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
+    require_ma = args.require_message_authenticator == "yes"
     # The source address picks the tenant: it must be unique in the whole deployment.
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
@@ -178,16 +180,33 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
             conn.execute("DELETE FROM nas WHERE tenant_id = %s AND (ip = %s::inet OR name = %s)",
                          (args.tenant, ip, args.name))
         nas_id = conn.execute(
-            "INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
-            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)).fetchone()[0]
-    print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
+            "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING nas_id",
+            (args.tenant, args.name, ip, args.secret, args.vendor, require_ma)).fetchone()[0]
+    print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
+          f"require_message_authenticator {'yes' if require_ma else 'no'}")
+
+
+def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
+    v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
+    require_ma = args.require_message_authenticator == "yes"
+    with a.connect(args.tenant) as conn:
+        row = conn.execute("UPDATE nas SET require_message_authenticator = %s WHERE tenant_id = %s "
+                           "AND name = %s RETURNING nas_id", (require_ma, args.tenant, args.name)).fetchone()
+        if row is None:
+            raise InputError(f"name: NAS {args.name!r} does not exist in tenant {args.tenant}")
+    # radiusd keeps a dynamic client for its lifetime (clients.conf): the change
+    # reaches it when the client is looked up again.
+    print(f"nas {row[0]} {args.name} in tenant {args.tenant}: "
+          f"require_message_authenticator {'yes' if require_ma else 'no'}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor FROM nas WHERE tenant_id = %s "
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, CASE WHEN require_message_authenticator "
+                            "THEN 'yes' ELSE 'no' END FROM nas WHERE tenant_id = %s "
                             "ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor"))
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -425,7 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--secret", required=True)
     x.add_argument("--vendor", default="generic", help=", ".join(VENDORS))
     x.add_argument("--replace", action="store_true", help="replace a NAS of this tenant with that ip or name")
+    x.add_argument("--require-message-authenticator", default="yes", metavar="yes|no",
+                   help="BlastRADIUS: drop its Access-Requests that carry no Message-Authenticator "
+                        "(default yes; no for firmware that sends none, e.g. RouterOS before 7.15)")
     x.set_defaults(fn=cmd_nas_add)
+    x = n.add_parser("set")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--name", required=True)
+    x.add_argument("--require-message-authenticator", required=True, metavar="yes|no")
+    x.set_defaults(fn=cmd_nas_set)
     x = n.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_nas_list)

@@ -166,6 +166,7 @@ class Engine:
             ("FreeRADIUS-Client-Secret", nas.secret),
             ("FreeRADIUS-Client-Shortname", nas.shortname),
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
+            ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),
         ))
 
     def _client(self, req: dict[str, str]) -> tuple[int, int, str] | None:
