@@ -93,6 +93,7 @@ from rlm_wificore.settings import Settings  # noqa: E402
 from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
+from stack import freeradius  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
 from stack.servers import (RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
                            start_radiusd)
@@ -149,7 +150,9 @@ def machine() -> dict[str, Any]:
 
 def _freeradius_version() -> str | None:
     try:
-        out = subprocess.run(["freeradius", "-v"], capture_output=True, text=True, timeout=10)
+        fr = freeradius.build()  # WIFICORE_FREERADIUS (stack/freeradius.py)
+        out = subprocess.run([str(fr.binary), "-v"], env=fr.env(), capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"Version (\S+)", out.stdout + out.stderr)

@@ -165,6 +165,24 @@ class TestRequireMessageAuthenticator:
         assert exchange(radiusd.auth_port, nas[0], packet, timeout_s=2) is None
 
 
+class TestWarnings:
+    def test_327_asks_only_about_nas_that_do_not_require_it(self, radiusd, nas_pair, subscriber, world):
+        """3.2.7 logs "Please set require_message_authenticator = true" for a dynamic client
+        whose requests carry one while it does not require it; a NAS set to require it (the
+        CLI's default) gets no such line. 3.2.1 logs none."""
+        user = subscriber()
+        for ip, secret in nas_pair:
+            packet, _ = access_request(user, "pw-123456", secret)
+            assert exchange(radiusd.auth_port, ip, packet) is not None, radiusd.log_tail()
+        listed = world.admin("nas", "list", "--tenant", str(TENANT_A[0])).stdout
+        ids = {line.split()[2]: line.split()[0] for line in listed.splitlines()[1:] if len(line.split()) > 2}
+        log = radiusd.logfile.read_text(errors="replace")
+        asks = {ip: f'require_message_authenticator = true" for client {TENANT_A[0]}:{ids[ip]}:' in log
+                for ip, _ in nas_pair}
+        assert not asks[NAS_REQUIRES[0]], "asked about a NAS that already requires it"
+        assert asks[NAS_OPTIONAL[0]] == (radiusd.freeradius.version == "3.2.7"), asks
+
+
 class TestCli:
     def test_default_set_and_list(self, world):
         """`nas add` requires it unless told otherwise; `nas set` changes it; `nas list` shows it."""
