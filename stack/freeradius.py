@@ -109,7 +109,9 @@ def fetch(version: str = "3.2.7", dest: Path = LOCAL) -> Path:
     (apt / "sources.list").write_text(BACKPORTS)
     opts = [f"-oDir::Etc::SourceList={apt / 'sources.list'}", "-oDir::Etc::SourceParts=/dev/null",
             f"-oDir::State::Lists={apt / 'lists'}", f"-oDir::Cache={apt / 'cache'}",
-            "-oAPT::Sandbox::User=root", "-qq"]
+            "-qq"]
+    if os.geteuid() == 0:  # the download stays in a folder that apt's _apt user cannot write
+        opts.append("-oAPT::Sandbox::User=root")
     subprocess.run(["apt-get", *opts, "update"], check=True)
     debs = apt / "debs"
     for old in debs.glob("*.deb"):

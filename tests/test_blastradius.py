@@ -191,7 +191,8 @@ class TestCli:
                     "--secret", "secret-cli", "--replace")
         listed = world.admin("nas", "list", "--tenant", tenant).stdout
         assert any("ma-cli" in line and line.rstrip().endswith("yes") for line in listed.splitlines()), listed
-        world.admin("nas", "set", "--tenant", tenant, "--name", "ma-cli", "--require-message-authenticator", "no")
+        world.admin("nas", "set", "--tenant", tenant, "--name", "ma-cli",
+                    "--require-message-authenticator", "no")
         listed = world.admin("nas", "list", "--tenant", tenant).stdout
         assert any("ma-cli" in line and line.rstrip().endswith("no") for line in listed.splitlines()), listed
         bad = world.admin("nas", "set", "--tenant", tenant, "--name", "ma-cli",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from stack.freeradius import build, version_of
 from stack.servers import Radiusd, free_port
 
 
@@ -59,3 +62,9 @@ class TestStartUp:
         finally:
             r.stop()
         assert "wificore.redis_url: invalid scheme 'http'" in r.log_tail(200)
+
+    def test_runs_the_build_of_this_pass(self, radiusd):
+        """radiusd is the FreeRADIUS build WIFICORE_FREERADIUS names (bin/test: one pass each)."""
+        b = build()
+        assert os.readlink(f"/proc/{radiusd.pid}/exe") == str(b.binary.resolve())
+        assert f"Version {b.version}," in version_of(b)
