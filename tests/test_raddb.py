@@ -68,3 +68,16 @@ class TestStartUp:
         b = build()
         assert os.readlink(f"/proc/{radiusd.pid}/exe") == str(b.binary.resolve())
         assert f"Version {b.version}," in version_of(b)
+
+    def test_shard_map_in_utf8(self, world, tmp_path):
+        """A shard map with non-ASCII text (a comment, a shard's name) loads on every build:
+        3.2.7 starts Python isolated, in the C locale, where files default to ASCII."""
+        shard_map = tmp_path / "shards.toml"
+        shard_map.write_text("# Zürich and São Paulo\n" + world.shard_map.read_text(), encoding="utf-8")
+        r = Radiusd(world.state / "utf8-map", auth_port=free_port(), acct_port=free_port(),
+                    shard_map=shard_map, redis_url=world.redis.url, name="radiusd-utf8")
+        try:
+            r.start(timeout_s=60)
+        finally:
+            code = r.stop()
+        assert code == 0, r.log_tail()
