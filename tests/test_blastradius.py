@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import TENANT_A
 
-ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT = 1, 2, 3
+ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, STATUS_SERVER = 1, 2, 3, 12
 USER_NAME, USER_PASSWORD, MESSAGE_AUTHENTICATOR, REPLY_MESSAGE = 1, 2, 80, 18
 
 #: Two NAS of tenant A, one requiring a Message-Authenticator (the CLI's default), one not.
@@ -138,6 +138,18 @@ class TestRepliesAreSigned:
         assert reply is not None and reply[0] == ACCESS_REJECT, reply
         attrs = check_reply(reply, auth, NAS_OPTIONAL[1])
         assert any(kind == REPLY_MESSAGE for _, kind, _ in attrs)
+
+    def test_status_server_reply_carries_message_authenticator(self, radiusd, nas_pair):
+        """Status-Server (RFC 5997, status_server = yes) is answered with a signed Access-Accept."""
+        key = NAS_OPTIONAL[1].encode()
+        authenticator = os.urandom(16)
+        header = struct.pack("!BBH", STATUS_SERVER, 9, 20 + 18)
+        mac = hmac.new(key, header + authenticator + _attr(MESSAGE_AUTHENTICATOR, bytes(16)),
+                       hashlib.md5).digest()
+        packet = header + authenticator + _attr(MESSAGE_AUTHENTICATOR, mac)
+        reply = exchange(radiusd.auth_port, NAS_OPTIONAL[0], packet)
+        assert reply is not None and reply[0] == ACCESS_ACCEPT, reply
+        check_reply(reply, authenticator, NAS_OPTIONAL[1])
 
 
 class TestRequireMessageAuthenticator:
