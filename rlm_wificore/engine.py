@@ -29,7 +29,7 @@ from .log import get_logger
 from .profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
 from .settings import Settings
 from .shardmap import ShardMap
-from .spool import Spool
+from .spool import Spool, SpoolFull
 from .store import Breaker, Shards, connect_redis
 
 log = get_logger("rlm_wificore")
@@ -462,7 +462,11 @@ class Engine:
                 "tenant_id": tenant_id, "nas_id": nas_id, "invalid": str(exc),
                 "raw": {k: v[:MAX_USERNAME] for k, v in req.items() if "Password" not in k}})
             kind = "invalid"
-        self.spool.append(payload)
+        try:
+            self.spool.append(payload)
+        except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
+            self.stats.errors["spool_full"] += 1
+            return Result("fail", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
 
@@ -474,11 +478,13 @@ class Engine:
             return
         method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        # wire.AUTH_FIELDS order
-        self.spool.append(wire.pack_values(wire.KIND_AUTH, [
-            tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
-            username[:MAX_USERNAME], req.get("Calling-Station-Id"),
-            "accept" if accepted else "reject", reason, method]))
+        try:  # wire.AUTH_FIELDS order
+            self.spool.append(wire.pack_values(wire.KIND_AUTH, [
+                tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
+                username[:MAX_USERNAME], req.get("Calling-Station-Id"),
+                "accept" if accepted else "reject", reason, method]))
+        except SpoolFull:  # a full disk never costs a login: the record is counted as dropped
+            self.stats.errors["authlog_dropped"] += 1
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:
@@ -506,7 +512,9 @@ class Engine:
     def start(self) -> None:
         """Start the background threads (never under `freeradius -C`)."""
         from .background import start_background
-        self.spool = Spool(self.settings.spool_dir)
+        self.spool = Spool(self.settings.spool_dir,
+                           max_segment_bytes=self.settings.spool_segment_kib * 1024)
+        self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
 
     def close(self) -> None:

@@ -69,6 +69,9 @@ class EngineCollector:
         if spool is not None:
             yield GaugeMetricFamily("wificore_spool_pending_bytes",
                                     "Spooled records not yet forwarded to Redis", value=spool.pending())
+            yield GaugeMetricFamily("wificore_spool_full",
+                                    "1 while the spool's disk has no room (accounting unanswered)",
+                                    value=int(spool.full))
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
         for hook, counts in list(self.latency.counts.items()):
             cumulative, buckets = 0, []

@@ -98,6 +98,9 @@ class Settings:
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
                                    "Write-ahead spool: each accounting record lands here before its response.")
+    spool_segment_kib: int = setting_field(65536, int_in_range(64, 1048576),
+                                           "Largest spool segment; each is sized to a fraction of the "
+                                           "free space, so a small disk is used in small steps.")
     session_stale_interims: int = setting_field(2, int_in_range(1, 100),
                                                 "Missed interims after which a live session is dropped.")
     default_interim_s: int = setting_field(300, int_in_range(10, 86400),
