@@ -246,3 +246,134 @@ class TestSmallDisk:
             assert frames(sp) == taken + [b"reopened"]
         finally:
             sp.close()
+
+
+# ----------------------------------------------------------------- radiusd on a tmpfs
+def raddb_with(dest: Path, **settings: str) -> Path:
+    """A copy of raddb/ whose module block sets ``settings`` (each key must be there)."""
+    import re
+
+    from stack.servers import RADDB
+    shutil.copytree(RADDB, dest, symlinks=True)
+    conf = dest / "mods-available" / "wificore"
+    text = conf.read_text()
+    for key, value in settings.items():
+        text, n = re.subn(rf"(?m)^(\s*{key}\s*=\s*).*$", lambda m: m.group(1) + value, text)
+        assert n == 1, key
+    conf.write_text(text)
+    return dest
+
+
+def metric(port: int, name: str) -> float:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture
+def small_disk_radiusd(world, small_disk):
+    """Factory: a radiusd of its own whose spool_dir is a fresh tmpfs of ``size_mib``."""
+    from stack.servers import Radiusd, free_port
+    started: list[Radiusd] = []
+
+    def make(size_mib: int = 20, **settings: str) -> tuple[Radiusd, Path]:
+        state = world.state / f"smalldisk-{uuid.uuid4().hex[:8]}"
+        state.mkdir()
+        disk = small_disk(size_mib)
+        (state / "spool").symlink_to(disk)
+        raddb = raddb_with(state / "raddb", **settings) if settings else None
+        r = Radiusd(state, auth_port=free_port(), acct_port=free_port(), shard_map=world.shard_map,
+                    redis_url=world.redis.url, metrics_port=free_port(), name="radiusd-smalldisk",
+                    **({"raddb": raddb} if raddb else {}))
+        started.append(r)
+        r.start()
+        return r, disk
+    yield make
+    for r in started:
+        r.stop()
+
+
+class TestRadiusdOnASmallDisk:
+    def test_starts_with_the_spool_on_a_20_mib_tmpfs(self, small_disk_radiusd, subscriber):
+        """The stock raddb (64 MiB segments at most) starts with its spool on 20 MiB, and
+        accounting is answered and spooled there."""
+        from tests.conftest import TENANT_A
+        from tests.radius import send
+        from tests.test_accounting import acct_packet
+        r, disk = small_disk_radiusd(20)
+        user = subscriber()
+        ans = send(r.acct_port, "acct", TENANT_A[2], acct_packet(user, "8b000001", "Start"),
+                   source=TENANT_A[1])
+        assert ans.code == "Accounting-Response", f"{ans.output}\n{r.log_tail()}"
+        assert list(disk.glob("seg-*.wal")), list(disk.iterdir())
+
+    def test_full_disk_unanswered_accounting_logins_kept_then_recovered(
+            self, world, small_disk_radiusd, subscriber, shard_conn):
+        """Fill the spool's disk: accounting goes unanswered (the NAS retries), PAP logins are
+        still accepted and their auth-log records are counted as dropped. Free the space:
+        accounting is answered again without a restart, and every answered record reaches
+        PostgreSQL through Redis and batch_writer."""
+        from stack.servers import BatchWriter
+        from tests.conftest import TENANT_A
+        from tests.radius import send
+        from tests.test_accounting import acct_packet
+        from tests.test_batch_writer import writer_env
+
+        prefix = "sd" + uuid.uuid4().hex[:8]
+        r, disk = small_disk_radiusd(20, spool_segment_kib="64", key_prefix=prefix)
+        writer = BatchWriter(world.state, {**writer_env(world, prefix), "WIFICORE_STREAM_PARTITIONS": "4"},
+                             name=f"bw-{prefix}")
+        writer.start()
+        try:
+            user, other = subscriber(), subscriber()  # other logs in (a session limit of 1)
+            metrics_port = int(r.env["WIFICORE_METRICS_PORT"])
+
+            def login() -> bool:
+                return send(r.auth_port, "auth", TENANT_A[2], {"User-Name": other, "User-Password": "pw-123456"},
+                            source=TENANT_A[1]).accepted
+
+            def account(sid: str):
+                return send(r.acct_port, "acct", TENANT_A[2],
+                            acct_packet(user, sid, "Start", **{"Calling-Station-Id": "C" * 200}),
+                            source=TENANT_A[1], timeout_s=1, retries=1)
+
+            assert login(), r.log_tail()
+            answered: list[str] = []
+            unanswered = None
+            for i in range(3000):  # 64 KiB segments of ~0.5 KiB records: a few hundred at most
+                fill(disk)  # and keep it full: segments the forwarder frees are taken too
+                sid = f"{prefix}-{i:05d}-" + "s" * 200
+                if account(sid).code == "Accounting-Response":
+                    answered.append(sid)
+                else:
+                    unanswered = sid
+                    break
+            assert unanswered is not None, "the disk never filled"
+            assert answered, "nothing was answered before the disk was full"
+            assert metric(metrics_port, "wificore_spool_full") == 1
+            dropped = metric(metrics_port, 'wificore_errors_total{kind="authlog_dropped"}')
+            for _ in range(20):  # the first few auth-log records may fit the segment's last bytes
+                assert login(), f"a login was refused with the spool's disk full\n{r.log_tail()}"
+            assert metric(metrics_port, 'wificore_errors_total{kind="authlog_dropped"}') >= dropped + 10
+            assert account(unanswered).code is None, "answered with no room to keep the record"
+
+            (disk / "filler").unlink()
+            deadline = time.monotonic() + 30
+            while account(unanswered).code != "Accounting-Response":  # the NAS retransmits
+                assert time.monotonic() < deadline, f"accounting not answered again\n{r.log_tail()}"
+                time.sleep(0.2)
+            answered.append(unanswered)
+            assert metric(metrics_port, "wificore_spool_full") == 0
+            assert login()
+
+            conn = shard_conn(TENANT_A[0])
+
+            def written() -> int:
+                return conn.execute("SELECT count(DISTINCT acct_session_id) FROM sessions WHERE tenant_id = %s "
+                                    "AND acct_session_id = ANY(%s)", (TENANT_A[0], answered)).fetchone()[0]
+            deadline = time.monotonic() + 60
+            while written() < len(answered) and time.monotonic() < deadline:
+                time.sleep(0.25)
+            assert written() == len(answered), f"{written()} of {len(answered)}\n{writer.log_tail()}"
+        finally:
+            writer.stop()
