@@ -179,9 +179,11 @@ def apply_db_notification(engine: Engine, payload: str) -> None:
         doomed.append(keys.nas(str(msg[2])))
     try:
         pipe = engine.redis_bg.pipeline(transaction=False)
-        if doomed:
+        if doomed and engine.cache_bg is not engine.redis_bg:  # the copies live in the cache Redis
+            engine.cache_bg.delete(*doomed)
+        elif doomed:
             pipe.delete(*doomed)
-        pipe.publish(keys.invalidation_channel, payload)
+        pipe.publish(keys.invalidation_channel, payload)  # the channel: the state Redis
         pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("invalidation_not_announced", error=str(exc))

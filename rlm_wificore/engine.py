@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from . import policy, records, wire
+from . import policy, records, roles, wire
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
 from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
 from .keys import Keys
@@ -92,9 +92,16 @@ class Engine:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
+        # The state Redis (live state, streams; roles.py) and the cache Redis: the
+        # same clients and breaker when one URL serves both.
         self.redis = connect_redis(settings)
         self.redis_bg = connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S)
         self.redis_breaker = Breaker("redis")
+        split = roles.redis_url(settings, roles.CACHE) != roles.redis_url(settings, roles.STATE)
+        self.cache_redis = connect_redis(settings, role=roles.CACHE) if split else self.redis
+        self.cache_bg = (connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S, role=roles.CACHE)
+                         if split else self.redis_bg)
+        self.cache_breaker = Breaker("redis-cache") if split else self.redis_breaker
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max)
         self.local = LocalCache(settings.local_cache_max)
@@ -121,17 +128,19 @@ class Engine:
         self._threads: list[threading.Thread] = []
 
     # ---------------------------------------------------------------- redis
-    def _redis_call(self, fn):
-        """Run ``fn(redis)`` unless the breaker is open; StoreUnavailable on failure."""
-        if not self.redis_breaker.allow():
+    def _redis_call(self, fn, cache: bool = False):
+        """Run ``fn(redis)`` (the cache Redis if ``cache``) unless its breaker is open;
+        StoreUnavailable on failure."""
+        client, breaker = (self.cache_redis, self.cache_breaker) if cache else (self.redis, self.redis_breaker)
+        if not breaker.allow():
             raise StoreUnavailable("redis is down (retrying in <1 s)")
         try:
-            result = fn(self.redis)
+            result = fn(client)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.redis_breaker.fail()
+            breaker.fail()
             self.stats.errors["redis"] += 1
             raise StoreUnavailable(f"redis: {exc}") from exc
-        self.redis_breaker.ok()
+        breaker.ok()
         return result
 
     # -------------------------------------------------------- dynamic clients
@@ -140,7 +149,7 @@ class Engine:
         nas = None
         key = self.keys.nas(ip)
         try:
-            raw = self._redis_call(lambda r: r.get(key))
+            raw = self._redis_call(lambda r: r.get(key), cache=True)
             if raw:
                 nas = Nas.unpack(raw)
         except (StoreUnavailable, DecodeError):
@@ -157,7 +166,7 @@ class Engine:
                 return Result("notfound", reason="unknown_client")
             nas = Nas(*rows[0])
             try:
-                self._redis_call(lambda r: r.set(key, nas.pack(), ex=NAS_TTL_S))
+                self._redis_call(lambda r: r.set(key, nas.pack(), ex=NAS_TTL_S), cache=True)
             except StoreUnavailable:
                 pass
         log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
@@ -316,7 +325,7 @@ class Engine:
                     pipe.set(self.keys.plan(tenant_id, plan.plan_id), plan.pack(), ex=redis_ttl)
                 pipe.execute()
             try:
-                self._redis_call(fill)
+                self._redis_call(fill, cache=True)
             except StoreUnavailable:
                 pass
         # Without Redis the live state is unknown: cache briefly, fail open.
@@ -366,10 +375,15 @@ class Engine:
         self.stats.tiers["redis_state"] += len(batch)
 
     def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
+        """Profile, live count and usage: one round trip, two if the cache Redis is another."""
         pipe = r.pipeline(transaction=False)
-        pipe.get(self.keys.profile(tenant_id, username))
+        if self.cache_redis is r:
+            pipe.get(self.keys.profile(tenant_id, username))
         self._read_state(pipe, tenant_id, username, time.time())
-        return pipe.execute()
+        if self.cache_redis is r:
+            return pipe.execute()
+        raw = self._redis_call(lambda c: c.get(self.keys.profile(tenant_id, username)), cache=True)
+        return [raw, *pipe.execute()]
 
     def _plan(self, tenant_id: int, plan_id: int) -> Plan | None:
         cached = self.plans.get((tenant_id, plan_id))
@@ -377,7 +391,7 @@ class Engine:
             return cached[1]
         plan = None
         try:
-            raw = self._redis_call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)))
+            raw = self._redis_call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)), cache=True)
             plan = Plan.unpack(raw) if raw else None
         except (StoreUnavailable, DecodeError):
             pass
@@ -388,7 +402,7 @@ class Engine:
             plan = Plan(*row)
             try:
                 self._redis_call(lambda r: r.set(self.keys.plan(tenant_id, plan_id), plan.pack(),
-                                                 ex=self.settings.profile_ttl_s))
+                                                 ex=self.settings.profile_ttl_s), cache=True)
             except StoreUnavailable:
                 pass
         self.plans[(tenant_id, plan_id)] = (time.monotonic() + self.settings.profile_ttl_s, plan)
@@ -512,10 +526,19 @@ class Engine:
     def start(self) -> None:
         """Start the background threads (never under `freeradius -C`)."""
         from .background import start_background
+        self.check_state_redis()
         self.spool = Spool(self.settings.spool_dir,
                            max_segment_bytes=self.settings.spool_segment_kib * 1024)
         self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
+
+    def check_state_redis(self) -> None:
+        """ConfigError unless the state Redis is noeviction; a warning if it cannot be
+        asked now (radiusd still starts: Redis down is an outage it rides out)."""
+        try:
+            roles.check_state_redis(self.redis_bg, self.settings)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("state_redis_not_checked", error=str(exc))
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""
@@ -528,7 +551,7 @@ class Engine:
             self.spool.close()
             self.spool = None
         self.shards.close()
-        for client in (self.redis, self.redis_bg):
+        for client in {id(c): c for c in (self.redis, self.redis_bg, self.cache_redis, self.cache_bg)}.values():
             try:
                 client.close()
             except Exception:  # closing a broken connection must not stop detach

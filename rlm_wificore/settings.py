@@ -41,6 +41,10 @@ def _redis_url(key: str, raw: str) -> str:
     return url
 
 
+def _optional_redis_url(key: str, raw: str) -> str:
+    return _redis_url(key, raw) if raw.strip() else ""
+
+
 def _path(key: str, raw: str) -> str:
     path = raw.strip()
     if not path:
@@ -80,7 +84,14 @@ class Settings:
     shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
                                    "Shard map file: tenant ranges to PostgreSQL DSNs.")
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
-                                   "Redis for the cache, live sessions, counters and streams.")
+                                   "Redis for each role without a URL of its own (the two below).")
+    cache_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for profiles, plans, NAS and unknown-user entries; may "
+                                         "evict (allkeys-lru). Empty: redis_url.")
+    state_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for live sessions, usage, delta bases, streams and dead "
+                                         "letters; must be maxmemory-policy noeviction (checked at start). "
+                                         "Empty: redis_url.")
     key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
     profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
                                        "Lifetime of a cached subscriber profile (Redis and in-process).")

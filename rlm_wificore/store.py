@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import roles
 from .errors import StoreUnavailable
 from .settings import Settings
 from .shardmap import Shard, ShardMap
@@ -52,8 +53,10 @@ class Breaker:
         return not self.allow()
 
 
-def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
-    """A Redis client with the configured timeouts (no I/O until first use).
+def connect_redis(settings: Settings, *, timeout_s: float | None = None,
+                  role: str = roles.STATE) -> redis.Redis:
+    """A Redis client of ``role`` (see roles.py) with the configured timeouts (no I/O
+    until first use).
 
     Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
     waits on, pass a longer ``timeout_s``."""
@@ -62,7 +65,7 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     # Redis closed (a restart) must not look like an outage. Timeouts are not
     # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        roles.redis_url(settings, role), socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 
