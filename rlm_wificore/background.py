@@ -1,7 +1,8 @@
 """Threads the module starts itself: they run outside rlm_python3's mutex.
 
 * ``spool``: forwards the spool (accounting and auth-log records) to Redis,
-  one script call per batch (see spool.py and live.lua).
+  one script call per batch (see spool.py and live.lua). The spool's own
+  ``spool-prep`` thread (spool.py) allocates its next segment ahead of need.
 * ``state``: re-reads, in one round trip per batch, the live state (session
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
