@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         writer = Writer(settings, cfg, burst=args.burst)
         try:  # streams, dead letters and heartbeats must never be evicted
             roles.check_state_redis(writer.redis, settings, source="env")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
             wlog.get_logger("batch_writer").warning("state_redis_not_checked", error=str(exc))
     except ConfigError as exc:
         print(f"wificore-batch-writer: {exc}", file=sys.stderr)

@@ -131,7 +131,8 @@ class Engine:
     def _redis_call(self, fn, cache: bool = False):
         """Run ``fn(redis)`` (the cache Redis if ``cache``) unless its breaker is open;
         StoreUnavailable on failure."""
-        client, breaker = (self.cache_redis, self.cache_breaker) if cache else (self.redis, self.redis_breaker)
+        client, breaker = ((self.cache_redis, self.cache_breaker) if cache
+                           else (self.redis, self.redis_breaker))
         if not breaker.allow():
             raise StoreUnavailable("redis is down (retrying in <1 s)")
         try:
@@ -537,8 +538,8 @@ class Engine:
         asked now (radiusd still starts: Redis down is an outage it rides out)."""
         try:
             roles.check_state_redis(self.redis_bg, self.settings)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("state_redis_not_checked", error=str(exc))
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            log.warning("state_redis_not_checked", error=str(exc))  # down, or INFO not allowed
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""
@@ -551,7 +552,8 @@ class Engine:
             self.spool.close()
             self.spool = None
         self.shards.close()
-        for client in {id(c): c for c in (self.redis, self.redis_bg, self.cache_redis, self.cache_bg)}.values():
+        clients = (self.redis, self.redis_bg, self.cache_redis, self.cache_bg)
+        for client in {id(c): c for c in clients}.values():  # each once (one Redis: the same)
             try:
                 client.close()
             except Exception:  # closing a broken connection must not stop detach

@@ -213,15 +213,28 @@ class Spool:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return size
 
-    def prepare(self) -> bool:
+    def prepare(self, *, mutex_held: bool = False) -> bool:
         """Allocate and map the next segment unless one is ready; False if there is no
-        room (or no need). Runs on the preparer thread, never in a hook while it runs."""
+        need, OSError if there is no room. Runs on the preparer thread, never in a hook
+        while that thread runs."""
+        if mutex_held:
+            seg = self._next_seg()
+        else:
+            with self._mutex:  # the writer's position, not half-way through a switch
+                seg = self._next_seg()
+        # The mutex is not held while allocating (appends go on): no switch can happen
+        # until _next is set, so ``seg`` stays the right number.
+        return seg is not None and self._allocate(seg)
+
+    def _next_seg(self) -> int | None:
         if self._next is not None:
-            return False
+            return None
+        return self.write_seg + 1 if self._wmap is not None else self.write_seg
+
+    def _allocate(self, seg: int) -> bool:
         if self._checkpoint_fd >= 0 and os.fstat(self._checkpoint_fd).st_size == 0:
             # The checkpoint's block first (the disk was full at start).
             os.pwrite(self._checkpoint_fd, self._checkpoint_line(self.read_seg, self.read_off), 0)
-        seg = self.write_seg + 1 if self._wmap is not None else self.write_seg
         size = self.segment_size()
         tmp = self.dir / f"seg-{seg:012d}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -235,13 +248,17 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
+        if self._path(seg).exists():  # never replace a segment (cannot happen; be sure)
+            m.close()
+            tmp.unlink(missing_ok=True)
+            raise OSError(errno.EEXIST, f"spool segment {seg} exists")
         os.rename(tmp, self._path(seg))  # a .wal file is always allocated in full
         self._next = (seg, m)
         return True
 
-    def _prepare_quietly(self) -> bool:
+    def _prepare_quietly(self, mutex_held: bool = False) -> bool:
         try:
-            return self.prepare()
+            return self.prepare(mutex_held=mutex_held)
         except OSError as exc:
             self.prepare_failures += 1
             if self.prepare_failures == 1 or self.prepare_failures % 120 == 0:
@@ -307,7 +324,7 @@ class Spool:
         """Move on to the prepared segment (under the mutex); the offset to write at."""
         nxt = self._next
         if nxt is None and self._preparer is None:
-            self._prepare_quietly()  # no preparer thread (tools, tests): allocate here
+            self._prepare_quietly(mutex_held=True)  # no preparer thread (tools, tests): here
             nxt = self._next
         if nxt is None:
             self.refused += 1

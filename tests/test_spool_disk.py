@@ -167,7 +167,8 @@ class TestFullDisk:
 
     def test_no_allocation_on_the_append_path(self, small_disk, monkeypatch):
         """With the preparer running, appends across many segments never allocate, map or
-        unmap in the appending thread: the preparer thread does it, ahead of need."""
+        unmap in the appending thread: the preparer thread does it, ahead of need; and every
+        record is read back once, in order (no segment lost or replaced on the way)."""
         d = small_disk(16)
         calls: list[str] = []
         real_fallocate = os.posix_fallocate
@@ -180,7 +181,7 @@ class TestFullDisk:
         sp.start_preparer()
         try:
             before = len(calls)
-            n = 0
+            n, records = 0, []
             for _ in range(30):  # 30 segments' worth, waiting for the preparer when needed
                 for _ in range(250):
                     rec = b"c-%d" % n + b"x" * 200
@@ -189,10 +190,12 @@ class TestFullDisk:
                     except SpoolFull:  # the preparer is behind (a busy machine): try again
                         wait_until(lambda: not sp.full, 10, "the preparer")
                         sp.append(rec)
+                    records.append(rec)
                     n += 1
             assert len(sp.segments()) >= 20
             appender = threading.current_thread().name
             assert calls[before:] and appender not in calls[before:], calls
+            assert frames(sp) == records
         finally:
             sp.close()
 
