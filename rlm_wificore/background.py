@@ -90,6 +90,8 @@ def _forward_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     while not engine._stop.is_set():
         try:
+            if not engine.state_redis_checked:  # Redis did not answer at start
+                engine.check_state_redis(at_start=False)
             # Wait unless a whole span went: a few large calls, not many small ones.
             if not forwarder.run_once() or not forwarder.full:
                 engine._stop.wait(FORWARD_IDLE_S)

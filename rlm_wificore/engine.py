@@ -23,7 +23,7 @@ import redis
 
 from . import policy, records, roles, wire
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
-from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
+from .errors import ConfigError, DecodeError, InputError, StoreUnavailable, UnknownTenant
 from .keys import Keys
 from .log import get_logger
 from .profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
@@ -126,6 +126,7 @@ class Engine:
         self.state_refresher = False
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.state_redis_checked = False  # its eviction policy (roles.py)
 
     # ---------------------------------------------------------------- redis
     def _redis_call(self, fn, cache: bool = False):
@@ -533,13 +534,24 @@ class Engine:
         self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
 
-    def check_state_redis(self) -> None:
+    def check_state_redis(self, *, at_start: bool = True) -> None:
         """ConfigError unless the state Redis is noeviction; a warning if it cannot be
-        asked now (radiusd still starts: Redis down is an outage it rides out)."""
+        asked now (radiusd still starts: Redis down is an outage it rides out). Later
+        (``at_start=False``, the forwarder once Redis answers) an evicting one is logged."""
         try:
             roles.check_state_redis(self.redis_bg, self.settings)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            log.warning("state_redis_not_checked", error=str(exc))  # down, or INFO not allowed
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if at_start:
+                log.warning("state_redis_not_checked", error=str(exc))
+            return
+        except redis.ResponseError as exc:  # INFO not allowed: nothing more to learn
+            log.warning("state_redis_not_checked", error=str(exc))
+        except ConfigError as exc:
+            if at_start:
+                raise
+            self.stats.errors["state_redis_evicts"] += 1
+            log.error("state_redis_evicts", error=str(exc))
+        self.state_redis_checked = True
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""

@@ -75,6 +75,34 @@ class TestSettings:
             lru.close()
 
 
+class TestEngineCheck:
+    def _engine(self, settings):
+        from rlm_wificore.engine import Engine
+        from rlm_wificore.shardmap import ShardMap
+        return Engine(settings, ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
+                                                               "dsn": "postgresql://x@127.0.0.1:1/x"}]}))
+
+    def test_at_start_refused_later_logged(self, lru_redis):
+        """At start an evicting state Redis is a ConfigError; found later (Redis did not
+        answer at start, the forwarder asks once it does) it is logged and counted."""
+        e = self._engine(Settings(redis_url=lru_redis.url))
+        try:
+            with pytest.raises(ConfigError, match="^wificore.redis_url: "):
+                e.check_state_redis()
+            e.check_state_redis(at_start=False)
+            assert e.stats.errors["state_redis_evicts"] == 1 and e.state_redis_checked
+        finally:
+            e.close()
+
+    def test_unreachable_at_start_is_not_fatal(self):
+        e = self._engine(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+        try:
+            e.check_state_redis()
+            assert not e.state_redis_checked
+        finally:
+            e.close()
+
+
 class TestRadiusd:
     @pytest.mark.parametrize("setting", ["state_redis_url", "redis_url"])
     def test_refuses_an_evicting_state_redis(self, world, lru_redis, setting):
@@ -130,6 +158,13 @@ class TestRadiusd:
             assert {keys.live(t, user), keys.usage(t, user)} <= in_state, in_state
             assert any(":sess:" in k for k in in_state) and any(":stream:" in k for k in in_state), in_state
             assert not any(any(kind in k for kind in cache_kinds) for k in in_state), in_state
+
+            # A change committed in PostgreSQL deletes the copy in the cache Redis.
+            world.admin("subscriber", "set", "--tenant", str(t), user, "--status", "suspended")
+            deadline = time.monotonic() + 10
+            while cache.exists(keys.profile(t, user)):
+                assert time.monotonic() < deadline, f"cached profile not invalidated\n{r.log_tail()}"
+                time.sleep(0.1)
         finally:
             cache.close()
             assert r.stop() == 0, r.log_tail()

@@ -378,5 +378,9 @@ class TestRadiusdOnASmallDisk:
             while written() < len(answered) and time.monotonic() < deadline:
                 time.sleep(0.25)
             assert written() == len(answered), f"{written()} of {len(answered)}\n{writer.log_tail()}"
+            deadline = time.monotonic() + 30  # the pending metric comes back to 0 with the spool
+            while metric(metrics_port, "wificore_spool_pending_bytes") != 0:
+                assert time.monotonic() < deadline, metric(metrics_port, "wificore_spool_pending_bytes")
+                time.sleep(0.2)
         finally:
             writer.stop()
