@@ -15,13 +15,13 @@ PLAN = Plan(1, None, None, None, None, 60, None, 100, 1, None)
 
 def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
     e = Engine(Settings(), MAP)
-    e._plan = lambda t, p: PLAN  # plans are not what is tested here
+    e.profiles.plan = lambda t, p: PLAN  # plans are not what is tested here
 
     def fake_call(fn):
         if invalidate_during_read:
             e.invalidate(["l", 1, "bob"])  # a Stop forwarded while this lookup waited on Redis
         return (PROFILE.pack(), *state_during_read)
-    e._redis_call = fake_call
+    e.redis_store.call = fake_call
     return e
 
 
@@ -51,12 +51,12 @@ class TestStateRefreshOffTheHook:
         from rlm_wificore import background
 
         e = Engine(Settings(redis_url=stack.redis.url, live_state_ttl_s=1), MAP)
-        e._plan = lambda t, p: PLAN  # time quota 100 s
+        e.profiles.plan = lambda t, p: PLAN  # time quota 100 s
         user = f"carol-{uuid.uuid4().hex[:8]}"
         redis.set(e.keys.profile(5, user), PROFILE.pack(), ex=60)
         req = {"WiFiCore-Client": "5:1:generic", "User-Name": user, "User-Password": "pw"}
         thread = threading.Thread(target=background._state_loop, args=(e,), daemon=True)
-        e.state_refresher = True
+        e.live.refresher_started()
         thread.start()
         try:
             assert e.authorize(dict(req)).rcode == "updated"
