@@ -15,7 +15,7 @@
 Threads only: each loop waits, calls public methods of the engine's rooms
 (``engine.live``, ``engine.invalidation``, the spool) and retries with a
 backoff; what a message or a due state means is decided in those rooms.
-This module imports no room and not the engine (only for types).
+It imports the rooms only for types, and the engine not at all.
 """
 
 from __future__ import annotations

@@ -29,14 +29,14 @@ class TestInvalidationRace:
     def test_lookup_not_cached_when_invalidated_while_reading(self):
         """A live state read before an invalidation arrived is used once, not cached."""
         e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=True)
-        entry = e._entry(1, "bob")
+        entry = e.profiles.entry(1, "bob")
         assert entry.state.time_s == 0
         assert e.local.peek((1, "bob")) is None
 
     def test_lookup_cached_when_quiet(self):
         """Without an invalidation in between, the entry is kept in process."""
         e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
-        e._entry(1, "bob")
+        e.profiles.entry(1, "bob")
         assert e.local.peek((1, "bob")) is not None
 
 
@@ -77,7 +77,7 @@ def test_one_message_drops_the_copies_of_many_subscribers():
     """live.lua's ["L", [[tenant, user], ...]] drops each subscriber it names, and only those."""
     e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
     for user in ("bob", "carol", "dave"):
-        e._entry(1, user)
+        e.profiles.entry(1, user)
     e.invalidate(["L", [[1, "bob"], [1, "dave"], [2, "carol"]]])
     assert e.local.peek((1, "bob")) is None and e.local.peek((1, "dave")) is None
     assert e.local.peek((1, "carol")) is not None
@@ -109,7 +109,7 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     e = Engine(Settings(), MAP)
     e.spool = Spool(tmp_path)
     try:
-        e._log_auth({"User-Password": "x", "Calling-Station-Id": "CC-DD"}, 7, 3, "bob",
+        e.sink.log_auth({"User-Password": "x", "Calling-Station-Id": "CC-DD"}, 7, 3, "bob",
                     accepted=False, reason="bad_password")
         data = e.spool.read_span(4096).data
         (n,) = struct.unpack_from("<I", data)
