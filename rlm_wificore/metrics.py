@@ -1,6 +1,6 @@
 """Prometheus exposition of the engine's counters (the only prometheus importer).
 
-The hot path only bumps plain counters in :class:`engine.Stats` and
+The hot path only bumps plain counters in :class:`stats.Stats` and
 :class:`Latency`; a collector turns them into metrics at scrape time. Labels
 are bounded: hook, result (reason codes), tier, error kind. Never a username,
 never a tenant.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,6 +51,31 @@ class Breaker:
     @property
     def is_open(self) -> bool:
         return not self.allow()
+
+
+class RedisStore:
+    """One Redis client behind a :class:`Breaker`: while it is open, calls fail fast.
+
+    The hooks' reads and fills go through :meth:`call`; the module's threads use
+    their own client (``redis_bg``), which nothing under the mutex waits on."""
+
+    def __init__(self, client: redis.Redis, errors: Counter[str], *, name: str = "redis") -> None:
+        self.client = client
+        self.breaker = Breaker(name)
+        self._errors = errors  # the engine's Stats.errors: a failure is counted as "redis"
+
+    def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn(client)`` unless the breaker is open; StoreUnavailable on failure."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("redis is down (retrying in <1 s)")
+        try:
+            result = fn(self.client)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.breaker.fail()
+            self._errors["redis"] += 1
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        self.breaker.ok()
+        return result
 
 
 def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
