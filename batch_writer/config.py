@@ -1,7 +1,7 @@
 """The writer's settings: one frozen dataclass, parsed once from the environment.
 
 The shared settings (shard map, Redis URL, key prefix, stream partitions,
-default interim, log level) come from :meth:`rlm_wificore.settings.Settings.from_env`,
+default interim, log level) come from :meth:`wificore.settings.Settings.from_env`,
 the same ``WIFICORE_<KEY>`` variables radiusd's tooling reads. The writer's own
 knobs are ``WIFICORE_WRITER_<KEY>``; an unknown ``WIFICORE_WRITER_`` variable is
 an error, so a typo cannot silently leave a default in place. Every error
@@ -17,8 +17,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from rlm_wificore.errors import ConfigError
-from rlm_wificore.settings import Settings, int_in_range, ip_address, setting_field
+from wificore.errors import ConfigError
+from wificore.settings import Settings, int_in_range, ip_address, setting_field
 
 ENV_PREFIX = "WIFICORE_WRITER_"
 

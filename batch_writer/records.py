@@ -1,6 +1,6 @@
 """Stream payload -> checked record, and the collapse of a batch. Pure: no I/O.
 
-Decoding never trusts the payload (see rlm_wificore/wire.py for the format).
+Decoding never trusts the payload (see wificore/wire.py for the format).
 A record that cannot be written as it is raises :class:`Rejected` with a reason
 that names the field; the worker sends it to the dead-letter stream at once,
 because retrying a malformed record can never succeed.
@@ -24,9 +24,9 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from rlm_wificore import wire
-from rlm_wificore.errors import InputError
-from rlm_wificore.shardmap import MAX_TENANT
+from wificore import wire
+from wificore.errors import InputError
+from wificore.shardmap import MAX_TENANT
 
 MAX_COUNTER = 2**63 - 1          # bigint columns
 MIN_EVENT_TS = 946_684_800.0     # 2000-01-01: anything earlier is a NAS without a clock
@@ -295,7 +295,7 @@ def parse_auth(fields: dict[str, Any], limits: Limits) -> Auth:
 def decode(payload: bytes | None, limits: Limits) -> Record:
     """One stream payload -> a checked record.
 
-    Raises :class:`rlm_wificore.errors.DecodeError` (not a record) or
+    Raises :class:`wificore.errors.DecodeError` (not a record) or
     :class:`Rejected` (a record that can never be written).
     """
     if payload is None:

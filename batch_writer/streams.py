@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from rlm_wificore.keys import Keys
+from wificore.keys import Keys
 
 LAG_SCAN_MAX = 10_000  # bound of the fallback lag count when Redis cannot tell the lag
 

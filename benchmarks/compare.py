@@ -87,10 +87,10 @@ from benchmarks import report  # noqa: E402
 from benchmarks.loadgen import run as loadgen  # noqa: E402
 from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
-from rlm_wificore.keys import Keys  # noqa: E402
-from rlm_wificore.profile import Profile  # noqa: E402
-from rlm_wificore.settings import Settings  # noqa: E402
-from rlm_wificore.shardmap import ShardMap  # noqa: E402
+from wificore.keys import Keys  # noqa: E402
+from wificore.profile import Profile  # noqa: E402
+from wificore.settings import Settings  # noqa: E402
+from wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402

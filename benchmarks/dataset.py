@@ -68,8 +68,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rlm_wificore.md4 import nt_hash  # noqa: E402
-from rlm_wificore.shardmap import Shard, ShardMap  # noqa: E402
+from wificore.md4 import nt_hash  # noqa: E402
+from wificore.shardmap import Shard, ShardMap  # noqa: E402
 
 STOCK_SCHEMA = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql/schema.sql")
 STOCK_PACKAGE_HINT = "apt-get install -y freeradius-postgresql"

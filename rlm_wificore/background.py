@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import psycopg
 import redis
 
-from .backoff import Backoff
-from .log import get_logger
+from wificore.backoff import Backoff
+from wificore.log import get_logger
 from .spool import MAX_RECORD
 from .store import conninfo
 

@@ -21,14 +21,16 @@ from typing import Any
 
 import redis
 
-from . import policy, records, wire
+from wificore import wire
+
+from . import policy, records
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
-from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
-from .keys import Keys
-from .log import get_logger
-from .profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
-from .settings import Settings
-from .shardmap import ShardMap
+from wificore.errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 from .spool import Spool
 from .store import Breaker, Shards, connect_redis
 

@@ -15,11 +15,12 @@ import traceback
 
 import radiusd  # provided by rlm_python3
 
-from . import log as wlog
+from wificore import log as wlog
+
 from .engine import Engine, Result
-from .errors import ConfigError
+from wificore.errors import ConfigError
 from .metrics import Latency
-from .settings import Settings, is_config_check
+from wificore.settings import Settings, is_config_check
 
 RCODES = {
     "ok": radiusd.RLM_MODULE_OK,

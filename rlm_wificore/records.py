@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .errors import InputError
+from wificore.errors import InputError
 
 STATUS = {
     "Start": "start", "Stop": "stop", "Interim-Update": "interim", "Alive": "interim",

@@ -19,9 +19,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import StoreUnavailable
-from .settings import Settings
-from .shardmap import Shard, ShardMap
+from wificore.errors import StoreUnavailable
+from wificore.settings import Settings
+from wificore.shardmap import Shard, ShardMap
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ import pytest
 
 from benchmarks.writer_bench import push as push_workload
 from benchmarks.writer_bench import verify, workload
-from rlm_wificore.keys import Keys
-from rlm_wificore.shardmap import ShardMap
+from wificore.keys import Keys
+from wificore.shardmap import ShardMap
 from stack.servers import BatchWriter, venv_bin
 from tests.test_batch_writer import (
     PARTITIONS,

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import compare, dataset  # noqa: E402
-from rlm_wificore.shardmap import ShardMap  # noqa: E402
+from wificore.shardmap import ShardMap  # noqa: E402
 
 CONFIGURATIONS = {"stock_files", "stock_sql", "stock_sql_acct", "python_floor", "python_floor_acct",
                   "wificore_warm", "wificore_acct", "wificore_redis", "wificore_cold"}
@@ -64,7 +64,7 @@ class TestDatasetGeneration:
         """The few hashes computed once match the cleartext each subscriber is given."""
         import bcrypt
 
-        from rlm_wificore.md4 import nt_hash
+        from wificore.md4 import nt_hash
         hashes = dataset.Hashes.compute()
         spec = dataset.Spec(tenants=1, pppoe_per_tenant=20, hotspot_per_tenant=0)
         for s in dataset.subscribers(spec, 7, hashes):

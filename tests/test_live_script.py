@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from rlm_wificore import wire
+from wificore import wire
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
 from rlm_wificore.spool import MAX_RECORD
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rlm_wificore import wire
-from rlm_wificore.keys import Keys
+from wificore import wire
+from wificore.keys import Keys
 from tests.conftest import TENANT_A
 from tests.test_accounting import wait_until
 from tests.test_policy import metric

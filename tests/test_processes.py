@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from rlm_wificore.keys import Keys
+from wificore.keys import Keys
 from stack.servers import Radiusd, RadiusdGroup, free_port
 from tests.conftest import TENANT_A
 from tests.radius import send

@@ -24,8 +24,7 @@ from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
 from .migrate import migrate_all
-from .policy import normalise_mac
-from .profile import PW_TYPES, STATUS, UNKNOWN, KINDS, Profile
+from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
 
