@@ -213,12 +213,20 @@ def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
     return _fast_acct_values([f.get(n) for n in wire.ACCT_FIELDS], limits)
 
 
+#: What the fast path reads of a version 2 body, in the order it unpacks them; the
+#: positions come from wire.ACCT_FIELDS.
+_pick_fast = wire.picker(wire.KIND_ACCT, (
+    "tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
+    "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
+    "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "interim_s"))
+
+
 def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     """The common case in one pass, from a version 2 body (wire.ACCT_FIELDS order): a
     well-formed session record, or None (then the field-by-field checks run and name what
     is wrong). Same rules, a third of the cost."""
     (tenant_id, nas_id, key, asid, user, status, ev, arrival, st, io, oo, ip, op, csid, framed_ip,
-     cause, _nas_port, interim, _record_id) = v
+     cause, interim) = _pick_fast(v)
     if not (type(tenant_id) is int and 0 < tenant_id <= MAX_TENANT
             and type(nas_id) is int and 0 <= nas_id <= MAX_COUNTER
             and type(ev) is float and limits.now - limits.max_age_s <= ev <= limits.now + limits.max_ahead_s
