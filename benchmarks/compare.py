@@ -81,6 +81,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from benchmarks import dataset as ds  # noqa: E402
 from benchmarks import report  # noqa: E402
@@ -182,21 +183,24 @@ def _scrape_all(ports: list[int]) -> str | None:
     return None if None in texts else "\n".join(texts)
 
 
+def _samples(text: str, name: str) -> list[Any]:
+    """Every sample called ``name`` (prometheus_client's parser; the scrapes of several
+    processes one after the other in ``text`` give one family each)."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
 def _metric_sum(text: str, name: str) -> float:
     """Sum of every sample of ``name`` (all label sets)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+    return sum(s.value for s in _samples(text, name))
 
 
 def _histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
     """(upper bound, cumulative count) of a Prometheus histogram, +Inf last; the samples of
     several processes (their scrapes one after the other in ``text``) are added up."""
     out: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + '_bucket{le="'):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = math.inf if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    for s in _samples(text, name + "_bucket"):
+        bound = float(s.labels["le"])  # "+Inf" -> inf
+        out[bound] = out.get(bound, 0.0) + s.value
     return sorted(out.items())
 
 
