@@ -287,6 +287,7 @@ class ShardWriter:
                     stack += [part[mid:], part[:mid]]
 
     def _write_once(self, items: list[Item], out: Outcome) -> None:
+        retry = Backoff(first_s=0.01, max_s=0.04)
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 self._transaction(items, out)
@@ -296,7 +297,8 @@ class ShardWriter:
                 # transaction went through, ours may simply run again.
                 if attempt == DEADLOCK_RETRIES:
                     raise
-                time.sleep(0.01 * (attempt + 1))
+                retry.failed()
+                retry.wait()
 
     def _transaction(self, items: list[Item], out: Outcome) -> None:
         conn = self._connection()

@@ -32,7 +32,8 @@ from wificore.profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan,
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
 from .spool import Spool
-from .store import Breaker, Shards, connect_redis
+from wificore.backoff import Breaker
+from .store import Shards, connect_redis
 
 log = get_logger("rlm_wificore")
 

@@ -14,6 +14,7 @@ it never imports either.
 * ``errors``    -- the exception hierarchy.
 * ``backoff``   -- :class:`Backoff` and :class:`Breaker`, the retry vocabulary.
 * ``log``       -- structlog set-up.
+* ``histogram`` -- the one fixed-bucket histogram (hook latency, writer batches).
 * ``md4``       -- NT hashes (OpenSSL 3 offers no MD4).
 * ``admin``, ``migrate``, ``migrations/`` -- the ``wificore-admin`` CLI and the schema.
 """

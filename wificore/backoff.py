@@ -1,9 +1,23 @@
-"""The one retry object of rlm_wificore and batch_writer: capped, jittered, with an optional deadline.
+"""The retry vocabulary of the project, in one module: every retry of rlm_wificore and
+batch_writer is one of these three, and nothing else sleeps between attempts by hand.
 
-It never sleeps by itself in the hot loop: :meth:`Backoff.ready` says whether the
-next attempt is due, so one shard that is down does not hold up the others.
-:meth:`Backoff.wait` is for the places where there is nothing else to do (Redis
-down), and it wakes up at once when the stop flag is set.
+* :class:`Backoff` -- for a loop that retries and may wait (the writer's loops, a shard's
+  writer, a deadlock retry, the module's own threads): delay ``first_s``, doubled per
+  failure up to ``max_s``, times a jitter in [0.5, 1] (writers that failed together do not
+  retry together), with an optional deadline. It never sleeps by itself in a hot loop:
+  :meth:`Backoff.ready` says whether the next attempt is due, so one shard that is down
+  does not hold up the others; :meth:`Backoff.wait` is for the places where there is
+  nothing else to do, and wakes up at once when the stop flag is set.
+* :class:`Breaker` -- for a caller that must not wait (a radiusd hook, under rlm_python3's
+  mutex): after a failure the backend is skipped (fail fast) for ``retry_s``, then one call
+  probes it again; one success closes it.
+* :func:`redis_retry` -- the redis-py client's own retry (redis-py's ``Retry``): one
+  immediate reconnect on a connection error, so that a pooled connection Redis closed (a
+  restart) does not look like an outage; never a wait, never a second attempt.
+
+Words: an *attempt* fails, a *failure* is recorded (``failed()`` / ``fail()``), the
+*delay* is what a Backoff waits before the next attempt, a *deadline* bounds how long
+failures may go on, a *probe* is the one call an open Breaker lets through.
 """
 
 from __future__ import annotations
@@ -12,6 +26,9 @@ import random
 import threading
 import time
 from collections.abc import Callable
+
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 class Backoff:
@@ -63,6 +80,40 @@ class Backoff:
         """Seconds until the next attempt is due (0 when it is)."""
         return max(0.0, self._next_at - self._clock())
 
-    def wait(self, stop: threading.Event) -> None:
-        """Sleep until the next attempt is due, or until ``stop`` is set."""
-        stop.wait(self.remaining_s())
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Sleep until the next attempt is due, or until ``stop`` (if given) is set."""
+        if stop is None:
+            time.sleep(self.remaining_s())
+        else:
+            stop.wait(self.remaining_s())
+
+
+class Breaker:
+    """Open after a failure for ``retry_s``; closed again by one success."""
+
+    __slots__ = ("name", "retry_s", "open_until", "failures")
+
+    def __init__(self, name: str, retry_s: float = 1.0) -> None:
+        self.name = name
+        self.retry_s = retry_s
+        self.open_until = 0.0
+        self.failures = 0
+
+    def allow(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def fail(self) -> None:
+        self.failures += 1
+        self.open_until = time.monotonic() + self.retry_s
+
+    def ok(self) -> None:
+        self.open_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return not self.allow()
+
+
+def redis_retry() -> Retry:
+    """redis-py's ``retry=``: one immediate retry (no delay) on a connection error."""
+    return Retry(NoBackoff(), 1)
