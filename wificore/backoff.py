@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -115,5 +116,8 @@ class Breaker:
 
 
 def redis_retry() -> Retry:
-    """redis-py's ``retry=``: one immediate retry (no delay) on a connection error."""
-    return Retry(NoBackoff(), 1)
+    """redis-py's ``retry=``: one immediate retry (no delay) on a connection error, and
+    none on a timeout. redis-py's ``Retry`` retries timeouts too unless told otherwise
+    (``retry_on_timeout=False`` does not take them out), which made a hung Redis cost
+    two deadlines per hook call."""
+    return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
