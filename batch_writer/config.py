@@ -66,9 +66,11 @@ class WriterConfig:
     connect_timeout_s: int = setting_field(3, int_in_range(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
     redis_timeout_ms: int = setting_field(5000, int_in_range(100, 60_000),
                                           "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
-    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
+    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600),
+                                         "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
-    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000), "Approximate bound of the dead-letter stream.")
+    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000),
+                                     "Approximate bound of the dead-letter stream.")
     max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
                                          "A record whose event time is older than this is absurd (dead letter).")
     max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),

@@ -33,9 +33,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from wificore.backoff import Backoff
 from wificore.shardmap import Shard
 
-from wificore.backoff import Backoff
 from .config import WriterConfig
 from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
 from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT

@@ -314,7 +314,7 @@ def decode(payload: bytes | None, limits: Limits) -> Record:
             fast = _fast_acct_values(body, limits)
             if fast is not None:
                 return fast
-        fields = dict(zip(wire.FIELDS[kind], body))  # the checks below name the bad field
+        fields = dict(zip(wire.FIELDS[kind], body, strict=True))  # the checks below name the bad field
     else:
         fields = body
     if kind == wire.KIND_ACCT:

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from wificore.backoff import Backoff
 from wificore.errors import DecodeError, UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
@@ -31,7 +32,6 @@ from wificore.settings import Settings
 from wificore.shardmap import ShardMap
 
 from . import stats as st
-from wificore.backoff import Backoff
 from .config import WriterConfig
 from .merge import Item, Outcome, ShardWriter
 from .records import Acct, Limits, Rejected, decode

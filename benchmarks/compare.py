@@ -54,8 +54,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -88,15 +88,14 @@ from benchmarks import report  # noqa: E402
 from benchmarks.loadgen import run as loadgen  # noqa: E402
 from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
+from rlm_wificore.spool import Spool  # noqa: E402
+from rlm_wificore.spool import drained as spool_drained  # noqa: E402
+from stack.local import Ports, Stack  # noqa: E402
+from stack.servers import RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port, start_radiusd  # noqa: E402
 from wificore.keys import Keys  # noqa: E402
 from wificore.profile import Profile  # noqa: E402
 from wificore.settings import Settings  # noqa: E402
 from wificore.shardmap import ShardMap  # noqa: E402
-from rlm_wificore.spool import Spool  # noqa: E402
-from rlm_wificore.spool import drained as spool_drained  # noqa: E402
-from stack.local import Ports, Stack  # noqa: E402
-from stack.servers import (RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
-                           start_radiusd)
 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
 WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
@@ -1057,7 +1056,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         a = self.args
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         self.setup()
         mem = self.redis_memory()
         log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "

@@ -489,7 +489,7 @@ def load(spec: Spec, shard_map: ShardMap, *, stock_dsn: str | None = None,
     hashed_s = time.monotonic() - started
     log(f"dataset: {spec.tenants} tenants, {spec.subscribers:,} subscribers; "
         f"{NT_POOL} NT and {BCRYPT_POOL} bcrypt hashes in {hashed_s:.1f} s")
-    expires = (dt.datetime.now(dt.timezone.utc) + HOTSPOT_VALIDITY).isoformat()
+    expires = (dt.datetime.now(dt.UTC) + HOTSPOT_VALIDITY).isoformat()
     by_shard: dict[str, list[Tenant]] = {}
     for t in tenants:
         by_shard.setdefault(t.shard, []).append(t)

@@ -26,6 +26,7 @@ import redis
 
 from wificore.backoff import Backoff
 from wificore.log import get_logger
+
 from .spool import MAX_RECORD
 from .store import conninfo
 

@@ -22,17 +22,17 @@ from typing import Any
 import redis
 
 from wificore import wire
-
-from . import policy, records
-from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
+from wificore.backoff import Breaker
 from wificore.errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
+
+from . import policy, records
+from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
 from .spool import Spool
-from wificore.backoff import Breaker
 from .store import Shards, connect_redis
 
 log = get_logger("rlm_wificore")

@@ -16,11 +16,11 @@ import traceback
 import radiusd  # provided by rlm_python3
 
 from wificore import log as wlog
+from wificore.errors import ConfigError
+from wificore.settings import Settings, is_config_check
 
 from .engine import Engine, Result
-from wificore.errors import ConfigError
 from .metrics import Latency
-from wificore.settings import Settings, is_config_check
 
 RCODES = {
     "ok": radiusd.RLM_MODULE_OK,

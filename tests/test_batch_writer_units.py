@@ -10,11 +10,11 @@ import time
 import msgpack
 import pytest
 
-from wificore.backoff import Backoff
 from batch_writer.config import WriterConfig
 from batch_writer.records import Acct, Limits, NasEvent, Rejected, collapse, decode
 from benchmarks.writer_bench import acct
 from wificore import wire
+from wificore.backoff import Backoff
 from wificore.errors import ConfigError, DecodeError
 
 NOW = 1_800_000_000.0

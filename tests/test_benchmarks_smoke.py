@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -87,7 +86,8 @@ class TestDatasetGeneration:
         assert len(auth) == 18 and all(t.kind == packets.KIND_ACCESS for t in auth)
         assert [t.get("Acct-Status-Type") for t in acct] == ["Start"] * 4 + ["Interim-Update"] * 32 \
             + ["Stop"] * 4
-        times = [int(t.get("Acct-Session-Time")) for t in acct if t.get("Acct-Session-Id") == acct[0].get("Acct-Session-Id")]
+        first = acct[0].get("Acct-Session-Id")
+        times = [int(t.get("Acct-Session-Time")) for t in acct if t.get("Acct-Session-Id") == first]
         assert times == sorted(times) and len(times) == compare.ACCT_PER_SESSION
         assert len({t.get("Acct-Session-Id") for t in acct}) == 4
 

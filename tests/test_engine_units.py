@@ -90,8 +90,8 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     import struct
 
     from rlm_wificore import records
-    from wificore import wire
     from rlm_wificore.spool import Spool
+    from wificore import wire
 
     req = {"Acct-Status-Type": "Interim-Update", "Acct-Session-Id": "abc", "User-Name": "bob",
            "Acct-Session-Time": "60", "Acct-Input-Octets": "5", "Acct-Input-Gigawords": "1",

@@ -121,7 +121,7 @@ def _script_keys() -> set[str]:
         if m and not m.group(2).startswith("function"):
             names = [n.strip() for n in m.group(1).split(",")]
             exprs = _split(m.group(2), ",")
-            for name, expr in zip(names, exprs):
+            for name, expr in zip(names, exprs, strict=False):  # Lua allows fewer values
                 value = _eval(expr, env)
                 if value is not None:
                     env[name] = value

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from wificore import wire
-from wificore.keys import Keys
 from tests.conftest import TENANT_A
 from tests.test_accounting import wait_until
 from tests.test_policy import metric
+from wificore import wire
+from wificore.keys import Keys
 
 K = Keys("wc")
 

@@ -97,7 +97,7 @@ class TestReply:
 
     def test_session_timeout_is_least_of_limits(self, auth, subscriber):
         """Session-Timeout is the time to expiry when that is sooner than the plan's limit."""
-        soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=600)).isoformat()
+        soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=600)).isoformat()
         user = subscriber(expires_at=soon)
         ans = pap(auth, TENANT_A, user)
         assert ans.accepted

@@ -3,15 +3,14 @@ its own Python interpreter, spool and metrics, all answering the same NAS."""
 
 from __future__ import annotations
 
-
 import pytest
 
-from wificore.keys import Keys
-from tests import metrics
 from stack.servers import Radiusd, RadiusdGroup, free_port
+from tests import metrics
 from tests.conftest import TENANT_A
 from tests.radius import send
 from tests.test_accounting import acct_packet, wait_until
+from wificore.keys import Keys
 
 K = Keys("wc")
 

@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from rlm_wificore import spool as spool_mod
-from wificore.errors import ConfigError
 from rlm_wificore.spool import Spool
+from wificore.errors import ConfigError
 
 
 def take(sp: Spool, max_records: int) -> list[bytes]:

@@ -74,7 +74,7 @@ def v_time(value: str | None, field: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
@@ -302,7 +302,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
-                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row))
+                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
         stored["password"] = "(hidden)"
     cached: Any = None
     live: Any = None

@@ -143,5 +143,5 @@ def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
     """Decode one record into (kind, fields), whatever its version."""
     kind, body = unpack_body(payload)
     if isinstance(body, list):
-        return kind, dict(zip(FIELDS[kind], body))
+        return kind, dict(zip(FIELDS[kind], body, strict=True))
     return kind, body
