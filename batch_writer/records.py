@@ -22,7 +22,7 @@ import dataclasses
 import math
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from wificore import wire
 from wificore.errors import InputError
@@ -316,7 +316,7 @@ def decode(payload: bytes | None, limits: Limits) -> Record:
                 return fast
         fields = dict(zip(wire.FIELDS[kind], body, strict=True))  # the checks below name the bad field
     else:
-        fields = body
+        fields = cast(dict[str, Any], body)
     if kind == wire.KIND_ACCT:
         return parse_acct(fields, limits)
     return parse_auth(fields, limits)
@@ -411,13 +411,13 @@ def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEv
         elif type(seen) is _Row:
             seen.fold(r)
         else:
-            row = _Row(seen)
+            row = _Row(cast(Acct, seen))
             row.fold(r)
             rows[key] = row
     out = []
     for (tenant_id, session_key), w in sorted(rows.items()):  # keys are unique: values never compared
         if type(w) is not _Row:
-            out.append(_single(w))
+            out.append(_single(cast(Acct, w)))
             continue
         out.append((tenant_id, session_key, w.nas_id, w.username, w.acct_session_id, w.calling_station_id,
                     w.framed_ip, w.started, w.updated, w.stale, w.stopped, w.session_time_s,

@@ -105,7 +105,7 @@ SELECT plan_id, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,
 
 def from_row(row: tuple[Any, ...]) -> tuple[Profile, Plan]:
     """Split a PROFILE_SQL row into the profile and its plan."""
-    profile = Profile(*row[:8], plan_id=row[8])
+    profile = Profile(*row[:9])  # its last column, plan_id, starts the plan's too
     return profile, Plan(*row[8:])
 
 
