@@ -55,8 +55,8 @@ def main() -> int:
     p.add_argument("--records", type=int, default=200_000, help="per round (x 304 B < one 64 MiB segment)")
     p.add_argument("--dir", default="/tmp", help="where the spools go (the filesystem matters)")
     args = p.parse_args()
-    import rlm_wificore.errors  # noqa: F401  the modules spool.py imports
-    import rlm_wificore.log  # noqa: F401
+    import wificore.errors  # noqa: F401  the modules spool.py imports
+    import wificore.log  # noqa: F401
     trees = {"this": load(ROOT, "spool_this")}
     if args.other:
         trees["other"] = load(args.other, "spool_other")

@@ -46,11 +46,10 @@ import mmap
 import os
 import struct
 import threading
-import time
 from pathlib import Path
 
-from .errors import ConfigError, StoreUnavailable
-from .log import get_logger
+from wificore.errors import ConfigError, StoreUnavailable
+from wificore.log import get_logger
 
 log = get_logger("rlm_wificore.spool")
 
@@ -316,6 +315,7 @@ class Spool:
             if off + 4 + n > self._wsize:
                 off = self._switch(n)
             m = self._wmap
+            assert m is not None  # _switch mapped one, or raised SpoolFull
             m[off + 4:off + 4 + n] = payload
             m[off:off + 4] = _LEN.pack(n)  # the frame exists once its length does
             self.write_off = off + 4 + n

@@ -15,16 +15,16 @@ import uuid
 import pytest
 import redis as redis_lib
 
-from rlm_wificore import roles
-from rlm_wificore.errors import ConfigError
-from rlm_wificore.keys import Keys
-from rlm_wificore.settings import Settings
 from stack.servers import RADDB, Radiusd, RedisServer, free_port, venv_bin
 from tests.conftest import TENANT_A
 from tests.radius import send
 from tests.test_accounting import acct_packet
 from tests.test_batch_writer import writer_env
 from tests.test_spool_disk import raddb_with
+from wificore import roles
+from wificore.errors import ConfigError
+from wificore.keys import Keys
+from wificore.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ class TestSettings:
 class TestEngineCheck:
     def _engine(self, settings):
         from rlm_wificore.engine import Engine
-        from rlm_wificore.shardmap import ShardMap
+        from wificore.shardmap import ShardMap
         return Engine(settings, ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
                                                                "dsn": "postgresql://x@127.0.0.1:1/x"}]}))
 

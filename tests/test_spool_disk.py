@@ -261,7 +261,7 @@ def raddb_with(dest: Path, **settings: str) -> Path:
     conf = dest / "mods-available" / "wificore"
     text = conf.read_text()
     for key, value in settings.items():
-        text, n = re.subn(rf"(?m)^(\s*{key}\s*=\s*).*$", lambda m: m.group(1) + value, text)
+        text, n = re.subn(rf"(?m)^(\s*{key}\s*=\s*).*$", lambda m, value=value: m.group(1) + value, text)
         assert n == 1, key
     conf.write_text(text)
     return dest
