@@ -33,7 +33,7 @@ def _hide_password(password: bytes, secret: bytes, authenticator: bytes) -> byte
     padded = password + b"\0" * (-len(password) % 16 or (16 if not password else 0))
     out, last = b"", authenticator
     for i in range(0, len(padded), 16):
-        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], hashlib.md5(secret + last).digest()))
+        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], hashlib.md5(secret + last).digest(), strict=True))
         out += block
         last = block
     return out
@@ -66,7 +66,7 @@ def exchange(port: int, source: str, packet: bytes, timeout_s: float = 3.0) -> b
         s.sendto(packet, ("127.0.0.1", port))
         try:
             return s.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             return None
 
 
