@@ -150,6 +150,9 @@ local function one(payload)
   local k, born, seen = last[8] or skey, tonumber(last[9]), tonumber(last[10])
   local gen, prev, x = tonumber(last[11]) or 0, last[12], last[4]
   local rs = ev - (nt or 0)  -- when this record says its session started
+  -- Only a Start, or a record with a session time, says when its session started (a NAS
+  -- that sends no Acct-Session-Time in Interims must not open a generation per Interim).
+  local dated = status == 'start' or (nt or 0) > 0
   local newgen = not exists
   if exists then
     local on_at = tonumber(redis.call('GET', nason))
@@ -159,9 +162,9 @@ local function one(payload)
       return
     elseif status == 'start' and x == '1' then
       newgen = true
-    elseif on_at and born and born < on_at and rs >= on_at then
+    elseif dated and on_at and born and born < on_at and rs >= on_at then
       newgen = true
-    elseif seen and rs > seen + SLACK_S then
+    elseif dated and seen and rs > seen + SLACK_S then
       newgen = true
     elseif x == '1' then
       -- A Stop was final: nothing after it counts or revives the session.

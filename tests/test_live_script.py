@@ -311,3 +311,14 @@ def test_live_script_maxima_match_batch_writer():
     from batch_writer import records as br
     assert f"MAX_OCTETS = {br.MAX_OCTETS} " in _LIVE_LUA
     assert f"MAX_SESSION_TIME_S = {br.MAX_SESSION_TIME_S} " in _LIVE_LUA
+
+
+def test_interims_without_session_time_stay_one_session(live):
+    """A NAS that sends no Acct-Session-Time in its Interims (0): each Interim is later than
+    everything seen, yet the session is one (one key, counted by deltas)."""
+    live.send(T0, record("start"))
+    for k in range(1, 4):
+        live.send(T0 + 300 * k, record("interim", ev=T0 + 300 * k, session_time_s=0,
+                                       input_octets=100 * k, output_octets=0))
+    assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
+    assert int(usage(live)[b"octets"]) == 300
