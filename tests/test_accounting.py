@@ -160,9 +160,10 @@ class TestNasSemantics:
             "GigabitEthernet0/0/1.100:100", "ssid-Cafe", "bras-7")
         assert rec["calling_station_id"] == "aabb.cc00.1122"
 
-    def test_a_session_id_reused_after_a_stop_is_live_again(self, acct, subscriber, redis, shard_conn):
+    def test_a_session_id_reused_after_a_stop_is_live_again(self, acct, auth, subscriber, redis, shard_conn):
         """RouterOS after a reboot: Start, Stop, then a Start with the same Acct-Session-Id is a
-        live session again (before: merged into the stopped one, invisible)."""
+        live session again, counted, and Simultaneous-Use 1 refuses a second login (before:
+        merged into the stopped one, invisible)."""
         user = subscriber()
         t = TENANT_A[0]
         acct(TENANT_A, acct_packet(user, "82000004", "Start"))
@@ -175,6 +176,9 @@ class TestNasSemantics:
         acct(TENANT_A, acct_packet(user, "82000004", "Interim-Update", inp=5, out=5, t=60,
                                    **{"Event-Timestamp": int(time.time()) + 180}))
         assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"40")
+        login = {"User-Name": user, "User-Password": "pw-123456"}
+        ans = wait_until(lambda: (lambda a: a if a.code == "Access-Reject" else None)(auth(TENANT_A, login)))
+        assert ans is not None and "simultaneous" in ans.get("Reply-Message")
         keys = {r["live_session_key"] for r in [stream_record(redis, key, "stop"),
                                                 stream_record(redis, key, "interim")]}
         assert len(keys) == 2

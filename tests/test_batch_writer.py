@@ -640,3 +640,54 @@ def test_benchmark_smoke(writer_tenants):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["verified"] and result["acked"] == result["records"] == 2000
     assert result["records_per_s"] > 0 and result["dead_letters"] == 0
+
+
+class TestThroughLiveScript:
+    """Records through live.lua (real Redis) then the writer (real shards): Redis usage and
+    PostgreSQL agree under the counter rules, and a reused session id gets its own row."""
+
+    @staticmethod
+    def through_live(redis, prefix: str, now: float, records: list[dict]) -> None:
+        import struct as _struct
+
+        from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
+        from rlm_wificore.spool import MAX_RECORD
+        span = b"".join(_struct.pack("<I", len(p)) + p for p in (wire.pack(wire.KIND_ACCT, r) for r in records))
+        n, _consumed, _ended, corrupt = redis.register_script(_LIVE_LUA)(
+            args=[prefix, PARTITIONS, now, 2, SESSION_TTL_S, USAGE_TTL_S, MAX_RECORD, span])
+        assert (n, corrupt) == (len(records), 0)
+
+    @staticmethod
+    def rows(shard_conn, key_prefix: str) -> list[tuple]:
+        return shard_conn(T1).execute(
+            "SELECT session_key, input_octets, output_octets, session_time_s, close_reason, counter_flags "
+            "FROM sessions WHERE tenant_id = %s AND session_key LIKE %s ORDER BY started_at",
+            (T1, key_prefix + ":%")).fetchall()
+
+    def test_redis_usage_and_rows_agree_and_a_reused_id_is_a_new_row(self, make_writer, redis, shard_conn):
+        prefix, now = new_prefix(), time.time()
+        key, user = new_key(), "agree-" + uuid.uuid4().hex[:6]
+        t0 = now - 3000
+
+        def rec(status, ev, t, i, o):
+            return acct(T1, key, status, ev, session_time_s=t, in_octets=i, out_octets=o, username=user,
+                        arrival_ts=ev)
+        # Session 1: a 32-bit wrap without Gigawords, an implausible Gigawords, a late copy, a Stop.
+        self.through_live(redis, prefix, t0 + 180, [
+            rec("start", t0, 0, 0, 0), rec("interim", t0 + 60, 60, 4_000_000_000, 1000),
+            rec("interim", t0 + 120, 120, 500, 2000),
+            rec("interim", t0 + 150, 150, ((2**31 - 1) << 32) | 1, 2500),
+            rec("interim", t0 + 60, 60, 4_000_000_000, 1000),
+            rec("stop", t0 + 180, 180, 900, 3000)])
+        # Session 2: the NAS reuses the id after the Stop.
+        t1 = t0 + 1000
+        self.through_live(redis, prefix, t1 + 60, [rec("start", t1, 0, 0, 0), rec("interim", t1 + 60, 60, 70, 30)])
+        drain(make_writer(prefix))
+        rows = self.rows(shard_conn, key)
+        assert rows == [
+            (f"{key}:{int(t0):x}", 4_000_000_900, 3000, 180, "stop", 3),
+            (f"{key}:{int(t1):x}", 70, 30, 60, None, 0),
+        ]
+        used = redis.hget(f"{prefix}:{{{T1}}}:use:{user}", "octets")
+        assert int(used) == sum(r[1] + r[2] for r in rows)
+        redis.delete(*redis.keys(f"{prefix}:*"))
