@@ -6,6 +6,10 @@
 -- partition for batch_writer. The forwarder sends a span of the spool as it
 -- lies on disk, frames and all; they are split and decoded (cmsgpack) here,
 -- so the radiusd process spends no Python time per record on the way to Redis.
+-- Here too (see docs/batch-writer.md, "Accounting: counters, session identity,
+-- liveness"): the counter rules, the generations of a reused Acct-Session-Id and
+-- the interim interval a session's liveness uses; the stream's copy of each
+-- record carries the results (wire.LIVE_FIELDS), which batch_writer stores.
 --
 -- ARGV[1] key prefix   ARGV[2] stream partitions   ARGV[3] now (epoch s)
 -- ARGV[4] session_stale_interims   ARGV[5] session TTL s   ARGV[6] usage TTL s
@@ -106,16 +110,14 @@ local function one(payload)
   local tp = prefix .. ':{' .. t .. '}:'
   local stream = prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}'
   local naslive = tp .. 'naslive:' .. int(f.nas_id)
-  local nason = tp .. 'nason:' .. int(f.nas_id)
   local status, skey, user = f.status, f.session_key, f.username
   local ev = tonumber(f.event_ts) or now
 
   if status == 'on' or status == 'off' then
     redis.call('XADD', stream, '*', 'd', payload)
     -- The NAS restarted: none of its sessions is live any more, and an Acct-Session-Id
-    -- it uses again from now on is a new session (see the generations below).
-    local before = tonumber(redis.call('GET', nason)) or 0
-    redis.call('SET', nason, string.format('%.3f', math.max(before, ev)), 'EX', session_ttl)
+    -- it uses again from now on is a new session (field n: see the generations below).
+    local on_at = string.format('%.3f', ev)
     local members = redis.call('ZRANGE', naslive, 0, -1)
     for _, m in ipairs(members) do
       local sep = string.find(m, '\n', 1, true)
@@ -123,8 +125,9 @@ local function one(payload)
         local skey = string.sub(m, sep + 1)
         redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), skey)
         -- Should the session go on all the same, its next record enters it again.
-        local base = string.match(skey, '^([^:]*)')
-        redis.call('HDEL', tp .. 'sess:' .. base, 'r')
+        local base = tp .. 'sess:' .. string.match(skey, '^([^:]*)')
+        redis.call('HDEL', base, 'r')
+        redis.call('HSET', base, 'n', on_at)
       end
     end
     redis.call('DEL', naslive)
@@ -141,13 +144,19 @@ local function one(payload)
   if nt == nil or nt < 0 or nt > MAX_SESSION_TIME_S then nt = nil; flags = FLAG_REFUSED end
 
   local live, usage, sess = tp .. 'live:' .. user, tp .. 'use:' .. user, tp .. 'sess:' .. skey
-  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'e', 'g', 'p', 'v')
+  -- i o t: last counters (the delta base); x: stopped; r: refresh time; I O: totals when
+  -- they differ from i o (a counter went backwards); k: the row key; b: when the current
+  -- generation started; n: the NAS's last Accounting-On/Off; g: generation; p: the
+  -- previous generation's key; v: the interim interval liveness uses.
+  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
   local exists = last[3] ~= false
   -- Generations of one Acct-Session-Id (one row each in PostgreSQL, key k): a Start after
   -- a Stop, a session starting after the NAS's Accounting-On/Off, or after everything
   -- seen of the current one, is a new session. A hash from before 2026-12-01 keeps k =
   -- the plain key.
-  local k, born, seen = last[8] or skey, tonumber(last[9]), tonumber(last[10])
+  local k, born, on_at = last[8] or skey, tonumber(last[9]), tonumber(last[10])
+  -- The last event time seen of the generation: its start plus its session time.
+  local seen = born and (born + (tonumber(last[3]) or 0))
   local gen, prev, x = tonumber(last[11]) or 0, last[12], last[4]
   local rs = ev - (nt or 0)  -- when this record says its session started
   -- Only a Start, or a record with a session time, says when its session started (a NAS
@@ -155,7 +164,6 @@ local function one(payload)
   local dated = status == 'start' or (nt or 0) > 0
   local newgen = not exists
   if exists then
-    local on_at = tonumber(redis.call('GET', nason))
     if prev and born and rs < born - SLACK_S then
       -- A late record of the previous generation: to its row, nothing live or counted.
       redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil))
@@ -187,7 +195,7 @@ local function one(payload)
     end
     k = skey .. ':' .. string.format('%x', math.floor(rs))
     if k == prev then k = k .. '.' .. gen end
-    li, lo, lt, LI, LO, born, seen, iv, x = 0, 0, 0, 0, 0, rs, ev, nil, false
+    li, lo, lt, LI, LO, born, iv, x = 0, 0, 0, 0, 0, rs, nil, false
     last[5] = false  -- refresh due now
   end
   if iv == nil then iv = plan_interim(tp, user, tonumber(f.interim_s) or 300) end
@@ -219,14 +227,15 @@ local function one(payload)
   local due = now >= refresh_at
   local fresh
   if newgen then
-    redis.call('HDEL', sess, 'x', 'r')
-    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt), 'I', int(LI),
-                       'O', int(LO), 'e', string.format('%.3f', seen), 'k', k,
+    if exists then redis.call('HDEL', sess, 'x', 'r', 'I', 'O') end
+    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt), 'k', k,
                        'b', string.format('%.3f', born), 'g', int(gen), 'v', int(iv)) > 0
     if prev then redis.call('HSET', sess, 'p', prev) end
   else
-    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt), 'I', int(LI),
-                       'O', int(LO), 'e', string.format('%.3f', math.max(seen or ev, ev))) > 0
+    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt)) > 0
+    if LI ~= bi or LO ~= bo then
+      redis.call('HSET', sess, 'I', int(LI), 'O', int(LO))
+    end
     if not last[13] then redis.call('HSET', sess, 'v', int(iv)) end
     if not last[8] and not born then
       redis.call('HSET', sess, 'b', string.format('%.3f', rs))
