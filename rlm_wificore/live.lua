@@ -159,9 +159,11 @@ local function one(payload)
   local seen = born and (born + (tonumber(last[3]) or 0))
   local gen, prev, x = tonumber(last[11]) or 0, last[12], last[4]
   local rs = ev - (nt or 0)  -- when this record says its session started
-  -- Only a Start, or a record with a session time, says when its session started (a NAS
-  -- that sends no Acct-Session-Time in Interims must not open a generation per Interim).
-  local dated = status == 'start' or (nt or 0) > 0
+  -- Only a Start, or a record whose session time restarted below the last one, can open a
+  -- generation: a NAS that sends no Acct-Session-Time in its Interims, or whose clock is
+  -- set mid-session (an NTP sync), goes on as one session.
+  local lt0 = tonumber(last[3]) or 0
+  local dated = status == 'start' or ((nt or 0) > 0 and nt < lt0)
   local newgen = not exists
   if exists then
     if prev and born and rs < born - SLACK_S then

@@ -322,3 +322,22 @@ def test_interims_without_session_time_stay_one_session(live):
                                        input_octets=100 * k, output_octets=0))
     assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
     assert int(usage(live)[b"octets"]) == 300
+
+
+def test_a_clock_set_mid_session_keeps_one_session(live):
+    """The NAS's clock jumps 3 h ahead between two Interims (set by hand, NTP): the session
+    time goes on, so it is the same session (one key, counted by deltas)."""
+    live.send(T0, record("start"), record("interim", t=60))
+    live.send(T0 + 120, record("interim", t=120, ev=T0 + 120 + 3 * 3600))
+    assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
+    assert int(usage(live)[b"octets"]) == 30 * 120
+
+
+def test_an_interim_of_a_new_session_whose_start_was_lost_opens_it(live):
+    """RouterOS rebooted without Accounting-On and its new session's Start was lost: an
+    Interim whose session time restarted, long after the old one, is the new session."""
+    live.send(T0, record("start"), record("interim", t=600))
+    t1 = T0 + 7200
+    live.send(t1, record("interim", t=60, ev=t1))
+    assert stream_records(live)[-1]["live_session_key"] == row_key(started=t1 - 60)
+    assert int(usage(live)[b"octets"]) == 30 * 600 + 30 * 60
