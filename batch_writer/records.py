@@ -283,10 +283,24 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
             and (nas_ident is None or _str_ok(nas_ident, MAX_TEXT))
             and status in SESSION_STATUSES):
         return None
-    return _live(Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid,
-                      _ip(framed_ip), cause, _interim_value(interim, limits.default_interim_s),
-                      _arrival_value(arrival), port_id, called, nas_ident),
-                 lkey, lt, li, lo, flags, liv, limits.default_interim_s)
+    interim = _interim_value(interim, limits.default_interim_s)
+    fl = 0
+    if type(lkey) is str and 0 < len(lkey) <= MAX_SESSION_KEY and "\x00" not in lkey:
+        # What live.lua worked out (the common case; see _live for the rest).
+        key = lkey
+        if type(li) is int and 0 <= li <= MAX_COUNTER:
+            io = li
+        if type(lo) is int and 0 <= lo <= MAX_COUNTER:
+            oo = lo
+        if type(flags) is int and 0 <= flags <= 3:
+            fl = flags
+        interim = _interim_value(liv, interim)
+    if io > MAX_OCTETS or oo > MAX_OCTETS:  # st was checked against MAX_SESSION_TIME_S above
+        io, f1 = _plausible(io, MAX_OCTETS)
+        oo, f2 = _plausible(oo, MAX_OCTETS)
+        fl |= f1 | f2
+    return Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, _ip(framed_ip),
+                cause, interim, _arrival_value(arrival), port_id, called, nas_ident, fl)
 
 
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
