@@ -31,7 +31,7 @@ local changed = {}
 
 local function int(x) return string.format('%d', x) end
 
--- Version 2 records carry their fields by position (rlm_wificore/wire.py,
+-- Version 2 records carry their fields by position (wificore/wire.py,
 -- ACCT_FIELDS and AUTH_FIELDS); version 1 as a map. The fields used here, by name:
 local function fields(rec)
   local v = rec[3]
@@ -65,28 +65,18 @@ local function extend(payload, rec, ...)
          .. cmsgpack.pack(...)
 end
 
--- The interval liveness uses for a new session: the plan's (the subscriber's profile and
--- plan as authorize cached them in Redis, moments before the Start), else the largest
--- seen for the tenant, else what the record says. Never the radiusd process's own cache.
-local function plan_interim(tp, user, told)
-  local raw = redis.call('GET', tp .. 'u:' .. user)
-  if raw then
-    local ok, prof = pcall(cmsgpack.unpack, raw)
-    if ok and type(prof) == 'table' and type(prof[9]) == 'number' then
-      local praw = redis.call('GET', tp .. 'plan:' .. int(prof[9]))
-      if praw then
-        local ok2, plan = pcall(cmsgpack.unpack, praw)
-        if ok2 and type(plan) == 'table' and type(plan[6]) == 'number' and plan[6] > 0 then
-          local most = tonumber(redis.call('GET', tp .. 'ivmax')) or 0
-          if plan[6] > most then
-            redis.call('SET', tp .. 'ivmax', int(plan[6]), 'EX', usage_ttl)
-          end
-          return plan[6]
-        end
-      end
-    end
-  end
-  return math.max(told, tonumber(redis.call('GET', tp .. 'ivmax')) or 0)
+-- The plan id of a cached profile, the interval of a cached plan (rlm_wificore's
+-- Profile.pack / Plan.pack arrays: plan_id 9th, interim_interval_s 6th); nil if unreadable.
+local function profile_plan(raw)
+  local ok, prof = pcall(cmsgpack.unpack, raw)
+  if ok and type(prof) == 'table' and type(prof[9]) == 'number' then return prof[9] end
+  return nil
+end
+
+local function plan_interval(raw)
+  local ok, plan = pcall(cmsgpack.unpack, raw)
+  if ok and type(plan) == 'table' and type(plan[6]) == 'number' and plan[6] > 0 then return plan[6] end
+  return nil
 end
 
 local function one(payload)
@@ -200,7 +190,30 @@ local function one(payload)
     li, lo, lt, LI, LO, born, iv, x = 0, 0, 0, 0, 0, rs, nil, false
     last[5] = false  -- refresh due now
   end
-  if iv == nil then iv = plan_interim(tp, user, tonumber(f.interim_s) or 300) end
+  if iv == nil then
+    -- The interval liveness uses, resolved at the session's first record: the plan's (the
+    -- subscriber's profile and plan as authorize cached them in Redis, moments before the
+    -- Start), else the largest plan interval seen for the tenant, else the record's. Never
+    -- the radiusd process's own cache.
+    iv = tonumber(f.interim_s) or 300
+    local found
+    local praw = redis.call('GET', tp .. 'u:' .. user)
+    local plan_id = praw and profile_plan(praw)
+    if plan_id then
+      local plraw = redis.call('GET', tp .. 'plan:' .. int(plan_id))
+      found = plraw and plan_interval(plraw)
+    end
+    local most = redis.call('GET', tp .. 'ivmax')
+    most = tonumber(most) or 0
+    if found then
+      if found > most then
+        redis.call('SET', tp .. 'ivmax', int(found), 'EX', usage_ttl)
+      end
+      iv = found
+    else
+      iv = math.max(iv, most)
+    end
+  end
 
   -- Counter rules, part 2: deltas against the last counters seen. A record whose session
   -- time is behind the last is late (reordered): it adds nothing. A counter lower than

@@ -19,7 +19,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .errors import InputError
+from wificore import wire
+from wificore.errors import InputError
 
 STATUS = {
     "Start": "start", "Stop": "stop", "Interim-Update": "interim", "Alive": "interim",
@@ -29,6 +30,13 @@ U32 = 1 << 32
 #: An Event-Timestamp further than this from arrival is a NAS with no clock.
 MAX_CLOCK_SKEW_S = 86400
 MAX_FIELD = 253
+
+#: The order in which acct_record() lists the values; wire.ACCT_FIELDS says where each goes.
+_VALUES = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
+           "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
+           "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "nas_port",
+           "interim_s", "record_id", "nas_port_id", "called_station_id", "nas_identifier")
+_to_wire = wire.arranger(wire.KIND_ACCT, _VALUES)
 
 
 def session_key(tenant_id: int, nas_id: int, acct_session_id: str, username: str) -> str:
@@ -65,7 +73,7 @@ NO_ADDRESS = ("0.0.0.0", "::")
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
-                arrival_ts: float, record_id: str) -> tuple[str, list[Any]]:
+                arrival_ts: float, record_id: str) -> tuple[str, tuple[Any, ...]]:
     """The status and the wire values (``wire.ACCT_FIELDS`` order) of one
     Accounting-Request; InputError names the bad field."""
     status_raw = req.get("Acct-Status-Type")
@@ -100,10 +108,10 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
     framed_ip = req.get("Framed-IP-Address")
     if framed_ip in NO_ADDRESS:
         framed_ip = None
-    return status, [
+    return status, _to_wire((  # in _VALUES order
         tenant_id, nas_id, key, acct_session_id, username, status, event_ts, arrival_ts,
         _u32(req, "Acct-Session-Time"), inp, out, inp_pk, out_pk,
         _text(req, "Calling-Station-Id") or _text(req, "WiFiCore-Client-Mac"), framed_ip,
         _text(req, "Acct-Terminate-Cause"), _text(req, "NAS-Port"), interim_s, record_id,
         _text(req, "NAS-Port-Id"), _text(req, "Called-Station-Id"), _text(req, "NAS-Identifier"),
-    ]
+    ))

@@ -10,12 +10,12 @@ import time
 import msgpack
 import pytest
 
-from rlm_wificore.backoff import Backoff
 from batch_writer.config import WriterConfig
 from batch_writer.records import SESSION_COLUMNS, Acct, Limits, NasEvent, Rejected, collapse, decode
 from benchmarks.writer_bench import acct
-from rlm_wificore import wire
-from rlm_wificore.errors import ConfigError, DecodeError
+from wificore import wire
+from wificore.backoff import Backoff
+from wificore.errors import ConfigError, DecodeError
 
 NOW = 1_800_000_000.0
 LIMITS = Limits(now=NOW, max_age_s=30 * 86400, max_ahead_s=86400, default_interim_s=300)
@@ -195,7 +195,7 @@ class TestCollapse:
         r = rec("interim", NOW - 7 * 3600, interim_s=60, arrival_ts=NOW)
         rows, _ = collapse([r])
         cols = [c for c, _t in SESSION_COLUMNS]
-        row = dict(zip(cols, rows[0]))
+        row = dict(zip(cols, rows[0], strict=True))
         assert row["stale"] == NOW + 120 and row["updated"] == NOW - 7 * 3600 and row["received"] == NOW
 
     def test_rows_come_in_key_order_and_nas_events_in_time_order(self):

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from rlm_wificore import wire
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
 from rlm_wificore.spool import MAX_RECORD
+from wificore import wire
 
 T0 = 1_900_000_000.0
 INTERIM_S = 60
@@ -285,7 +285,7 @@ def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
 def test_liveness_uses_the_plan_interim_without_the_process_cache(live):
     """The record says 300 s (the radiusd process had no copy of the subscriber); the plan
     (3,600 s, cached in Redis by authorize) decides the deadline (before: 660 s)."""
-    from rlm_wificore.profile import Plan, Profile
+    from wificore.profile import Plan, Profile
     plan = Plan(42, None, None, None, None, 3600, None, None, 1, None)
     prof = Profile(1, "pppoe", "cleartext", "pw", "active", None, None, None, 42)
     live.r.set(f"{live.p}:{{1}}:u:alice", prof.pack())

@@ -50,8 +50,10 @@ def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: st
         conn.execute("UPDATE nas SET name = %s, ip = %s::inet, secret = %s, vendor = %s "
                      "WHERE tenant_id = %s AND nas_id = %s", (name, ip, secret, vendor, tenant_id, ids[0]))
         return ids[0]
-    return conn.execute("INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
-                        "RETURNING nas_id", (tenant_id, name, ip, secret, vendor)).fetchone()[0]
+    from .admin import returned
+    return int(returned(conn.execute("INSERT INTO nas (tenant_id, name, ip, secret, vendor) "
+                                     "VALUES (%s, %s, %s, %s, %s) RETURNING nas_id",
+                                     (tenant_id, name, ip, secret, vendor))))
 
 
 def forget_cached(a: Admin, ips: list[str]) -> None:
@@ -84,8 +86,9 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
         if not 1 <= len(args.new_name) <= 64:
             raise InputError("new_name: must be 1..64 characters")
         changes["name"] = args.new_name
-    if args.new_ip is not None:
-        changes["ip"] = v_ip(args.new_ip, "new_ip")
+    new_ip = v_ip(args.new_ip, "new_ip")
+    if new_ip is not None:
+        changes["ip"] = new_ip
     if not changes:
         raise InputError("nas set: nothing to change (--secret, --vendor, --new-name, --new-ip)")
     with a.connect(args.tenant) as conn:
