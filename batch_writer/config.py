@@ -48,8 +48,12 @@ class WriterConfig:
                                         "A batch is written when it has this many entries ...")
     batch_max_age_ms: int = setting_field(200, int_in_range(1, 60_000), "... or when its first entry is this old.")
     max_attempts: int = setting_field(5, int_in_range(1, 1000),
-                                      "Deliveries (first read, restart, claim) after which an entry goes to the "
-                                      "dead-letter stream.")
+                                      "Failures of one record written alone with an error that is neither a data "
+                                      "error nor the shard's, after which it goes to the dead-letter stream. "
+                                      "Deliveries, restarts, claims and shard outages never count.")
+    shard_deadline_s: int = setting_field(15, int_in_range(1, 3600),
+                                          "Client-side deadline of one round trip with a shard: past it the writer "
+                                          "stops waiting, cuts the connection and backs the shard off.")
     claim_min_idle_ms: int = setting_field(60_000, int_in_range(100, 86_400_000),
                                            "Entries of a writer without a heartbeat are claimed once this idle.")
     claim_interval_s: int = setting_field(10, int_in_range(1, 3600), "How often to look for dead writers' entries.")
