@@ -72,7 +72,9 @@ class WriterConfig:
                                           "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
     heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
-    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000), "Approximate bound of the dead-letter stream.")
+    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000),
+                                     "Alarm threshold of the dead-letter stream's length (an error log and "
+                                     "wificore_writer_dead_letter_over_bound = 1); the stream is never trimmed.")
     max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
                                          "A record whose event time is older than this is absurd (dead letter).")
     max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),

@@ -304,8 +304,9 @@ class Streams:
         for e, reason in rejected:
             pipe.xadd(self.keys.dead_letter,
                       {"d": e.payload or b"", "reason": reason[:1000],
-                       "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"},
-                      maxlen=self.dead_maxlen, approximate=True)
+                       "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"})
+            # Never trimmed: dead letters wait for `wificore-admin deadletter replay`.
+            # dead_maxlen is an alarm (worker: log + metric), not a silent loss.
         results = pipe.execute(raise_on_error=False)
         stored = [e for (e, _), res in zip(rejected, results, strict=True) if not isinstance(res, Exception)]
         self.ack(stored)

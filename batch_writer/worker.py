@@ -119,6 +119,7 @@ class Writer:
         self._next_claim = now + cfg.claim_interval_s
         self._next_stale = now + cfg.stale_interval_s
         self._next_measure = now
+        self._next_dead_alarm = 0.0
 
     # ------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -431,9 +432,19 @@ class Writer:
             lag, pending, dead_len = self.streams.measure_and_trim()
             self.stats.stream_lag, self.stats.stream_pending = lag, pending
             self.stats.dead_letter_length = dead_len
+            self._check_dead_bound(dead_len)
         if now >= self._next_stale:
             self._next_stale = now + self.cfg.stale_interval_s
             self.close_stale()
+
+    def _check_dead_bound(self, dead_len: int) -> None:
+        """The dead-letter stream is never trimmed: past dead_maxlen, raise the alarm."""
+        over = dead_len >= self.cfg.dead_maxlen
+        if over and time.monotonic() >= self._next_dead_alarm:
+            self._next_dead_alarm = time.monotonic() + 60
+            log.error("dead_letter_stream_over_bound", length=dead_len, bound=self.cfg.dead_maxlen,
+                      hint="wificore-admin deadletter list / replay; nothing is trimmed")
+        self.stats.dead_letter_over_bound = over
 
     def _beat(self) -> None:
         self.streams.beat(self.cfg.heartbeat_ttl_s, {"ts": round(time.time(), 3), "pid": os.getpid(),
