@@ -176,6 +176,7 @@ class Outcome:
     rejected: list[tuple[Item, str, str]] = dataclasses.field(default_factory=list)  # dead letter
     deferred: list[Item] = dataclasses.field(default_factory=list)   # stays pending
     error: str | None = None
+    auth_error: str | None = None  # the auth-log part failed (accounting went on); it stays pending
     attempted: bool = False  # False: the shard's backoff was not over, nothing was tried
     merged_rows: int = 0
     auth_rows: int = 0
@@ -199,6 +200,7 @@ class ShardWriter:
         self.shard = shard
         self.cfg = cfg
         self.backoff = Backoff(first_s=0.2, max_s=float(cfg.backoff_max_s))
+        self.auth_backoff = Backoff(first_s=0.2, max_s=float(cfg.backoff_max_s))
         self._conn: psycopg.Connection | None = None
         self._auth_days: set[dt.date] = set()
         self.last_error: str | None = None
@@ -310,10 +312,14 @@ class ShardWriter:
             out.error = self.last_error
             return out
         out.attempted = True
+        # Accounting first, in transactions of its own; the auth log after it, in
+        # others, with a backoff of its own: an auth-log problem (a partition, a
+        # permission, a bad row) never holds accounting.
+        acct = [it for it in items if not isinstance(it.record, Auth)]
+        auth = [it for it in items if isinstance(it.record, Auth)]
         try:
-            self._ensure_auth_days(items)
-            self._write_split(items, out)
-            self._close_nas(items, out)
+            self._write_split(acct, out)
+            self._close_nas(acct, out)
         except (psycopg.Error, ShardUnavailable) as exc:
             # Nothing of this batch counts as done: entries already committed are
             # replayed later, and the merge makes that harmless.
@@ -329,8 +335,34 @@ class ShardWriter:
             return out
         self.backoff.succeeded()
         self.last_error = None
+        if auth:
+            self._write_auth(auth, out)
         out.seconds = time.perf_counter() - started
         return out
+
+    def retry_ready(self) -> bool:
+        """True when neither the shard's nor the auth log's backoff is waiting."""
+        return self.backoff.ready() and self.auth_backoff.ready()
+
+    def _write_auth(self, items: list[Item], out: Outcome) -> None:
+        """The auth-log part, after accounting committed; on failure its entries stay pending."""
+        if not self.auth_backoff.ready():
+            out.deferred += items
+            return
+        done, rejected = len(out.done), len(out.rejected)
+        try:
+            self._ensure_auth_days(items)
+            self._write_split(items, out)
+        except (psycopg.Error, ShardUnavailable) as exc:
+            if isinstance(exc, psycopg.OperationalError) or (
+                    self._conn is not None and (self._conn.broken or self._conn.closed)):
+                self._drop()
+            self.auth_backoff.failed()
+            del out.done[done:], out.rejected[rejected:]  # replayed later: ON CONFLICT DO NOTHING
+            out.deferred += items
+            out.auth_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+            return
+        self.auth_backoff.succeeded()
 
     def _write_split(self, items: list[Item], out: Outcome) -> None:
         """One transaction; on a record error, halves until the bad record is alone."""

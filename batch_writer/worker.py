@@ -35,7 +35,7 @@ from . import stats as st
 from rlm_wificore.backoff import Backoff
 from .config import WriterConfig
 from .merge import Item, Outcome, ShardWriter
-from .records import Acct, Limits, Rejected, decode
+from .records import Acct, Auth, Limits, Rejected, decode
 from .streams import Entry, Streams
 
 log = get_logger("batch_writer")
@@ -248,7 +248,7 @@ class Writer:
                 return got
         # A sweep starts when a shard that missed entries answers again (its backoff
         # is over), or after a batch whose acknowledgement may not have reached Redis.
-        ready = {n for n in self._needs_sweep if self.shards[n].backoff.ready() and not self._busy(n)}
+        ready = {n for n in self._needs_sweep if self.shards[n].retry_ready() and not self._busy(n)}
         if not self.streams.sweeping and (ready or self._resweep):
             self.flush()
             self.streams.start_sweep()
@@ -404,6 +404,10 @@ class Writer:
         if out.closed:
             self.stats.sessions_closed["nas-restart"] += out.closed
         was_down = self.stats.shards_down.get(name, False)
+        if out.auth_error:
+            self.stats.auth_log_errors[name] += 1
+            log.warning("auth_log_write_failed", shard=name, error=out.auth_error,
+                        pending=sum(isinstance(it.record, Auth) for it in out.deferred))
         if out.deferred:
             self._needs_sweep.add(name)
             self._sweep_failed.add(name)
