@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from . import wire
-from .errors import DecodeError, InputError
+from .errors import DecodeError, InputError, WiFiCoreError
 from .keys import Keys
 from .settings import Settings
 
@@ -117,6 +117,20 @@ class DeadLetters:
         new_id = self.r.xadd(stream, {"d": payload})
         self.r.xdel(self.name, entry_id)  # only once the record is back in its stream
         return f"{stream}/{_text(new_id)}"
+
+
+class RedisFailed(WiFiCoreError):
+    """Redis could not be reached or refused a command (exit 1, one line)."""
+
+
+def _redis_errors(fn: Any) -> Any:
+    def run(admin: Any, args: argparse.Namespace) -> None:
+        try:
+            fn(admin, args)
+        except redis.RedisError as exc:
+            raise RedisFailed(f"redis: {exc}") from None
+    run.__doc__ = fn.__doc__
+    return run
 
 
 def _open(args: argparse.Namespace) -> DeadLetters:
@@ -205,12 +219,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         .add_subparsers(dest="action", required=True)
     x = d.add_parser("list", parents=[common], help="oldest first")
     x.add_argument("--limit", type=int, default=100)
-    x.set_defaults(fn=cmd_list)
+    x.set_defaults(fn=_redis_errors(cmd_list))
     x = d.add_parser("show", parents=[common])
     x.add_argument("id")
-    x.set_defaults(fn=cmd_show)
-    d.add_parser("count", parents=[common]).set_defaults(fn=cmd_count)
+    x.set_defaults(fn=_redis_errors(cmd_show))
+    d.add_parser("count", parents=[common]).set_defaults(fn=_redis_errors(cmd_count))
     x = d.add_parser("replay", parents=[common], help="back into the stream partitions, then removed here")
     x.add_argument("ids", nargs="*", metavar="ID")
     x.add_argument("--all", action="store_true")
-    x.set_defaults(fn=cmd_replay)
+    x.set_defaults(fn=_redis_errors(cmd_replay))
