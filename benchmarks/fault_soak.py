@@ -50,6 +50,7 @@ import psycopg  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
 from rlm_wificore.keys import Keys  # noqa: E402
+from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import temporary_stack  # noqa: E402
 from stack.servers import BatchWriter  # noqa: E402
 
@@ -194,8 +195,14 @@ def _remaining(r: redis_lib.Redis, keys: Keys, partitions: int) -> int:
 
 
 def _spool_empty(stack) -> bool:
-    spool = stack.radiusd.state / "spool"
-    return not any(p.is_file() and p.stat().st_size > 0 for p in spool.rglob("*")) if spool.exists() else True
+    return spool_drained(stack.radiusd.state / "spool")
+
+
+def _progress(pg, run_id: str) -> int:
+    """Sum of session_time_s of this run's rows on one shard (grows while it takes records)."""
+    with psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=5) as conn:
+        return int(conn.execute("SELECT coalesce(sum(session_time_s), 0) FROM sessions"
+                                " WHERE acct_session_id LIKE %s", (run_id + "-%",)).fetchone()[0])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         frozen: list[int] = []
         stopped = False
         events: list[str] = []
+        progress: dict[str, int] = {}
         term_codes: list[int | None] = []
         kills = 0
         t0 = time.monotonic()
@@ -254,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         stack.pg[1].stop()
                         stopped = True
                     events.append(f"{el:.1f}s shard2 {args.outage_mode}")
+                    progress["shard1_at_outage_start"] = _progress(stack.pg[0], run_id)
                 if kill_times and el >= kill_times[0]:
                     kill_times.pop(0)
                     sig = signal.SIGKILL if kills % 2 == 0 else signal.SIGTERM
@@ -264,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     events.append(f"{el:.1f}s writer {sig.name} -> {code}")
                     writer = new_writer()
                 if (frozen or stopped) and el >= outage_end:
+                    progress["shard1_at_outage_end"] = _progress(stack.pg[0], run_id)
                     if frozen:
                         _signal_all(list(reversed(frozen)), signal.SIGCONT)
                         frozen = []
@@ -297,7 +307,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline and _remaining(r, keys, partitions) != 0:
             time.sleep(0.5)
         term_codes.append(writer.stop(signal.SIGTERM, timeout_s=30))
-        return _verify(stack, r, keys, plan, senders, run_id, events, term_codes)
+        result = _verify(stack, r, keys, plan, senders, run_id, events, term_codes)
+        result["details"]["session_time_written"] = progress
+        return result
 
 
 def _verify(stack, r, keys: Keys, plan: Plan, senders: Senders, run_id: str, events: list[str],
