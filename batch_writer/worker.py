@@ -207,6 +207,7 @@ class Writer:
         by that call, or by :meth:`flush`); with it off, it is done on return.
         """
         self.setup()
+        self._watch_busy()
         if self._housekeeping_due():
             self.flush()  # housekeeping uses the shard connections
             self._housekeeping()
@@ -331,6 +332,14 @@ class Writer:
                 batch.probes.add(name)
             batch.futures[name] = self._running[name] = self._pool.submit(self.shards[name].write, items)
         self._inflight = batch
+
+    def _watch_busy(self) -> None:
+        """Cut the round trip of a shard job nobody waits for any more (a retry left
+        running by _wait_outcomes) once it passes the deadline."""
+        deadline_s = float(self.cfg.shard_deadline_s)
+        for name in self._running:
+            if self._busy(name) and self.shards[name].abort_if_overdue(deadline_s):
+                log.warning("shard_deadline_exceeded", shard=name, deadline_s=deadline_s)
 
     def _busy(self, name: str) -> bool:
         """True while the shard's last job (a write or a close) has not returned."""
