@@ -1,7 +1,7 @@
 """The writer's settings: one frozen dataclass, parsed once from the environment.
 
 The shared settings (shard map, Redis URL, key prefix, stream partitions,
-default interim, log level) come from :meth:`rlm_wificore.settings.Settings.from_env`,
+default interim, log level) come from :meth:`wificore.settings.Settings.from_env`,
 the same ``WIFICORE_<KEY>`` variables radiusd's tooling reads. The writer's own
 knobs are ``WIFICORE_WRITER_<KEY>``; an unknown ``WIFICORE_WRITER_`` variable is
 an error, so a typo cannot silently leave a default in place. Every error
@@ -17,8 +17,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from rlm_wificore.errors import ConfigError
-from rlm_wificore.settings import Settings, int_in_range, ip_address, setting_field
+from wificore.errors import ConfigError
+from wificore.settings import Settings, int_in_range, ip_address, setting_field
 
 ENV_PREFIX = "WIFICORE_WRITER_"
 
@@ -70,7 +70,8 @@ class WriterConfig:
     connect_timeout_s: int = setting_field(3, int_in_range(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
     redis_timeout_ms: int = setting_field(5000, int_in_range(100, 60_000),
                                           "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
-    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
+    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600),
+                                         "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
     dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000),
                                      "Alarm threshold of the dead-letter stream's length (an error log and "
@@ -114,8 +115,8 @@ class WriterConfig:
         return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
 
 
-SHARED_SETTINGS = ("shard_map", "redis_url", "key_prefix", "stream_partitions", "default_interim_s",
-                   "log_level")
+SHARED_SETTINGS = ("shard_map", "redis_url", "state_redis_url", "key_prefix", "stream_partitions",
+                   "default_interim_s", "log_level")
 """The fields of :class:`Settings` the writer uses (``WIFICORE_<KEY>``)."""
 
 

@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
-from rlm_wificore.keys import Keys  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import temporary_stack  # noqa: E402
 from stack.servers import BatchWriter  # noqa: E402
+from wificore.keys import Keys  # noqa: E402
 
 # (tenant, NAS source address, secret): tenant 1 on shard1, 600 on shard2.
 NASES = [(1, "127.0.0.1", "soak-a"), (600, "127.0.0.3", "soak-c")]

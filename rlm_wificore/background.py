@@ -1,7 +1,8 @@
 """Threads the module starts itself: they run outside rlm_python3's mutex.
 
 * ``spool``: forwards the spool (accounting and auth-log records) to Redis,
-  one script call per batch (see spool.py and live.lua).
+  one script call per batch (see spool.py and live.lua). The spool's own
+  ``spool-prep`` thread (spool.py) allocates its next segment ahead of need.
 * ``state``: re-reads, in one round trip per batch, the live state (session
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
@@ -11,26 +12,58 @@
 * ``inval-<shard>``: LISTENs on each shard; a committed change of a
   subscriber, plan, NAS or tenant deletes the Redis copy and is announced on
   the channel, so every radiusd drops it within a second.
+
+Threads only: each loop waits, calls public methods of the engine's rooms
+(``engine.live``, ``engine.invalidation``, the spool) and retries with a
+backoff; what a message or a due state means is decided in those rooms.
+It imports the rooms only for types, and the engine not at all.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 import redis
 
-from .backoff import Backoff
-from .log import get_logger
+from wificore.backoff import Backoff
+from wificore.log import get_logger
+
 from .spool import MAX_RECORD
 from .store import conninfo
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from wificore.keys import Keys
+    from wificore.settings import Settings
+    from wificore.shardmap import ShardMap
+
+    from .invalidation import Invalidation
+    from .live import LiveStates
+    from .spool import Spool
+    from .stats import Stats
+
+
+class Engine(Protocol):
+    """What the threads use of :class:`rlm_wificore.engine.Engine` (which starts them):
+    named here, so that this module need not import the engine (no circle)."""
+
+    settings: Settings
+    keys: Keys
+    shard_map: ShardMap
+    stats: Stats
+    redis_bg: redis.Redis
+    live: LiveStates
+    invalidation: Invalidation
+    stopping: threading.Event
+    state_redis_checked: bool
+
+    @property
+    def spool(self) -> Spool | None: ...
+
+    def check_state_redis(self, *, at_start: bool = True) -> None: ...
 
 log = get_logger("rlm_wificore.background")
 
@@ -58,6 +91,8 @@ class Forwarder:
     def run_once(self) -> int:
         """Forward one span; the number of records forwarded (0: spool empty)."""
         spool = self.engine.spool
+        if spool is None:  # closing: detach took the spool
+            return 0
         if not spool.has_pending():
             self.full = False
             return 0
@@ -87,22 +122,25 @@ class Forwarder:
 def _forward_loop(engine: Engine) -> None:
     forwarder = Forwarder(engine)
     backoff = Backoff(first_s=0.1, max_s=2.0)
-    while not engine._stop.is_set():
+    while not engine.stopping.is_set():
         try:
+            if not engine.state_redis_checked:  # Redis did not answer at start
+                engine.check_state_redis(at_start=False)
             # Wait unless a whole span went: a few large calls, not many small ones.
             if not forwarder.run_once() or not forwarder.full:
-                engine._stop.wait(FORWARD_IDLE_S)
+                engine.stopping.wait(FORWARD_IDLE_S)
             backoff.succeeded()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             engine.stats.errors["spool_forward_redis"] += 1
-            log.warning("spool_forward_waiting_for_redis", error=str(exc), pending_bytes=engine.spool.pending())
+            log.warning("spool_forward_waiting_for_redis", error=str(exc),
+                        pending_bytes=engine.spool.pending() if engine.spool else 0)
             backoff.failed()
-            backoff.wait(engine._stop)
+            backoff.wait(engine.stopping)
         except Exception as exc:  # logged and retried; the spool keeps the records
             engine.stats.errors["spool_forward"] += 1
             log.error("spool_forward_failed", error=repr(exc))
             backoff.failed()
-            backoff.wait(engine._stop)
+            backoff.wait(engine.stopping)
 
 
 STATE_BATCH = 500
@@ -110,14 +148,15 @@ STATE_BATCH = 500
 
 def _state_loop(engine: Engine) -> None:
     """Re-read the live state of cached subscribers that the hooks found due."""
-    queue, wake = engine.stale_states, engine.stale_wake
-    while not engine._stop.is_set():
-        wake.wait(0.5)
-        wake.clear()
-        while queue and not engine._stop.is_set():
-            batch = [queue.popleft() for _ in range(min(STATE_BATCH, len(queue)))]
+    live = engine.live
+    while not engine.stopping.is_set():
+        live.wait_due(0.5)
+        while not engine.stopping.is_set():
+            batch = live.next_batch(STATE_BATCH)
+            if not batch:
+                break
             try:
-                engine.refresh_states(batch)
+                live.refresh(batch)
             except Exception as exc:  # logged; the entries are queued again by the hooks
                 engine.stats.errors["state_refresh"] += 1
                 log.error("state_refresh_failed", error=repr(exc))
@@ -126,36 +165,30 @@ def _state_loop(engine: Engine) -> None:
 def _redis_inval_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     channel = engine.keys.invalidation_channel
-    while not engine._stop.is_set():
+    while not engine.stopping.is_set():
         pubsub = None
         try:
             pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel)
             # Anything announced while we were not listening is lost: start clean.
-            engine.generation += 1
-            engine.local.clear()
-            engine.plans.clear()
+            engine.invalidation.reset_all()
             backoff.succeeded()
-            while not engine._stop.is_set():
+            while not engine.stopping.is_set():
                 msg = pubsub.get_message(timeout=0.5)
                 if msg and msg["type"] == "message":
                     try:
-                        data = msg["data"]
-                        if isinstance(data, bytes):  # one bad name must not lose the others
-                            data = data.decode("utf-8", "replace")
-                        engine.invalidate(json.loads(data))
+                        engine.invalidation.apply_channel_message(msg["data"])
                     except (ValueError, IndexError, TypeError) as exc:
                         log.warning("bad_invalidation", error=str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("invalidation_channel_lost", error=str(exc))
-            engine.generation += 1
-            engine.local.clear()
+            engine.invalidation.reset_subscribers()
             backoff.failed()
-            backoff.wait(engine._stop)
+            backoff.wait(engine.stopping)
         except Exception as exc:
             log.error("invalidation_loop_error", error=repr(exc))
             backoff.failed()
-            backoff.wait(engine._stop)
+            backoff.wait(engine.stopping)
         finally:
             if pubsub is not None:
                 try:
@@ -164,48 +197,25 @@ def _redis_inval_loop(engine: Engine) -> None:
                     pass
 
 
-def apply_db_notification(engine: Engine, payload: str) -> None:
-    """One NOTIFY from a shard: drop the Redis copy, announce, drop locally."""
-    msg = json.loads(payload)
-    engine.invalidate(msg)
-    keys = engine.keys
-    kind = msg[0]
-    doomed = []
-    if kind == "s":
-        doomed.append(keys.profile(int(msg[1]), str(msg[2])))
-    elif kind == "p":
-        doomed.append(keys.plan(int(msg[1]), int(msg[2])))
-    elif kind == "n":
-        doomed.append(keys.nas(str(msg[2])))
-    try:
-        pipe = engine.redis_bg.pipeline(transaction=False)
-        if doomed:
-            pipe.delete(*doomed)
-        pipe.publish(keys.invalidation_channel, payload)
-        pipe.execute()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("invalidation_not_announced", error=str(exc))
-
-
 def _pg_listen_loop(engine: Engine, shard) -> None:
     backoff = Backoff(first_s=0.1, max_s=5.0)
     info = conninfo(shard.listen_dsn, 5000, "rlm_wificore-listen")
-    while not engine._stop.is_set():
+    while not engine.stopping.is_set():
         try:
             with psycopg.connect(info, autocommit=True) as conn:
                 conn.execute("LISTEN wificore_inval")
                 backoff.succeeded()
-                while not engine._stop.is_set():
+                while not engine.stopping.is_set():
                     for note in conn.notifies(timeout=0.5, stop_after=100):
                         try:
-                            apply_db_notification(engine, note.payload)
+                            engine.invalidation.apply_db_notification(note.payload)
                         except (ValueError, IndexError, TypeError) as exc:
                             log.warning("bad_notification", shard=shard.name, error=str(exc))
         except psycopg.Error as exc:
-            if not engine._stop.is_set():
+            if not engine.stopping.is_set():
                 log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
                 backoff.failed()
-                backoff.wait(engine._stop)
+                backoff.wait(engine.stopping)
 
 
 def start_background(engine: Engine) -> list[threading.Thread]:
@@ -215,7 +225,7 @@ def start_background(engine: Engine) -> list[threading.Thread]:
                          daemon=True),
         threading.Thread(target=_state_loop, args=(engine,), name="wificore-state", daemon=True),
     ]
-    engine.state_refresher = True
+    engine.live.refresher_started()
     for shard in engine.shard_map:
         threads.append(threading.Thread(target=_pg_listen_loop, args=(engine, shard),
                                         name=f"wificore-inval-{shard.name}", daemon=True))

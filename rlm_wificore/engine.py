@@ -1,194 +1,115 @@
-"""The engine: every decision of rlm_wificore, as plain Python.
+"""The engine: the rooms of rlm_wificore put together, and the three hook flows.
 
 :mod:`rlm_wificore.hooks` turns radiusd's tuples into a dict and calls
 these methods; tests and benchmarks call them directly. Results are
 :class:`Result` objects with rcode names, never radiusd constants.
+
+Each room owns one thing: :mod:`.directory` the NAS, :mod:`.profiles` the
+three tiers of profiles and plans, :mod:`.live` the live states,
+:mod:`.credentials` the verified-credential cache, :mod:`.sink` the records
+for the spool, :mod:`.invalidation` the change announcements, :mod:`.store`
+the Redis and shard access. The flows below (authorize, post_auth,
+accounting) walk down through them; the threads are in background.py.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import hashlib
 import hmac
-import itertools
 import math
-import os
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
 
-from . import policy, records, wire
-from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
-from .errors import DecodeError, InputError, StoreUnavailable, UnknownTenant
-from .keys import Keys
-from .log import get_logger
-from .profile import NAS_SQL, PLAN_SQL, PROFILE_SQL, UNKNOWN, Nas, Plan, Profile, from_row
-from .settings import Settings
-from .shardmap import ShardMap
-from .spool import Spool
-from .store import Breaker, Shards, connect_redis
+from wificore import roles
+from wificore.errors import ConfigError, StoreUnavailable
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
+
+from . import policy
+from .background import start_background
+from .credentials import VerifiedCredentials
+from .directory import Directory, parse_client  # noqa: F401  (parse_client: its old home)
+from .invalidation import Generation, Invalidation
+from .live import LiveStates
+from .profiles import Profiles
+from .result import Pairs, Result
+from .sink import MAX_USERNAME, Sink
+from .spool import Spool, SpoolFull
+from .stats import Stats
+from .store import RedisStore, Shards, connect_redis
+
+__all__ = ["Engine", "Pairs", "Result", "Stats", "parse_client"]
 
 log = get_logger("rlm_wificore")
 
-Pairs = tuple[tuple[str, ...], ...]  # (attr, value) or (attr, op, value)
-NAS_TTL_S = 60
 #: control:WiFiCore-Logged: authorize already logged the accept, post-auth is skipped.
 LOGGED = (("WiFiCore-Logged", "1"),)
 BACKGROUND_REDIS_TIMEOUT_S = 5.0
-MAX_USERNAME = 253
 #: A reply that depends on the clock (expiry, time quota) is rendered again after this.
 REPLY_REUSE_S = 1.0
-#: A live state queued for a re-read is queued again if not re-read by then.
-STATE_RETRY_S = 1.0
-MAX_STALE_QUEUE = 100_000
-
-
-class Result:
-    """What a hook returns: an rcode name and the pairs for each list.
-
-    A plain slotted class, not a frozen dataclass: one is made per request,
-    and a frozen dataclass's __init__ costs four times as much.
-    """
-
-    __slots__ = ("rcode", "reply", "config", "request", "reason")
-
-    def __init__(self, rcode: str, reply: Pairs = (), config: Pairs = (), request: Pairs = (),
-                 reason: str | None = None) -> None:
-        self.rcode = rcode  # ok, updated, reject, fail, notfound, noop
-        self.reply = reply
-        self.config = config
-        self.request = request
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return (f"Result({self.rcode!r}, reply={self.reply!r}, config={self.config!r}, "
-                f"request={self.request!r}, reason={self.reason!r})")
-
-
-@dataclasses.dataclass(slots=True)
-class Stats:
-    """Counters kept by the engine; metrics.py exports them."""
-
-    requests: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    tiers: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    credential_cache_hits: int = 0
-
-
-def parse_client(shortname: str) -> tuple[int, int, str]:
-    """'<tenant>:<nas>:<vendor>' (set by the dynamic client lookup) -> parts."""
-    tenant, nas, vendor = shortname.split(":", 2)
-    return int(tenant), int(nas), vendor
 
 
 class Engine:
-    """Owns the cache tiers and the connections; shared by all radiusd threads."""
+    """Owns the rooms and the connections; shared by all radiusd threads."""
 
     def __init__(self, settings: Settings, shard_map: ShardMap | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
+        self.stats = Stats()
+        # The state Redis (live state, streams; wificore/roles.py) and the cache Redis:
+        # the same clients and breaker when one URL serves both.
         self.redis = connect_redis(settings)
         self.redis_bg = connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S)
-        self.redis_breaker = Breaker("redis")
+        self.redis_store = RedisStore(self.redis, self.stats.errors)
+        self.redis_breaker = self.redis_store.breaker
+        split = roles.redis_url(settings, roles.CACHE) != roles.redis_url(settings, roles.STATE)
+        self.cache_redis = connect_redis(settings, role=roles.CACHE) if split else self.redis
+        self.cache_bg = (connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S, role=roles.CACHE)
+                         if split else self.redis_bg)
+        self.cache_store = (RedisStore(self.cache_redis, self.stats.errors, name="redis-cache")
+                            if split else self.redis_store)
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max)
-        self.local = LocalCache(settings.local_cache_max)
-        # Bumped by every invalidation. A lookup that saw it change while it was
-        # reading Redis or a shard may hold what was just invalidated: it answers
-        # with it but does not keep it (the message came before the put).
-        self.generation = 0
-        self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
-        self.clients: dict[str, tuple[int, int, str]] = {}
-        self.stats = Stats()
-        # Verified bcrypt credentials: HMAC under a key that never leaves this process.
-        self._cred_key = os.urandom(32)
-        self._verified: dict[bytes, float] = {}
-        # Auth-log event ids: a random per-process prefix and a counter (unique, cheap).
-        self._event_prefix = uuid.uuid4().hex[:16]
-        self._event_seq = itertools.count()
-        self.spool: Spool | None = None
-        # Cached entries whose live state is due for a re-read, for the state thread
-        # (background.py); until that thread runs, the hook re-reads it itself.
-        self.stale_states: collections.deque[tuple[int, str, Entry]] = collections.deque()
-        self.stale_wake = threading.Event()
-        self.state_refresher = False
-        self._stop = threading.Event()
+        generation = Generation()
+        self.directory = Directory(self.shard_map, self.shards, self.cache_store, self.keys)
+        self.live = LiveStates(settings, self.keys, self.redis_store, self.redis_bg, self.stats,
+                               generation)
+        self.profiles = Profiles(settings, self.keys, self.cache_store, self.shards, self.stats,
+                                 generation, self.live)
+        self.credentials = VerifiedCredentials(settings)
+        self.sink = Sink(self.stats)
+        self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
+                                         self.cache_bg)
+        self.local = self.profiles.local  # the in-process tier (metrics count it)
+        #: Set by close(): every module thread stops.
+        self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.state_redis_checked = False  # its eviction policy (wificore/roles.py)
+        # The rooms' methods the flows call per request, bound once: one lookup, as
+        # when they were methods of this class (the warm path is measured).
+        self._client = self.directory.lookup
+        self._entry = self.profiles.entry
+        self._is_verified = self.credentials.is_verified
+        self._log_auth = self.sink.log_auth
 
-    # ---------------------------------------------------------------- redis
-    def _redis_call(self, fn):
-        """Run ``fn(redis)`` unless the breaker is open; StoreUnavailable on failure."""
-        if not self.redis_breaker.allow():
-            raise StoreUnavailable("redis is down (retrying in <1 s)")
-        try:
-            result = fn(self.redis)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.redis_breaker.fail()
-            self.stats.errors["redis"] += 1
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        self.redis_breaker.ok()
-        return result
+    @property
+    def spool(self) -> Spool | None:
+        """The spool the sink writes to (None until :meth:`start`)."""
+        return self.sink.spool
+
+    @spool.setter
+    def spool(self, spool: Spool | None) -> None:
+        self.sink.spool = spool
 
     # -------------------------------------------------------- dynamic clients
     def client(self, ip: str) -> Result:
         """The NAS at source address ``ip``, as FreeRADIUS-Client-* control pairs."""
-        nas = None
-        key = self.keys.nas(ip)
-        try:
-            raw = self._redis_call(lambda r: r.get(key))
-            if raw:
-                nas = Nas.unpack(raw)
-        except (StoreUnavailable, DecodeError):
-            pass
-        if nas is None:
-            try:
-                rows = self.shards.fetch_all_shards(NAS_SQL, (ip,))
-            except StoreUnavailable as exc:
-                log.warning("nas_lookup_failed", ip=ip, error=str(exc))
-                return Result("fail", reason="backend_unavailable")
-            rows = [r for r in rows if self._owns(r[0])]
-            if len(rows) != 1:
-                log.warning("unknown_client" if not rows else "ambiguous_client", ip=ip, matches=len(rows))
-                return Result("notfound", reason="unknown_client")
-            nas = Nas(*rows[0])
-            try:
-                self._redis_call(lambda r: r.set(key, nas.pack(), ex=NAS_TTL_S))
-            except StoreUnavailable:
-                pass
-        log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
-        return Result("ok", config=(
-            ("FreeRADIUS-Client-IP-Address", ip),
-            ("FreeRADIUS-Client-Secret", nas.secret),
-            ("FreeRADIUS-Client-Shortname", nas.shortname),
-            ("FreeRADIUS-Client-NAS-Type", nas.vendor),
-        ))
-
-    def _client(self, req: dict[str, str]) -> tuple[int, int, str] | None:
-        """(tenant, NAS, vendor) of the RADIUS client that sent ``req``; None if unknown."""
-        client = req.get("WiFiCore-Client")
-        if not client:
-            return None
-        parsed = self.clients.get(client)
-        if parsed is None:
-            try:
-                parsed = parse_client(client)
-            except ValueError:
-                return None
-            self.clients[client] = parsed
-        return parsed
-
-    def _owns(self, tenant_id: int) -> bool:
-        """A row only counts on the shard the map assigns its tenant to."""
-        try:
-            self.shard_map.shard_for(tenant_id)
-            return True
-        except UnknownTenant:
-            return False
+        return self.directory.client(ip)
 
     # ------------------------------------------------------------ authorize
     def authorize(self, req: dict[str, str]) -> Result:
@@ -260,158 +181,6 @@ class Engine:
         return Result("reject", reply=policy.reject_reply(reason), reason=reason,
                       request=(("WiFiCore-Reason", reason),))
 
-    def _entry(self, tenant_id: int, username: str) -> Entry:
-        """Profile, plan and live state: in-process, else Redis, else the shard."""
-        key = (tenant_id, username)
-        entry = self.local.get(key)
-        if entry is not None:
-            if entry.profile is not None and entry.state_expires < time.monotonic():
-                if self.state_refresher:
-                    # Answer from the state we have; a module thread re-reads it (no
-                    # Redis round trip under the mutex). Asked again if not done soon.
-                    entry.state_expires = time.monotonic() + STATE_RETRY_S
-                    if len(self.stale_states) < MAX_STALE_QUEUE:  # bounded if Redis hangs
-                        self.stale_states.append((tenant_id, username, entry))
-                        self.stale_wake.set()
-                else:
-                    self.refresh_states([(tenant_id, username, entry)], in_hook=True)
-            self.stats.tiers["process"] += 1
-            return entry
-        s = self.settings
-        generation = self.generation
-        pkey = self.keys.profile(tenant_id, username)
-        profile: Profile | None = None
-        state: LiveState | None = None
-        known = False
-        try:
-            raw, live, usage = self._redis_call(lambda r: self._read_redis(r, tenant_id, username))
-            state = self._state(live, usage)
-            if raw == UNKNOWN:
-                known = True
-            elif raw is not None:
-                profile = Profile.unpack(raw)
-                known = True
-        except StoreUnavailable:
-            pass
-        except DecodeError as exc:
-            log.warning("bad_cached_profile", tenant=tenant_id, error=str(exc))
-        if known:
-            self.stats.tiers["redis"] += 1
-            plan = self._plan(tenant_id, profile.plan_id) if profile else None
-            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
-        else:
-            self.stats.tiers["database"] += 1
-            row = self.shards.fetchone(tenant_id, PROFILE_SQL, (tenant_id, username))
-            plan = None
-            if row is not None:
-                profile, plan = from_row(row)
-                self.plans[(tenant_id, plan.plan_id)] = (time.monotonic() + s.profile_ttl_s, plan)
-            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
-            value = profile.pack() if profile else UNKNOWN
-            redis_ttl = int(ttl_with_jitter(ttl, s.ttl_jitter_pct))
-            def fill(r: redis.Redis) -> None:
-                pipe = r.pipeline(transaction=False)
-                pipe.set(pkey, value, ex=redis_ttl)
-                if plan is not None:
-                    pipe.set(self.keys.plan(tenant_id, plan.plan_id), plan.pack(), ex=redis_ttl)
-                pipe.execute()
-            try:
-                self._redis_call(fill)
-            except StoreUnavailable:
-                pass
-        # Without Redis the live state is unknown: cache briefly, fail open.
-        local_ttl = ttl if state is not None else min(ttl, 5)
-        now = time.monotonic()
-        entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
-                      now + s.live_state_ttl_s)
-        if generation == self.generation:
-            self.local.put(key, entry)
-        return entry
-
-    def _read_state(self, pipe, tenant_id: int, username: str, now: float) -> None:
-        """Queue the two reads of a live state on ``pipe`` (see :meth:`_state`)."""
-        pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
-        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
-
-    @staticmethod
-    def _state(live: Any, usage: list[Any]) -> LiveState:
-        return LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
-
-    def refresh_states(self, batch: list[tuple[int, str, Entry]], *, in_hook: bool = False) -> None:
-        """Re-read the live state of cached entries in one round trip: the state thread's
-        batches, or one entry in the hook while that thread is not running (through the
-        breaker). Unknown (fail open) if Redis is down, asked again after STATE_RETRY_S;
-        read while an invalidation came in, used once and asked again at the next use."""
-        generation = self.generation
-
-        def read(r: redis.Redis) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
-            now = time.time()
-            for tenant_id, username, _entry in batch:
-                self._read_state(pipe, tenant_id, username, now)
-            return pipe.execute()
-        try:
-            replies = self._redis_call(read) if in_hook else read(self.redis_bg)
-        except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
-            self.stats.errors["redis_state"] += 1
-            retry = time.monotonic() + STATE_RETRY_S
-            for _t, _u, entry in batch:
-                entry.state, entry.state_expires = None, retry
-            return
-        expires = (time.monotonic() + self.settings.live_state_ttl_s
-                   if generation == self.generation else 0.0)
-        for i, (_t, _u, entry) in enumerate(batch):
-            entry.state = self._state(replies[2 * i], replies[2 * i + 1])
-            entry.state_expires = expires
-        self.stats.tiers["redis_state"] += len(batch)
-
-    def _read_redis(self, r: redis.Redis, tenant_id: int, username: str):
-        pipe = r.pipeline(transaction=False)
-        pipe.get(self.keys.profile(tenant_id, username))
-        self._read_state(pipe, tenant_id, username, time.time())
-        return pipe.execute()
-
-    def _plan(self, tenant_id: int, plan_id: int) -> Plan | None:
-        cached = self.plans.get((tenant_id, plan_id))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        plan = None
-        try:
-            raw = self._redis_call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)))
-            plan = Plan.unpack(raw) if raw else None
-        except (StoreUnavailable, DecodeError):
-            pass
-        if plan is None:
-            row = self.shards.fetchone(tenant_id, PLAN_SQL, (tenant_id, plan_id))
-            if row is None:
-                return None
-            plan = Plan(*row)
-            try:
-                self._redis_call(lambda r: r.set(self.keys.plan(tenant_id, plan_id), plan.pack(),
-                                                 ex=self.settings.profile_ttl_s))
-            except StoreUnavailable:
-                pass
-        self.plans[(tenant_id, plan_id)] = (time.monotonic() + self.settings.profile_ttl_s, plan)
-        return plan
-
-    # ------------------------------------------------- verified credentials
-    def _cred_digest(self, tenant_id: int, username: str, password: str, stored: str) -> bytes:
-        msg = f"{tenant_id}\0{username}\0{password}\0{stored}".encode("utf-8", "surrogateescape")
-        # Keyed BLAKE2b is a MAC in one C call (hmac.new costs twice as much).
-        return hashlib.blake2b(msg, key=self._cred_key, digest_size=32).digest()
-
-    def _is_verified(self, tenant_id: int, username: str, password: str, stored: str) -> bool:
-        if self.settings.credential_cache_ttl_s <= 0:
-            return False
-        digest = self._cred_digest(tenant_id, username, password, stored)
-        expires = self._verified.get(digest)
-        if expires is None:
-            return False
-        if expires < time.monotonic():
-            self._verified.pop(digest, None)
-            return False
-        return True
-
     # -------------------------------------------------------------- post-auth
     def post_auth(self, req: dict[str, str], *, accepted: bool) -> Result:
         """Record the outcome: auth-log record, verified-credential cache."""
@@ -421,14 +190,10 @@ class Engine:
             return Result("noop")
         tenant_id, nas_id, _vendor = parsed
         username = req.get("User-Name") or ""
-        if accepted and "User-Password" in req and self.settings.credential_cache_ttl_s > 0:
+        if accepted and "User-Password" in req:
             entry = self.local.peek((tenant_id, username))
-            if entry and entry.profile and entry.profile.password_type != "cleartext":
-                digest = self._cred_digest(tenant_id, username, req["User-Password"],
-                                           entry.profile.password)
-                if len(self._verified) > 1_000_000:
-                    self._verified.clear()
-                self._verified[digest] = time.monotonic() + self.settings.credential_cache_ttl_s
+            if entry:
+                self.credentials.remember(tenant_id, username, req["User-Password"], entry.profile)
         self._log_auth(req, tenant_id, nas_id, username, accepted=accepted, reason=reason)
         self.stats.requests[f"post_auth:{'accept' if accepted else 'reject'}"] += 1
         result = "ok" if accepted else "noop"
@@ -445,74 +210,55 @@ class Engine:
             self.stats.requests["accounting:unknown_client"] += 1
             return Result("noop", reason="unknown_client")
         tenant_id, nas_id, _vendor = parsed
-        if self.spool is None:
-            raise StoreUnavailable("the accounting spool is not open")
         username = req.get("User-Name") or ""
         entry = self.local.peek((tenant_id, username))
         interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None
                      else self.settings.default_interim_s)
         try:
-            kind, values = records.acct_record(
-                req, tenant_id=tenant_id, nas_id=nas_id, interim_s=interim_s, arrival_ts=time.time(),
-                record_id=f"{self._event_prefix}{next(self._event_seq):x}")
-            payload = wire.pack_values(wire.KIND_ACCT, values)
-        except InputError as exc:
-            # Answered (the NAS must not retry it forever) and kept for the NOC.
-            payload = wire.pack(wire.KIND_ACCT, {
-                "tenant_id": tenant_id, "nas_id": nas_id, "invalid": str(exc),
-                "raw": {k: v[:MAX_USERNAME] for k, v in req.items() if "Password" not in k}})
-            kind = "invalid"
-        self.spool.append(payload)
+            kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
+        except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
+            self.stats.errors["spool_full"] += 1
+            return Result("fail", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
-
-    def _log_auth(self, req: dict[str, str], tenant_id: int, nas_id: int, username: str, *,
-                  accepted: bool, reason: str) -> None:
-        """Spool one auth-log record (the forwarder moves it to Redis); never a password."""
-        if self.spool is None:
-            self.stats.errors["authlog_no_spool"] += 1
-            return
-        method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
-                  else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        # wire.AUTH_FIELDS order
-        self.spool.append(wire.pack_values(wire.KIND_AUTH, [
-            tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
-            username[:MAX_USERNAME], req.get("Calling-Station-Id"),
-            "accept" if accepted else "reject", reason, method]))
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
-        self.generation += 1
-        kind = message[0]
-        # The subscriber, or its live state, changed ('l': one subscriber, as live.lua of the
-        # previous release announces it, while a rolling upgrade runs both).
-        if kind in ("s", "l"):
-            self.local.drop((int(message[1]), str(message[2])))
-        elif kind == "L":  # live states changed by one call of live.lua: [[tenant, user], ...]
-            for tenant_id, username in message[1]:
-                self.local.drop((int(tenant_id), str(username)))
-        elif kind == "p":
-            tenant_id, plan_id = int(message[1]), int(message[2])
-            self.plans.pop((tenant_id, plan_id), None)
-            self.local.drop_where(lambda k, e: k[0] == tenant_id and e.profile is not None
-                                  and e.profile.plan_id == plan_id)
-        elif kind == "t":
-            tenant_id = int(message[1])
-            self.local.drop_where(lambda k, e: k[0] == tenant_id)
-        # 'n' (NAS): radiusd's dynamic client expires after its lifetime.
+        self.invalidation.apply(message)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the background threads (never under `freeradius -C`)."""
-        from .background import start_background
-        self.spool = Spool(self.settings.spool_dir)
+        self.check_state_redis()
+        self.spool = Spool(self.settings.spool_dir,
+                           max_segment_bytes=self.settings.spool_segment_kib * 1024)
+        self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
+
+    def check_state_redis(self, *, at_start: bool = True) -> None:
+        """ConfigError unless the state Redis is noeviction; a warning if it cannot be
+        asked now (radiusd still starts: Redis down is an outage it rides out). Later
+        (``at_start=False``, the forwarder once Redis answers) an evicting one is logged."""
+        try:
+            roles.check_state_redis(self.redis_bg, self.settings)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if at_start:
+                log.warning("state_redis_not_checked", error=str(exc))
+            return
+        except redis.ResponseError as exc:  # INFO not allowed: nothing more to learn
+            log.warning("state_redis_not_checked", error=str(exc))
+        except ConfigError as exc:
+            if at_start:
+                raise
+            self.stats.errors["state_redis_evicts"] += 1
+            log.error("state_redis_evicts", error=str(exc))
+        self.state_redis_checked = True
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""
-        self._stop.set()
-        self.state_refresher = False
+        self.stopping.set()
+        self.live.refresher_stopped()
         for t in self._threads:
             t.join(timeout=3)
         self._threads = []
@@ -520,7 +266,8 @@ class Engine:
             self.spool.close()
             self.spool = None
         self.shards.close()
-        for client in (self.redis, self.redis_bg):
+        clients = (self.redis, self.redis_bg, self.cache_redis, self.cache_bg)
+        for client in {id(c): c for c in clients}.values():  # each once (one Redis: the same)
             try:
                 client.close()
             except Exception:  # closing a broken connection must not stop detach

@@ -1,6 +1,6 @@
 """Prometheus exposition of the engine's counters (the only prometheus importer).
 
-The hot path only bumps plain counters in :class:`engine.Stats` and
+The hot path only bumps plain counters in :class:`stats.Stats` and
 :class:`Latency`; a collector turns them into metrics at scrape time. Labels
 are bounded: hook, result (reason codes), tier, error kind. Never a username,
 never a tenant.
@@ -8,11 +8,12 @@ never a tenant.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from wificore.histogram import Histogram
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -21,19 +22,16 @@ BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 
 class Latency:
-    """A fixed-bucket histogram per hook; observe() is a bisect and two adds."""
+    """One :class:`wificore.histogram.Histogram` per hook; observe() is a dict get and an observe."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
+        self.hooks: dict[str, Histogram] = {}
 
     def observe(self, hook: str, seconds: float) -> None:
-        counts = self.counts.get(hook)
-        if counts is None:
-            counts = self.counts[hook] = [0] * (len(BUCKETS_S) + 1)
-            self.sums[hook] = 0.0
-        counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
-        self.sums[hook] += seconds
+        h = self.hooks.get(hook)
+        if h is None:
+            h = self.hooks[hook] = Histogram(BUCKETS_S)
+        h.observe(seconds)
 
 
 class EngineCollector:
@@ -69,13 +67,12 @@ class EngineCollector:
         if spool is not None:
             yield GaugeMetricFamily("wificore_spool_pending_bytes",
                                     "Spooled records not yet forwarded to Redis", value=spool.pending())
+            yield GaugeMetricFamily("wificore_spool_full",
+                                    "1 while the spool's disk has no room (accounting unanswered)",
+                                    value=int(spool.full))
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
-        for hook, counts in list(self.latency.counts.items()):
-            cumulative, buckets = 0, []
-            for bound, n in zip(BUCKETS_S + (float("inf"),), counts):
-                cumulative += n
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            hist.add_metric([hook], buckets, sum_value=self.latency.sums[hook])
+        for hook, h in list(self.latency.hooks.items()):
+            hist.add_metric([hook], h.cumulative(), sum_value=h.sum)
         yield hist
 
 

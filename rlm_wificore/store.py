@@ -1,7 +1,7 @@
 """Access to Redis and the PostgreSQL shards, with short timeouts and breakers.
 
 Inside radiusd every call runs under rlm_python3's mutex, so a wait here is
-a wait for every request. Each backend therefore has a :class:`Breaker`: after
+a wait for every request. Each backend therefore has a :class:`wificore.backoff.Breaker`: after
 a failure the backend is skipped (fail fast) until ``retry_s`` has passed,
 then one call probes it again. Reconnection is automatic.
 """
@@ -9,51 +9,52 @@ then one call probes it again. Reconnection is automatic.
 from __future__ import annotations
 
 import threading
-import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .errors import StoreUnavailable
-from .settings import Settings
-from .shardmap import Shard, ShardMap
+from wificore import roles
+from wificore.backoff import Breaker, redis_retry
+from wificore.errors import StoreUnavailable
+from wificore.settings import Settings
+from wificore.shardmap import Shard, ShardMap
 
 T = TypeVar("T")
 
 
-class Breaker:
-    """Open after a failure for ``retry_s``; closed again by one success."""
+class RedisStore:
+    """One Redis client behind a :class:`Breaker`: while it is open, calls fail fast.
 
-    __slots__ = ("name", "retry_s", "open_until", "failures")
+    The hooks' reads and fills go through :meth:`call`; the module's threads use
+    their own client (``redis_bg``), which nothing under the mutex waits on."""
 
-    def __init__(self, name: str, retry_s: float = 1.0) -> None:
-        self.name = name
-        self.retry_s = retry_s
-        self.open_until = 0.0
-        self.failures = 0
+    def __init__(self, client: redis.Redis, errors: Counter[str], *, name: str = "redis") -> None:
+        self.client = client
+        self.breaker = Breaker(name)
+        self._errors = errors  # the engine's Stats.errors: a failure is counted as "redis"
 
-    def allow(self) -> bool:
-        return time.monotonic() >= self.open_until
-
-    def fail(self) -> None:
-        self.failures += 1
-        self.open_until = time.monotonic() + self.retry_s
-
-    def ok(self) -> None:
-        self.open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return not self.allow()
+    def call(self, fn: Callable[[redis.Redis], T]) -> T:
+        """Run ``fn(client)`` unless the breaker is open; StoreUnavailable on failure."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("redis is down (retrying in <1 s)")
+        try:
+            result = fn(self.client)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.breaker.fail()
+            self._errors["redis"] += 1
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        self.breaker.ok()
+        return result
 
 
-def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
-    """A Redis client with the configured timeouts (no I/O until first use).
+def connect_redis(settings: Settings, *, timeout_s: float | None = None,
+                  role: str = roles.STATE) -> redis.Redis:
+    """A Redis client of ``role`` (see roles.py) with the configured timeouts (no I/O
+    until first use).
 
     Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
     waits on, pass a longer ``timeout_s``."""
@@ -62,8 +63,8 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     # Redis closed (a restart) must not look like an outage. Timeouts are not
     # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
+        roles.redis_url(settings, role), socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=redis_retry(), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 
 

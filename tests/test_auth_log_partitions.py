@@ -22,11 +22,11 @@ from psycopg import sql
 from batch_writer.config import load
 from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct
-from rlm_wificore import wire
-from rlm_wificore.keys import Keys
-from rlm_wificore.migrate import migrate_shard, migrations
-from rlm_wificore.shardmap import ShardMap
 from tests.test_batch_writer import PARTITIONS, dead_letters, new_key, new_prefix, push
+from wificore import wire
+from wificore.keys import Keys
+from wificore.migrate import migrate_shard, migrations
+from wificore.shardmap import ShardMap
 
 TENANT = 41
 DAY_S = 86_400
@@ -166,7 +166,8 @@ def test_an_auth_log_failure_does_not_hold_accounting(stack, redis, jakarta):
         _run(w, session_stopped)
         assert w.stats.auth_log_errors["jakarta"] >= 1
         with psycopg.connect(dsn, autocommit=True) as conn:
-            assert conn.execute("SELECT count(*) FROM auth_log WHERE event_id = %s", ("held-" + key,)).fetchone()[0] == 0
+            held = conn.execute("SELECT count(*) FROM auth_log WHERE event_id = %s", ("held-" + key,))
+            assert held.fetchone()[0] == 0
             conn.execute("GRANT INSERT ON auth_log TO wificore_writer")
 
         def auth_stored() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from benchmarks.writer_bench import acct
-from rlm_wificore.keys import Keys
 from tests.test_batch_writer import (  # noqa: F401  (fixtures)
     PARTITIONS,
     T1,
@@ -18,6 +17,7 @@ from tests.test_batch_writer import (  # noqa: F401  (fixtures)
     row,
     writer_tenants,
 )
+from wificore.keys import Keys
 
 T_LATE = 377  # in shard1's range; created only after its records were dead-lettered
 
@@ -27,7 +27,8 @@ def admin(stack, prefix: str, *args: str):
                        check=False)
 
 
-def test_list_show_count_and_replay_once_the_tenant_exists(make_writer, redis, shard_conn, writer_tenants):
+def test_list_show_count_and_replay_once_the_tenant_exists(make_writer, redis, shard_conn,  # noqa: F811
+                                                           writer_tenants):  # noqa: F811
     """Records of a tenant that did not exist yet are dead-lettered; once it is created,
     `deadletter replay` stores each once and empties the dead-letter stream."""
     stack = writer_tenants
@@ -76,7 +77,7 @@ def test_list_show_count_and_replay_once_the_tenant_exists(make_writer, redis, s
     assert admin(stack, prefix, "replay").returncode == 2  # neither ids nor --all
 
 
-def test_the_dead_letter_stream_is_never_trimmed_its_bound_is_an_alarm(make_writer, redis):
+def test_the_dead_letter_stream_is_never_trimmed_its_bound_is_an_alarm(make_writer, redis):  # noqa: F811
     """Past WIFICORE_WRITER_DEAD_MAXLEN nothing is dropped: the length is kept and the alarm is raised."""
     prefix = new_prefix()
     push(redis, prefix, [(T1, b"\xc1 not msgpack %d" % i) for i in range(260)])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rlm_wificore.engine import Engine
-from rlm_wificore.profile import Plan, Profile
-from rlm_wificore.settings import Settings
-from rlm_wificore.shardmap import ShardMap
+from wificore.profile import Plan, Profile
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 
 MAP = ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
                                      "dsn": "postgresql://x@127.0.0.1:1/x"}]})
@@ -15,13 +15,13 @@ PLAN = Plan(1, None, None, None, None, 60, None, 100, 1, None)
 
 def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
     e = Engine(Settings(), MAP)
-    e._plan = lambda t, p: PLAN  # plans are not what is tested here
+    e.profiles.plan = lambda t, p: PLAN  # plans are not what is tested here
 
     def fake_call(fn):
         if invalidate_during_read:
             e.invalidate(["l", 1, "bob"])  # a Stop forwarded while this lookup waited on Redis
         return (PROFILE.pack(), *state_during_read)
-    e._redis_call = fake_call
+    e.redis_store.call = fake_call
     return e
 
 
@@ -29,14 +29,14 @@ class TestInvalidationRace:
     def test_lookup_not_cached_when_invalidated_while_reading(self):
         """A live state read before an invalidation arrived is used once, not cached."""
         e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=True)
-        entry = e._entry(1, "bob")
+        entry = e.profiles.entry(1, "bob")
         assert entry.state.time_s == 0
         assert e.local.peek((1, "bob")) is None
 
     def test_lookup_cached_when_quiet(self):
         """Without an invalidation in between, the entry is kept in process."""
         e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
-        e._entry(1, "bob")
+        e.profiles.entry(1, "bob")
         assert e.local.peek((1, "bob")) is not None
 
 
@@ -51,12 +51,12 @@ class TestStateRefreshOffTheHook:
         from rlm_wificore import background
 
         e = Engine(Settings(redis_url=stack.redis.url, live_state_ttl_s=1), MAP)
-        e._plan = lambda t, p: PLAN  # time quota 100 s
+        e.profiles.plan = lambda t, p: PLAN  # time quota 100 s
         user = f"carol-{uuid.uuid4().hex[:8]}"
         redis.set(e.keys.profile(5, user), PROFILE.pack(), ex=60)
         req = {"WiFiCore-Client": "5:1:generic", "User-Name": user, "User-Password": "pw"}
         thread = threading.Thread(target=background._state_loop, args=(e,), daemon=True)
-        e.state_refresher = True
+        e.live.refresher_started()
         thread.start()
         try:
             assert e.authorize(dict(req)).rcode == "updated"
@@ -77,7 +77,7 @@ def test_one_message_drops_the_copies_of_many_subscribers():
     """live.lua's ["L", [[tenant, user], ...]] drops each subscriber it names, and only those."""
     e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
     for user in ("bob", "carol", "dave"):
-        e._entry(1, user)
+        e.profiles.entry(1, user)
     e.invalidate(["L", [[1, "bob"], [1, "dave"], [2, "carol"]]])
     assert e.local.peek((1, "bob")) is None and e.local.peek((1, "dave")) is None
     assert e.local.peek((1, "carol")) is not None
@@ -89,8 +89,9 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     wire.ACCT_FIELDS / AUTH_FIELDS say it is."""
     import struct
 
-    from rlm_wificore import records, wire
+    from rlm_wificore import records
     from rlm_wificore.spool import Spool
+    from wificore import wire
 
     req = {"Acct-Status-Type": "Interim-Update", "Acct-Session-Id": "abc", "User-Name": "bob",
            "Acct-Session-Time": "60", "Acct-Input-Octets": "5", "Acct-Input-Gigawords": "1",
@@ -109,7 +110,7 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     e = Engine(Settings(), MAP)
     e.spool = Spool(tmp_path)
     try:
-        e._log_auth({"User-Password": "x", "Calling-Station-Id": "CC-DD"}, 7, 3, "bob",
+        e.sink.log_auth({"User-Password": "x", "Calling-Station-Id": "CC-DD"}, 7, 3, "bob",
                     accepted=False, reason="bad_password")
         data = e.spool.read_span(4096).data
         (n,) = struct.unpack_from("<I", data)
@@ -126,7 +127,7 @@ def test_config_check_is_read_from_radiusd_command_line():
     """`freeradius -C` (alone or grouped) means a configuration check; -t (no threads,
     as bin/stack runs radiusd) takes no value, and a value such as a folder named -C
     is not the option."""
-    from rlm_wificore.settings import is_config_check
+    from wificore.settings import is_config_check
 
     def check(line: str) -> bool:
         return is_config_check([w.encode() for w in ["freeradius", *line.split()]])

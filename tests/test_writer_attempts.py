@@ -27,7 +27,7 @@ from tests.test_batch_writer import (  # noqa: F401  (fixtures)
 )
 
 
-def test_a_record_failing_alone_is_dead_lettered_after_max_attempts(make_writer, redis, shard_conn,
+def test_a_record_failing_alone_is_dead_lettered_after_max_attempts(make_writer, redis, shard_conn,  # noqa: F811
                                                                        monkeypatch: pytest.MonkeyPatch):
     prefix, now = new_prefix(), time.time()
     poison, good = new_key("poison"), [new_key() for _ in range(7)]

@@ -81,7 +81,7 @@ class DeadLetters:
     def count(self) -> int:
         return int(self.r.xlen(self.name))
 
-    def entries(self, limit: int | None = None) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
+    def entries(self, limit: int | None = None) -> Iterable[tuple[Any, dict[Any, Any]]]:
         """Oldest first, paged."""
         start, seen = "-", 0
         while limit is None or seen < limit:
@@ -90,11 +90,11 @@ class DeadLetters:
             if not rows:
                 return
             for entry_id, fields in rows:
-                yield entry_id, fields
+                yield entry_id, fields or {}
                 seen += 1
             start = "(" + _text(rows[-1][0])
 
-    def get(self, entry_id: str) -> dict[bytes, bytes] | None:
+    def get(self, entry_id: str) -> dict[Any, Any] | None:
         rows = self.r.xrange(self.name, entry_id, entry_id, count=1)
         return rows[0][1] if rows else None
 

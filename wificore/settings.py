@@ -12,8 +12,8 @@ import dataclasses
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -39,6 +39,10 @@ def _redis_url(key: str, raw: str) -> str:
     if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"{key}: invalid scheme {scheme!r} (use redis://, rediss:// or unix://)")
     return url
+
+
+def _optional_redis_url(key: str, raw: str) -> str:
+    return _redis_url(key, raw) if raw.strip() else ""
 
 
 def _path(key: str, raw: str) -> str:
@@ -80,11 +84,19 @@ class Settings:
     shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
                                    "Shard map file: tenant ranges to PostgreSQL DSNs.")
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
-                                   "Redis for the cache, live sessions, counters and streams.")
+                                   "Redis for each role without a URL of its own (the two below).")
+    cache_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for profiles, plans, NAS and unknown-user entries; may "
+                                         "evict (allkeys-lru). Empty: redis_url.")
+    state_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for live sessions, usage, delta bases, streams and dead "
+                                         "letters; must be maxmemory-policy noeviction (checked at start). "
+                                         "Empty: redis_url.")
     key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
     profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
                                        "Lifetime of a cached subscriber profile (Redis and in-process).")
-    ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50), "Random extra lifetime, in percent, against stampedes.")
+    ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50),
+                                        "Random extra lifetime, in percent, against stampedes.")
     live_state_ttl_s: int = setting_field(30, int_in_range(0, 3600),
                                           "How long a process trusts its copy of a subscriber's session "
                                           "count and usage; starts and stops invalidate it at once.")
@@ -93,11 +105,15 @@ class Settings:
     credential_cache_ttl_s: int = setting_field(900, int_in_range(0, 86400),
                                                 "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
     redis_timeout_ms: int = setting_field(250, int_in_range(1, 60000), "Socket timeout of every Redis call.")
-    db_timeout_ms: int = setting_field(500, int_in_range(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
+    db_timeout_ms: int = setting_field(500, int_in_range(1, 60000),
+                                       "Connect, pool-wait and statement timeout of a shard.")
     db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
                                    "Write-ahead spool: each accounting record lands here before its response.")
+    spool_segment_kib: int = setting_field(65536, int_in_range(64, 1048576),
+                                           "Largest spool segment; each is sized to a fraction of the "
+                                           "free space, so a small disk is used in small steps.")
     session_stale_interims: int = setting_field(2, int_in_range(1, 100),
                                                 "Missed interims after which a live session is dropped.")
     default_interim_s: int = setting_field(300, int_in_range(10, 86400),

@@ -1,0 +1,122 @@
+"""Live state of cached subscribers: session count and usage, read from Redis.
+
+A cached entry carries the live state read with it; after ``live_state_ttl_s``
+it is due for a re-read. While the module's state thread runs (see
+background.py), the hook answers from what it has and queues the entry for
+that thread, which re-reads many in one round trip outside the mutex; until
+then the hook re-reads the one entry itself, through the breaker.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from wificore.errors import StoreUnavailable
+from wificore.keys import Keys
+from wificore.settings import Settings
+
+from .cache import Entry, LiveState
+from .stats import Stats
+from .store import RedisStore
+
+if TYPE_CHECKING:
+    from .invalidation import Generation
+
+#: A live state queued for a re-read is queued again if not re-read by then.
+STATE_RETRY_S = 1.0
+MAX_STALE_QUEUE = 100_000
+
+Due = tuple[int, str, Entry]  # (tenant, username, cached entry)
+
+
+class LiveStates:
+    """Reads and refreshes of live states; the queue of those due for the state thread."""
+
+    def __init__(self, settings: Settings, keys: Keys, redis_store: RedisStore,
+                 redis_bg: redis.Redis, stats: Stats, generation: Generation) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.redis = redis_store
+        self.redis_bg = redis_bg
+        self.stats = stats
+        self.generation = generation
+        # Cached entries whose live state is due for a re-read, for the state thread;
+        # until that thread runs, the hook re-reads it itself.
+        self.stale_states: collections.deque[Due] = collections.deque()
+        self.stale_wake = threading.Event()
+        self.refresher = False
+
+    # ------------------------------------------------ the state thread's side
+    def refresher_started(self) -> None:
+        """The state thread runs: hooks queue due states instead of reading them."""
+        self.refresher = True
+
+    def refresher_stopped(self) -> None:
+        """No state thread (any more): hooks re-read due states themselves."""
+        self.refresher = False
+
+    def wait_due(self, timeout_s: float) -> None:
+        """Wait until a hook queued a due state, or ``timeout_s``."""
+        self.stale_wake.wait(timeout_s)
+        self.stale_wake.clear()
+
+    def next_batch(self, max_entries: int) -> list[Due]:
+        """Up to ``max_entries`` queued due states, oldest first (empty: none queued)."""
+        queue = self.stale_states
+        return [queue.popleft() for _ in range(min(max_entries, len(queue)))]
+
+    # ------------------------------------------------------ the hooks' side
+    def due(self, tenant_id: int, username: str, entry: Entry) -> None:
+        """The cached ``entry``'s live state is due: queue it, or re-read it now."""
+        if self.refresher:
+            # Answer from the state we have; a module thread re-reads it (no
+            # Redis round trip under the mutex). Asked again if not done soon.
+            entry.state_expires = time.monotonic() + STATE_RETRY_S
+            if len(self.stale_states) < MAX_STALE_QUEUE:  # bounded if Redis hangs
+                self.stale_states.append((tenant_id, username, entry))
+                self.stale_wake.set()
+        else:
+            self.refresh([(tenant_id, username, entry)], in_hook=True)
+
+    def read_into(self, pipe: Any, tenant_id: int, username: str, now: float) -> None:
+        """Queue the two reads of a live state on ``pipe`` (see :meth:`state`)."""
+        pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
+        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+
+    @staticmethod
+    def state(live: Any, usage: list[Any]) -> LiveState:
+        """The live state from the replies of the two reads :meth:`read_into` queued."""
+        return LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+
+    def refresh(self, batch: list[Due], *, in_hook: bool = False) -> None:
+        """Re-read the live state of cached entries in one round trip: the state thread's
+        batches, or one entry in the hook while that thread is not running (through the
+        breaker). Unknown (fail open) if Redis is down, asked again after STATE_RETRY_S;
+        read while an invalidation came in, used once and asked again at the next use."""
+        generation = self.generation.value
+
+        def read(r: redis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            now = time.time()
+            for tenant_id, username, _entry in batch:
+                self.read_into(pipe, tenant_id, username, now)
+            return pipe.execute()
+        try:
+            replies = self.redis.call(read) if in_hook else read(self.redis_bg)
+        except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
+            self.stats.errors["redis_state"] += 1
+            retry = time.monotonic() + STATE_RETRY_S
+            for _t, _u, entry in batch:
+                entry.state, entry.state_expires = None, retry
+            return
+        expires = (time.monotonic() + self.settings.live_state_ttl_s
+                   if generation == self.generation.value else 0.0)
+        for i, (_t, _u, entry) in enumerate(batch):
+            entry.state = self.state(replies[2 * i], replies[2 * i + 1])
+            entry.state_expires = expires
+        self.stats.tiers["redis_state"] += len(batch)

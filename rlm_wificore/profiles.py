@@ -1,0 +1,176 @@
+"""Subscriber profiles and plans, in three tiers: in-process, Redis, the tenant's shard.
+
+The in-process tier (:class:`~rlm_wificore.cache.LocalCache`) answers the warm
+path with no I/O. On a miss, one Redis round trip reads the profile with its
+live state (two when the cache Redis, ``redis_store`` here, is not the state
+Redis of :class:`~rlm_wificore.live.LiveStates`; see wificore/roles.py); on a
+Redis miss, one query to the shard reads profile and plan, and both tiers are
+filled on the way back (TTL plus jitter). Unknown users are cached negatively
+for ``negative_ttl_s``. Plans have their own small cache.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+
+from wificore.errors import DecodeError, StoreUnavailable
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.profile import PLAN_SQL, PROFILE_SQL, UNKNOWN, Plan, Profile, from_row
+from wificore.settings import Settings
+
+from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
+from .live import LiveStates
+from .stats import Stats
+from .store import RedisStore, Shards
+
+if TYPE_CHECKING:
+    from .invalidation import Generation
+
+log = get_logger("rlm_wificore")
+
+
+class Profiles:
+    """Profile, plan and live state of a subscriber, from the nearest tier that has them."""
+
+    def __init__(self, settings: Settings, keys: Keys, redis_store: RedisStore, shards: Shards,
+                 stats: Stats, generation: Generation, live: LiveStates) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.redis = redis_store
+        self.shards = shards
+        self.stats = stats
+        self.live = live
+        # Bumped by every invalidation. A lookup that saw it change while it was
+        # reading Redis or a shard may hold what was just invalidated: it answers
+        # with it but does not keep it (the message came before the put).
+        self.generation = generation
+        self.local = LocalCache(settings.local_cache_max)
+        self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
+
+    def entry(self, tenant_id: int, username: str) -> Entry:
+        """Profile, plan and live state: in-process, else Redis, else the shard."""
+        key = (tenant_id, username)
+        entry = self.local.get(key)
+        if entry is not None:
+            if entry.profile is not None and entry.state_expires < time.monotonic():
+                self.live.due(tenant_id, username, entry)
+            self.stats.tiers["process"] += 1
+            return entry
+        s = self.settings
+        generation = self.generation.value
+        pkey = self.keys.profile(tenant_id, username)
+        profile: Profile | None = None
+        state: LiveState | None = None
+        known = False
+        try:
+            raw, live, usage = self._read_redis(tenant_id, username)
+            state = self.live.state(live, usage)
+            if raw == UNKNOWN:
+                known = True
+            elif raw is not None:
+                profile = Profile.unpack(raw)
+                known = True
+        except StoreUnavailable:
+            pass
+        except DecodeError as exc:
+            log.warning("bad_cached_profile", tenant=tenant_id, error=str(exc))
+        if known:
+            self.stats.tiers["redis"] += 1
+            plan = self.plan(tenant_id, profile.plan_id) if profile else None
+            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
+        else:
+            self.stats.tiers["database"] += 1
+            row = self.shards.fetchone(tenant_id, PROFILE_SQL, (tenant_id, username))
+            plan = None
+            if row is not None:
+                profile, plan = from_row(row)
+                self.plans[(tenant_id, plan.plan_id)] = (time.monotonic() + s.profile_ttl_s, plan)
+            ttl = s.profile_ttl_s if profile else s.negative_ttl_s
+            value = profile.pack() if profile else UNKNOWN
+            redis_ttl = int(ttl_with_jitter(ttl, s.ttl_jitter_pct))
+            def fill(r: redis.Redis) -> None:
+                pipe = r.pipeline(transaction=False)
+                pipe.set(pkey, value, ex=redis_ttl)
+                if plan is not None:
+                    pipe.set(self.keys.plan(tenant_id, plan.plan_id), plan.pack(), ex=redis_ttl)
+                pipe.execute()
+            try:
+                self.redis.call(fill)
+            except StoreUnavailable:
+                pass
+        # Without Redis the live state is unknown: cache briefly, fail open.
+        local_ttl = ttl if state is not None else min(ttl, 5)
+        now = time.monotonic()
+        entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
+                      now + s.live_state_ttl_s)
+        if generation == self.generation.value:
+            self.local.put(key, entry)
+        return entry
+
+    def _read_redis(self, tenant_id: int, username: str) -> Any:
+        """Profile, live count and usage: one round trip, two if the cache Redis is another."""
+        pkey = self.keys.profile(tenant_id, username)
+
+        def both(r: redis.Redis) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.get(pkey)
+            self.live.read_into(pipe, tenant_id, username, time.time())
+            return pipe.execute()
+        if self.live.redis is self.redis:  # one Redis serves both roles
+            return self.redis.call(both)
+
+        def state(r: redis.Redis) -> Any:
+            pipe = r.pipeline(transaction=False)
+            self.live.read_into(pipe, tenant_id, username, time.time())
+            return pipe.execute()
+        raw = self.redis.call(lambda r: r.get(pkey))
+        return [raw, *self.live.redis.call(state)]
+
+    def plan(self, tenant_id: int, plan_id: int) -> Plan | None:
+        """A plan: from the plan cache, else Redis, else the shard (filling both)."""
+        cached = self.plans.get((tenant_id, plan_id))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        plan = None
+        try:
+            raw = self.redis.call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)))
+            plan = Plan.unpack(cast(bytes, raw)) if raw else None
+        except (StoreUnavailable, DecodeError):
+            pass
+        if plan is None:
+            row = self.shards.fetchone(tenant_id, PLAN_SQL, (tenant_id, plan_id))
+            if row is None:
+                return None
+            plan = Plan(*row)
+            try:
+                self.redis.call(lambda r: r.set(self.keys.plan(tenant_id, plan_id), plan.pack(),
+                                                ex=self.settings.profile_ttl_s))
+            except StoreUnavailable:
+                pass
+        self.plans[(tenant_id, plan_id)] = (time.monotonic() + self.settings.profile_ttl_s, plan)
+        return plan
+
+    # ------------------------------------------- dropped by invalidation.py
+    def drop(self, tenant_id: int, username: str) -> None:
+        """Forget the in-process copy of one subscriber."""
+        self.local.drop((tenant_id, username))
+
+    def drop_plan(self, tenant_id: int, plan_id: int) -> None:
+        """Forget a plan and every in-process subscriber on it."""
+        self.plans.pop((tenant_id, plan_id), None)
+        self.local.drop_where(lambda k, e: k[0] == tenant_id and e.profile is not None
+                              and e.profile.plan_id == plan_id)
+
+    def drop_tenant(self, tenant_id: int) -> None:
+        """Forget every in-process subscriber of a tenant."""
+        self.local.drop_where(lambda k, e: k[0] == tenant_id)
+
+    def clear(self, *, plans: bool) -> None:
+        """Forget every in-process subscriber, and every plan if ``plans``."""
+        self.local.clear()
+        if plans:
+            self.plans.clear()
