@@ -231,7 +231,10 @@ class Engine:
             kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
         except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
             self.stats.errors["spool_full"] += 1
-            return Result("fail", reason="spool_full")
+            # noop, not fail: the same for radiusd (no Accounting-Response), and the
+            # site's fallback for a request rlm_python3 could not hand over (if fail)
+            # does not call again.
+            return Result("noop", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
 
