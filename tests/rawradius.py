@@ -84,8 +84,12 @@ def decode_attrs(data: bytes) -> list[tuple[int, bytes]]:
 
 def send(port: int, code: int, secret: str, attrs: list[tuple[int, bytes]], *,
          source: str = "127.0.0.1", timeout_s: float = 2.0, tries: int = 2,
-         message_authenticator: bool = False) -> tuple[str | None, list[tuple[int, bytes]]]:
-    """One request (retransmitted once, same packet, after ``timeout_s``); the answer."""
+         message_authenticator: bool | None = None) -> tuple[str | None, list[tuple[int, bytes]]]:
+    """One request (retransmitted once, same packet, after ``timeout_s``); the answer.
+    An Access-Request carries a Message-Authenticator unless told otherwise (NAS
+    require one by default: BlastRADIUS)."""
+    if message_authenticator is None:
+        message_authenticator = code == ACCESS_REQUEST
     ident = os.urandom(1)[0]
     packet = encode(code, ident, secret.encode(), attrs, message_authenticator=message_authenticator)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
