@@ -99,11 +99,13 @@ class Profiles:
                 self.redis.call(fill)
             except StoreUnavailable:
                 pass
-        # Without Redis the live state is unknown: cache briefly, fail open.
-        local_ttl = ttl if state is not None else min(ttl, 5)
+        # Without Redis the live state is unknown (policy fails open): the entry is
+        # kept for its whole lifetime (a Redis outage must not send the next login
+        # to the shard again), its live state is due again at once, re-read by the
+        # state thread when Redis is back.
         now = time.monotonic()
-        entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
-                      now + s.live_state_ttl_s)
+        entry = Entry(now + ttl_with_jitter(ttl, s.ttl_jitter_pct), profile, plan, state,
+                      now + s.live_state_ttl_s if state is not None else now + 1.0)
         if generation == self.generation.value:
             self.local.put(key, entry)
         return entry
