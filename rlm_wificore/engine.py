@@ -62,7 +62,7 @@ class Engine:
         self.redis_store = RedisStore(self.redis, self.stats.errors)
         self.redis_breaker = self.redis_store.breaker
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
-                             pool_max=settings.db_pool_max)
+                             pool_max=settings.db_pool_max, wait_ms=settings.db_wait_ms)
         generation = Generation()
         self.directory = Directory(self.shard_map, self.shards, self.redis_store, self.keys)
         self.live = LiveStates(settings, self.keys, self.redis_store, self.redis_bg, self.stats,
@@ -214,6 +214,7 @@ class Engine:
         """Start the background threads (never under `freeradius -C`)."""
         self.spool = Spool(self.settings.spool_dir)
         self._threads = start_background(self)
+        self.shards.open()
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""

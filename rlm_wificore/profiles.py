@@ -155,6 +155,11 @@ class Profiles:
         """Forget every in-process subscriber of a tenant."""
         self.local.drop_where(lambda k, e: k[0] == tenant_id)
 
+    def revalidate(self) -> None:
+        """Keep every in-process subscriber, but make its live state due for a re-read."""
+        for entry in self.local.entries():
+            entry.state_expires = 0.0
+
     def clear(self, *, plans: bool) -> None:
         """Forget every in-process subscriber, and every plan if ``plans``."""
         self.local.clear()
