@@ -18,7 +18,9 @@ from pathlib import Path
 
 from .servers import ROOT, BatchWriter, PgBouncer, PostgresServer, Radiusd, RedisServer, free_port
 
-# Server-side limits per login role: they hold behind PgBouncer (which drops the
+# Server-side limits per login role (the radius role's below the module's db_timeout_ms,
+# so that a slow query is cancelled by the server and its connection kept): they hold
+# behind PgBouncer (which drops the
 # startup `options`), the client-side deadline holds against a hung server.
 LOGIN_ROLES_SQL = """
 DO $$
@@ -30,7 +32,7 @@ BEGIN
         CREATE ROLE wificore_batch LOGIN IN ROLE wificore_writer;
     END IF;
 END $$;
-ALTER ROLE wificore_radiusd SET statement_timeout = '500ms';
+ALTER ROLE wificore_radiusd SET statement_timeout = '400ms';
 ALTER ROLE wificore_radiusd SET lock_timeout = '200ms';
 ALTER ROLE wificore_radiusd SET idle_in_transaction_session_timeout = '5s';
 ALTER ROLE wificore_batch SET statement_timeout = '30s';
