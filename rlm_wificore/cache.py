@@ -11,7 +11,7 @@ import dataclasses
 import random
 import time
 
-from .profile import Plan, Profile
+from wificore.profile import Plan, Profile
 
 
 @dataclasses.dataclass(slots=True)

@@ -9,12 +9,15 @@ which :meth:`Directory.lookup` turns into numbers, once per client.
 
 from __future__ import annotations
 
-from .errors import DecodeError, StoreUnavailable, UnknownTenant
-from .keys import Keys
-from .log import get_logger
-from .profile import NAS_SQL, Nas
+from typing import cast
+
+from wificore.errors import DecodeError, StoreUnavailable, UnknownTenant
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.profile import NAS_SQL, Nas
+from wificore.shardmap import ShardMap
+
 from .result import Result
-from .shardmap import ShardMap
 from .store import RedisStore, Shards
 
 log = get_logger("rlm_wificore")
@@ -45,7 +48,7 @@ class Directory:
         try:
             raw = self.redis.call(lambda r: r.get(key))
             if raw:
-                nas = Nas.unpack(raw)
+                nas = Nas.unpack(cast(bytes, raw))
         except (StoreUnavailable, DecodeError):
             pass
         if nas is None:

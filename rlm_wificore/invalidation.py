@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import redis
 
-from .keys import Keys
-from .log import get_logger
+from wificore.keys import Keys
+from wificore.log import get_logger
 
 log = get_logger("rlm_wificore")
 

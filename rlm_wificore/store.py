@@ -14,7 +14,7 @@ a wait for every request. Three rules follow (docs/decisions.md, 2026-12-01):
   threads (outside the mutex). The hook waits for it at most ``db_wait_ms``
   while the shard is healthy, not at all while its breaker is open; a result
   that comes too late is kept a few seconds for the retransmit.
-* **Breakers open on errors and on slowness, and a thread closes them**: the
+* **Breakers** (:class:`wificore.backoff.Breaker`) **open on errors and on slowness, and a thread closes them**: the
   lane's threads (shards) or a probe thread (Redis) find out that the backend
   is back, never a hook, so a hung backend costs at most one wait per process.
 """
@@ -34,75 +34,16 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .errors import StoreUnavailable
-from .log import get_logger
-from .settings import Settings
-from .shardmap import Shard, ShardMap
+from wificore.backoff import Breaker, redis_retry
+from wificore.errors import StoreUnavailable
+from wificore.log import get_logger
+from wificore.settings import Settings
+from wificore.shardmap import Shard, ShardMap
 
 T = TypeVar("T")
 
 log = get_logger("rlm_wificore")
-
-
-class Breaker:
-    """Open after a failure (an error, or a call slower than allowed).
-
-    Without a ``probe`` (the old behaviour) one call is let through again after
-    ``retry_s``. With a ``probe`` the breaker stays open until someone calls
-    :meth:`ok`: every ``retry_s`` a daemon thread runs ``probe()`` (a success
-    closes the breaker), so no caller under the mutex waits on a sick backend.
-    ``probe=False`` means another thread calls :meth:`ok` (a shard's lane)."""
-
-    __slots__ = ("name", "retry_s", "open_until", "failures", "_probe", "_probing")
-
-    def __init__(self, name: str, retry_s: float = 1.0,
-                 probe: Callable[[], object] | bool | None = None) -> None:
-        self.name = name
-        self.retry_s = retry_s
-        self.open_until = 0.0
-        self.failures = 0
-        self._probe = probe
-        self._probing = False
-
-    def allow(self) -> bool:
-        if self.open_until == 0.0:
-            return True
-        if self._probe is None:
-            return time.monotonic() >= self.open_until
-        if callable(self._probe) and not self._probing:
-            self._probing = True
-            threading.Thread(target=self._probe_loop, name=f"wificore-probe-{self.name}",
-                             daemon=True).start()
-        return False
-
-    def fail(self) -> None:
-        self.failures += 1
-        self.open_until = time.monotonic() + self.retry_s
-
-    def ok(self) -> None:
-        self.open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return not self.allow()
-
-    def _probe_loop(self) -> None:
-        probe = self._probe
-        assert callable(probe)
-        try:
-            while self.open_until != 0.0:
-                time.sleep(max(0.0, min(self.retry_s, self.open_until - time.monotonic())))
-                try:
-                    probe()
-                except Exception:  # still down: the probe tries again after retry_s
-                    self.open_until = time.monotonic() + self.retry_s
-                else:
-                    self.ok()
-        finally:
-            self._probing = False
 
 
 class RedisStore:
@@ -147,7 +88,7 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
+        retry=redis_retry(), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 
 
@@ -233,6 +174,10 @@ def _shut_down(conn: psycopg.Connection) -> None:
             s.shutdown(socket.SHUT_RDWR)
     except Exception:  # already closed: nothing is waiting on it
         pass
+
+
+def _fetchone(sql: str, params: tuple[Any, ...]) -> Callable[[psycopg.Connection], tuple[Any, ...] | None]:
+    return lambda c: c.execute(sql, params).fetchone()
 
 
 class _Job:
@@ -342,7 +287,7 @@ class Lane:
             key, job = item
             started = time.monotonic()
             try:
-                job.row = self.shards.execute(self.shard, lambda c: c.execute(job.sql, job.params).fetchone())
+                job.row = self.shards.execute(self.shard, _fetchone(job.sql, job.params))
             except StoreUnavailable as exc:
                 job.error = exc
             except Exception as exc:  # a bug must not kill the lane

@@ -21,13 +21,13 @@ import uuid
 import psycopg
 import pytest
 
-from rlm_wificore.errors import StoreUnavailable
-from rlm_wificore.shardmap import ShardMap
 from rlm_wificore.store import Shards
 from stack.servers import cluster_pids
 from tests.conftest import TENANT_A, TENANT_C
 from tests.radius import send_pyrad
 from tests.test_accounting import wait_until
+from wificore.errors import StoreUnavailable
+from wificore.shardmap import ShardMap
 
 #: Slack for a shared, loaded test machine: nothing here asserts tight timings.
 SLOW_S = 0.4  # a sick tenant's answer that took this long held the process (db_timeout_ms 500)
