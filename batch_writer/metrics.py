@@ -58,6 +58,11 @@ class WriterCollector:
         yield CounterMetricFamily("wificore_writer_acked", "Stream entries acknowledged", value=st.acked)
         yield CounterMetricFamily("wificore_writer_claimed", "Entries taken over from dead writers",
                                   value=st.claimed)
+        yield _labelled_counter("wificore_writer_counter_flags", "Accounting records whose counters the "
+                                "counter rules changed: refused (implausible) or backwards", "flag",
+                                dict(st.counter_flags))
+        yield _histogram("wificore_writer_nas_clock_skew_seconds", "|NAS event time - arrival time| of "
+                         "accounting records", st.nas_clock_skew)
         yield _histogram("wificore_writer_batch_rows", "Entries per batch", st.batch_rows)
         yield _histogram("wificore_writer_batch_seconds", "Time to write and acknowledge one batch",
                          st.batch_seconds)
@@ -75,6 +80,12 @@ class WriterCollector:
         yield pending
         yield GaugeMetricFamily("wificore_writer_dead_letter_length", "Entries in the dead-letter stream",
                                 value=st.dead_letter_length)
+        yield GaugeMetricFamily("wificore_writer_dead_letter_over_bound", "1 while the dead-letter stream "
+                                "is at or past WIFICORE_WRITER_DEAD_MAXLEN (never trimmed)",
+                                value=int(st.dead_letter_over_bound))
+        yield _labelled_counter("wificore_writer_auth_log_errors", "Auth-log writes that failed and wait "
+                                "to be retried (accounting is committed without them), by shard", "shard",
+                                dict(st.auth_log_errors))
         up = GaugeMetricFamily("wificore_writer_shard_up", "1 when the last write to the shard worked",
                                labels=["shard"])
         for shard, down in sorted(st.shards_down.items()):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .servers import ROOT, BatchWriter, PgBouncer, PostgresServer, Radiusd, RedisServer, free_port
 
-# Server-side limits per login role (the radius role's below the module's db_timeout_ms,
-# so that a slow query is cancelled by the server and its connection kept): they hold
-# behind PgBouncer (which drops the
-# startup `options`), the client-side deadline holds against a hung server.
+# Server-side limits per login role: they hold behind PgBouncer (which drops the
+# startup `options`); the client-side deadline holds against a hung server. The
+# radius role's statement_timeout is below the module's db_timeout_ms, so that a
+# slow query is cancelled by the server and its connection kept.
 LOGIN_ROLES_SQL = """
 DO $$
 BEGIN

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
+from . import nas_admin
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -103,9 +104,13 @@ def v_positive(value: int | None, field: str) -> int | None:
 
 # --------------------------------------------------------------------- helpers
 class Admin:
-    def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc") -> None:
+    def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc", *,
+                 cache_redis_url: str | None = None, state_redis_url: str | None = None) -> None:
         self.map = shard_map
         self.redis_url = redis_url
+        # The two roles (roles.py): each falls back to redis_url.
+        self.cache_redis_url = cache_redis_url or redis_url
+        self.state_redis_url = state_redis_url or redis_url
         self.keys = Keys(key_prefix)
 
     def connect(self, tenant_id: int) -> psycopg.Connection:
@@ -170,23 +175,17 @@ def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
 
 def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     ip = v_ip(args.ip, "ip")
+    if ip is None:
+        raise InputError("ip: required")
     if not 1 <= len(args.secret) <= 128:
         raise InputError("secret: must be 1..128 characters")
     v_choice(args.vendor, "vendor", VENDORS)
-    # The source address picks the tenant: it must be unique in the whole deployment.
-    for shard in a.map:
-        with psycopg.connect(shard.dsn) as conn:
-            row = conn.execute("SELECT tenant_id FROM nas WHERE ip = %s::inet", (ip,)).fetchone()
-            if row and not (row[0] == args.tenant and args.replace):
-                raise InputError(f"ip: {ip} already belongs to a NAS of tenant {row[0]}")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        if args.replace:
-            conn.execute("DELETE FROM nas WHERE tenant_id = %s AND (ip = %s::inet OR name = %s)",
-                         (args.tenant, ip, args.name))
-        nas_id = returned(conn.execute(
-            "INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
-            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)))
+        # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
+        nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
+                               vendor=args.vendor, replace=args.replace)
+    nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
 
 
@@ -314,9 +313,11 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
         stored["password"] = "(hidden)"
     cached: Any = None
     live: Any = None
-    if a.redis_url:
+    if a.cache_redis_url and a.state_redis_url:
         import redis
-        r = redis.Redis.from_url(a.redis_url, socket_timeout=2)
+        r = redis.Redis.from_url(a.cache_redis_url, socket_timeout=2)
+        state = (r if a.state_redis_url == a.cache_redis_url
+                 else redis.Redis.from_url(a.state_redis_url, socket_timeout=2))
         try:
             raw = cast(bytes | None, r.get(a.keys.profile(args.tenant, args.username)))
             ttl = r.ttl(a.keys.profile(args.tenant, args.username))
@@ -330,14 +331,15 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                           "framed_ip": p.framed_ip, "ttl_s": ttl}
             now = time.time()
             live = {
-                "sessions": r.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
+                "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
                 "usage": {k.decode(): int(v) for k, v in
-                          cast(dict[bytes, bytes], r.hgetall(a.keys.usage(args.tenant, args.username))).items()},
+                          cast(dict[bytes, bytes], state.hgetall(a.keys.usage(args.tenant, args.username))).items()},
             }
         except redis.RedisError as exc:
             cached = {"error": f"redis: {exc}"}
         finally:
             r.close()
+            state.close()
     if stored is None and cached is None:
         raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(json.dumps({"stored": stored, "cached": cached, "live": live}, default=str, indent=2))
@@ -413,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard map file (env WIFICORE_SHARD_MAP)")
     p.add_argument("--redis-url", default=env.get("WIFICORE_REDIS_URL", Settings.redis_url),
                    help="Redis, for `subscriber show` (env WIFICORE_REDIS_URL)")
+    p.add_argument("--cache-redis-url", default=env.get("WIFICORE_CACHE_REDIS_URL") or None,
+                   help="the cache Redis if not --redis-url (env WIFICORE_CACHE_REDIS_URL)")
+    p.add_argument("--state-redis-url", default=env.get("WIFICORE_STATE_REDIS_URL") or None,
+                   help="the state Redis if not --redis-url (env WIFICORE_STATE_REDIS_URL)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="apply schema migrations to every shard").set_defaults(fn=cmd_migrate)
@@ -431,8 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ip", required=True, help="the address the NAS sends from")
     x.add_argument("--secret", required=True)
     x.add_argument("--vendor", default="generic", help=", ".join(VENDORS))
-    x.add_argument("--replace", action="store_true", help="replace a NAS of this tenant with that ip or name")
+    x.add_argument("--replace", action="store_true",
+                   help="update the NAS of this tenant with that ip or name in place (same nas_id)")
     x.set_defaults(fn=cmd_nas_add)
+    nas_admin.add_set_parser(n)
     x = n.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_nas_list)
@@ -493,13 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind", default="pppoe")
     x.add_argument("--password-type", default="cleartext")
     x.set_defaults(fn=cmd_sub_import)
+    from . import deadletter
+    deadletter.register(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        admin = Admin(ShardMap.load(args.shard_map), args.redis_url)
+        admin = Admin(ShardMap.load(args.shard_map), args.redis_url,
+                      cache_redis_url=args.cache_redis_url, state_redis_url=args.state_redis_url)
         args.fn(admin, args)
     except (InputError, ConfigError) as exc:
         print(f"wificore-admin: {exc}", file=sys.stderr)
