@@ -72,6 +72,7 @@ class Directory:
             ("FreeRADIUS-Client-Secret", nas.secret),
             ("FreeRADIUS-Client-Shortname", nas.shortname),
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
+            ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),
         ))
 
     def lookup(self, req: dict[str, str]) -> tuple[int, int, str] | None:
