@@ -84,7 +84,7 @@ import redis  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from benchmarks import dataset as ds  # noqa: E402
-from benchmarks import report  # noqa: E402
+from benchmarks import noisy, report  # noqa: E402
 from benchmarks.loadgen import run as loadgen  # noqa: E402
 from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
@@ -1061,17 +1061,27 @@ class Bench:
         a = self.args
         started = dt.datetime.now(dt.UTC)
         self.setup()
-        mem = self.redis_memory()
-        log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "
-            f"{mem['bytes_per_live_session']:.0f} B per live session")
-        wanted = set(a.configs) if a.configs else None
-        self.results = self.measure_all([c for c in self.configs()
-                                         if wanted is None or c.name in wanted])
-        self.stop_server()
-        e2e = (self.end_to_end() if a.e2e_rate > 0 and not a.no_writer
-               else {"skipped": "--e2e-rate 0" if a.e2e_rate <= 0 else "--no-writer"})
-        self.stop_server()
-        writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
+        if a.noisy:  # the noisy_neighbour scenario alone
+            mem: dict[str, Any] = {}
+            e2e: dict[str, Any] = {"skipped": "--noisy"}
+            writer: dict[str, Any] = {"skipped": "--noisy"}
+        else:
+            mem = self.redis_memory()
+            log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "
+                f"{mem['bytes_per_live_session']:.0f} B per live session")
+            wanted = set(a.configs) if a.configs else None
+            self.results = self.measure_all([c for c in self.configs()
+                                             if wanted is None or c.name in wanted])
+            self.stop_server()
+            e2e = (self.end_to_end() if a.e2e_rate > 0 and not a.no_writer
+                   else {"skipped": "--e2e-rate 0" if a.e2e_rate <= 0 else "--no-writer"})
+            self.stop_server()
+            writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
+        noisy_run: dict[str, Any] = {"skipped": "--no-noisy"}
+        if a.noisy or not a.no_noisy:
+            self.flush_redis()
+            noisy_run = noisy.run(self, sys.modules[__name__])
+            self.stop_server()
         by = {c["name"]: c for c in self.results}
         ratios = {}
         for num, den in (("wificore_warm", "stock_sql"), ("wificore_warm", "stock_files"),
@@ -1100,6 +1110,10 @@ class Bench:
             "redis_memory": mem,
             "batch_writer": writer,
             "end_to_end": e2e,
+            # {variant: {"answered_ratio", "p99_ratio"}}: tenant A's figures against its own
+            # baseline in this run (benchmarks/noisy.py); the raw figures under noisy_detail.
+            "noisy_neighbour": noisy_run.get("ratios", {}),
+            "noisy_detail": noisy_run,
             "warnings": self.warnings,
         }
 
@@ -1192,6 +1206,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch_writer processes during the end-to-end run (default 2: one per shard)")
     g.add_argument("--e2e-duration", type=float, default=20.0,
                    help="seconds of that load")
+    g = p.add_argument_group("noisy_neighbour (benchmarks/noisy.py)")
+    g.add_argument("--noisy", action="store_true",
+                   help="run only the noisy_neighbour scenario (it is part of the full run too)")
+    g.add_argument("--no-noisy", action="store_true", help="skip the noisy_neighbour scenario")
+    g.add_argument("--noisy-duration", type=float, default=10.0, help="seconds per phase")
+    g.add_argument("--noisy-rate-a", type=float, default=2000.0,
+                   help="tenant A's warm logins per second")
+    g.add_argument("--noisy-rate-b", type=float, default=100.0,
+                   help="tenant B's cold logins per second (its shard is the sick one)")
     g = p.add_argument_group("packet files only (for a load test elsewhere; see README.md)")
     g.add_argument("--write-packets", type=Path, metavar="DIR",
                    help="write the sender tenants' packet files and manifest.json into DIR, "
@@ -1213,6 +1236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.writer_args = f"{args.writer_args} --smoke"
         args.writer_timeout = min(args.writer_timeout, 120.0)
         args.e2e_rate, args.e2e_duration = 200.0, 2.0
+        args.noisy_duration, args.noisy_rate_a, args.noisy_rate_b = 1.0, 200.0, 10.0
     if args.subscribers_per_tenant is not None:
         args.pppoe_per_tenant = args.subscribers_per_tenant // 2
         args.hotspot_per_tenant = args.subscribers_per_tenant - args.pppoe_per_tenant

@@ -7,8 +7,8 @@
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
 * ``inval-redis``: subscribes to the invalidation channel and drops the
-  in-process copies other processes announce. A reconnect clears the whole
-  in-process tier (messages may have been missed).
+  in-process copies other processes announce. After an outage the live
+  states of the in-process tier are re-read; the profiles are kept.
 * ``inval-<shard>``: LISTENs on each shard; a committed change of a
   subscriber, plan, NAS or tenant deletes the Redis copy and is announced on
   the channel, so every radiusd drops it within a second.
@@ -165,13 +165,20 @@ def _state_loop(engine: Engine) -> None:
 def _redis_inval_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     channel = engine.keys.invalidation_channel
+    lost = False
     while not engine.stopping.is_set():
         pubsub = None
         try:
             pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel)
-            # Anything announced while we were not listening is lost: start clean.
-            engine.invalidation.reset_all()
+            # Anything announced while we were not listening is lost: the first time
+            # start clean; after an outage re-read the live states, keep the profiles
+            # (the shards' NOTIFYs reach this process directly, see revalidate()).
+            if lost:
+                engine.invalidation.revalidate()
+            else:
+                engine.invalidation.reset_all()
+            lost = False
             backoff.succeeded()
             while not engine.stopping.is_set():
                 msg = pubsub.get_message(timeout=0.5)
@@ -181,8 +188,11 @@ def _redis_inval_loop(engine: Engine) -> None:
                     except (ValueError, IndexError, TypeError) as exc:
                         log.warning("bad_invalidation", error=str(exc))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("invalidation_channel_lost", error=str(exc))
-            engine.invalidation.reset_subscribers()
+            if not lost:
+                log.warning("invalidation_channel_lost", error=str(exc))
+            # Nothing is cleared here: a Redis outage must not send every login to
+            # the shards (each reconnect attempt used to empty the in-process tier).
+            lost = True
             backoff.failed()
             backoff.wait(engine.stopping)
         except Exception as exc:

@@ -79,5 +79,9 @@ class LocalCache:
     def clear(self) -> None:
         self._d.clear()
 
+    def entries(self) -> list[Entry]:
+        """A snapshot of the entries (list() of a dict's values is atomic under the GIL)."""
+        return list(self._d.values())
+
     def __len__(self) -> int:
         return len(self._d)

@@ -74,7 +74,7 @@ class Engine:
         self.cache_store = (RedisStore(self.cache_redis, self.stats.errors, name="redis-cache")
                             if split else self.redis_store)
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
-                             pool_max=settings.db_pool_max)
+                             pool_max=settings.db_pool_max, wait_ms=settings.db_wait_ms)
         generation = Generation()
         self.directory = Directory(self.shard_map, self.shards, self.cache_store, self.keys)
         self.live = LiveStates(settings, self.keys, self.redis_store, self.redis_bg, self.stats,
@@ -251,6 +251,7 @@ class Engine:
                            max_segment_bytes=self.settings.spool_segment_kib * 1024)
         self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
+        self.shards.open()
 
     def check_state_redis(self, *, at_start: bool = True) -> None:
         """ConfigError unless the state Redis is noeviction; a warning if it cannot be

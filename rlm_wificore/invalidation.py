@@ -36,6 +36,7 @@ class Copies(Protocol):
     def drop_plan(self, tenant_id: int, plan_id: int) -> None: ...
     def drop_tenant(self, tenant_id: int) -> None: ...
     def clear(self, *, plans: bool) -> None: ...
+    def revalidate(self) -> None: ...
 
 
 class Generation:
@@ -112,6 +113,17 @@ class Invalidation:
         """Forget every in-process subscriber and plan (announcements may have been missed)."""
         self.generation.bump()
         self.profiles.clear(plans=True)
+
+    def revalidate(self) -> None:
+        """The channel is back after an outage: keep the in-process profiles, re-read
+        every live state from Redis (the state thread does, at the entry's next use).
+
+        What the channel carried meanwhile: live-state changes (``L``), re-read here,
+        and the shards' changes, which this process also gets from its own LISTEN
+        on every shard. So the profiles need not be dropped, and a Redis outage is
+        not a stampede on the shards."""
+        self.generation.bump()
+        self.profiles.revalidate()
 
     def reset_subscribers(self) -> None:
         """Forget every in-process subscriber (the channel was lost; plans expire by TTL)."""

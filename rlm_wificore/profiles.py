@@ -102,11 +102,13 @@ class Profiles:
                 self.redis.call(fill)
             except StoreUnavailable:
                 pass
-        # Without Redis the live state is unknown: cache briefly, fail open.
-        local_ttl = ttl if state is not None else min(ttl, 5)
+        # Without Redis the live state is unknown (policy fails open): the entry is
+        # kept for its whole lifetime (a Redis outage must not send the next login
+        # to the shard again), its live state is due again at once, re-read by the
+        # state thread when Redis is back.
         now = time.monotonic()
-        entry = Entry(now + ttl_with_jitter(local_ttl, s.ttl_jitter_pct), profile, plan, state,
-                      now + s.live_state_ttl_s)
+        entry = Entry(now + ttl_with_jitter(ttl, s.ttl_jitter_pct), profile, plan, state,
+                      now + s.live_state_ttl_s if state is not None else now + 1.0)
         if generation == self.generation.value:
             self.local.put(key, entry)
         return entry
@@ -168,6 +170,11 @@ class Profiles:
     def drop_tenant(self, tenant_id: int) -> None:
         """Forget every in-process subscriber of a tenant."""
         self.local.drop_where(lambda k, e: k[0] == tenant_id)
+
+    def revalidate(self) -> None:
+        """Keep every in-process subscriber, but make its live state due for a re-read."""
+        for entry in self.local.entries():
+            entry.state_expires = 0.0
 
     def clear(self, *, plans: bool) -> None:
         """Forget every in-process subscriber, and every plan if ``plans``."""

@@ -1,14 +1,31 @@
-"""Access to Redis and the PostgreSQL shards, with short timeouts and breakers.
+"""Access to Redis and the PostgreSQL shards: deadlines that hold, breakers per backend.
 
 Inside radiusd every call runs under rlm_python3's mutex, so a wait here is
-a wait for every request. Each backend therefore has a :class:`wificore.backoff.Breaker`: after
-a failure the backend is skipped (fail fast) until ``retry_s`` has passed,
-then one call probes it again. Reconnection is automatic.
+a wait for every request. Three rules follow (docs/decisions.md, 2026-12-01):
+
+* **Every shard query has a client-side deadline** (:class:`Watchdog`): psycopg
+  has none, and a hung server (SIGSTOP, a frozen VM) keeps the socket open and
+  never answers. At the deadline the watchdog shuts the connection's socket
+  down, the blocked wait returns at once, the connection is discarded. The
+  roles also carry ``statement_timeout``/``lock_timeout`` (``ALTER ROLE``),
+  which survive PgBouncer; the startup option is kept for direct connections.
+* **No hook waits on a sick shard.** A hook's shard query goes to the shard's
+  :class:`Lane`: bounded queue, deduplicated by query, run by the lane's own
+  threads (outside the mutex). The hook waits for it at most ``db_wait_ms``
+  while the shard is healthy, not at all while its breaker is open; a result
+  that comes too late is kept a few seconds for the retransmit.
+* **Breakers** (:class:`wificore.backoff.Breaker`) **open on errors and on slowness, and a thread closes them**: the
+  lane's threads (shards) or a probe thread (Redis) find out that the backend
+  is back, never a hook, so a hung backend costs at most one wait per process.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,21 +37,28 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from wificore import roles
 from wificore.backoff import Breaker, redis_retry
 from wificore.errors import StoreUnavailable
+from wificore.log import get_logger
 from wificore.settings import Settings
 from wificore.shardmap import Shard, ShardMap
 
 T = TypeVar("T")
+
+log = get_logger("rlm_wificore")
 
 
 class RedisStore:
     """One Redis client behind a :class:`Breaker`: while it is open, calls fail fast.
 
     The hooks' reads and fills go through :meth:`call`; the module's threads use
-    their own client (``redis_bg``), which nothing under the mutex waits on."""
+    their own client (``redis_bg``), which nothing under the mutex waits on. A
+    failed call opens the breaker; a probe thread (PING, same timeouts) closes
+    it again, so a hung Redis costs the hooks one socket timeout per process,
+    not one per ``retry_s``."""
 
-    def __init__(self, client: redis.Redis, errors: Counter[str], *, name: str = "redis") -> None:
+    def __init__(self, client: redis.Redis, errors: Counter[str], *, name: str = "redis",
+                 probe: bool = True) -> None:
         self.client = client
-        self.breaker = Breaker(name)
+        self.breaker = Breaker(name, probe=client.ping if probe else None)
         self._errors = errors  # the engine's Stats.errors: a failure is counted as "redis"
 
     def call(self, fn: Callable[[redis.Redis], T]) -> T:
@@ -57,7 +81,9 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None,
     until first use).
 
     Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
-    waits on, pass a longer ``timeout_s``."""
+    waits on, pass a longer ``timeout_s``. Connect and every read are bounded
+    by it (a hung server accepts the connection and never answers: the read
+    times out); redis-py's pool never waits for a free connection, it opens one."""
     timeout = settings.redis_timeout_ms / 1000 if timeout_s is None else timeout_s
     # One immediate retry on a connection error: a pooled connection that
     # Redis closed (a restart) must not look like an outage. Timeouts are not
@@ -69,26 +95,263 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None,
 
 
 def conninfo(dsn: str, timeout_ms: int, application_name: str) -> str:
-    """The shard DSN plus timeouts; no server-side prepared statements are used."""
+    """The shard DSN plus timeouts; no server-side prepared statements are used.
+
+    The ``options`` startup parameter reaches PostgreSQL on a direct connection
+    only (PgBouncer 1.18 drops it): the roles' own ``statement_timeout`` and
+    ``lock_timeout`` (``ALTER ROLE``) are what holds behind PgBouncer, and
+    :class:`Watchdog` is what holds against a server that never answers."""
     connect_s = max(2, -(-timeout_ms // 1000))  # libpq's floor is 2 s
     return psycopg.conninfo.make_conninfo(
         dsn, connect_timeout=connect_s, application_name=application_name,
         options=f"-c statement_timeout={timeout_ms}")
 
 
+class DeadlineExceeded(psycopg.OperationalError):
+    """A shard query outlived its client-side deadline; its connection was shut down."""
+
+
+class Watchdog:
+    """Client-side deadlines for blocking psycopg calls, one thread for all of them.
+
+    :meth:`arm` registers a connection with a deadline; if it is not disarmed
+    in time the thread shuts the connection's socket down (``shutdown(2)`` on a
+    duplicate of its descriptor), which wakes the waiting call with an error at
+    once, whatever the server does. A cancel request would not help: a hung
+    server does not read it either. The thread looks every ``TICK_S`` (a deadline
+    holds to within that); arming and disarming are two dict operations, no lock
+    and no wake-up (a thread woken per query cost radiusd a third of its cold-login
+    rate, measured with the noisy_neighbour benchmark)."""
+
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self._armed: dict[int, tuple[float, psycopg.Connection]] = {}
+        self._fired: set[int] = set()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="wificore-deadlines",
+                                                daemon=True)
+                self._thread.start()
+
+    def arm(self, conn: psycopg.Connection, timeout_s: float) -> int:
+        if self._thread is None:
+            self.start()
+        token = next(self._seq)
+        self._armed[token] = (time.monotonic() + timeout_s, conn)
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Forget the deadline; True if it had already fired (the connection is gone)."""
+        if self._armed.pop(token, None) is not None:
+            return False
+        self._fired.discard(token)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.TICK_S):
+            if not self._armed:
+                continue
+            now = time.monotonic()
+            for token, (deadline, conn) in list(self._armed.items()):
+                if deadline <= now and self._armed.pop(token, None) is not None:
+                    self._fired.add(token)
+                    _shut_down(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _shut_down(conn: psycopg.Connection) -> None:
+    try:
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=socket.dup(fd)) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    except Exception:  # already closed: nothing is waiting on it
+        pass
+
+
+def _fetchone(sql: str, params: tuple[Any, ...]) -> Callable[[psycopg.Connection], tuple[Any, ...] | None]:
+    return lambda c: c.execute(sql, params).fetchone()
+
+
+class _Job:
+    __slots__ = ("sql", "params", "done", "row", "error", "finished")
+
+    def __init__(self, sql: str, params: tuple[Any, ...]) -> None:
+        self.sql = sql
+        self.params = params
+        self.done = threading.Event()
+        self.row: tuple[Any, ...] | None = None
+        self.error: StoreUnavailable | None = None
+        self.finished = 0.0
+
+
+class Lane:
+    """The queries of one shard, run by its own threads (outside rlm_python3's mutex).
+
+    A hook asks with :meth:`fetchone`: the query is queued (once per distinct
+    query: the retransmits and the other processes' threads of the same login
+    wait on one job), and the hook waits for it at most ``wait_s`` while the
+    shard's breaker is closed, not at all while it is open. A query that took
+    longer than ``wait_s`` (slow), failed or outlived its deadline opens the
+    breaker; one that was fast closes it. While the breaker is open and
+    nothing is queued, a thread probes with ``SELECT 1`` every ``retry_s``.
+    A result nobody was waiting for any more is kept ``keep_s`` for the
+    retransmit of the same request."""
+
+    QUEUE_MAX = 256
+    KEEP_MAX = 4096
+
+    def __init__(self, shards: Shards, shard: Shard, *, wait_s: float, threads: int,
+                 keep_s: float = 10.0) -> None:
+        self.shards = shards
+        self.shard = shard
+        self.breaker = shards.breakers[shard.name]
+        self.wait_s = wait_s
+        self.keep_s = keep_s
+        self.nthreads = threads
+        self._queue: collections.deque[tuple[Any, _Job]] = collections.deque()
+        self._pending: dict[Any, _Job] = {}
+        self._kept: dict[Any, _Job] = {}
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+        self.counts: Counter[str] = Counter()
+
+    def fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        key = (sql, params)
+        with self._cond:
+            job = self._kept.pop(key, None)
+            if job is not None and job.finished + self.keep_s >= time.monotonic() and job.error is None:
+                self.counts["kept"] += 1
+                return job.row
+            job = self._pending.get(key)
+            if job is None:
+                if len(self._queue) >= self.QUEUE_MAX:
+                    self.counts["queue_full"] += 1
+                    raise StoreUnavailable(f"shard {self.shard.name!r}: too many queries queued")
+                job = _Job(sql, params)
+                self._pending[key] = job
+                self._queue.append((key, job))
+                self._start_threads()
+                self._cond.notify()
+        healthy = self.breaker.open_until == 0.0
+        if not job.done.wait(self.wait_s if healthy else 0.0):
+            if healthy:
+                # The shard did not answer within the healthy wait: sick until a
+                # lane thread sees a fast answer again.
+                self.breaker.fail()
+                self.counts["slow_wait"] += 1
+            self.counts["not_waited" if not healthy else "gave_up"] += 1
+            raise StoreUnavailable(f"shard {self.shard.name!r} is slow or down (answering later)")
+        with self._cond:
+            self._kept.pop(key, None)
+        if job.error is not None:
+            raise job.error
+        return job.row
+
+    def _start_threads(self) -> None:
+        if self._threads or self._stopped:
+            return
+        for i in range(self.nthreads):
+            t = threading.Thread(target=self._run, name=f"wificore-shard-{self.shard.name}-{i}",
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def ensure_prober(self) -> None:
+        """Start the lane's threads so that an open breaker is probed (used by run())."""
+        with self._cond:
+            self._start_threads()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    if self.breaker.open_until != 0.0 and time.monotonic() >= self.breaker.open_until:
+                        break
+                    self._cond.wait(self.breaker.retry_s if self.breaker.open_until else None)
+                if self._stopped:
+                    return
+                item = self._queue.popleft() if self._queue else None
+            if item is None:
+                self._probe()
+                continue
+            key, job = item
+            started = time.monotonic()
+            try:
+                job.row = self.shards.execute(self.shard, _fetchone(job.sql, job.params))
+            except StoreUnavailable as exc:
+                job.error = exc
+            except Exception as exc:  # a bug must not kill the lane
+                job.error = StoreUnavailable(f"shard {self.shard.name!r}: {exc!r}")
+            took = time.monotonic() - started
+            self._judge(job.error is None and took <= self.wait_s)
+            job.finished = time.monotonic()
+            with self._cond:
+                self._pending.pop(key, None)
+                if job.error is None:
+                    if len(self._kept) >= self.KEEP_MAX:
+                        self._kept.pop(next(iter(self._kept)))
+                    self._kept[key] = job
+            job.done.set()
+
+    def _probe(self) -> None:
+        # Any answer within the deadline closes the breaker: a probe may have to
+        # open a fresh connection (the shard restarted), which is not slowness.
+        try:
+            self.shards.execute(self.shard, lambda c: c.execute("SELECT 1").fetchone())
+            ok = True
+        except StoreUnavailable:
+            ok = False
+        self._judge(ok)
+
+    def _judge(self, fast: bool) -> None:
+        if fast:
+            if self.breaker.open_until != 0.0:
+                log.info("shard_healthy", shard=self.shard.name)
+            self.breaker.ok()
+        else:
+            if self.breaker.open_until == 0.0:
+                log.warning("shard_sick", shard=self.shard.name)
+            self.breaker.fail()
+        self.counts["fast" if fast else "slow_or_failed"] += 1
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=1.0)
+        self._threads = []
+
+
 class Shards:
-    """One small connection pool per shard, opened on demand."""
+    """One small connection pool and one :class:`Lane` per shard, opened on demand."""
 
     def __init__(self, shard_map: ShardMap, *, timeout_ms: int, pool_max: int,
-                 role: str = "radius", application_name: str = "rlm_wificore") -> None:
+                 role: str = "radius", application_name: str = "rlm_wificore",
+                 wait_ms: int | None = None) -> None:
         self.map = shard_map
         self.timeout_s = timeout_ms / 1000
         self.timeout_ms = timeout_ms
         self.pool_max = pool_max
         self.role = role
         self.application_name = application_name
+        self.wait_s = (min(200, timeout_ms) if wait_ms is None else wait_ms) / 1000
         self._pools: dict[str, ConnectionPool] = {}
-        self.breakers = {s.name: Breaker(s.name) for s in shard_map}
+        self.breakers = {s.name: Breaker(s.name, probe=False) for s in shard_map}
+        self.lanes = {s.name: Lane(self, s, wait_s=self.wait_s, threads=max(1, min(2, pool_max)))
+                      for s in shard_map}
+        self.watchdog = Watchdog()
         self._lock = threading.Lock()
 
     def _dsn(self, shard: Shard) -> str:
@@ -108,35 +371,63 @@ class Shards:
                     self._pools[shard.name] = pool
         return pool
 
-    def run(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
-        """``fn(conn)`` on a pooled connection, or :class:`StoreUnavailable` within the timeout.
+    def execute(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
+        """``fn(conn)`` on a pooled connection within ``timeout_ms`` (pool wait and
+        query, each), or :class:`StoreUnavailable`; the breaker is not consulted.
 
         A connection the server closed (a restart) is dropped by the pool and
-        the call is tried once more on a fresh one; any other failure opens
-        the shard's breaker."""
-        breaker = self.breakers[shard.name]
-        if not breaker.allow():
-            raise StoreUnavailable(f"shard {shard.name!r} is down (retrying in <1 s)")
+        the call is tried once more on a fresh one."""
         pool = self.pool(shard)
         for attempt in (1, 2):
             conn = None
             try:
                 with pool.connection(timeout=self.timeout_s) as conn:
-                    result = fn(conn)
+                    token = self.watchdog.arm(conn, self.timeout_s)
+                    try:
+                        result = fn(conn)
+                    finally:
+                        if self.watchdog.disarm(token):
+                            raise DeadlineExceeded(f"no answer within {self.timeout_ms} ms")
+            except DeadlineExceeded as exc:
+                raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
             except psycopg.OperationalError as exc:
                 if attempt == 1 and conn is not None and conn.broken:
                     continue
-                breaker.fail()
                 raise StoreUnavailable(f"shard {shard.name!r}: {str(exc).strip()}") from exc
             except PoolTimeout as exc:
-                breaker.fail()
                 raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
-            breaker.ok()
             return result
         raise AssertionError("unreachable")
 
+    def run(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
+        """``fn(conn)`` in the caller's thread, behind the shard's breaker; a failure or
+        an answer slower than ``wait_s`` opens it, and the shard's lane probes it."""
+        breaker = self.breakers[shard.name]
+        if breaker.open_until != 0.0:
+            self.lanes[shard.name].ensure_prober()
+            raise StoreUnavailable(f"shard {shard.name!r} is down (retrying in <1 s)")
+        started = time.monotonic()
+        try:
+            result = self.execute(shard, fn)
+        except StoreUnavailable:
+            breaker.fail()
+            self.lanes[shard.name].ensure_prober()
+            raise
+        if time.monotonic() - started > self.wait_s:
+            breaker.fail()
+            self.lanes[shard.name].ensure_prober()
+        return result
+
+    def open(self) -> None:
+        """Open every shard's pool now (in the background: psycopg-pool's own threads),
+        so that the first miss of a process does not wait for a connection."""
+        self.watchdog.start()
+        for shard in self.map:
+            self.pool(shard)
+
     def fetchone(self, tenant_id: int, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        return self.run(self.map.shard_for(tenant_id), lambda c: c.execute(sql, params).fetchone())
+        """One row from the tenant's shard, through its :class:`Lane` (see there)."""
+        return self.lanes[self.map.shard_for(tenant_id).name].fetchone(sql, params)
 
     def fetch_all_shards(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run a query on every shard that answers; the rows of all of them."""
@@ -152,6 +443,9 @@ class Shards:
         return rows
 
     def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.stop()
+        self.watchdog.stop()
         for pool in self._pools.values():
             pool.close(timeout=1.0)
         self._pools.clear()

@@ -70,6 +70,7 @@ rlm_wificore is running (state in {STATE}):
   redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}
   shard1     127.0.0.1:{stack.ports.shard1}   pid {stack.pg[0].pid}
   shard2     127.0.0.1:{stack.ports.shard2}   pid {stack.pg[1].pid}
+  pgbouncer  127.0.0.1:{stack.ports.bouncer1} (shard1), :{stack.ports.bouncer2} (shard2)
 {radiusd_lines(stack)}
   writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
   logs       {STATE}/log/
@@ -106,6 +107,7 @@ def status() -> int:
     stack = Stack(STATE, Ports(), procs=procs_on_disk())
     radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
     for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
+                       *((b.name, b) for b in stack.bouncers),
                        *((r.name, r) for r in radiusds), ("batch_writer", stack.writer)):
         print(f"{name:13} {'running, pid ' + str(proc.pid) if proc.running() else 'stopped'}")
     return 0

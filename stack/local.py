@@ -16,8 +16,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .servers import ROOT, BatchWriter, PostgresServer, Radiusd, RedisServer, free_port
+from .servers import ROOT, BatchWriter, PgBouncer, PostgresServer, Radiusd, RedisServer, free_port
 
+# Server-side limits per login role: they hold behind PgBouncer (which drops the
+# startup `options`); the client-side deadline holds against a hung server. The
+# radius role's statement_timeout is below the module's db_timeout_ms, so that a
+# slow query is cancelled by the server and its connection kept.
 LOGIN_ROLES_SQL = """
 DO $$
 BEGIN
@@ -28,6 +32,12 @@ BEGIN
         CREATE ROLE wificore_batch LOGIN IN ROLE wificore_writer;
     END IF;
 END $$;
+ALTER ROLE wificore_radiusd SET statement_timeout = '400ms';
+ALTER ROLE wificore_radiusd SET lock_timeout = '200ms';
+ALTER ROLE wificore_radiusd SET idle_in_transaction_session_timeout = '5s';
+ALTER ROLE wificore_batch SET statement_timeout = '30s';
+ALTER ROLE wificore_batch SET lock_timeout = '5s';
+ALTER ROLE wificore_batch SET idle_in_transaction_session_timeout = '60s';
 """
 
 
@@ -40,10 +50,12 @@ class Ports:
     acct: int = 1813
     metrics: int = 9812
     writer_metrics: int = 9813
+    bouncer1: int = 16432
+    bouncer2: int = 16433
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(7)))
+        return cls(*(free_port() for _ in range(9)))
 
 
 class Stack:
@@ -61,6 +73,10 @@ class Stack:
         self.redis = RedisServer(state, ports.redis)
         self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast),
                    PostgresServer(state, ports.shard2, "shard2", fast=fast)]
+        # radiusd and batch_writer reach each shard through its PgBouncer; the admin
+        # CLI, migrations and LISTEN connect directly.
+        self.bouncers = [PgBouncer(state, ports.bouncer1, self.pg[0]),
+                         PgBouncer(state, ports.bouncer2, self.pg[1])]
         self.shard_map = state / "shards.toml"
         self.radiusds = [
             Radiusd(state if i == 0 else state / f"radiusd-{i}", auth_port=ports.auth,
@@ -83,11 +99,14 @@ class Stack:
     def write_shard_map(self) -> None:
         p1, p2 = self.pg
         lines = ["# Written by the stack; see raddb/mods-config/wificore/shards.toml."]
-        for pg, first, last in ((p1, 1, self.split_at - 1), (p2, self.split_at, 999999)):
+        b1, b2 = self.bouncers
+        for pg, bouncer, first, last in ((p1, b1, 1, self.split_at - 1),
+                                         (p2, b2, self.split_at, 999999)):
             lines += ["", "[[shard]]", f'name = "{pg.name}"', f"first_tenant = {first}",
                       f"last_tenant = {last}", f'dsn = "{pg.dsn()}"',
-                      f'radius_dsn = "{pg.dsn("wificore_radiusd")}"',
-                      f'writer_dsn = "{pg.dsn("wificore_batch")}"']
+                      f'listen_dsn = "{pg.dsn("wificore_radiusd")}"',
+                      f'radius_dsn = "{bouncer.dsn("wificore_radiusd")}"',
+                      f'writer_dsn = "{bouncer.dsn("wificore_batch")}"']
         self.shard_map.write_text("\n".join(lines) + "\n")
 
     def admin(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -105,9 +124,11 @@ class Stack:
         for pg in self.pg:
             subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", pg.dsn(), "-c", LOGIN_ROLES_SQL],
                            check=True, capture_output=True)
+        for bouncer in self.bouncers:
+            bouncer.start()
 
     def stop_all(self) -> None:
-        for proc in (self.writer, *self.radiusds):
+        for proc in (self.writer, *self.radiusds, *self.bouncers):
             proc.stop()
         for pg in self.pg:
             pg.stop()

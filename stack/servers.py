@@ -382,3 +382,64 @@ class BatchWriter(Process):
 
     def start(self) -> None:
         self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
+
+
+class PgBouncer(Process):
+    """PgBouncer (Debian's 1.18) in front of one shard, transaction pooling, as the
+    compose file deploys it. Runs as the postgres user when started as root (PgBouncer
+    refuses root). Trust authentication on loopback, like the test clusters."""
+
+    USERS = ("postgres", "wificore_radiusd", "wificore_batch")
+
+    def __init__(self, state: Path, port: int, pg: PostgresServer, name: str | None = None) -> None:
+        super().__init__(name or f"pgbouncer-{pg.name}", state)
+        self.port = port
+        self.pg = pg
+        self.dir = state / self.name
+
+    def dsn(self, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/wificore"
+
+    def start(self) -> None:
+        if self.running() and tcp_open(self.port):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        users = self.dir / "users.txt"
+        users.write_text("".join(f'"{u}" ""\n' for u in self.USERS))
+        ini = self.dir / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"wificore = host=127.0.0.1 port={self.pg.port} dbname=wificore\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {users}\n"
+            "pool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 1000\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            "server_reset_query =\nserver_check_delay = 10\nserver_login_retry = 1\n"
+            "log_connections = 0\nlog_disconnections = 0\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n")
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for p in (self.dir, users, ini):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+        (self.dir / "pgbouncer.pid").unlink(missing_ok=True)
+        self.spawn(_as_postgres(["/usr/sbin/pgbouncer", str(ini)]))
+        wait_for(lambda: tcp_open(self.port), 30, f"pgbouncer on port {self.port}")
+
+    def server_pids(self) -> list[int]:
+        """The pgbouncer process itself (the child of runuser), e.g. to SIGSTOP it."""
+        try:
+            return [int((self.dir / "pgbouncer.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
+
+def cluster_pids(postmaster_pid: int | None) -> list[int]:
+    """A PostgreSQL cluster's postmaster and every process it started (backends included)."""
+    if postmaster_pid is None:
+        return []
+    pids = [postmaster_pid]
+    for task in Path(f"/proc/{postmaster_pid}/task").glob("*/children"):
+        pids += [int(p) for p in task.read_text().split()]
+    return pids

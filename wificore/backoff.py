@@ -10,7 +10,9 @@ batch_writer is one of these three, and nothing else sleeps between attempts by 
   nothing else to do, and wakes up at once when the stop flag is set.
 * :class:`Breaker` -- for a caller that must not wait (a radiusd hook, under rlm_python3's
   mutex): after a failure the backend is skipped (fail fast) for ``retry_s``, then one call
-  probes it again; one success closes it.
+  probes it again; one success closes it. With a ``probe`` the calls are never the probe:
+  a thread runs it every ``retry_s`` until it succeeds (a hung backend costs a caller one
+  deadline, not one per ``retry_s``).
 * :func:`redis_retry` -- the redis-py client's own retry (redis-py's ``Retry``): one
   immediate reconnect on a connection error, so that a pooled connection Redis closed (a
   restart) does not look like an outage; never a wait, never a second attempt.
@@ -90,18 +92,35 @@ class Backoff:
 
 
 class Breaker:
-    """Open after a failure for ``retry_s``; closed again by one success."""
+    """Open after a failure (an error, or a call slower than allowed).
 
-    __slots__ = ("name", "retry_s", "open_until", "failures")
+    Without a ``probe`` (the old behaviour) one call is let through again after
+    ``retry_s``. With a ``probe`` the breaker stays open until someone calls
+    :meth:`ok`: every ``retry_s`` a daemon thread runs ``probe()`` (a success
+    closes the breaker), so no caller under the mutex waits on a sick backend.
+    ``probe=False`` means another thread calls :meth:`ok` (a shard's lane)."""
 
-    def __init__(self, name: str, retry_s: float = 1.0) -> None:
+    __slots__ = ("name", "retry_s", "open_until", "failures", "_probe", "_probing")
+
+    def __init__(self, name: str, retry_s: float = 1.0,
+                 probe: Callable[[], object] | bool | None = None) -> None:
         self.name = name
         self.retry_s = retry_s
         self.open_until = 0.0
         self.failures = 0
+        self._probe = probe
+        self._probing = False
 
     def allow(self) -> bool:
-        return time.monotonic() >= self.open_until
+        if self.open_until == 0.0:
+            return True
+        if self._probe is None:
+            return time.monotonic() >= self.open_until
+        if callable(self._probe) and not self._probing:
+            self._probing = True
+            threading.Thread(target=self._probe_loop, name=f"wificore-probe-{self.name}",
+                             daemon=True).start()
+        return False
 
     def fail(self) -> None:
         self.failures += 1
@@ -113,6 +132,21 @@ class Breaker:
     @property
     def is_open(self) -> bool:
         return not self.allow()
+
+    def _probe_loop(self) -> None:
+        probe = self._probe
+        assert callable(probe)
+        try:
+            while self.open_until != 0.0:
+                time.sleep(max(0.0, min(self.retry_s, self.open_until - time.monotonic())))
+                try:
+                    probe()
+                except Exception:  # still down: the probe tries again after retry_s
+                    self.open_until = time.monotonic() + self.retry_s
+                else:
+                    self.ok()
+        finally:
+            self._probing = False
 
 
 def redis_retry() -> Retry:

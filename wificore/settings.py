@@ -107,6 +107,10 @@ class Settings:
     redis_timeout_ms: int = setting_field(250, int_in_range(1, 60000), "Socket timeout of every Redis call.")
     db_timeout_ms: int = setting_field(500, int_in_range(1, 60000),
                                        "Connect, pool-wait and statement timeout of a shard.")
+    db_wait_ms: int = setting_field(200, int_in_range(0, 60000),
+                                    "How long a hook waits for its shard query while the shard is "
+                                    "healthy; a slower answer marks the shard sick (no waiting) "
+                                    "until a fast one.")
     db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
