@@ -146,16 +146,17 @@ class Engine:
             config = (("Crypt-Password", profile.password),)
         # The rendered reply is kept on the entry: for good when it depends on the
         # profile and plan alone, else for REPLY_REUSE_S and the same live state.
-        cached = entry.replies.get(vendor) if entry.replies is not None else None
-        if cached is not None and cached[1] > now and cached[2] is entry.state:
-            reply = cached[0]
+        reply_for = entry.reply_for
+        if reply_for == vendor or (reply_for.__class__ is tuple and reply_for[0] == vendor
+                                   and reply_for[1] > now and reply_for[2] is entry.state):
+            reply = entry.reply
         else:
             reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
-            if entry.replies is None:
-                entry.replies = {}
-            valid = (math.inf if policy.reply_is_static(profile, entry.plan)
-                     else now + REPLY_REUSE_S)
-            entry.replies[vendor] = (reply, valid, entry.state)
+            if policy.reply_is_static(profile, entry.plan):
+                # One copy for the subscribers of a plan, not one each (memory).
+                entry.reply, entry.reply_for = self.local.share_reply(reply), vendor
+            else:
+                entry.reply, entry.reply_for = reply, (vendor, now + REPLY_REUSE_S, entry.state)
         self.stats.requests["authorize:ok"] += 1
         if decided:
             self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")

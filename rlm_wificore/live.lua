@@ -63,18 +63,21 @@ local function one(payload)
 
   if status == 'on' or status == 'off' then
     -- The NAS restarted: none of its sessions is live any more.
+    -- Only these users' cached copies are stale: they are announced with the
+    -- others of this call ({"L", ...}), not the whole tenant.
     local members = redis.call('ZRANGE', naslive, 0, -1)
     for _, m in ipairs(members) do
       local sep = string.find(m, '\n', 1, true)
       if sep then
         local skey = string.sub(m, sep + 1)
-        redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), skey)
+        local u = string.sub(m, 1, sep - 1)
+        redis.call('ZREM', tp .. 'live:' .. u, skey)
         -- Should the session go on all the same, its next record enters it again.
         redis.call('HDEL', tp .. 'sess:' .. skey, 'r')
+        changed[#changed + 1] = {f.tenant_id, u}
       end
     end
     redis.call('DEL', naslive)
-    redis.call('PUBLISH', channel, '["t",' .. t .. ']')
     return
   end
 
