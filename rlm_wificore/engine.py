@@ -71,7 +71,8 @@ class Engine:
                                  generation, self.live)
         self.credentials = VerifiedCredentials(settings)
         self.sink = Sink(self.stats)
-        self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg)
+        self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
+                                         self.directory)
         self.local = self.profiles.local  # the in-process tier (metrics count it)
         #: Set by close(): every module thread stops.
         self.stopping = threading.Event()
