@@ -6,7 +6,7 @@ Modules, one noun each:
 * ``records``  -- stream payload -> checked record, and the in-batch collapse (pure).
 * ``streams``  -- the Redis side: consumer group, reads, claims, acks, dead letters.
 * ``merge``    -- the PostgreSQL side: COPY into staging, merge, close sessions.
-* (retries use :class:`rlm_wificore.backoff.Backoff`, the one retry object of the project)
+* (retries use :mod:`wificore.backoff`, the retry vocabulary of the project)
 * ``stats``    -- counters as plain data; ``metrics`` maps them to Prometheus.
 * ``worker``   -- :class:`Writer`: ``run()`` loops ``run_once()`` until stopped.
 

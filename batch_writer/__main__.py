@@ -21,10 +21,10 @@ from types import FrameType
 
 import redis
 
-from rlm_wificore import log as wlog
-from rlm_wificore.errors import ConfigError
-from rlm_wificore.keys import Keys
-from rlm_wificore.settings import Settings
+from wificore import log as wlog
+from wificore.errors import ConfigError
+from wificore.keys import Keys
+from wificore.settings import Settings
 
 from .config import SHARED_SETTINGS, WriterConfig, load
 

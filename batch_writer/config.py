@@ -1,7 +1,7 @@
 """The writer's settings: one frozen dataclass, parsed once from the environment.
 
 The shared settings (shard map, Redis URL, key prefix, stream partitions,
-default interim, log level) come from :meth:`rlm_wificore.settings.Settings.from_env`,
+default interim, log level) come from :meth:`wificore.settings.Settings.from_env`,
 the same ``WIFICORE_<KEY>`` variables radiusd's tooling reads. The writer's own
 knobs are ``WIFICORE_WRITER_<KEY>``; an unknown ``WIFICORE_WRITER_`` variable is
 an error, so a typo cannot silently leave a default in place. Every error
@@ -17,8 +17,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from rlm_wificore.errors import ConfigError
-from rlm_wificore.settings import Settings, int_in_range, ip_address, setting_field
+from wificore.errors import ConfigError
+from wificore.settings import Settings, int_in_range, ip_address, setting_field
 
 ENV_PREFIX = "WIFICORE_WRITER_"
 
@@ -66,9 +66,11 @@ class WriterConfig:
     connect_timeout_s: int = setting_field(3, int_in_range(2, 60), "Connect timeout of a shard (libpq's floor is 2 s).")
     redis_timeout_ms: int = setting_field(5000, int_in_range(100, 60_000),
                                           "Socket timeout of Redis calls (must exceed batch_max_age_ms).")
-    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600), "Lifetime of the heartbeat key; refreshed every third.")
+    heartbeat_ttl_s: int = setting_field(30, int_in_range(3, 3600),
+                                         "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
-    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000), "Approximate bound of the dead-letter stream.")
+    dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000),
+                                     "Approximate bound of the dead-letter stream.")
     max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
                                          "A record whose event time is older than this is absurd (dead letter).")
     max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),

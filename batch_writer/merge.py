@@ -33,9 +33,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from rlm_wificore.shardmap import Shard
+from wificore.backoff import Backoff
+from wificore.shardmap import Shard
 
-from rlm_wificore.backoff import Backoff
 from .config import WriterConfig
 from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
 from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
@@ -287,6 +287,7 @@ class ShardWriter:
                     stack += [part[mid:], part[:mid]]
 
     def _write_once(self, items: list[Item], out: Outcome) -> None:
+        retry = Backoff(first_s=0.01, max_s=0.04)
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 self._transaction(items, out)
@@ -296,7 +297,8 @@ class ShardWriter:
                 # transaction went through, ours may simply run again.
                 if attempt == DEADLOCK_RETRIES:
                     raise
-                time.sleep(0.01 * (attempt + 1))
+                retry.failed()
+                retry.wait()
 
     def _transaction(self, items: list[Item], out: Outcome) -> None:
         conn = self._connection()

@@ -13,7 +13,9 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .stats import Histogram, WriterStats
+from wificore.histogram import Histogram
+
+from .stats import WriterStats
 
 
 def _labelled_counter(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

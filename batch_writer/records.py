@@ -1,6 +1,6 @@
 """Stream payload -> checked record, and the collapse of a batch. Pure: no I/O.
 
-Decoding never trusts the payload (see rlm_wificore/wire.py for the format).
+Decoding never trusts the payload (see wificore/wire.py for the format).
 A record that cannot be written as it is raises :class:`Rejected` with a reason
 that names the field; the worker sends it to the dead-letter stream at once,
 because retrying a malformed record can never succeed.
@@ -22,11 +22,11 @@ import dataclasses
 import math
 import socket
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from rlm_wificore import wire
-from rlm_wificore.errors import InputError
-from rlm_wificore.shardmap import MAX_TENANT
+from wificore import wire
+from wificore.errors import InputError
+from wificore.shardmap import MAX_TENANT
 
 MAX_COUNTER = 2**63 - 1          # bigint columns
 MIN_EVENT_TS = 946_684_800.0     # 2000-01-01: anything earlier is a NAS without a clock
@@ -213,12 +213,20 @@ def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
     return _fast_acct_values([f.get(n) for n in wire.ACCT_FIELDS], limits)
 
 
+#: What the fast path reads of a version 2 body, in the order it unpacks them; the
+#: positions come from wire.ACCT_FIELDS.
+_pick_fast = wire.picker(wire.KIND_ACCT, (
+    "tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
+    "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
+    "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "interim_s"))
+
+
 def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     """The common case in one pass, from a version 2 body (wire.ACCT_FIELDS order): a
     well-formed session record, or None (then the field-by-field checks run and name what
     is wrong). Same rules, a third of the cost."""
     (tenant_id, nas_id, key, asid, user, status, ev, arrival, st, io, oo, ip, op, csid, framed_ip,
-     cause, _nas_port, interim, _record_id) = v
+     cause, interim) = _pick_fast(v)
     if not (type(tenant_id) is int and 0 < tenant_id <= MAX_TENANT
             and type(nas_id) is int and 0 <= nas_id <= MAX_COUNTER
             and type(ev) is float and limits.now - limits.max_age_s <= ev <= limits.now + limits.max_ahead_s
@@ -295,7 +303,7 @@ def parse_auth(fields: dict[str, Any], limits: Limits) -> Auth:
 def decode(payload: bytes | None, limits: Limits) -> Record:
     """One stream payload -> a checked record.
 
-    Raises :class:`rlm_wificore.errors.DecodeError` (not a record) or
+    Raises :class:`wificore.errors.DecodeError` (not a record) or
     :class:`Rejected` (a record that can never be written).
     """
     if payload is None:
@@ -306,9 +314,9 @@ def decode(payload: bytes | None, limits: Limits) -> Record:
             fast = _fast_acct_values(body, limits)
             if fast is not None:
                 return fast
-        fields = dict(zip(wire.FIELDS[kind], body))  # the checks below name the bad field
+        fields = dict(zip(wire.FIELDS[kind], body, strict=True))  # the checks below name the bad field
     else:
-        fields = body
+        fields = cast(dict[str, Any], body)
     if kind == wire.KIND_ACCT:
         return parse_acct(fields, limits)
     return parse_auth(fields, limits)
@@ -403,13 +411,13 @@ def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEv
         elif type(seen) is _Row:
             seen.fold(r)
         else:
-            row = _Row(seen)
+            row = _Row(cast(Acct, seen))
             row.fold(r)
             rows[key] = row
     out = []
     for (tenant_id, session_key), w in sorted(rows.items()):  # keys are unique: values never compared
         if type(w) is not _Row:
-            out.append(_single(w))
+            out.append(_single(cast(Acct, w)))
             continue
         out.append((tenant_id, session_key, w.nas_id, w.username, w.acct_session_id, w.calling_station_id,
                     w.framed_ip, w.started, w.updated, w.stale, w.stopped, w.session_time_s,

@@ -6,10 +6,11 @@ Labels stay bounded: record kinds, dead-letter reason classes, shard names
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 from collections import Counter, deque
 from typing import Any
+
+from wificore.histogram import Histogram
 
 ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -22,31 +23,6 @@ DEAD_INVALID = "invalid"            # a field is missing, malformed or absurd
 DEAD_UNKNOWN_TENANT = "unknown_tenant"
 DEAD_ATTEMPTS = "attempts"          # delivered max_attempts times, never acknowledged
 DEAD_REJECTED_BY_DB = "db_rejected"  # the shard refused this one record (data or integrity error)
-
-
-class Histogram:
-    """Fixed buckets; observe() is a bisect and two adds."""
-
-    __slots__ = ("buckets", "counts", "sum", "count")
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(upper bound, cumulative count) pairs, Prometheus style, ending with +Inf."""
-        out, running = [], 0
-        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += n
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
 
 
 @dataclasses.dataclass

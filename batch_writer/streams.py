@@ -25,11 +25,11 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from rlm_wificore.keys import Keys
+from wificore.keys import Keys
 
 LAG_SCAN_MAX = 10_000  # bound of the fallback lag count when Redis cannot tell the lag
 
@@ -233,8 +233,9 @@ class Streams:
         count = max(1, max_rows // max(1, len(cursors)))
         wanted = []
         for p in list(cursors):
-            rows = self.r.xpending_range(self.names[p], self.group, cursors[p], "+", count,
-                                         consumername=self.consumer)
+            rows = cast(list[dict[str, Any]],
+                        self.r.xpending_range(self.names[p], self.group, cursors[p], "+", count,
+                                              consumername=self.consumer))
             wanted += [(p, row["message_id"], row["times_delivered"]) for row in rows]
             if len(rows) < count:
                 del cursors[p]
@@ -265,12 +266,14 @@ class Streams:
                 room = max_rows - len(out)
                 if room <= 0:
                     return out
-                rows = self.r.xpending_range(name, self.group, "-", "+", room, consumername=other,
-                                             idle=min_idle_ms)
+                rows = cast(list[dict[str, Any]],
+                            self.r.xpending_range(name, self.group, "-", "+", room, consumername=other,
+                                                  idle=min_idle_ms))
                 if not rows:
                     continue
                 before = {row["message_id"]: row["times_delivered"] for row in rows}
-                claimed = self.r.xclaim(name, self.group, self.consumer, min_idle_ms, list(before))
+                claimed = cast(list[tuple[bytes, dict[bytes, bytes] | None]],
+                               self.r.xclaim(name, self.group, self.consumer, min_idle_ms, list(before)))
                 for entry_id, fields in claimed:
                     if fields is None:
                         out.append(Entry(p, entry_id, None, before.get(entry_id, 0) + 1, deleted=True))
@@ -336,7 +339,7 @@ class Streams:
             value = info.get("lag")
             if value is None:
                 # Redis cannot tell after deletions; count (bounded) what follows the last delivered.
-                value = len(self.r.xrange(name, "(" + _text(last), "+", count=LAG_SCAN_MAX))
+                value = len(cast(list[Any], self.r.xrange(name, "(" + _text(last), "+", count=LAG_SCAN_MAX)))
             lag[p] = int(value)
             floor = summary["min"] if pending[p] else last
             if floor:

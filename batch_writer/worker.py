@@ -24,14 +24,14 @@ from typing import Any
 
 import redis
 
-from rlm_wificore.errors import DecodeError, UnknownTenant
-from rlm_wificore.keys import Keys
-from rlm_wificore.log import get_logger
-from rlm_wificore.settings import Settings
-from rlm_wificore.shardmap import ShardMap
+from wificore.backoff import Backoff
+from wificore.errors import DecodeError, UnknownTenant
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 
 from . import stats as st
-from rlm_wificore.backoff import Backoff
 from .config import WriterConfig
 from .merge import Item, Outcome, ShardWriter
 from .records import Acct, Limits, Rejected, decode

@@ -54,8 +54,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -81,21 +81,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from benchmarks import dataset as ds  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.loadgen import run as loadgen  # noqa: E402
 from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
-from rlm_wificore.keys import Keys  # noqa: E402
-from rlm_wificore.profile import Profile  # noqa: E402
-from rlm_wificore.settings import Settings  # noqa: E402
-from rlm_wificore.shardmap import ShardMap  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
-from stack.servers import (RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port,  # noqa: E402
-                           start_radiusd)
+from stack.servers import RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port, start_radiusd  # noqa: E402
+from wificore.keys import Keys  # noqa: E402
+from wificore.profile import Profile  # noqa: E402
+from wificore.settings import Settings  # noqa: E402
+from wificore.shardmap import ShardMap  # noqa: E402
 
 STOCK_DIR = Path(__file__).resolve().parent / "stock"
 WRITER_BENCH = Path(__file__).resolve().parent / "writer_bench.py"
@@ -182,21 +182,24 @@ def _scrape_all(ports: list[int]) -> str | None:
     return None if None in texts else "\n".join(texts)
 
 
+def _samples(text: str, name: str) -> list[Any]:
+    """Every sample called ``name`` (prometheus_client's parser; the scrapes of several
+    processes one after the other in ``text`` give one family each)."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
 def _metric_sum(text: str, name: str) -> float:
     """Sum of every sample of ``name`` (all label sets)."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+    return sum(s.value for s in _samples(text, name))
 
 
 def _histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
     """(upper bound, cumulative count) of a Prometheus histogram, +Inf last; the samples of
     several processes (their scrapes one after the other in ``text``) are added up."""
     out: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + '_bucket{le="'):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = math.inf if le == "+Inf" else float(le)
-            out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    for s in _samples(text, name + "_bucket"):
+        bound = float(s.labels["le"])  # "+Inf" -> inf
+        out[bound] = out.get(bound, 0.0) + s.value
     return sorted(out.items())
 
 
@@ -1053,7 +1056,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         a = self.args
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         self.setup()
         mem = self.redis_memory()
         log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "

@@ -68,8 +68,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rlm_wificore.md4 import nt_hash  # noqa: E402
-from rlm_wificore.shardmap import Shard, ShardMap  # noqa: E402
+from wificore.md4 import nt_hash  # noqa: E402
+from wificore.shardmap import Shard, ShardMap  # noqa: E402
 
 STOCK_SCHEMA = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql/schema.sql")
 STOCK_PACKAGE_HINT = "apt-get install -y freeradius-postgresql"
@@ -489,7 +489,7 @@ def load(spec: Spec, shard_map: ShardMap, *, stock_dsn: str | None = None,
     hashed_s = time.monotonic() - started
     log(f"dataset: {spec.tenants} tenants, {spec.subscribers:,} subscribers; "
         f"{NT_POOL} NT and {BCRYPT_POOL} bcrypt hashes in {hashed_s:.1f} s")
-    expires = (dt.datetime.now(dt.timezone.utc) + HOTSPOT_VALIDITY).isoformat()
+    expires = (dt.datetime.now(dt.UTC) + HOTSPOT_VALIDITY).isoformat()
     by_shard: dict[str, list[Tenant]] = {}
     for t in tenants:
         by_shard.setdefault(t.shard, []).append(t)

@@ -126,7 +126,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         pts = sorted((p for p in c.get("points", []) if p.get("rps")),
                      key=lambda p: p.get("offered_rps", p["rps"]))
         style = "--" if c.get("kind") == "acct" else "-"
-        for ax, key in zip(axes, ("p50_ms", "p99_ms")):
+        for ax, key in zip(axes, ("p50_ms", "p99_ms"), strict=True):
             xs = [p["rps"] for p in pts if p.get(key)]
             ys = [p[key] for p in pts if p.get(key)]
             line, = ax.plot(xs, ys, style, marker="o", markersize=4, label=c["name"])
@@ -134,7 +134,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
                 # The closed-loop maximum: its latency is mostly window / throughput.
                 ax.plot([c["rps"]], [c[key]], linestyle="none", marker="*", markersize=12,
                         color=line.get_color())
-    for ax, title in zip(axes, ("median latency (p50)", "tail latency (p99)")):
+    for ax, title in zip(axes, ("median latency (p50)", "tail latency (p99)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("achieved requests/s")
         ax.set_ylabel("ms")

@@ -40,16 +40,16 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from rlm_wificore import wire  # noqa: E402
-from rlm_wificore.keys import Keys  # noqa: E402
-from rlm_wificore.shardmap import ShardMap  # noqa: E402
+from wificore import wire  # noqa: E402
+from wificore.keys import Keys  # noqa: E402
+from wificore.shardmap import ShardMap  # noqa: E402
 
 GIGA = 2**32
 STEP_S = 60
 
 
 def partition_of(tenant_id: int, partitions: int) -> int:
-    """The stream partition of a tenant's accounting records (see rlm_wificore/wire.py)."""
+    """The stream partition of a tenant's accounting records (see wificore/wire.py)."""
     return tenant_id % partitions
 
 

@@ -32,20 +32,21 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 import redis
 
-from .backoff import Backoff
-from .log import get_logger
+from wificore.backoff import Backoff
+from wificore.log import get_logger
+
+from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
 from .spool import MAX_RECORD
 from .store import conninfo
 
-from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
-
 if TYPE_CHECKING:
+    from wificore.keys import Keys
+    from wificore.settings import Settings
+    from wificore.shardmap import ShardMap
+
     from .directory import Directory
     from .invalidation import Invalidation
-    from .keys import Keys
     from .live import LiveStates
-    from .settings import Settings
-    from .shardmap import ShardMap
     from .spool import Spool
     from .stats import Stats
 
@@ -93,6 +94,8 @@ class Forwarder:
     def run_once(self) -> int:
         """Forward one span; the number of records forwarded (0: spool empty)."""
         spool = self.engine.spool
+        if spool is None:  # closing: detach took the spool
+            return 0
         if not spool.has_pending():
             self.full = False
             return 0
@@ -130,7 +133,8 @@ def _forward_loop(engine: Engine) -> None:
             backoff.succeeded()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             engine.stats.errors["spool_forward_redis"] += 1
-            log.warning("spool_forward_waiting_for_redis", error=str(exc), pending_bytes=engine.spool.pending())
+            log.warning("spool_forward_waiting_for_redis", error=str(exc),
+                        pending_bytes=engine.spool.pending() if engine.spool else 0)
             backoff.failed()
             backoff.wait(engine.stopping)
         except Exception as exc:  # logged and retried; the spool keeps the records

@@ -31,7 +31,7 @@ import random
 import threading
 import time
 
-from .profile import Plan, Profile
+from wificore.profile import Plan, Profile
 
 
 @dataclasses.dataclass(slots=True)
@@ -80,7 +80,7 @@ class Entry:
     # The reply last rendered, and what it is good for: the vendor (a reply that
     # depends on the profile and plan alone), or (vendor, valid until (epoch s),
     # the live state it was rendered for).
-    reply: tuple | None = None
+    reply: tuple[tuple[str, ...], ...] = ()
     reply_for: str | tuple | None = None
     plan_epoch: Epoch = FOREVER  # set by LocalCache.put
     username: str = ""
@@ -109,7 +109,7 @@ class LocalCache:
         self._tenants: dict[int, Tenant] = {}
         self._fifo: collections.deque[Entry] = collections.deque()
         self._plans: dict[tuple[int, int], Epoch] = {}
-        self._replies: dict[tuple, tuple] = {}
+        self._replies: dict[tuple[tuple[str, ...], ...], tuple[tuple[str, ...], ...]] = {}
 
     def get(self, key: tuple[int, str]) -> Entry | None:
         tenant = self._tenants.get(key[0])
@@ -155,7 +155,7 @@ class LocalCache:
             tenant.d[username] = entry
             fifo.append(entry)
 
-    def share_reply(self, reply: tuple) -> tuple:
+    def share_reply(self, reply: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
         """An equal reply already held by another entry, else ``reply`` (kept for sharing)."""
         shared = self._replies.get(reply)
         if shared is not None:

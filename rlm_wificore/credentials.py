@@ -13,8 +13,8 @@ import hashlib
 import os
 import time
 
-from .profile import Profile
-from .settings import Settings
+from wificore.profile import Profile
+from wificore.settings import Settings
 
 #: Past this many entries the cache is emptied (a bound; entries are re-made by logins).
 MAX_VERIFIED = 1_000_000

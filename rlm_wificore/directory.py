@@ -34,16 +34,17 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from .errors import DecodeError, StoreUnavailable, UnknownTenant
-from .keys import Keys
-from .log import get_logger
-from .profile import NAS_SQL, Nas
+from wificore.errors import DecodeError, StoreUnavailable, UnknownTenant
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.profile import NAS_SQL, Nas
+from wificore.shardmap import Shard, ShardMap
+
 from .result import Result
-from .shardmap import Shard, ShardMap
 from .store import RedisStore, Shards
 
 log = get_logger("rlm_wificore")
@@ -162,11 +163,8 @@ class Directory:
         key = self.keys.nas_directory
         try:
             raw, built = self.redis.call(lambda r: r.hmget(key, ip, BUILT))
-            nas = Nas.unpack(raw) if raw else None
-        except StoreUnavailable as exc:
-            log.warning("nas_lookup_failed", ip=ip, error=str(exc))
-            return Result("fail", reason="backend_unavailable")
-        except DecodeError as exc:
+            nas = Nas.unpack(cast(bytes, raw)) if raw else None
+        except (StoreUnavailable, DecodeError) as exc:
             log.warning("nas_lookup_failed", ip=ip, error=str(exc))
             return Result("fail", reason="backend_unavailable")
         if nas is None:
@@ -263,7 +261,7 @@ class Directory:
             pipe.delete(tmp)
             items = list(by_ip.items())
             for i in range(0, len(items), 1000):
-                mapping = {}
+                mapping: dict[Any, Any] = {}
                 for ip, found in items[i:i + 1000]:
                     if len(found) == 1:
                         mapping[ip] = found[0].pack()

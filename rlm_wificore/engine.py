@@ -15,24 +15,24 @@ accounting) walk down through them; the threads are in background.py.
 from __future__ import annotations
 
 import hmac
-import math
 import threading
 import time
 from typing import Any
+
+from wificore.errors import StoreUnavailable
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 
 from . import policy
 from .background import start_background
 from .credentials import VerifiedCredentials
 from .directory import Directory, parse_client  # noqa: F401  (parse_client: its old home)
-from .errors import StoreUnavailable
 from .invalidation import Generation, Invalidation
-from .keys import Keys
 from .live import LiveStates
-from .log import get_logger
 from .profiles import Profiles
 from .result import Pairs, Result
-from .settings import Settings
-from .shardmap import ShardMap
 from .sink import MAX_USERNAME, Sink
 from .spool import Spool
 from .stats import Stats

@@ -12,14 +12,16 @@ from __future__ import annotations
 import gc
 import time
 import traceback
+from collections.abc import Callable
 
 import radiusd  # provided by rlm_python3
 
-from . import log as wlog
+from wificore import log as wlog
+from wificore.errors import ConfigError
+from wificore.settings import Settings, is_config_check
+
 from .engine import Engine, Result
-from .errors import ConfigError
 from .metrics import Latency
-from .settings import Settings, is_config_check
 
 RCODES = {
     "ok": radiusd.RLM_MODULE_OK,
@@ -69,13 +71,14 @@ def _to_radiusd(result: Result):
     return (rcode, lists)
 
 
-def _guard(hook: str, fn, p, on_error: str):
+def _guard(hook: str, fn: Callable[[Engine, dict[str, str]], Result], p, on_error: str):
     start = time.perf_counter()
     try:
-        if _engine is None:
+        engine = _engine
+        if engine is None:
             _radlog("error", f"{hook}: module not instantiated")
             return RCODES[on_error]
-        return _to_radiusd(fn(dict(p) if p else {}))
+        return _to_radiusd(fn(engine, dict(p) if p else {}))
     except Exception as exc:  # the boundary: nothing escapes into radiusd
         if _engine is not None:
             _engine.stats.errors[f"{hook}:{type(exc).__name__}"] += 1
@@ -114,11 +117,11 @@ def instantiate(_p):
     return 0
 
 
-def _authorize(req):
+def _authorize(engine: Engine, req: dict[str, str]) -> Result:
     lookup = req.get("WiFiCore-Client-Lookup")
     if lookup is not None:
-        return _engine.client(lookup)
-    return _engine.authorize(req)
+        return engine.client(lookup)
+    return engine.authorize(req)
 
 
 def authorize(p):
@@ -132,8 +135,8 @@ def authenticate(p):
 
 
 def post_auth(p):
-    def run(req):
-        return _engine.post_auth(req, accepted="WiFiCore-Reason" not in req)
+    def run(engine: Engine, req: dict[str, str]) -> Result:
+        return engine.post_auth(req, accepted="WiFiCore-Reason" not in req)
     return _guard("post_auth", run, p, "noop")
 
 
@@ -142,8 +145,8 @@ def preacct(p):
 
 
 def accounting(p):
-    def run(req):
-        return _engine.accounting(req)
+    def run(engine: Engine, req: dict[str, str]) -> Result:
+        return engine.accounting(req)
     # fail: no Accounting-Response, the NAS retransmits.
     return _guard("accounting", run, p, "fail")
 

@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
-from .keys import Keys
-from .log import get_logger
+from wificore.keys import Keys
+from wificore.log import get_logger
 
 if TYPE_CHECKING:
+    from wificore.shardmap import Shard
+
     from .directory import Directory, Query
-    from .shardmap import Shard
 
 log = get_logger("rlm_wificore")
 

@@ -27,7 +27,7 @@ local changed = {}
 
 local function int(x) return string.format('%d', x) end
 
--- Version 2 records carry their fields by position (rlm_wificore/wire.py,
+-- Version 2 records carry their fields by position (wificore/wire.py,
 -- ACCT_FIELDS and AUTH_FIELDS); version 1 as a map. The fields used here, by name:
 local function fields(rec)
   local v = rec[3]

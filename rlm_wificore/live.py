@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from wificore.errors import StoreUnavailable
+from wificore.keys import Keys
+from wificore.settings import Settings
+
 from .cache import NO_STATE, Entry, LiveState
-from .errors import StoreUnavailable
-from .keys import Keys
-from .settings import Settings
 from .stats import Stats
 from .store import RedisStore
 

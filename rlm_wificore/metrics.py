@@ -8,11 +8,12 @@ never a tenant.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from wificore.histogram import Histogram
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -21,19 +22,16 @@ BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 
 
 class Latency:
-    """A fixed-bucket histogram per hook; observe() is a bisect and two adds."""
+    """One :class:`wificore.histogram.Histogram` per hook; observe() is a dict get and an observe."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
+        self.hooks: dict[str, Histogram] = {}
 
     def observe(self, hook: str, seconds: float) -> None:
-        counts = self.counts.get(hook)
-        if counts is None:
-            counts = self.counts[hook] = [0] * (len(BUCKETS_S) + 1)
-            self.sums[hook] = 0.0
-        counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
-        self.sums[hook] += seconds
+        h = self.hooks.get(hook)
+        if h is None:
+            h = self.hooks[hook] = Histogram(BUCKETS_S)
+        h.observe(seconds)
 
 
 class EngineCollector:
@@ -70,12 +68,8 @@ class EngineCollector:
             yield GaugeMetricFamily("wificore_spool_pending_bytes",
                                     "Spooled records not yet forwarded to Redis", value=spool.pending())
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
-        for hook, counts in list(self.latency.counts.items()):
-            cumulative, buckets = 0, []
-            for bound, n in zip(BUCKETS_S + (float("inf"),), counts):
-                cumulative += n
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            hist.add_metric([hook], buckets, sum_value=self.latency.sums[hook])
+        for hook, h in list(self.latency.hooks.items()):
+            hist.add_metric([hook], h.cumulative(), sum_value=h.sum)
         yield hist
 
 

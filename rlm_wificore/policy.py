@@ -7,10 +7,9 @@ wrong password share one message, so the answer never tells which it was.
 
 from __future__ import annotations
 
-import re
+from wificore.profile import Plan, Profile, normalise_mac
 
 from .cache import LiveState
-from .profile import Plan, Profile
 
 #: reason code -> Reply-Message
 MESSAGES = {
@@ -30,18 +29,6 @@ MESSAGES = {
     "internal_error": "Service temporarily unavailable, please try again",
 }
 REASONS = tuple(MESSAGES)
-
-_HEX = re.compile(r"[^0-9a-f]")
-
-
-def normalise_mac(raw: str | None) -> str | None:
-    """'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff', … -> 'aa:bb:cc:dd:ee:ff'; None if not a MAC."""
-    if not raw:
-        return None
-    digits = _HEX.sub("", raw.lower())
-    if len(digits) != 12:
-        return None
-    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
 def reject_reply(reason: str) -> tuple[tuple[str, str], ...]:

@@ -10,17 +10,18 @@ cached negatively for ``negative_ttl_s``. Plans have their own small cache.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from wificore.errors import DecodeError, StoreUnavailable
+from wificore.keys import Keys
+from wificore.log import get_logger
+from wificore.profile import PLAN_SQL, PROFILE_SQL, UNKNOWN, Plan, Profile, from_row
+from wificore.settings import Settings
+
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
-from .errors import DecodeError, StoreUnavailable
-from .keys import Keys
 from .live import LiveStates
-from .log import get_logger
-from .profile import PLAN_SQL, PROFILE_SQL, UNKNOWN, Plan, Profile, from_row
-from .settings import Settings
 from .stats import Stats
 from .store import RedisStore, Shards
 
@@ -122,7 +123,7 @@ class Profiles:
         plan = None
         try:
             raw = self.redis.call(lambda r: r.get(self.keys.plan(tenant_id, plan_id)))
-            plan = Plan.unpack(raw) if raw else None
+            plan = Plan.unpack(cast(bytes, raw)) if raw else None
         except (StoreUnavailable, DecodeError):
             pass
         if plan is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .errors import InputError
+from wificore import wire
+from wificore.errors import InputError
 
 STATUS = {
     "Start": "start", "Stop": "stop", "Interim-Update": "interim", "Alive": "interim",
@@ -21,6 +22,13 @@ U32 = 1 << 32
 #: An Event-Timestamp further than this from arrival is a NAS with no clock.
 MAX_CLOCK_SKEW_S = 86400
 MAX_FIELD = 253
+
+#: The order in which acct_record() lists the values; wire.ACCT_FIELDS says where each goes.
+_VALUES = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
+           "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
+           "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "nas_port",
+           "interim_s", "record_id")
+_to_wire = wire.arranger(wire.KIND_ACCT, _VALUES)
 
 
 def session_key(tenant_id: int, nas_id: int, acct_session_id: str, username: str) -> str:
@@ -50,7 +58,7 @@ def _text(req: dict[str, str], name: str) -> str | None:
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
-                arrival_ts: float, record_id: str) -> tuple[str, list[Any]]:
+                arrival_ts: float, record_id: str) -> tuple[str, tuple[Any, ...]]:
     """The status and the wire values (``wire.ACCT_FIELDS`` order) of one
     Accounting-Request; InputError names the bad field."""
     status_raw = req.get("Acct-Status-Type")
@@ -77,7 +85,7 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         key = session_key(tenant_id, nas_id, acct_session_id, username)
     else:
         acct_session_id, username, key = "", "", ""
-    return status, [
+    return status, _to_wire((  # in _VALUES order
         tenant_id, nas_id, key, acct_session_id, username, status, event_ts, arrival_ts,
         _u32(req, "Acct-Session-Time"),
         (_u32(req, "Acct-Input-Gigawords") << 32) | _u32(req, "Acct-Input-Octets"),
@@ -85,4 +93,4 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         _u32(req, "Acct-Input-Packets"), _u32(req, "Acct-Output-Packets"),
         _text(req, "Calling-Station-Id"), req.get("Framed-IP-Address"),
         _text(req, "Acct-Terminate-Cause"), _text(req, "NAS-Port"), interim_s, record_id,
-    ]
+    ))

@@ -12,8 +12,10 @@ import itertools
 import time
 import uuid
 
-from . import records, wire
-from .errors import InputError, StoreUnavailable
+from wificore import wire
+from wificore.errors import InputError, StoreUnavailable
+
+from . import records
 from .spool import Spool
 from .stats import Stats
 

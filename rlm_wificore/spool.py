@@ -33,7 +33,7 @@ import struct
 import threading
 from pathlib import Path
 
-from .errors import ConfigError
+from wificore.errors import ConfigError
 
 _LEN = struct.Struct("<I")
 SEGMENT_BYTES = 64 * 1024 * 1024

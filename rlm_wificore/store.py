@@ -1,7 +1,7 @@
 """Access to Redis and the PostgreSQL shards, with short timeouts and breakers.
 
 Inside radiusd every call runs under rlm_python3's mutex, so a wait here is
-a wait for every request. Each backend therefore has a :class:`Breaker`: after
+a wait for every request. Each backend therefore has a :class:`wificore.backoff.Breaker`: after
 a failure the backend is skipped (fail fast) until ``retry_s`` has passed,
 then one call probes it again. Reconnection is automatic.
 """
@@ -9,7 +9,6 @@ then one call probes it again. Reconnection is automatic.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,40 +16,13 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .errors import StoreUnavailable
-from .settings import Settings
-from .shardmap import Shard, ShardMap
+from wificore.backoff import Breaker, redis_retry
+from wificore.errors import StoreUnavailable
+from wificore.settings import Settings
+from wificore.shardmap import Shard, ShardMap
 
 T = TypeVar("T")
-
-
-class Breaker:
-    """Open after a failure for ``retry_s``; closed again by one success."""
-
-    __slots__ = ("name", "retry_s", "open_until", "failures")
-
-    def __init__(self, name: str, retry_s: float = 1.0) -> None:
-        self.name = name
-        self.retry_s = retry_s
-        self.open_until = 0.0
-        self.failures = 0
-
-    def allow(self) -> bool:
-        return time.monotonic() >= self.open_until
-
-    def fail(self) -> None:
-        self.failures += 1
-        self.open_until = time.monotonic() + self.retry_s
-
-    def ok(self) -> None:
-        self.open_until = 0.0
-
-    @property
-    def is_open(self) -> bool:
-        return not self.allow()
 
 
 class RedisStore:
@@ -89,7 +61,7 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[redis.ConnectionError],
+        retry=redis_retry(), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 
 

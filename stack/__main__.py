@@ -77,7 +77,8 @@ Try it:
   radtest -t mschap {d['user']} {d['password']} 127.0.0.1 0 {d['secret']}
 
 Admin:
-  WIFICORE_SHARD_MAP={stack.shard_map} WIFICORE_REDIS_URL={stack.redis.url} .venv/bin/wificore-admin subscriber show --tenant 1 {d['user']}
+  WIFICORE_SHARD_MAP={stack.shard_map} WIFICORE_REDIS_URL={stack.redis.url} \\
+    .venv/bin/wificore-admin subscriber show --tenant 1 {d['user']}
   WIFICORE_REDIS_URL={stack.redis.url} .venv/bin/wificore-batch-writer --check --consumer writer-1
 
 Stop everything:

@@ -91,7 +91,7 @@ class Stack:
         self.shard_map.write_text("\n".join(lines) + "\n")
 
     def admin(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "rlm_wificore.admin", *args], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "wificore.admin", *args], cwd=ROOT,
                               env=self.admin_env(), capture_output=True, text=True, check=check,
                               input=input)
 

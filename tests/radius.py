@@ -44,9 +44,8 @@ def send(port: int, command: str, secret: str, attrs: dict[str, str | int], *,
         ["radclient", "-x", "-r", str(retries), "-t", str(timeout_s), f"127.0.0.1:{port}", command, secret],
         input=format_packet(packet), capture_output=True, text=True, timeout=30)
     out = proc.stdout + proc.stderr
-    m = None
-    for m in _RECEIVED.finditer(out):
-        pass
+    received = list(_RECEIVED.finditer(out))
+    m = received[-1] if received else None  # the last answer (after any retransmissions)
     if m is None:
         return Answer(None, {}, out)
     pairs: dict[str, list[str]] = {}
@@ -58,7 +57,8 @@ def send(port: int, command: str, secret: str, attrs: dict[str, str | int], *,
     return Answer(m.group(1), pairs, out)
 
 
-PYRAD_DICTIONARY = __import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks" / "loadgen" / "dictionary"
+PYRAD_DICTIONARY = (__import__("pathlib").Path(__file__).resolve().parent.parent
+                    / "benchmarks" / "loadgen" / "dictionary")
 
 
 def send_pyrad(port: int, secret: str, attrs: list[tuple[str, object]], *, source: str = "127.0.0.1",

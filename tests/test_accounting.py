@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-
-from rlm_wificore import wire
-from rlm_wificore.keys import Keys
 from rlm_wificore.records import session_key
 from tests.conftest import TENANT_A
+from wificore import wire
+from wificore.keys import Keys
 
 K = Keys("wc")
 

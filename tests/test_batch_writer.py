@@ -29,10 +29,10 @@ import redis as redis_lib
 from batch_writer.config import load
 from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct, partition_of
-from rlm_wificore import wire
-from rlm_wificore.keys import Keys
 from stack.local import Stack, temporary_stack
 from stack.servers import free_port
+from wificore import wire
+from wificore.keys import Keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4

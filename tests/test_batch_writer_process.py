@@ -29,8 +29,6 @@ import pytest
 
 from benchmarks.writer_bench import push as push_workload
 from benchmarks.writer_bench import verify, workload
-from rlm_wificore.keys import Keys
-from rlm_wificore.shardmap import ShardMap
 from stack.servers import BatchWriter, venv_bin
 from tests.test_batch_writer import (
     PARTITIONS,
@@ -42,6 +40,8 @@ from tests.test_batch_writer import (
     own_stack,
     writer_env,
 )
+from wificore.keys import Keys
+from wificore.shardmap import ShardMap
 
 KILL_RECORDS = int(os.environ.get("WIFICORE_TEST_KILL_RECORDS", "50000"))
 TENANTS = [T1, T2, T3, T4]

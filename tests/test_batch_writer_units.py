@@ -10,12 +10,12 @@ import time
 import msgpack
 import pytest
 
-from rlm_wificore.backoff import Backoff
 from batch_writer.config import WriterConfig
 from batch_writer.records import Acct, Limits, NasEvent, Rejected, collapse, decode
 from benchmarks.writer_bench import acct
-from rlm_wificore import wire
-from rlm_wificore.errors import ConfigError, DecodeError
+from wificore import wire
+from wificore.backoff import Backoff
+from wificore.errors import ConfigError, DecodeError
 
 NOW = 1_800_000_000.0
 LIMITS = Limits(now=NOW, max_age_s=30 * 86400, max_ahead_s=86400, default_interim_s=300)

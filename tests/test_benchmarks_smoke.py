@@ -14,12 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import compare, dataset  # noqa: E402
-from rlm_wificore.shardmap import ShardMap  # noqa: E402
+from wificore.shardmap import ShardMap  # noqa: E402
 
 CONFIGURATIONS = {"stock_files", "stock_sql", "stock_sql_acct", "python_floor", "python_floor_acct",
                   "wificore_warm", "wificore_acct", "wificore_redis", "wificore_cold"}
@@ -64,7 +63,7 @@ class TestDatasetGeneration:
         """The few hashes computed once match the cleartext each subscriber is given."""
         import bcrypt
 
-        from rlm_wificore.md4 import nt_hash
+        from wificore.md4 import nt_hash
         hashes = dataset.Hashes.compute()
         spec = dataset.Spec(tenants=1, pppoe_per_tenant=20, hotspot_per_tenant=0)
         for s in dataset.subscribers(spec, 7, hashes):
@@ -87,7 +86,8 @@ class TestDatasetGeneration:
         assert len(auth) == 18 and all(t.kind == packets.KIND_ACCESS for t in auth)
         assert [t.get("Acct-Status-Type") for t in acct] == ["Start"] * 4 + ["Interim-Update"] * 32 \
             + ["Stop"] * 4
-        times = [int(t.get("Acct-Session-Time")) for t in acct if t.get("Acct-Session-Id") == acct[0].get("Acct-Session-Id")]
+        first = acct[0].get("Acct-Session-Id")
+        times = [int(t.get("Acct-Session-Time")) for t in acct if t.get("Acct-Session-Id") == first]
         assert times == sorted(times) and len(times) == compare.ACCT_PER_SESSION
         assert len({t.get("Acct-Session-Id") for t in acct}) == 4
 

@@ -7,7 +7,7 @@ import threading
 import time
 
 from rlm_wificore.cache import Entry, LiveState, LocalCache
-from rlm_wificore.profile import Plan, Profile
+from wificore.profile import Plan, Profile
 
 PLAN = Plan(1, 2000, 10000, 3600, 600, 60, None, None, 1, None)
 PLAN2 = Plan(2, 1000, 1000, 3600, 600, 60, None, None, 1, None)

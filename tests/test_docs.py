@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from rlm_wificore.policy import MESSAGES
-from rlm_wificore.settings import Settings
+from wificore.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rlm_wificore.engine import Engine
-from rlm_wificore.profile import Plan, Profile
-from rlm_wificore.settings import Settings
-from rlm_wificore.shardmap import ShardMap
+from wificore.profile import Plan, Profile
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 
 MAP = ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
                                      "dsn": "postgresql://x@127.0.0.1:1/x"}]})
@@ -89,8 +89,9 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     wire.ACCT_FIELDS / AUTH_FIELDS say it is."""
     import struct
 
-    from rlm_wificore import records, wire
+    from rlm_wificore import records
     from rlm_wificore.spool import Spool
+    from wificore import wire
 
     req = {"Acct-Status-Type": "Interim-Update", "Acct-Session-Id": "abc", "User-Name": "bob",
            "Acct-Session-Time": "60", "Acct-Input-Octets": "5", "Acct-Input-Gigawords": "1",
@@ -126,7 +127,7 @@ def test_config_check_is_read_from_radiusd_command_line():
     """`freeradius -C` (alone or grouped) means a configuration check; -t (no threads,
     as bin/stack runs radiusd) takes no value, and a value such as a folder named -C
     is not the option."""
-    from rlm_wificore.settings import is_config_check
+    from wificore.settings import is_config_check
 
     def check(line: str) -> bool:
         return is_config_check([w.encode() for w in ["freeradius", *line.split()]])

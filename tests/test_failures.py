@@ -5,11 +5,10 @@ from __future__ import annotations
 import signal
 import time
 
-
-from rlm_wificore.keys import Keys
 from tests.conftest import TENANT_A, TENANT_C
 from tests.radius import send_pyrad
 from tests.test_accounting import acct_packet, wait_until
+from wificore.keys import Keys
 
 K = Keys("wc")
 

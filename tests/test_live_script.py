@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from rlm_wificore import wire
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
 from rlm_wificore.spool import MAX_RECORD
+from wificore import wire
 
 T0 = 1_900_000_000.0
 INTERIM_S = 60

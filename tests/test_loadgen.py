@@ -286,7 +286,7 @@ def _python_responder(sock: socket.socket, stop: threading.Event, seen: list[boo
             return
         try:
             data, peer = sock.recvfrom(4096)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if peers is not None:
             peers.add(peer[0])

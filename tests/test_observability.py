@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rlm_wificore import wire
-from rlm_wificore.keys import Keys
 from tests.conftest import TENANT_A
 from tests.test_accounting import wait_until
 from tests.test_policy import metric
+from wificore import wire
+from wificore.keys import Keys
 
 K = Keys("wc")
 
@@ -50,11 +50,11 @@ class TestMetricsAndLogs:
     def test_metrics_count_hooks_and_tiers(self, auth, subscriber, radiusd):
         """Hook results and cache tiers are counted; no username appears in the metrics."""
         user = subscriber()
-        before = metric(radiusd, 'wificore_cache_hits_total{tier="process"}')
+        before = metric(radiusd, "wificore_cache_hits_total", tier="process")
         auth(TENANT_A, {"User-Name": user, "User-Password": "pw-123456"})
         auth(TENANT_A, {"User-Name": user, "User-Password": "pw-123456"})
-        assert metric(radiusd, 'wificore_cache_hits_total{tier="process"}') >= before + 1
-        assert metric(radiusd, 'wificore_requests_total{hook="authorize",result="ok"}') >= 2
+        assert metric(radiusd, "wificore_cache_hits_total", tier="process") >= before + 1
+        assert metric(radiusd, "wificore_requests_total", hook="authorize", result="ok") >= 2
         assert metric(radiusd, "wificore_hook_seconds_count") > 0
         import urllib.request
         text = urllib.request.urlopen(

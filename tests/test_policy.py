@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import urllib.request
 
 import pytest
 
+from tests import metrics
 from tests.conftest import TENANT_A, TENANT_B
 from tests.test_accounting import acct_packet, wait_until
 
 
-def metric(radiusd, name: str) -> float:
-    port = radiusd.env["WIFICORE_METRICS_PORT"]
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def metric(radiusd, name: str, **labels: str) -> float:
+    return metrics.total(metrics.scrape(radiusd.env["WIFICORE_METRICS_PORT"]), name, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,7 @@ class TestReply:
 
     def test_session_timeout_is_least_of_limits(self, auth, subscriber):
         """Session-Timeout is the time to expiry when that is sooner than the plan's limit."""
-        soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=600)).isoformat()
+        soon = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=600)).isoformat()
         user = subscriber(expires_at=soon)
         ans = pap(auth, TENANT_A, user)
         assert ans.accepted
@@ -146,10 +140,10 @@ class TestCredentialCache:
         """The second PAP login of a bcrypt or NT-hash user is answered from the
         verified-credential cache; a wrong password never matches it."""
         user = subscriber(password=password, password_type=password_type)
-        before = metric(radiusd, "wificore_credential_cache_hits")
+        before = metric(radiusd, "wificore_credential_cache_hits_total")
         assert pap(auth, TENANT_A, user, password=password).accepted
         assert pap(auth, TENANT_A, user, password=password).accepted
-        assert metric(radiusd, "wificore_credential_cache_hits") == before + 1
+        assert metric(radiusd, "wificore_credential_cache_hits_total") == before + 1
         assert pap(auth, TENANT_A, user, password=wrong).code == "Access-Reject"
 
     def test_bcrypt_with_chap_is_rejected(self, auth, subscriber):

@@ -3,23 +3,20 @@ its own Python interpreter, spool and metrics, all answering the same NAS."""
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 
-from rlm_wificore.keys import Keys
 from stack.servers import Radiusd, RadiusdGroup, free_port
+from tests import metrics
 from tests.conftest import TENANT_A
 from tests.radius import send
 from tests.test_accounting import acct_packet, wait_until
+from wificore.keys import Keys
 
 K = Keys("wc")
 
 
 def authorized(metrics_port: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('wificore_requests_total{hook="authorize"'))
+    return metrics.total(metrics.scrape(metrics_port), "wificore_requests_total", hook="authorize")
 
 
 @pytest.fixture(scope="module")

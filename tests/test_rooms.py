@@ -9,22 +9,22 @@ import time
 import pytest
 import redis as redis_lib
 
-from rlm_wificore import wire
 from rlm_wificore.cache import Entry, LiveState
 from rlm_wificore.credentials import VerifiedCredentials
 from rlm_wificore.directory import Directory
-from rlm_wificore.errors import StoreUnavailable
 from rlm_wificore.invalidation import Generation, Invalidation
-from rlm_wificore.keys import Keys
 from rlm_wificore.live import STATE_RETRY_S, LiveStates
-from rlm_wificore.profile import Plan, Profile
 from rlm_wificore.profiles import Profiles
-from rlm_wificore.settings import Settings
-from rlm_wificore.shardmap import ShardMap
 from rlm_wificore.sink import Sink
 from rlm_wificore.spool import Spool
 from rlm_wificore.stats import Stats
 from rlm_wificore.store import RedisStore
+from wificore import wire
+from wificore.errors import StoreUnavailable
+from wificore.keys import Keys
+from wificore.profile import Plan, Profile
+from wificore.settings import Settings
+from wificore.shardmap import ShardMap
 
 MAP = ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
                                      "dsn": "postgresql://x@127.0.0.1:1/x"}]})

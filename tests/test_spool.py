@@ -10,8 +10,8 @@ import struct
 import pytest
 
 from rlm_wificore import spool as spool_mod
-from rlm_wificore.errors import ConfigError
 from rlm_wificore.spool import Spool
+from wificore.errors import ConfigError
 
 
 def take(sp: Spool, max_records: int) -> list[bytes]:
@@ -121,8 +121,8 @@ class TestForwarderFraming:
 
     def _engine(self, stack, tmp_path, prefix):
         from rlm_wificore.engine import Engine
-        from rlm_wificore.settings import Settings
-        from rlm_wificore.shardmap import ShardMap
+        from wificore.settings import Settings
+        from wificore.shardmap import ShardMap
         shard_map = ShardMap.from_dict({"shard": [{"name": "s", "first_tenant": 1, "last_tenant": 9,
                                                    "dsn": "postgresql://x@127.0.0.1:1/x"}]})
         e = Engine(Settings(redis_url=stack.redis.url, key_prefix=prefix, stream_partitions=1),
@@ -140,7 +140,7 @@ class TestForwarderFraming:
         raise AssertionError("the spool never drained")
 
     def _usernames(self, redis, prefix):
-        from rlm_wificore import wire
+        from wificore import wire
         entries = redis.xrange(f"{prefix}:stream:{{0}}")
         return [wire.unpack(fields[b"d"])[1]["username"] for _id, fields in entries]
 
@@ -150,7 +150,7 @@ class TestForwarderFraming:
         import random
         import uuid
 
-        from rlm_wificore import wire
+        from wificore import wire
         monkeypatch.setattr(spool_mod, "SEGMENT_BYTES", 4096)
         prefix = f"t{uuid.uuid4().hex[:8]}"
         e = self._engine(stack, tmp_path, prefix)
@@ -172,7 +172,8 @@ class TestForwarderFraming:
         """A record larger than one script call's span is sent on its own, not stuck."""
         import uuid
 
-        from rlm_wificore import background, wire
+        from rlm_wificore import background
+        from wificore import wire
         prefix = f"t{uuid.uuid4().hex[:8]}"
         e = self._engine(stack, tmp_path, prefix)
         names = ["small-1", "big-" + "y" * (background.FORWARD_BYTES + 1000), "small-2"]

@@ -1,7 +1,7 @@
 """MS-CHAPv2 (RFC 2759) client computations in pure Python.
 
 OpenSSL 3 disables MD4 and single DES by default and the standard library
-has no DES at all. MD4 comes from :mod:`rlm_wificore.md4`; this module
+has no DES at all. MD4 comes from :mod:`wificore.md4`; this module
 carries a small DES (FIPS 46-3, encryption of single blocks only) and builds
 on both:
 
@@ -30,7 +30,7 @@ __all__ = [
 
 # --------------------------------------------------------------------- MD4
 
-from rlm_wificore.md4 import md4  # noqa: E402  (OpenSSL 3 offers no md4 to hashlib)
+from wificore.md4 import md4  # noqa: E402  (OpenSSL 3 offers no md4 to hashlib)
 
 _M32 = 0xFFFFFFFF
 

@@ -51,9 +51,10 @@ import re
 import struct
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from pyrad import packet as rpacket
 from pyrad.dictionary import Dictionary

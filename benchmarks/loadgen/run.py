@@ -33,8 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -192,7 +193,7 @@ class Responder:
         """PID of the running responder, or None."""
         return self.proc.pid if self.proc else None
 
-    def start(self) -> "Responder":
+    def start(self) -> Responder:
         """Start the responder and wait (at most 10 s) until it reports its port."""
         binary = build("responder")
         cmd = [str(binary), "--secret", self.secret, "--bind", self.bind,
@@ -239,7 +240,7 @@ class Responder:
         self.proc = None
         return self.stats
 
-    def __enter__(self) -> "Responder":
+    def __enter__(self) -> Responder:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,8 +12,8 @@ import dataclasses
 import ipaddress
 import os
 import urllib.parse
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -84,7 +84,8 @@ class Settings:
     key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
     profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
                                        "Lifetime of a cached subscriber profile (Redis and in-process).")
-    ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50), "Random extra lifetime, in percent, against stampedes.")
+    ttl_jitter_pct: int = setting_field(10, int_in_range(0, 50),
+                                        "Random extra lifetime, in percent, against stampedes.")
     live_state_ttl_s: int = setting_field(30, int_in_range(0, 3600),
                                           "How long a process trusts its copy of a subscriber's session "
                                           "count and usage; starts and stops invalidate it at once.")
@@ -93,7 +94,8 @@ class Settings:
     credential_cache_ttl_s: int = setting_field(900, int_in_range(0, 86400),
                                                 "Lifetime of a verified bcrypt or NT-hash PAP credential (0 = off).")
     redis_timeout_ms: int = setting_field(250, int_in_range(1, 60000), "Socket timeout of every Redis call.")
-    db_timeout_ms: int = setting_field(500, int_in_range(1, 60000), "Connect, pool-wait and statement timeout of a shard.")
+    db_timeout_ms: int = setting_field(500, int_in_range(1, 60000),
+                                       "Connect, pool-wait and statement timeout of a shard.")
     db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,

@@ -40,6 +40,8 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -52,8 +54,10 @@ KIND_ACCT = "acct"
 KIND_AUTH = "auth"
 KINDS = (KIND_ACCT, KIND_AUTH)
 
-#: Field order of version 2 bodies (live.lua reads some by position). Any change to
-#: them is a new version: writers must read what older radiusd processes spooled.
+#: Field order of version 2 bodies: THE one definition. Python code that builds or reads
+#: bodies by position gets its positions from here (:func:`arranger`, :func:`picker`);
+#: live.lua reads some by position, checked against these by tests/test_live_script.py.
+#: Any change to them is a new version: writers must read what older radiusd processes spooled.
 ACCT_FIELDS = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status",
                "event_ts", "arrival_ts", "session_time_s", "input_octets", "output_octets",
                "input_packets", "output_packets", "calling_station_id", "framed_ip", "terminate_cause",
@@ -64,12 +68,35 @@ FIELDS = {KIND_ACCT: ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
 _NAMES = {kind: frozenset(names) for kind, names in FIELDS.items()}
 
 
+def arranger(kind: str, names: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """For code that builds a version 2 body with the values in an order of its own,
+    ``names``: a function (``operator.itemgetter``, C speed) from such values to the body in
+    ``FIELDS[kind]`` order. ``names`` must be the kind's fields, each once (else ValueError,
+    at import time of the caller)."""
+    fields = FIELDS[kind]
+    if len(names) != len(fields) or set(names) != _NAMES[kind]:
+        missing, extra = _NAMES[kind] - set(names), set(names) - _NAMES[kind]
+        raise ValueError(f"{kind} fields: missing {sorted(missing)}, unknown {sorted(extra)}, "
+                         f"or one named twice")
+    return operator.itemgetter(*(list(names).index(f) for f in fields))
+
+
+def picker(kind: str, names: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """For code that reads a version 2 body by position: a function from the body to the
+    values of ``names`` (fields of ``kind``, in the order given) as a tuple."""
+    fields = FIELDS[kind]
+    unknown = [n for n in names if n not in _NAMES[kind]]
+    if unknown or len(names) < 2:
+        raise ValueError(f"{kind} fields: unknown {unknown}, or fewer than two named")
+    return operator.itemgetter(*(fields.index(n) for n in names))
+
+
 #: One packer for every record: packb() builds a new one per call. Packer.pack
 #: runs in C without releasing the GIL, so sharing it between threads is safe.
 _packer = msgpack.Packer(use_bin_type=True)
 
 
-def pack_values(kind: str, values: list[Any]) -> bytes:
+def pack_values(kind: str, values: Sequence[Any]) -> bytes:
     """Encode one version 2 record from its values in ``FIELDS[kind]`` order: the hooks'
     form (no dict, no name lookups), so nothing is checked but the count."""
     if len(values) != len(FIELDS[kind]):
@@ -116,5 +143,5 @@ def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
     """Decode one record into (kind, fields), whatever its version."""
     kind, body = unpack_body(payload)
     if isinstance(body, list):
-        return kind, dict(zip(FIELDS[kind], body))
+        return kind, dict(zip(FIELDS[kind], body, strict=True))
     return kind, body

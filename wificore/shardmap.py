@@ -50,7 +50,7 @@ class ShardMap:
             raise ConfigError(f"{source}: no [[shard]] entries")
         shards = sorted(shards, key=lambda s: s.first_tenant)
         names = set()
-        for prev, cur in zip(shards, shards[1:]):
+        for prev, cur in zip(shards, shards[1:], strict=False):  # neighbours
             if cur.first_tenant <= prev.last_tenant:
                 raise ConfigError(
                     f"{source}: shard {cur.name!r} overlaps shard {prev.name!r} "

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -24,8 +24,7 @@ from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
 from .migrate import migrate_all
-from .policy import normalise_mac
-from .profile import PW_TYPES, STATUS, UNKNOWN, KINDS, Profile
+from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
 
@@ -75,7 +74,7 @@ def v_time(value: str | None, field: str) -> dt.datetime | None:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
@@ -128,6 +127,14 @@ class Admin:
         return row[0]
 
 
+def returned(cur: psycopg.Cursor[Any]) -> Any:
+    """The value an INSERT ... RETURNING gave back."""
+    row = cur.fetchone()
+    if row is None:
+        raise WiFiCoreError("the database returned no row")
+    return row[0]
+
+
 def _print_rows(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> None:
     w = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
     w.writerow(header)
@@ -177,9 +184,9 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
         if args.replace:
             conn.execute("DELETE FROM nas WHERE tenant_id = %s AND (ip = %s::inet OR name = %s)",
                          (args.tenant, ip, args.name))
-        nas_id = conn.execute(
+        nas_id = returned(conn.execute(
             "INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
-            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)).fetchone()[0]
+            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)))
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
 
 
@@ -198,7 +205,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("interim_interval_s: must be at least 60")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        plan_id = conn.execute(
+        plan_id = returned(conn.execute(
             "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
             " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
             " framed_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
@@ -210,7 +217,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
             " RETURNING plan_id",
             (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
              args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
-             args.simultaneous_use or 1, args.framed_pool)).fetchone()[0]
+             args.simultaneous_use or 1, args.framed_pool)))
     print(f"plan {plan_id} {args.name} in tenant {args.tenant}")
 
 
@@ -303,7 +310,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
-                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row))
+                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
         stored["password"] = "(hidden)"
     cached: Any = None
     live: Any = None
@@ -311,7 +318,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
         import redis
         r = redis.Redis.from_url(a.redis_url, socket_timeout=2)
         try:
-            raw = r.get(a.keys.profile(args.tenant, args.username))
+            raw = cast(bytes | None, r.get(a.keys.profile(args.tenant, args.username)))
             ttl = r.ttl(a.keys.profile(args.tenant, args.username))
             if raw == UNKNOWN:
                 cached = {"unknown_user": True, "ttl_s": ttl}
@@ -325,7 +332,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
             live = {
                 "sessions": r.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
                 "usage": {k.decode(): int(v) for k, v in
-                          r.hgetall(a.keys.usage(args.tenant, args.username)).items()},
+                          cast(dict[bytes, bytes], r.hgetall(a.keys.usage(args.tenant, args.username))).items()},
             }
         except redis.RedisError as exc:
             cached = {"error": f"redis: {exc}"}
@@ -357,7 +364,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
     """Validate every row first, then one COPY in one transaction."""
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        plans = dict(conn.execute("SELECT name, plan_id FROM plans WHERE tenant_id = %s",
+        plans: dict[str, int] = dict(conn.execute("SELECT name, plan_id FROM plans WHERE tenant_id = %s",
                                   (args.tenant,)).fetchall())
         rows = []
         seen: dict[str, int] = {}

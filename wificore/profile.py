@@ -7,6 +7,7 @@ cached profile stays well under 200 bytes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import msgpack
@@ -19,6 +20,18 @@ KINDS = ("pppoe", "hotspot")
 
 #: Redis value of a negatively cached (unknown) user.
 UNKNOWN = b"\x00"
+
+_HEX = re.compile(r"[^0-9a-f]")
+
+
+def normalise_mac(raw: str | None) -> str | None:
+    """'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff', … -> 'aa:bb:cc:dd:ee:ff'; None if not a MAC."""
+    if not raw:
+        return None
+    digits = _HEX.sub("", raw.lower())
+    if len(digits) != 12:
+        return None
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,7 +105,7 @@ SELECT plan_id, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,
 
 def from_row(row: tuple[Any, ...]) -> tuple[Profile, Plan]:
     """Split a PROFILE_SQL row into the profile and its plan."""
-    profile = Profile(*row[:8], plan_id=row[8])
+    profile = Profile(*row[:9])  # its last column, plan_id, starts the plan's too
     return profile, Plan(*row[8:])
 
 
