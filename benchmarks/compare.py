@@ -1065,6 +1065,13 @@ class Bench:
         self.results = self.measure_all([c for c in self.configs()
                                          if wanted is None or c.name in wanted])
         self.stop_server()
+        noisy: dict[str, Any] = {}
+        if a.flood_duration > 0:
+            noisy["flood"] = self.noisy_flood()
+        self.stop_server()
+        from benchmarks import cache_memory
+        local_cache = cache_memory.measure(a.local_cache_profiles)
+        log(f"in-process cache: {local_cache['bytes_per_profile']:.0f} B per profile")
         e2e = (self.end_to_end() if a.e2e_rate > 0 and not a.no_writer
                else {"skipped": "--e2e-rate 0" if a.e2e_rate <= 0 else "--no-writer"})
         self.stop_server()
@@ -1095,10 +1102,33 @@ class Bench:
             "configurations": self.results,
             "ratios": ratios,
             "redis_memory": mem,
+            "noisy_neighbour": noisy,
+            "local_cache": local_cache,
             "batch_writer": writer,
             "end_to_end": e2e,
             "warnings": self.warnings,
         }
+
+    # ------------------------------------------------------- noisy neighbours
+    def noisy_flood(self) -> dict[str, Any]:
+        """noisy_neighbour["flood"] (benchmarks/flood.py): one valid NAS at a fixed rate, alone
+        and beside junk from random unknown loopback addresses."""
+        from benchmarks import flood
+
+        a = self.args
+        server = self.use_server("wificore")
+        targets = self._auth_targets(False, server.auth_port)[:1]
+
+        def valid(duration_s: float) -> dict[str, Any]:
+            return blast(targets, rate=a.flood_rate, count=int(a.flood_rate * duration_s) + 1,
+                         duration_s=duration_s, server_pids=_pids(server),
+                         own_roots=self._own_roots(), sockets=a.sender_sockets)
+        result = flood.measure(valid, server.auth_port, junk_rate=a.flood_junk_rate,
+                               duration_s=a.flood_duration)
+        result["target_rate"] = a.flood_rate
+        log(f"flood: answered {result['answered_ratio']}, p99 x{result['p99_ratio']} of the "
+            f"baseline, {result['junk_sent_per_s']} junk/s")
+        return result
 
     def close(self) -> None:
         try:
@@ -1179,6 +1209,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--memory-samples", type=int, default=20000,
                    help="profiles and sessions written for the Redis memory figures")
     g.add_argument("--no-writer", action="store_true", help="skip batch_writer ingestion")
+    g.add_argument("--flood-rate", type=float, default=2000.0,
+                   help="noisy_neighbour flood: the valid NAS's logins per second")
+    g.add_argument("--flood-junk-rate", type=float, default=20_000.0,
+                   help="noisy_neighbour flood: junk Access-Requests per second")
+    g.add_argument("--flood-duration", type=float, default=10.0,
+                   help="noisy_neighbour flood: seconds per run (0: skip)")
+    g.add_argument("--local-cache-profiles", type=int, default=200_000,
+                   help="profiles built to measure local_cache.bytes_per_profile")
     g.add_argument("--writer-args", default="--writers 2",
                    help="arguments for writer_bench.py (default --writers 2: one writer process per "
                         "shard, as a two-shard deployment runs them)")
@@ -1210,6 +1248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.writer_args = f"{args.writer_args} --smoke"
         args.writer_timeout = min(args.writer_timeout, 120.0)
         args.e2e_rate, args.e2e_duration = 200.0, 2.0
+        args.flood_rate, args.flood_junk_rate, args.flood_duration = 100.0, 1000.0, 2.0
+        args.local_cache_profiles = 2000
     if args.subscribers_per_tenant is not None:
         args.pppoe_per_tenant = args.subscribers_per_tenant // 2
         args.hotspot_per_tenant = args.subscribers_per_tenant - args.pppoe_per_tenant
