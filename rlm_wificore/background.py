@@ -294,7 +294,8 @@ def _relay_loop(engine: Engine) -> None:
                 ready.wait(5.0)
             rebuild_at = 0.0
             while not engine.stopping.is_set():
-                if (slot == 0 or alone) and time.monotonic() >= rebuild_at:
+                due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
+                if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
                     try:
                         engine.invalidation.take_over(reads, alone=alone)
                         alone, rebuild_at = False, time.monotonic() + DIRECTORY_REBUILD_S
