@@ -22,6 +22,7 @@ from types import FrameType
 import redis
 
 from wificore import log as wlog
+from wificore import roles
 from wificore.errors import ConfigError
 from wificore.keys import Keys
 from wificore.settings import Settings
@@ -57,7 +58,7 @@ def check(settings: Settings, consumer: str | None, redis_timeout_ms: int) -> in
     """0 when a fresh heartbeat exists (the named writer's, else any of this host's), else 1."""
     base = Keys(settings.key_prefix).writer_heartbeat
     timeout_s = redis_timeout_ms / 1000
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s,
+    client = redis.Redis.from_url(roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s,
                                   socket_connect_timeout=timeout_s)
     try:
         if consumer:
@@ -100,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tune_gc()
         writer = Writer(settings, cfg, burst=args.burst)
+        try:  # streams, dead letters and heartbeats must never be evicted
+            roles.check_state_redis(writer.redis, settings, source="env")
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            wlog.get_logger("batch_writer").warning("state_redis_not_checked", error=str(exc))
     except ConfigError as exc:
         print(f"wificore-batch-writer: {exc}", file=sys.stderr)
         return 2

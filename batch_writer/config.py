@@ -110,8 +110,8 @@ class WriterConfig:
         return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
 
 
-SHARED_SETTINGS = ("shard_map", "redis_url", "key_prefix", "stream_partitions", "default_interim_s",
-                   "log_level")
+SHARED_SETTINGS = ("shard_map", "redis_url", "state_redis_url", "key_prefix", "stream_partitions",
+                   "default_interim_s", "log_level")
 """The fields of :class:`Settings` the writer uses (``WIFICORE_<KEY>``)."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from wificore import roles
 from wificore.backoff import Backoff
 from wificore.errors import DecodeError, UnknownTenant
 from wificore.keys import Keys
@@ -84,8 +85,8 @@ class Writer:
         self.map = shard_map or ShardMap.load(settings.shard_map)
         self.keys = Keys(settings.key_prefix)
         timeout_s = cfg.redis_timeout_ms / 1000
-        self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        self.redis = redis_client or redis.Redis.from_url(  # the state Redis (roles.py)
+            roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=30)
         self.streams = Streams(self.redis, self.keys, partitions=settings.stream_partitions,
                                group=cfg.group, consumer=cfg.consumer, dead_maxlen=cfg.dead_maxlen)

@@ -1,7 +1,8 @@
 """Threads the module starts itself: they run outside rlm_python3's mutex.
 
 * ``spool``: forwards the spool (accounting and auth-log records) to Redis,
-  one script call per batch (see spool.py and live.lua).
+  one script call per batch (see spool.py and live.lua). The spool's own
+  ``spool-prep`` thread (spool.py) allocates its next segment ahead of need.
 * ``state``: re-reads, in one round trip per batch, the live state (session
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
@@ -64,9 +65,12 @@ class Engine(Protocol):
     invalidation: Invalidation
     directory: Directory
     stopping: threading.Event
+    state_redis_checked: bool
 
     @property
     def spool(self) -> Spool | None: ...
+
+    def check_state_redis(self, *, at_start: bool = True) -> None: ...
 
 log = get_logger("rlm_wificore.background")
 
@@ -127,6 +131,8 @@ def _forward_loop(engine: Engine) -> None:
     backoff = Backoff(first_s=0.1, max_s=2.0)
     while not engine.stopping.is_set():
         try:
+            if not engine.state_redis_checked:  # Redis did not answer at start
+                engine.check_state_redis(at_start=False)
             # Wait unless a whole span went: a few large calls, not many small ones.
             if not forwarder.run_once() or not forwarder.full:
                 engine.stopping.wait(FORWARD_IDLE_S)

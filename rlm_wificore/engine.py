@@ -19,7 +19,10 @@ import threading
 import time
 from typing import Any
 
-from wificore.errors import StoreUnavailable
+import redis
+
+from wificore import roles
+from wificore.errors import ConfigError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.settings import Settings
@@ -34,7 +37,7 @@ from .live import LiveStates
 from .profiles import Profiles
 from .result import Pairs, Result
 from .sink import MAX_USERNAME, Sink
-from .spool import Spool
+from .spool import Spool, SpoolFull
 from .stats import Stats
 from .store import RedisStore, Shards, connect_redis
 
@@ -57,26 +60,37 @@ class Engine:
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
         self.stats = Stats()
+        # The state Redis (live state, streams; wificore/roles.py) and the cache Redis:
+        # the same clients and breaker when one URL serves both.
         self.redis = connect_redis(settings)
         self.redis_bg = connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S)
         self.redis_store = RedisStore(self.redis, self.stats.errors)
         self.redis_breaker = self.redis_store.breaker
+        split = roles.redis_url(settings, roles.CACHE) != roles.redis_url(settings, roles.STATE)
+        self.cache_redis = connect_redis(settings, role=roles.CACHE) if split else self.redis
+        self.cache_bg = (connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S, role=roles.CACHE)
+                         if split else self.redis_bg)
+        self.cache_store = (RedisStore(self.cache_redis, self.stats.errors, name="redis-cache")
+                            if split else self.redis_store)
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max)
         generation = Generation()
+        # The NAS directory is kept in the state Redis: bounded by the NAS rows, and an
+        # evicted directory would answer no new client until it is rebuilt.
         self.directory = Directory(self.shard_map, self.shards, self.redis_store, self.keys)
         self.live = LiveStates(settings, self.keys, self.redis_store, self.redis_bg, self.stats,
                                generation)
-        self.profiles = Profiles(settings, self.keys, self.redis_store, self.shards, self.stats,
+        self.profiles = Profiles(settings, self.keys, self.cache_store, self.shards, self.stats,
                                  generation, self.live)
         self.credentials = VerifiedCredentials(settings)
         self.sink = Sink(self.stats)
         self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
-                                         self.directory)
+                                         self.cache_bg, directory=self.directory)
         self.local = self.profiles.local  # the in-process tier (metrics count it)
         #: Set by close(): every module thread stops.
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.state_redis_checked = False  # its eviction policy (wificore/roles.py)
         # The rooms' methods the flows call per request, bound once: one lookup, as
         # when they were methods of this class (the warm path is measured).
         self._client = self.directory.lookup
@@ -202,7 +216,11 @@ class Engine:
         entry = self.local.peek((tenant_id, username))
         interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None
                      else self.settings.default_interim_s)
-        kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
+        try:
+            kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
+        except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
+            self.stats.errors["spool_full"] += 1
+            return Result("fail", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
 
@@ -214,8 +232,30 @@ class Engine:
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the background threads (never under `freeradius -C`)."""
-        self.spool = Spool(self.settings.spool_dir)
+        self.check_state_redis()
+        self.spool = Spool(self.settings.spool_dir,
+                           max_segment_bytes=self.settings.spool_segment_kib * 1024)
+        self.spool.start_preparer()  # the next segment is allocated ahead, off the hook path
         self._threads = start_background(self)
+
+    def check_state_redis(self, *, at_start: bool = True) -> None:
+        """ConfigError unless the state Redis is noeviction; a warning if it cannot be
+        asked now (radiusd still starts: Redis down is an outage it rides out). Later
+        (``at_start=False``, the forwarder once Redis answers) an evicting one is logged."""
+        try:
+            roles.check_state_redis(self.redis_bg, self.settings)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if at_start:
+                log.warning("state_redis_not_checked", error=str(exc))
+            return
+        except redis.ResponseError as exc:  # INFO not allowed: nothing more to learn
+            log.warning("state_redis_not_checked", error=str(exc))
+        except ConfigError as exc:
+            if at_start:
+                raise
+            self.stats.errors["state_redis_evicts"] += 1
+            log.error("state_redis_evicts", error=str(exc))
+        self.state_redis_checked = True
 
     def close(self) -> None:
         """Stop threads, close every client and pool (radiusd's detach)."""
@@ -228,7 +268,8 @@ class Engine:
             self.spool.close()
             self.spool = None
         self.shards.close()
-        for client in (self.redis, self.redis_bg):
+        clients = (self.redis, self.redis_bg, self.cache_redis, self.cache_bg)
+        for client in {id(c): c for c in clients}.values():  # each once (one Redis: the same)
             try:
                 client.close()
             except Exception:  # closing a broken connection must not stop detach

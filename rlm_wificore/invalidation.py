@@ -136,11 +136,13 @@ class Invalidation:
     """Applies change announcements to the in-process tier (and, for a shard's, to Redis)."""
 
     def __init__(self, generation: Generation, profiles: Copies, keys: Keys,
-                 redis_bg: redis.Redis, directory: Directory | None = None) -> None:
+                 redis_bg: redis.Redis, cache_bg: redis.Redis | None = None, *,
+                 directory: Directory | None = None) -> None:
         self.generation = generation
         self.profiles = profiles
         self.keys = keys
-        self.redis_bg = redis_bg
+        self.redis_bg = redis_bg  # the state Redis: the invalidation channel, the NAS directory
+        self.cache_bg = redis_bg if cache_bg is None else cache_bg  # the cached copies
         self.directory = directory
 
     def apply(self, message: list[Any]) -> None:
@@ -207,9 +209,11 @@ class Invalidation:
             doomed.append(keys.nas(str(msg[2])))
         try:
             pipe = self.redis_bg.pipeline(transaction=False)
-            if doomed:
+            if doomed and self.cache_bg is not self.redis_bg:  # the copies live in the cache Redis
+                self.cache_bg.delete(*doomed)
+            elif doomed:
                 pipe.delete(*doomed)
-            for message in announce:
+            for message in announce:  # the channel: the state Redis
                 pipe.publish(keys.invalidation_channel, message)
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:

@@ -75,6 +75,9 @@ class EngineCollector:
         if spool is not None:
             yield GaugeMetricFamily("wificore_spool_pending_bytes",
                                     "Spooled records not yet forwarded to Redis", value=spool.pending())
+            yield GaugeMetricFamily("wificore_spool_full",
+                                    "1 while the spool's disk has no room (accounting unanswered)",
+                                    value=int(spool.full))
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
         for hook, h in list(self.latency.hooks.items()):
             hist.add_metric([hook], h.cumulative(), sum_value=h.sum)

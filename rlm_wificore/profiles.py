@@ -2,9 +2,11 @@
 
 The in-process tier (:class:`~rlm_wificore.cache.LocalCache`) answers the warm
 path with no I/O. On a miss, one Redis round trip reads the profile with its
-live state; on a Redis miss, one query to the shard reads profile and plan, and
-both tiers are filled on the way back (TTL plus jitter). Unknown users are
-cached negatively for ``negative_ttl_s``. Plans have their own small cache.
+live state (two when the cache Redis, ``redis_store`` here, is not the state
+Redis of :class:`~rlm_wificore.live.LiveStates`; see wificore/roles.py); on a
+Redis miss, one query to the shard reads profile and plan, and both tiers are
+filled on the way back (TTL plus jitter). Unknown users are cached negatively
+for ``negative_ttl_s``. Plans have their own small cache.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Profiles:
         state: LiveState | None = None
         known = False
         try:
-            raw, live, usage = self.redis.call(lambda r: self._read_redis(r, tenant_id, username))
+            raw, live, usage = self._read_redis(tenant_id, username)
             state = self.live.state(live, usage)
             if raw == UNKNOWN:
                 known = True
@@ -109,11 +111,24 @@ class Profiles:
             self.local.put(key, entry)
         return entry
 
-    def _read_redis(self, r: redis.Redis, tenant_id: int, username: str) -> Any:
-        pipe = r.pipeline(transaction=False)
-        pipe.get(self.keys.profile(tenant_id, username))
-        self.live.read_into(pipe, tenant_id, username, time.time())
-        return pipe.execute()
+    def _read_redis(self, tenant_id: int, username: str) -> Any:
+        """Profile, live count and usage: one round trip, two if the cache Redis is another."""
+        pkey = self.keys.profile(tenant_id, username)
+
+        def both(r: redis.Redis) -> Any:
+            pipe = r.pipeline(transaction=False)
+            pipe.get(pkey)
+            self.live.read_into(pipe, tenant_id, username, time.time())
+            return pipe.execute()
+        if self.live.redis is self.redis:  # one Redis serves both roles
+            return self.redis.call(both)
+
+        def state(r: redis.Redis) -> Any:
+            pipe = r.pipeline(transaction=False)
+            self.live.read_into(pipe, tenant_id, username, time.time())
+            return pipe.execute()
+        raw = self.redis.call(lambda r: r.get(pkey))
+        return [raw, *self.live.redis.call(state)]
 
     def plan(self, tenant_id: int, plan_id: int) -> Plan | None:
         """A plan: from the plan cache, else Redis, else the shard (filling both)."""

@@ -16,7 +16,7 @@ from wificore import wire
 from wificore.errors import InputError, StoreUnavailable
 
 from . import records
-from .spool import Spool
+from .spool import Spool, SpoolFull
 from .stats import Stats
 
 MAX_USERNAME = 253
@@ -33,7 +33,9 @@ class Sink:
         self._event_seq = itertools.count()
 
     def accounting(self, req: dict[str, str], tenant_id: int, nas_id: int, interim_s: int) -> str:
-        """Spool the accounting record of ``req``; its kind (start, interim, ..., invalid)."""
+        """Spool the accounting record of ``req``; its kind (start, interim, ..., invalid).
+
+        :class:`SpoolFull` (nothing written) if the spool's disk has no room."""
         if self.spool is None:
             raise StoreUnavailable("the accounting spool is not open")
         try:
@@ -58,8 +60,10 @@ class Sink:
             return
         method = ("pap" if "User-Password" in req else "chap" if "CHAP-Password" in req
                   else "mschap" if "MS-CHAP-Challenge" in req else "other")
-        # wire.AUTH_FIELDS order
-        self.spool.append(wire.pack_values(wire.KIND_AUTH, [
-            tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
-            username[:MAX_USERNAME], req.get("Calling-Station-Id"),
-            "accept" if accepted else "reject", reason, method]))
+        try:  # wire.AUTH_FIELDS order
+            self.spool.append(wire.pack_values(wire.KIND_AUTH, [
+                tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
+                username[:MAX_USERNAME], req.get("Calling-Station-Id"),
+                "accept" if accepted else "reject", reason, method]))
+        except SpoolFull:  # a full disk never costs a login: the record is counted as dropped
+            self.stats.errors["authlog_dropped"] += 1

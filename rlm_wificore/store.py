@@ -17,6 +17,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from wificore import roles
 from wificore.backoff import Breaker, redis_retry
 from wificore.errors import StoreUnavailable
 from wificore.settings import Settings
@@ -50,8 +51,10 @@ class RedisStore:
         return result
 
 
-def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redis.Redis:
-    """A Redis client with the configured timeouts (no I/O until first use).
+def connect_redis(settings: Settings, *, timeout_s: float | None = None,
+                  role: str = roles.STATE) -> redis.Redis:
+    """A Redis client of ``role`` (see roles.py) with the configured timeouts (no I/O
+    until first use).
 
     Hooks use ``redis_timeout_ms``; the module's own threads, which nothing
     waits on, pass a longer ``timeout_s``."""
@@ -60,7 +63,7 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None) -> redi
     # Redis closed (a restart) must not look like an outage. Timeouts are not
     # retried: the caller is waiting under the mutex.
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+        roles.redis_url(settings, role), socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=redis_retry(), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)
 

@@ -103,9 +103,13 @@ def v_positive(value: int | None, field: str) -> int | None:
 
 # --------------------------------------------------------------------- helpers
 class Admin:
-    def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc") -> None:
+    def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc", *,
+                 cache_redis_url: str | None = None, state_redis_url: str | None = None) -> None:
         self.map = shard_map
         self.redis_url = redis_url
+        # The two roles (roles.py): each falls back to redis_url.
+        self.cache_redis_url = cache_redis_url or redis_url
+        self.state_redis_url = state_redis_url or redis_url
         self.keys = Keys(key_prefix)
 
     def connect(self, tenant_id: int) -> psycopg.Connection:
@@ -314,9 +318,11 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
         stored["password"] = "(hidden)"
     cached: Any = None
     live: Any = None
-    if a.redis_url:
+    if a.cache_redis_url and a.state_redis_url:
         import redis
-        r = redis.Redis.from_url(a.redis_url, socket_timeout=2)
+        r = redis.Redis.from_url(a.cache_redis_url, socket_timeout=2)
+        state = (r if a.state_redis_url == a.cache_redis_url
+                 else redis.Redis.from_url(a.state_redis_url, socket_timeout=2))
         try:
             raw = cast(bytes | None, r.get(a.keys.profile(args.tenant, args.username)))
             ttl = r.ttl(a.keys.profile(args.tenant, args.username))
@@ -330,14 +336,15 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                           "framed_ip": p.framed_ip, "ttl_s": ttl}
             now = time.time()
             live = {
-                "sessions": r.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
+                "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
                 "usage": {k.decode(): int(v) for k, v in
-                          cast(dict[bytes, bytes], r.hgetall(a.keys.usage(args.tenant, args.username))).items()},
+                          cast(dict[bytes, bytes], state.hgetall(a.keys.usage(args.tenant, args.username))).items()},
             }
         except redis.RedisError as exc:
             cached = {"error": f"redis: {exc}"}
         finally:
             r.close()
+            state.close()
     if stored is None and cached is None:
         raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(json.dumps({"stored": stored, "cached": cached, "live": live}, default=str, indent=2))
@@ -413,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard map file (env WIFICORE_SHARD_MAP)")
     p.add_argument("--redis-url", default=env.get("WIFICORE_REDIS_URL", Settings.redis_url),
                    help="Redis, for `subscriber show` (env WIFICORE_REDIS_URL)")
+    p.add_argument("--cache-redis-url", default=env.get("WIFICORE_CACHE_REDIS_URL") or None,
+                   help="the cache Redis if not --redis-url (env WIFICORE_CACHE_REDIS_URL)")
+    p.add_argument("--state-redis-url", default=env.get("WIFICORE_STATE_REDIS_URL") or None,
+                   help="the state Redis if not --redis-url (env WIFICORE_STATE_REDIS_URL)")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("migrate", help="apply schema migrations to every shard").set_defaults(fn=cmd_migrate)
@@ -499,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        admin = Admin(ShardMap.load(args.shard_map), args.redis_url)
+        admin = Admin(ShardMap.load(args.shard_map), args.redis_url,
+                      cache_redis_url=args.cache_redis_url, state_redis_url=args.state_redis_url)
         args.fn(admin, args)
     except (InputError, ConfigError) as exc:
         print(f"wificore-admin: {exc}", file=sys.stderr)

@@ -41,6 +41,10 @@ def _redis_url(key: str, raw: str) -> str:
     return url
 
 
+def _optional_redis_url(key: str, raw: str) -> str:
+    return _redis_url(key, raw) if raw.strip() else ""
+
+
 def _path(key: str, raw: str) -> str:
     path = raw.strip()
     if not path:
@@ -80,7 +84,14 @@ class Settings:
     shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
                                    "Shard map file: tenant ranges to PostgreSQL DSNs.")
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
-                                   "Redis for the cache, live sessions, counters and streams.")
+                                   "Redis for each role without a URL of its own (the two below).")
+    cache_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for profiles, plans, NAS and unknown-user entries; may "
+                                         "evict (allkeys-lru). Empty: redis_url.")
+    state_redis_url: str = setting_field("", _optional_redis_url,
+                                         "Redis for live sessions, usage, delta bases, streams and dead "
+                                         "letters; must be maxmemory-policy noeviction (checked at start). "
+                                         "Empty: redis_url.")
     key_prefix: str = setting_field("wc", _prefix, "Prefix of every Redis key and stream.")
     profile_ttl_s: int = setting_field(600, int_in_range(1, 86400 * 7),
                                        "Lifetime of a cached subscriber profile (Redis and in-process).")
@@ -100,6 +111,9 @@ class Settings:
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
                                    "Write-ahead spool: each accounting record lands here before its response.")
+    spool_segment_kib: int = setting_field(65536, int_in_range(64, 1048576),
+                                           "Largest spool segment; each is sized to a fraction of the "
+                                           "free space, so a small disk is used in small steps.")
     session_stale_interims: int = setting_field(2, int_in_range(1, 100),
                                                 "Missed interims after which a live session is dropped.")
     default_interim_s: int = setting_field(300, int_in_range(10, 86400),

@@ -1,0 +1,58 @@
+"""The two Redis roles (seed §5, Solution 2): a cache that may evict, and durable state.
+
+* **cache** (``cache_redis_url``): subscriber profiles, plans, NAS entries and
+  unknown-user entries. Every key has a TTL and can be read again from PostgreSQL, so
+  this Redis may evict (``allkeys-lru`` is the natural choice).
+* **state** (``state_redis_url``): live sessions, usage counters, delta bases, the
+  accounting streams, dead letters, writer heartbeats and the invalidation channel.
+  An evicted delta base double-counts usage, an evicted stream loses accounting: this
+  Redis must run with ``maxmemory-policy noeviction``, checked at start-up.
+
+Either URL left empty falls back to ``redis_url``, so one Redis still serves both (it
+must then be ``noeviction``). No radiusd, no I/O at import: the module, batch_writer
+and wificore-admin share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import ConfigError
+
+CACHE = "cache"
+STATE = "state"
+REQUIRED_POLICY = "noeviction"
+
+
+def setting_name(settings: Any, role: str) -> str:
+    """The setting that names ``role``'s Redis: its own URL if set, else ``redis_url``."""
+    own = f"{role}_redis_url"
+    return own if getattr(settings, own, "") else "redis_url"
+
+
+def redis_url(settings: Any, role: str) -> str:
+    """The URL of ``role``'s Redis (``cache`` or ``state``)."""
+    if role not in (CACHE, STATE):
+        raise ValueError(f"unknown Redis role {role!r}")
+    return getattr(settings, setting_name(settings, role))
+
+
+def eviction_policy(client: Any) -> str:
+    """``maxmemory_policy`` as INFO reports it (works where CONFIG is renamed away)."""
+    info = client.info("memory")
+    return str(info.get("maxmemory_policy", "")).strip()
+
+
+def check_state_redis(client: Any, settings: Any, *, source: str = "wificore") -> None:
+    """ConfigError (one line, naming the setting) unless the state Redis is ``noeviction``.
+
+    Connection errors propagate: the caller decides whether an unreachable Redis at
+    start is fatal (radiusd starts and spools; the check is logged as skipped)."""
+    policy = eviction_policy(client)
+    if policy != REQUIRED_POLICY:
+        name = setting_name(settings, STATE)
+        label = f"WIFICORE_{name.upper()}" if source == "env" else f"{source}.{name}"
+        raise ConfigError(
+            f"{label}: the state Redis runs maxmemory-policy {policy or '?'}; live sessions, "
+            f"usage, delta bases and streams need maxmemory-policy {REQUIRED_POLICY} (set it there, or "
+            f"point cache_redis_url at an evicting Redis and state_redis_url at a noeviction one)")
