@@ -77,11 +77,13 @@ MERGE_SESSIONS = sql.SQL("""
 INSERT INTO sessions AS s (
     tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
     started_at, updated_at, stale_at, stopped_at, session_time_s, input_octets, output_octets,
-    input_packets, output_packets, terminate_cause, close_reason)
+    input_packets, output_packets, terminate_cause, close_reason,
+    received_at, nas_port_id, called_station_id, nas_identifier, counter_flags)
 SELECT tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
        to_timestamp(started), to_timestamp(updated), to_timestamp(stale), to_timestamp(stopped),
        session_time_s, input_octets, output_octets, input_packets, output_packets, terminate_cause,
-       CASE WHEN stopped IS NOT NULL THEN 'stop' END
+       CASE WHEN stopped IS NOT NULL THEN 'stop' END,
+       to_timestamp(received), nas_port_id, called_station_id, nas_identifier, counter_flags
 FROM {stage}
 ORDER BY tenant_id, session_key
 ON CONFLICT (tenant_id, session_key) DO UPDATE SET
@@ -89,7 +91,13 @@ ON CONFLICT (tenant_id, session_key) DO UPDATE SET
     acct_session_id    = CASE WHEN s.acct_session_id = '' THEN EXCLUDED.acct_session_id
                               ELSE s.acct_session_id END,
     calling_station_id = COALESCE(s.calling_station_id, EXCLUDED.calling_station_id),
-    framed_ip          = COALESCE(s.framed_ip, EXCLUDED.framed_ip),
+    -- 0.0.0.0 (a Huawei Start) is no address: the first real one is kept.
+    framed_ip          = COALESCE(NULLIF(s.framed_ip, '0.0.0.0'::inet), EXCLUDED.framed_ip),
+    nas_port_id        = COALESCE(s.nas_port_id, EXCLUDED.nas_port_id),
+    called_station_id  = COALESCE(s.called_station_id, EXCLUDED.called_station_id),
+    nas_identifier     = COALESCE(s.nas_identifier, EXCLUDED.nas_identifier),
+    received_at        = GREATEST(s.received_at, EXCLUDED.received_at),
+    counter_flags      = s.counter_flags | EXCLUDED.counter_flags,
     started_at         = LEAST(s.started_at, EXCLUDED.started_at),
     updated_at         = GREATEST(s.updated_at, EXCLUDED.updated_at),
     stale_at           = GREATEST(s.stale_at, EXCLUDED.stale_at),
@@ -132,7 +140,8 @@ ENSURE_AUTH_DAYS = "SELECT wificore_auth_log_ensure(%s, %s)"
 # Closing in rounds of LIMIT rows, each its own short transaction: never one
 # UPDATE that locks a NAS's (or a shard's) whole set of open sessions.
 CLOSE_NAS = """
-UPDATE sessions s SET stopped_at = to_timestamp(%(ts)s), close_reason = 'nas-restart'
+UPDATE sessions s SET stopped_at = to_timestamp(%(ts)s), close_reason = 'nas-restart',
+       terminate_cause = COALESCE(s.terminate_cause, 'NAS-Reboot')
 FROM (SELECT tenant_id, session_key FROM sessions
       WHERE tenant_id = %(tenant)s AND nas_id = %(nas)s AND stopped_at IS NULL
         AND started_at < to_timestamp(%(ts)s)

@@ -58,6 +58,11 @@ class WriterCollector:
         yield CounterMetricFamily("wificore_writer_acked", "Stream entries acknowledged", value=st.acked)
         yield CounterMetricFamily("wificore_writer_claimed", "Entries taken over from dead writers",
                                   value=st.claimed)
+        yield _labelled_counter("wificore_writer_counter_flags", "Accounting records whose counters the "
+                                "counter rules changed: refused (implausible) or backwards", "flag",
+                                dict(st.counter_flags))
+        yield _histogram("wificore_writer_nas_clock_skew_seconds", "|NAS event time - arrival time| of "
+                         "accounting records", st.nas_clock_skew)
         yield _histogram("wificore_writer_batch_rows", "Entries per batch", st.batch_rows)
         yield _histogram("wificore_writer_batch_seconds", "Time to write and acknowledge one batch",
                          st.batch_seconds)

@@ -11,9 +11,18 @@ the same rules the SQL merge applies between batches (see merge.py), so that
 on how records were split into batches or in which order they came:
 
 * started_at = least of (event_ts - session_time_s): a lost Start is recreated;
-* updated_at = greatest event_ts; stale_at = greatest (event_ts + 2 x interim);
+* updated_at = greatest event_ts; received_at = greatest arrival_ts; stale_at =
+  greatest (arrival_ts + 2 x interim): liveness runs on the receiving clock, never
+  on the NAS's (event_ts stays data);
 * counters = greatest value seen (they only move forward);
 * a Stop is final: stopped_at = greatest Stop event_ts, close_reason 'stop'.
+
+Counter rules (the same as live.lua's, docs/batch-writer.md "Counter rules"): a
+record that went through live.lua carries the session's totals after the rules
+(``live_*`` fields) and the generation's key; those are stored. A record without
+them (queued before 2026-12-01) gets the first rule here: a counter above its
+plausible maximum (MAX_OCTETS, MAX_SESSION_TIME_S) is refused (taken as 0, i.e.
+not reported: GREATEST keeps the stored value) and flagged; the record is stored.
 """
 
 from __future__ import annotations
@@ -29,9 +38,16 @@ from wificore.errors import InputError
 from wificore.shardmap import MAX_TENANT
 
 MAX_COUNTER = 2**63 - 1          # bigint columns
+#: The counter rules' plausible maxima (live.lua has the same; a test checks they match).
+MAX_OCTETS = 2**50               # per session and direction: 10 Gbit/s at line rate for ~10 days
+MAX_SESSION_TIME_S = 157680000   # 5 x 365 days
+FLAG_REFUSED = 1                 # counter_flags: a counter was implausible and refused
+FLAG_BACKWARDS = 2               # counter_flags: a counter went backwards (live.lua)
 MIN_EVENT_TS = 946_684_800.0     # 2000-01-01: anything earlier is a NAS without a clock
 MAX_TEXT = 253                   # the longest RADIUS string attribute
 MAX_SESSION_KEY = 256
+#: "No address yet" (Huawei BRAS Starts): never stored, so the Interim's real address is.
+NO_ADDRESS = ("0.0.0.0", "::")
 INTERIM_RANGE_S = (10, 7 * 86_400)
 SESSION_STATUSES = ("start", "interim", "stop")
 NAS_STATUSES = ("on", "off")
@@ -75,7 +91,11 @@ class Acct:
     framed_ip: str | None = None
     terminate_cause: str | None = None
     interim_s: int = 300
-    arrival_ts: float = 0.0  # when radiusd received it (0: unknown); for the latency metric
+    arrival_ts: float = 0.0  # when radiusd received it (0: unknown); liveness and latency
+    nas_port_id: str | None = None
+    called_station_id: str | None = None
+    nas_identifier: str | None = None
+    counter_flags: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,8 +147,13 @@ def _counter(fields: dict[str, Any], name: str) -> int:
         return 0
     value = _int(fields, name)
     if not 0 <= value <= MAX_COUNTER:
-        raise Rejected(f"{name}: {value} is not a counter (0..2^63-1)")
+        return -1  # refused by _plausible (a counter rule, not a reason to lose the record)
     return value
+
+
+def _plausible(value: int, most: int) -> tuple[int, int]:
+    """(value, 0), or (0, FLAG_REFUSED) for a counter above its plausible maximum."""
+    return (value, 0) if 0 <= value <= most else (0, FLAG_REFUSED)
 
 
 def _text(fields: dict[str, Any], name: str, *, max_len: int = MAX_TEXT, required: bool = False,
@@ -173,7 +198,7 @@ def _framed_ip(fields: dict[str, Any]) -> str | None:
 
 
 def _ip(value: Any) -> str | None:
-    if not value or type(value) is not str or len(value) > 45:
+    if not value or type(value) is not str or len(value) > 45 or value in NO_ADDRESS:
         return None
     # inet_pton (C) rather than the ipaddress module: same strictness, 20x cheaper.
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -210,7 +235,30 @@ def _arrival_value(v: Any) -> float:
 
 def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
     """The common case of a version 1 map (see :func:`_fast_acct_values`)."""
-    return _fast_acct_values([f.get(n) for n in wire.ACCT_FIELDS], limits)
+    return _fast_acct_values([f.get(n) for n in wire.STREAM_ACCT_FIELDS], limits)
+
+
+def _live(r: Acct, lkey: Any, lt: Any, li: Any, lo: Any, flags: Any, liv: Any, default_s: int) -> Acct:
+    """Apply what live.lua worked out (wire.LIVE_FIELDS) to a checked record; without it (a
+    record queued before 2026-12-01) the refusal rule is applied here."""
+    if type(lkey) is str and 0 < len(lkey) <= MAX_SESSION_KEY and "\x00" not in lkey:
+        r.session_key = lkey
+        if type(lt) is int and 0 <= lt <= MAX_SESSION_TIME_S:
+            r.session_time_s = lt
+        if type(li) is int and 0 <= li <= MAX_COUNTER:
+            r.input_octets = li
+        if type(lo) is int and 0 <= lo <= MAX_COUNTER:
+            r.output_octets = lo
+        r.counter_flags = flags if type(flags) is int and 0 <= flags <= 3 else 0
+        r.interim_s = _interim_value(liv, r.interim_s)
+    # Refused here too: a late record of an earlier generation carries no totals.
+    r.input_octets, f1 = _plausible(r.input_octets, MAX_OCTETS)
+    r.output_octets, f2 = _plausible(r.output_octets, MAX_OCTETS)
+    r.session_time_s, f3 = _plausible(r.session_time_s, MAX_SESSION_TIME_S)
+    r.counter_flags |= f1 | f2 | f3
+    if r.input_packets < 0 or r.output_packets < 0:
+        r.input_packets, r.output_packets = max(r.input_packets, 0), max(r.output_packets, 0)
+    return r
 
 
 #: What the fast path reads of a version 2 body, in the order it unpacks them; the
@@ -218,7 +266,8 @@ def _fast_acct(f: dict[str, Any], limits: Limits) -> Acct | None:
 _pick_fast = wire.picker(wire.KIND_ACCT, (
     "tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
     "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
-    "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "interim_s"))
+    "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "interim_s",
+    "nas_port_id", "called_station_id", "nas_identifier", *wire.LIVE_FIELDS))
 
 
 def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
@@ -226,20 +275,40 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     well-formed session record, or None (then the field-by-field checks run and name what
     is wrong). Same rules, a third of the cost."""
     (tenant_id, nas_id, key, asid, user, status, ev, arrival, st, io, oo, ip, op, csid, framed_ip,
-     cause, interim) = _pick_fast(v)
+     cause, interim, port_id, called, nas_ident, lkey, lt, li, lo, flags, liv) = _pick_fast(v)
+    if type(lt) is int and 0 <= lt <= MAX_SESSION_TIME_S:
+        st = lt  # the session time after the counter rules (a refused one is not checked)
     if not (type(tenant_id) is int and 0 < tenant_id <= MAX_TENANT
             and type(nas_id) is int and 0 <= nas_id <= MAX_COUNTER
             and type(ev) is float and limits.now - limits.max_age_s <= ev <= limits.now + limits.max_ahead_s
-            and type(st) is int and 0 <= st and ev - st >= MIN_EVENT_TS
+            and type(st) is int and 0 <= st <= MAX_SESSION_TIME_S and ev - st >= MIN_EVENT_TS
             and type(io) is int and 0 <= io <= MAX_COUNTER and type(oo) is int and 0 <= oo <= MAX_COUNTER
             and type(ip) is int and 0 <= ip <= MAX_COUNTER and type(op) is int and 0 <= op <= MAX_COUNTER
             and type(key) is str and 0 < len(key) <= MAX_SESSION_KEY and "\x00" not in key
             and _str_ok(asid, MAX_TEXT) and _str_ok(user, MAX_TEXT)
             and (csid is None or _str_ok(csid, MAX_TEXT)) and (cause is None or _str_ok(cause, 64))
+            and (port_id is None or _str_ok(port_id, MAX_TEXT)) and (called is None or _str_ok(called, MAX_TEXT))
+            and (nas_ident is None or _str_ok(nas_ident, MAX_TEXT))
             and status in SESSION_STATUSES):
         return None
+    interim = _interim_value(interim, limits.default_interim_s)
+    fl = 0
+    if type(lkey) is str and 0 < len(lkey) <= MAX_SESSION_KEY and "\x00" not in lkey:
+        # What live.lua worked out (the common case; see _live for the rest).
+        key = lkey
+        if type(li) is int and 0 <= li <= MAX_COUNTER:
+            io = li
+        if type(lo) is int and 0 <= lo <= MAX_COUNTER:
+            oo = lo
+        if type(flags) is int and 0 <= flags <= 3:
+            fl = flags
+        interim = _interim_value(liv, interim)
+    if io > MAX_OCTETS or oo > MAX_OCTETS:  # st was checked against MAX_SESSION_TIME_S above
+        io, f1 = _plausible(io, MAX_OCTETS)
+        oo, f2 = _plausible(oo, MAX_OCTETS)
+        fl |= f1 | f2
     return Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, _ip(framed_ip),
-                cause, _interim_value(interim, limits.default_interim_s), _arrival_value(arrival))
+                cause, interim, _arrival_value(arrival), port_id, called, nas_ident, fl)
 
 
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
@@ -255,10 +324,12 @@ def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
     if status not in SESSION_STATUSES:
         raise Rejected(f"status: {status!r} is not one of {', '.join(SESSION_STATUSES + NAS_STATUSES)}")
     event_ts = _time(fields, "event_ts", limits)
-    session_time_s = _counter(fields, "session_time_s")
-    if event_ts - session_time_s < MIN_EVENT_TS:
+    session_time_s = fields.get("live_session_time_s")
+    if not (type(session_time_s) is int and 0 <= session_time_s <= MAX_SESSION_TIME_S):
+        session_time_s = _counter(fields, "session_time_s")
+    if 0 <= session_time_s <= MAX_SESSION_TIME_S and event_ts - session_time_s < MIN_EVENT_TS:
         raise Rejected(f"session_time_s: {session_time_s} puts the session start before 2000")
-    return Acct(
+    return _live(Acct(
         tenant_id=tenant_id,
         nas_id=_nas(fields),
         status=status,
@@ -276,7 +347,12 @@ def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
         terminate_cause=_text(fields, "terminate_cause", max_len=64, optional=True),
         interim_s=_interim(fields, limits.default_interim_s),
         arrival_ts=_arrival(fields),
-    )
+        nas_port_id=_text(fields, "nas_port_id", optional=True),
+        called_station_id=_text(fields, "called_station_id", optional=True),
+        nas_identifier=_text(fields, "nas_identifier", optional=True),
+    ), fields.get("live_session_key"), fields.get("live_session_time_s"), fields.get("live_input_octets"),
+        fields.get("live_output_octets"), fields.get("counter_flags"), fields.get("live_interim_s"),
+        limits.default_interim_s)
 
 
 def parse_auth(fields: dict[str, Any], limits: Limits) -> Auth:
@@ -314,7 +390,7 @@ def decode(payload: bytes | None, limits: Limits) -> Record:
             fast = _fast_acct_values(body, limits)
             if fast is not None:
                 return fast
-        fields = dict(zip(wire.FIELDS[kind], body, strict=True))  # the checks below name the bad field
+        fields = dict(zip(wire.READ_FIELDS[kind], body, strict=True))  # the checks below name the bad field
     else:
         fields = cast(dict[str, Any], body)
     if kind == wire.KIND_ACCT:
@@ -330,7 +406,15 @@ SESSION_COLUMNS = (
     ("started", "float8"), ("updated", "float8"), ("stale", "float8"), ("stopped", "float8"),
     ("session_time_s", "bigint"), ("input_octets", "bigint"), ("output_octets", "bigint"),
     ("input_packets", "bigint"), ("output_packets", "bigint"), ("terminate_cause", "text"),
+    # 2026-12-01 (migration 0005)
+    ("received", "float8"), ("nas_port_id", "text"), ("called_station_id", "text"),
+    ("nas_identifier", "text"), ("counter_flags", "integer"),
 )
+
+
+def _alive_at(r: Acct) -> float:
+    """The receiving clock's time of a record (the NAS's event time if it is unknown)."""
+    return r.arrival_ts or r.event_ts
 
 
 class _Row:
@@ -338,7 +422,8 @@ class _Row:
 
     __slots__ = ("nas_id", "username", "acct_session_id", "calling_station_id", "framed_ip", "started",
                  "updated", "stale", "stopped", "session_time_s", "input_octets", "output_octets",
-                 "input_packets", "output_packets", "terminate_cause")
+                 "input_packets", "output_packets", "terminate_cause", "received", "nas_port_id",
+                 "called_station_id", "nas_identifier", "counter_flags")
 
     def __init__(self, r: Acct) -> None:
         self.nas_id = r.nas_id
@@ -348,7 +433,12 @@ class _Row:
         self.framed_ip = r.framed_ip
         self.started = r.event_ts - r.session_time_s
         self.updated = r.event_ts
-        self.stale = r.event_ts + 2 * r.interim_s
+        self.stale = _alive_at(r) + 2 * r.interim_s
+        self.received = _alive_at(r)
+        self.nas_port_id = r.nas_port_id
+        self.called_station_id = r.called_station_id
+        self.nas_identifier = r.nas_identifier
+        self.counter_flags = r.counter_flags
         self.stopped = r.event_ts if r.status == "stop" else None
         self.session_time_s = r.session_time_s
         self.input_octets = r.input_octets
@@ -366,7 +456,12 @@ class _Row:
         self.framed_ip = self.framed_ip or r.framed_ip
         self.started = min(self.started, r.event_ts - r.session_time_s)
         self.updated = max(self.updated, r.event_ts)
-        self.stale = max(self.stale, r.event_ts + 2 * r.interim_s)
+        self.stale = max(self.stale, _alive_at(r) + 2 * r.interim_s)
+        self.received = max(self.received, _alive_at(r))
+        self.nas_port_id = self.nas_port_id or r.nas_port_id
+        self.called_station_id = self.called_station_id or r.called_station_id
+        self.nas_identifier = self.nas_identifier or r.nas_identifier
+        self.counter_flags |= r.counter_flags
         if r.status == "stop" and (self.stopped is None or r.event_ts >= self.stopped):
             self.stopped = r.event_ts
             self.terminate_cause = r.terminate_cause or self.terminate_cause
@@ -390,9 +485,10 @@ def _single(r: Acct) -> tuple[Any, ...]:
     """The row of a session that has one record in the batch (the common case): no fold."""
     stop = r.status == "stop"
     return (r.tenant_id, r.session_key, r.nas_id, r.username, r.acct_session_id, r.calling_station_id,
-            r.framed_ip, r.event_ts - r.session_time_s, r.event_ts, r.event_ts + 2 * r.interim_s,
+            r.framed_ip, r.event_ts - r.session_time_s, r.event_ts, _alive_at(r) + 2 * r.interim_s,
             r.event_ts if stop else None, r.session_time_s, r.input_octets, r.output_octets,
-            r.input_packets, r.output_packets, r.terminate_cause if stop else None)
+            r.input_packets, r.output_packets, r.terminate_cause if stop else None,
+            _alive_at(r), r.nas_port_id, r.called_station_id, r.nas_identifier, r.counter_flags)
 
 
 def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEvent]]:
@@ -421,5 +517,6 @@ def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEv
             continue
         out.append((tenant_id, session_key, w.nas_id, w.username, w.acct_session_id, w.calling_station_id,
                     w.framed_ip, w.started, w.updated, w.stale, w.stopped, w.session_time_s,
-                    w.input_octets, w.output_octets, w.input_packets, w.output_packets, w.terminate_cause))
+                    w.input_octets, w.output_octets, w.input_packets, w.output_packets, w.terminate_cause,
+                    w.received, w.nas_port_id, w.called_station_id, w.nas_identifier, w.counter_flags))
     return out, sorted(events)

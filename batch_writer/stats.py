@@ -16,6 +16,10 @@ ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 AGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
                300.0, 3600.0)
+#: |NAS event time - radiusd arrival time| of accounting records, seconds: a NAS with no
+#: NTP, or one set to local time (a UTC offset), shows up in the top buckets. Which NAS:
+#: sessions.updated_at - received_at in PostgreSQL, or {prefix}:{tenant}:nasskew in Redis.
+SKEW_BUCKETS = (1.0, 5.0, 30.0, 120.0, 600.0, 3600.0, 4 * 3600.0, 14 * 3600.0, 86400.0)
 
 # Reason classes of dead letters (the metric label; the full reason is in the entry).
 DEAD_DECODE = "decode"              # not a record at all
@@ -39,6 +43,9 @@ class WriterStats:
     batches: int = 0
     acked: int = 0
     claimed: int = 0
+    # Counter rules: records flagged 'refused' (implausible counter) or 'backwards'.
+    counter_flags: Counter[str] = dataclasses.field(default_factory=Counter)
+    nas_clock_skew: Histogram = dataclasses.field(default_factory=lambda: Histogram(SKEW_BUCKETS))
     batch_rows: Histogram = dataclasses.field(default_factory=lambda: Histogram(ROWS_BUCKETS))
     batch_seconds: Histogram = dataclasses.field(default_factory=lambda: Histogram(SECONDS_BUCKETS))
     # The last batches' latencies (decode to acknowledgement), for percentiles in benchmarks.
@@ -53,6 +60,13 @@ class WriterStats:
     stream_pending: dict[int, int] = dataclasses.field(default_factory=dict)
     dead_letter_length: int = 0
     shards_down: dict[str, bool] = dataclasses.field(default_factory=dict)
+
+    def note_counter_flags(self, flags: int) -> None:
+        """Count a record's counter flags (batch_writer/records.py FLAG_*)."""
+        if flags & 1:
+            self.counter_flags["refused"] += 1
+        if flags & 2:
+            self.counter_flags["backwards"] += 1
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-able view (heartbeat value, logs)."""

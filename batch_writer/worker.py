@@ -335,6 +335,10 @@ class Writer:
             if isinstance(rec, Acct):
                 self.stats.records[rec.status] += 1
                 received = rec.arrival_ts
+                if rec.counter_flags:
+                    self.stats.note_counter_flags(rec.counter_flags)
+                if received:
+                    self.stats.nas_clock_skew.observe(abs(rec.event_ts - received))
             else:
                 self.stats.records["auth"] += 1
                 received = rec.ts

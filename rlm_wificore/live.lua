@@ -6,6 +6,10 @@
 -- partition for batch_writer. The forwarder sends a span of the spool as it
 -- lies on disk, frames and all; they are split and decoded (cmsgpack) here,
 -- so the radiusd process spends no Python time per record on the way to Redis.
+-- Here too (see docs/batch-writer.md, "Accounting: counters, session identity,
+-- liveness"): the counter rules, the generations of a reused Acct-Session-Id and
+-- the interim interval a session's liveness uses; the stream's copy of each
+-- record carries the results (wire.LIVE_FIELDS), which batch_writer stores.
 --
 -- ARGV[1] key prefix   ARGV[2] stream partitions   ARGV[3] now (epoch s)
 -- ARGV[4] session_stale_interims   ARGV[5] session TTL s   ARGV[6] usage TTL s
@@ -34,7 +38,45 @@ local function fields(rec)
   if rec[1] == 1 then return v end
   if rec[2] == 'auth' then return {tenant_id = v[1]} end
   return {tenant_id = v[1], nas_id = v[2], session_key = v[3], username = v[5], status = v[6],
-          session_time_s = v[9], input_octets = v[10], output_octets = v[11], interim_s = v[18]}
+          event_ts = v[7], arrival_ts = v[8], session_time_s = v[9], input_octets = v[10],
+          output_octets = v[11], interim_s = v[18]}
+end
+
+-- Counter rules (docs/batch-writer.md, "Counter rules"; batch_writer/records.py applies the
+-- same maxima to records that never passed through this script). Values are exact here
+-- (Lua numbers are doubles: exact up to 2^53).
+local MAX_OCTETS = 1125899906842624     -- 2^50 octets per session and direction
+local MAX_SESSION_TIME_S = 157680000    -- 5 x 365 days
+local FLAG_REFUSED, FLAG_BACKWARDS = 1, 2
+-- A record "started" (event time - session time) more than this before or after the
+-- generation's start belongs to another generation of the Acct-Session-Id.
+local SLACK_S = 60
+local ACCT_BODY = 22                    -- wire.ACCT_FIELDS (radiusd's part of the body)
+
+-- The stream's copy of a version 2 record gets wire.LIVE_FIELDS appended to its body
+-- (no re-encoding: the body is the last element, so the array header's count is
+-- rewritten and the values appended). [0x93, 0x02, 0xa4 "acct", 0xdc, count u16 BE, ...]
+local function extend(payload, rec, ...)
+  if rec[1] ~= 2 or string.byte(payload, 8) ~= 0xdc then return payload end
+  local n = string.byte(payload, 9) * 256 + string.byte(payload, 10)
+  if n > ACCT_BODY then return payload end
+  return string.sub(payload, 1, 7) .. struct.pack('>BI2', 0xdc, ACCT_BODY + 6)
+         .. string.sub(payload, 11) .. string.rep(string.char(0xc0), ACCT_BODY - n)
+         .. cmsgpack.pack(...)
+end
+
+-- The plan id of a cached profile, the interval of a cached plan (rlm_wificore's
+-- Profile.pack / Plan.pack arrays: plan_id 9th, interim_interval_s 6th); nil if unreadable.
+local function profile_plan(raw)
+  local ok, prof = pcall(cmsgpack.unpack, raw)
+  if ok and type(prof) == 'table' and type(prof[9]) == 'number' then return prof[9] end
+  return nil
+end
+
+local function plan_interval(raw)
+  local ok, plan = pcall(cmsgpack.unpack, raw)
+  if ok and type(plan) == 'table' and type(plan[6]) == 'number' and plan[6] > 0 then return plan[6] end
+  return nil
 end
 
 local function one(payload)
@@ -59,12 +101,15 @@ local function one(payload)
   local stream = prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}'
   local naslive = tp .. 'naslive:' .. int(f.nas_id)
   local status, skey, user = f.status, f.session_key, f.username
-  redis.call('XADD', stream, '*', 'd', payload)
+  local ev = tonumber(f.event_ts) or now
 
   if status == 'on' or status == 'off' then
-    -- The NAS restarted: none of its sessions is live any more.
+    redis.call('XADD', stream, '*', 'd', payload)
+    -- The NAS restarted: none of its sessions is live any more, and an Acct-Session-Id
+    -- it uses again from now on is a new session (field n: see the generations below).
     -- Only these users' cached copies are stale: they are announced with the
     -- others of this call ({"L", ...}), not the whole tenant.
+    local on_at = string.format('%.3f', ev)
     local members = redis.call('ZRANGE', naslive, 0, -1)
     for _, m in ipairs(members) do
       local sep = string.find(m, '\n', 1, true)
@@ -73,7 +118,9 @@ local function one(payload)
         local u = string.sub(m, 1, sep - 1)
         redis.call('ZREM', tp .. 'live:' .. u, skey)
         -- Should the session go on all the same, its next record enters it again.
-        redis.call('HDEL', tp .. 'sess:' .. skey, 'r')
+        local base = tp .. 'sess:' .. string.match(skey, '^([^:]*)')
+        redis.call('HDEL', base, 'r')
+        redis.call('HSET', base, 'n', on_at)
         changed[#changed + 1] = {f.tenant_id, u}
       end
     end
@@ -81,23 +128,138 @@ local function one(payload)
     return
   end
 
+  -- Counter rules, part 1: a counter above its plausible maximum is refused (taken as
+  -- not reported: the last value stays), the record itself is kept.
+  local flags = 0
+  local ni, no, nt = tonumber(f.input_octets), tonumber(f.output_octets), tonumber(f.session_time_s)
+  if ni == nil or ni < 0 or ni > MAX_OCTETS then ni = nil; flags = FLAG_REFUSED end
+  if no == nil or no < 0 or no > MAX_OCTETS then no = nil; flags = FLAG_REFUSED end
+  if nt == nil or nt < 0 or nt > MAX_SESSION_TIME_S then nt = nil; flags = FLAG_REFUSED end
+
   local live, usage, sess = tp .. 'live:' .. user, tp .. 'use:' .. user, tp .. 'sess:' .. skey
-  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r')
-  if last[4] == '1' then
-    return  -- a Stop was final: nothing after it counts or revives the session
+  -- i o t: last counters (the delta base); x: stopped; r: refresh time; I O: totals when
+  -- they differ from i o (a counter went backwards); k: the row key; b: when the current
+  -- generation started; n: the NAS's last Accounting-On/Off; g: generation; p: the
+  -- previous generation's key; v: the interim interval liveness uses.
+  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
+  local exists = last[3] ~= false
+  -- Generations of one Acct-Session-Id (one row each in PostgreSQL, key k): a Start after
+  -- a Stop, a session starting after the NAS's Accounting-On/Off, or after everything
+  -- seen of the current one, is a new session. A hash from before 2026-12-01 keeps k =
+  -- the plain key.
+  local k, born, on_at = last[8] or skey, tonumber(last[9]), tonumber(last[10])
+  -- The last event time seen of the generation: its start plus its session time.
+  local seen = born and (born + (tonumber(last[3]) or 0))
+  local gen, prev, x = tonumber(last[11]) or 0, last[12], last[4]
+  local rs = ev - (nt or 0)  -- when this record says its session started
+  -- Only a Start, or a record whose session time restarted below the last one, can open a
+  -- generation: a NAS that sends no Acct-Session-Time in its Interims, or whose clock is
+  -- set mid-session (an NTP sync), goes on as one session.
+  local lt0 = tonumber(last[3]) or 0
+  local dated = status == 'start' or ((nt or 0) > 0 and nt < lt0)
+  local newgen = not exists
+  if exists then
+    if prev and born and rs < born - SLACK_S then
+      -- A late record of the previous generation: to its row, nothing live or counted.
+      redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil))
+      return
+    elseif status == 'start' and x == '1' then
+      newgen = true
+    elseif dated and on_at and born and born < on_at and rs >= on_at then
+      newgen = true
+    elseif dated and seen and rs > seen + SLACK_S then
+      newgen = true
+    elseif x == '1' then
+      -- A Stop was final: nothing after it counts or revives the session.
+      redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tonumber(last[3]),
+                 tonumber(last[6] or last[1]), tonumber(last[7] or last[2]), flags, tonumber(last[13])))
+      return
+    end
   end
   local li, lo, lt = tonumber(last[1]) or 0, tonumber(last[2]) or 0, tonumber(last[3]) or 0
-  local ni, no, nt = f.input_octets, f.output_octets, f.session_time_s
-  local di, dout, dt = math.max(0, ni - li), math.max(0, no - lo), math.max(0, nt - lt)
+  local LI, LO = tonumber(last[6]) or li, tonumber(last[7]) or lo
+  local iv = tonumber(last[13])
+  if newgen then
+    if exists then
+      prev, gen = k, gen + 1
+      if x ~= '1' then
+        -- The previous generation never stopped: it is not live any more.
+        redis.call('ZREM', live, k)
+        redis.call('ZREM', naslive, user .. '\n' .. k)
+      end
+    end
+    k = skey .. ':' .. string.format('%x', math.floor(rs))
+    if k == prev then k = k .. '.' .. gen end
+    li, lo, lt, LI, LO, born, iv, x = 0, 0, 0, 0, 0, rs, nil, false
+    last[5] = false  -- refresh due now
+  end
+  if iv == nil then
+    -- The interval liveness uses, resolved at the session's first record: the plan's (the
+    -- subscriber's profile and plan as authorize cached them in Redis, moments before the
+    -- Start), else the largest plan interval seen for the tenant, else the record's. Never
+    -- the radiusd process's own cache.
+    iv = tonumber(f.interim_s) or 300
+    local found
+    local praw = redis.call('GET', tp .. 'u:' .. user)
+    local plan_id = praw and profile_plan(praw)
+    if plan_id then
+      local plraw = redis.call('GET', tp .. 'plan:' .. int(plan_id))
+      found = plraw and plan_interval(plraw)
+    end
+    local most = redis.call('GET', tp .. 'ivmax')
+    most = tonumber(most) or 0
+    if found then
+      if found > most then
+        redis.call('SET', tp .. 'ivmax', int(found), 'EX', usage_ttl)
+      end
+      iv = found
+    else
+      iv = math.max(iv, most)
+    end
+  end
+
+  -- Counter rules, part 2: deltas against the last counters seen. A record whose session
+  -- time is behind the last is late (reordered): it adds nothing. A counter lower than
+  -- the last while the session time moved on went backwards (a NAS reset, a 32-bit wrap
+  -- without Gigawords): the new value is the new base and counts in full (flagged).
+  -- The totals (I, O) go to the stream: PostgreSQL stores what is counted here.
+  local late = nt ~= nil and nt < lt
+  local moved = nt ~= nil and nt > lt
+  local function step(c, l)
+    if c == nil or late then return 0, l end
+    if c >= l then return c - l, c end
+    if moved then flags = flags + ((flags >= FLAG_BACKWARDS) and 0 or FLAG_BACKWARDS); return c, c end
+    return 0, l
+  end
+  local di, bi = step(ni, li)
+  local dout, bo = step(no, lo)
+  local dt = moved and (nt - lt) or 0
+  LI, LO = LI + di, LO + dout
+  local tt = math.max(lt, nt or 0)
   -- Expiries are refreshed when the session's refresh time (field r) is due, not at
   -- every Interim: refresh every R seconds, R = half a longer horizon (4 x the live
   -- deadline), at most a quarter of the session TTL. See docs/decisions.md.
-  local deadline = f.interim_s * stale + 60
+  local deadline = iv * stale + 60
   local every = math.min(2 * deadline, session_ttl / 4)
   local refresh_at = tonumber(last[5]) or 0
   local due = now >= refresh_at
-  local fresh = redis.call('HSET', sess, 'i', int(math.max(li, ni)), 'o', int(math.max(lo, no)),
-                           't', int(math.max(lt, nt))) > 0  -- a new session hash
+  local fresh
+  if newgen then
+    if exists then redis.call('HDEL', sess, 'x', 'r', 'I', 'O') end
+    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt), 'k', k,
+                       'b', string.format('%.3f', born), 'g', int(gen), 'v', int(iv)) > 0
+    if prev then redis.call('HSET', sess, 'p', prev) end
+  else
+    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt)) > 0
+    if LI ~= bi or LO ~= bo then
+      redis.call('HSET', sess, 'I', int(LI), 'O', int(LO))
+    end
+    if not last[13] then redis.call('HSET', sess, 'v', int(iv)) end
+    if not last[8] and not born then
+      redis.call('HSET', sess, 'b', string.format('%.3f', rs))
+    end
+  end
+  redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tt, LI, LO, flags, iv))
   if di + dout > 0 or dt > 0 then
     local d = di + dout
     -- The value equals the increment: the key (or field) is new and has no expiry yet.
@@ -107,10 +269,10 @@ local function one(payload)
       redis.call('EXPIRE', usage, usage_ttl)
     end
   end
-  local member = user .. '\n' .. skey
+  local member = user .. '\n' .. k
   if status == 'stop' then
     redis.call('HSET', sess, 'x', '1')
-    redis.call('ZREM', live, skey)
+    redis.call('ZREM', live, k)
     redis.call('ZREM', naslive, member)
     redis.call('EXPIRE', sess, session_ttl)
   else
@@ -119,7 +281,7 @@ local function one(payload)
     -- The key outlives every deadline set until the next refresh of any of its
     -- sessions: its expiry is at least (refresh time + deadline).
     local expires = now + deadline
-    if redis.call('ZADD', live, expires, skey) == 1 then
+    if redis.call('ZADD', live, expires, k) == 1 then
       -- A new member (a Start, or a session whose Start was lost): drop the
       -- expired ones, and let the key live as long as its latest deadline
       -- plus one refresh interval.
@@ -140,6 +302,12 @@ local function one(payload)
       end
       redis.call('EXPIRE', naslive, session_ttl)
       redis.call('HSET', sess, 'r', int(now + every))
+      -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS).
+      local arrival = tonumber(f.arrival_ts)
+      if arrival and arrival > 0 then
+        redis.call('HSET', tp .. 'nasskew', int(f.nas_id), string.format('%.0f', ev - arrival))
+        redis.call('EXPIRE', tp .. 'nasskew', session_ttl)
+      end
     end
     if due or fresh then
       redis.call('EXPIRE', sess, session_ttl)

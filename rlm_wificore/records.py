@@ -4,6 +4,14 @@ Normalises what NAS vendors really send (see FREERADIUS-FACTS.md): 64-bit
 counters from the Gigawords attributes, event time from Event-Timestamp or
 arrival minus Acct-Delay-Time (a clock years off is ignored), a stable
 session key from the trusted NAS identity plus Acct-Session-Id and User-Name.
+Vendor semantics (docs/batch-writer.md, "Accounting per NAS family"):
+CoovaChilli's client view point (ChilliSpot-Acct-View-Point = 2) is turned into
+the NAS's view (input and output swapped back); a Framed-IP-Address of 0.0.0.0
+(Huawei BRAS Starts) is no address; Cisco's ``client-mac-address`` AVPair
+(WiFiCore-Client-Mac, set in preacct) is the calling MAC when
+Calling-Station-Id is absent. Counters are passed on as the NAS sent them:
+live.lua and batch_writer apply the counter rules (implausible values refused,
+counters going backwards) the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ MAX_FIELD = 253
 _VALUES = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
            "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
            "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "nas_port",
-           "interim_s", "record_id")
+           "interim_s", "record_id", "nas_port_id", "called_station_id", "nas_identifier")
 _to_wire = wire.arranger(wire.KIND_ACCT, _VALUES)
 
 
@@ -55,6 +63,13 @@ def _text(req: dict[str, str], name: str) -> str | None:
     if value is None:
         return None
     return value[:MAX_FIELD]
+
+
+#: ChilliSpot-Acct-View-Point (vendor 14559, attribute 10; raddb/dictionary): 2 = the
+#: client's view, input = what the client downloaded. By name or number.
+CLIENT_VIEW_POINT = ("ChilliSpot-Client-View-Point", "2")
+#: Addresses that mean "none yet" (Huawei BRAS Starts, IOS-XR's NAS-IPv6-Address = ::).
+NO_ADDRESS = ("0.0.0.0", "::")
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
@@ -85,12 +100,18 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         key = session_key(tenant_id, nas_id, acct_session_id, username)
     else:
         acct_session_id, username, key = "", "", ""
+    inp = (_u32(req, "Acct-Input-Gigawords") << 32) | _u32(req, "Acct-Input-Octets")
+    out = (_u32(req, "Acct-Output-Gigawords") << 32) | _u32(req, "Acct-Output-Octets")
+    inp_pk, out_pk = _u32(req, "Acct-Input-Packets"), _u32(req, "Acct-Output-Packets")
+    if req.get("ChilliSpot-Acct-View-Point") in CLIENT_VIEW_POINT:
+        inp, out, inp_pk, out_pk = out, inp, out_pk, inp_pk
+    framed_ip = req.get("Framed-IP-Address")
+    if framed_ip in NO_ADDRESS:
+        framed_ip = None
     return status, _to_wire((  # in _VALUES order
         tenant_id, nas_id, key, acct_session_id, username, status, event_ts, arrival_ts,
-        _u32(req, "Acct-Session-Time"),
-        (_u32(req, "Acct-Input-Gigawords") << 32) | _u32(req, "Acct-Input-Octets"),
-        (_u32(req, "Acct-Output-Gigawords") << 32) | _u32(req, "Acct-Output-Octets"),
-        _u32(req, "Acct-Input-Packets"), _u32(req, "Acct-Output-Packets"),
-        _text(req, "Calling-Station-Id"), req.get("Framed-IP-Address"),
+        _u32(req, "Acct-Session-Time"), inp, out, inp_pk, out_pk,
+        _text(req, "Calling-Station-Id") or _text(req, "WiFiCore-Client-Mac"), framed_ip,
         _text(req, "Acct-Terminate-Cause"), _text(req, "NAS-Port"), interim_s, record_id,
+        _text(req, "NAS-Port-Id"), _text(req, "Called-Station-Id"), _text(req, "NAS-Identifier"),
     ))

@@ -94,3 +94,90 @@ class TestAccountingPath:
         assert wait_until(lambda: redis.zcard(K.live(t, user)) == 1)
         acct(TENANT_A, {"Acct-Status-Type": "Accounting-On", "Acct-Session-Id": "0"})
         assert wait_until(lambda: redis.zcard(K.live(t, user)) == 0)
+
+
+def stream_record(redis, key, status=None):
+    """The last record of a session (by its radiusd key) that reached the stream, decoded."""
+    found = None
+    for p in range(4):
+        for _id, fields in redis.xrange(K.stream(p), count=100000):
+            kind, rec = wire.unpack(fields[b"d"])
+            if kind == "acct" and rec["session_key"] == key and status in (None, rec["status"]):
+                found = rec
+    return found
+
+
+class TestNasSemantics:
+    """What real NAS families send, normalised (issue 14, points 3-5)."""
+
+    def key(self, shard_conn, user, sid):
+        return session_key(TENANT_A[0], nas_id_of(shard_conn, TENANT_A), sid, user)
+
+    def test_gigawords_at_the_top_do_not_wrap_the_usage_counter(self, acct, subscriber, redis, shard_conn):
+        """Acct-Input-Gigawords 2^31-1 (before: usage -2^63) and Acct-Session-Time 2^32-1
+        (before: +4.29e9 s) are refused; the record is answered and reaches the stream flagged."""
+        user = subscriber()
+        t = TENANT_A[0]
+        assert acct(TENANT_A, acct_packet(user, "82000001", "Start")).code == "Accounting-Response"
+        acct(TENANT_A, acct_packet(user, "82000001", "Interim-Update", inp=1000, out=2000, t=60))
+        assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"3000")
+        ans = acct(TENANT_A, acct_packet(user, "82000001", "Interim-Update", inp=1000, out=2000, t=120,
+                                         gw_in=2**31 - 1))
+        assert ans.code == "Accounting-Response"
+        ans = acct(TENANT_A, acct_packet(user, "82000001", "Interim-Update", inp=1000, out=2000, t=2**32 - 1))
+        assert ans.code == "Accounting-Response"
+        key = self.key(shard_conn, user, "82000001")
+        assert wait_until(lambda: (stream_record(redis, key) or {}).get("session_time_s") == 2**32 - 1)
+        assert redis.hget(K.usage(t, user), "octets") == b"3000"
+        assert redis.hget(K.usage(t, user), "time_s") == b"120"
+        assert stream_record(redis, key)["counter_flags"] == 1
+
+    def test_coovachilli_client_view_point_is_swapped(self, acct, subscriber, redis, shard_conn):
+        """ChilliSpot-Acct-View-Point = 2: input is what the client downloaded; stored as the
+        NAS's view (input = from the client)."""
+        user = subscriber()
+        acct(TENANT_A, acct_packet(user, "82000002", "Interim-Update", inp=9000, out=100, t=60,
+                                   **{"Vendor-14559-Attr-10": "0x00000002"}))
+        key = self.key(shard_conn, user, "82000002")
+        rec = wait_until(lambda: stream_record(redis, key))
+        assert (rec["input_octets"], rec["output_octets"]) == (100, 9000)
+
+    def test_line_identification_and_addresses(self, acct, subscriber, redis, shard_conn):
+        """NAS-Port-Id, Called-Station-Id and NAS-Identifier are kept; Framed-IP 0.0.0.0 is no
+        address; Cisco's client-mac-address AVPair is the calling MAC without Calling-Station-Id."""
+        user = subscriber()
+        pkt = acct_packet(user, "82000003", "Start", **{
+            "Framed-IP-Address": "0.0.0.0", "NAS-Port-Id": "GigabitEthernet0/0/1.100:100",
+            "Called-Station-Id": "ssid-Cafe", "NAS-Identifier": "bras-7",
+            "Cisco-AVPair": "audit-session-id=0A0B0C", "Cisco-AVPair ": "client-mac-address=aabb.cc00.1122"})
+        del pkt["Calling-Station-Id"]
+        assert acct(TENANT_A, pkt).code == "Accounting-Response"
+        key = self.key(shard_conn, user, "82000003")
+        rec = wait_until(lambda: stream_record(redis, key))
+        assert rec["framed_ip"] is None
+        assert (rec["nas_port_id"], rec["called_station_id"], rec["nas_identifier"]) == (
+            "GigabitEthernet0/0/1.100:100", "ssid-Cafe", "bras-7")
+        assert rec["calling_station_id"] == "aabb.cc00.1122"
+
+    def test_a_session_id_reused_after_a_stop_is_live_again(self, acct, auth, subscriber, redis, shard_conn):
+        """RouterOS after a reboot: Start, Stop, then a Start with the same Acct-Session-Id is a
+        live session again, counted, and Simultaneous-Use 1 refuses a second login (before:
+        merged into the stopped one, invisible)."""
+        user = subscriber()
+        t = TENANT_A[0]
+        acct(TENANT_A, acct_packet(user, "82000004", "Start"))
+        acct(TENANT_A, acct_packet(user, "82000004", "Stop", inp=10, out=20, t=30))
+        key = self.key(shard_conn, user, "82000004")
+        assert wait_until(lambda: stream_record(redis, key, "stop"))
+        assert redis.zcard(K.live(t, user)) == 0
+        acct(TENANT_A, acct_packet(user, "82000004", "Start", **{"Event-Timestamp": int(time.time()) + 120}))
+        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 1)
+        acct(TENANT_A, acct_packet(user, "82000004", "Interim-Update", inp=5, out=5, t=60,
+                                   **{"Event-Timestamp": int(time.time()) + 180}))
+        assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"40")
+        login = {"User-Name": user, "User-Password": "pw-123456"}
+        ans = wait_until(lambda: (lambda a: a if a.code == "Access-Reject" else None)(auth(TENANT_A, login)))
+        assert ans is not None and "simultaneous" in ans.get("Reply-Message")
+        keys = {r["live_session_key"] for r in [stream_record(redis, key, "stop"),
+                                                stream_record(redis, key, "interim")]}
+        assert len(keys) == 2

@@ -95,3 +95,39 @@ class TestSubscribers:
         assert shown["stored"]["username"] == user
         assert shown["cached"]["status"] == "active"
         assert "show-me-not" not in out.stdout
+
+
+class TestNasIdentity:
+    """A NAS keeps its nas_id (part of its session keys) across edits (issue 14, point 4)."""
+
+    @staticmethod
+    def nas_row(shard_conn, tenant, name):
+        return shard_conn(tenant).execute("SELECT nas_id, host(ip), secret, vendor FROM nas "
+                                          "WHERE tenant_id = %s AND name = %s", (tenant, name)).fetchone()
+
+    def test_add_replace_and_set_keep_the_nas_id(self, world, shard_conn):
+        tenant = 3
+        assert run(world, "tenant", "add", "--id", str(tenant), "--name", "nas edits").returncode == 0
+        base = ["nas", "add", "--tenant", str(tenant), "--name", "edge", "--ip", "10.3.0.1"]
+        assert run(world, *base, "--secret", "one", "--vendor", "mikrotik").returncode == 0
+        nas_id = self.nas_row(shard_conn, tenant, "edge")[0]
+        # What bin/stack up runs on every start: same NAS, same id (before: a new one each time).
+        out = run(world, *base, "--secret", "two", "--vendor", "cisco", "--replace")
+        assert out.returncode == 0, out.stderr
+        assert self.nas_row(shard_conn, tenant, "edge") == (nas_id, "10.3.0.1", "two", "cisco")
+        out = run(world, "nas", "set", "--tenant", str(tenant), "--ip", "10.3.0.1", "--secret", "three",
+                  "--vendor", "generic")
+        assert out.returncode == 0, out.stderr
+        assert self.nas_row(shard_conn, tenant, "edge") == (nas_id, "10.3.0.1", "three", "generic")
+        out = run(world, "nas", "set", "--tenant", str(tenant), "--name", "edge", "--new-ip", "10.3.0.2")
+        assert out.returncode == 0, out.stderr
+        assert self.nas_row(shard_conn, tenant, "edge") == (nas_id, "10.3.0.2", "three", "generic")
+
+    def test_set_refuses_what_it_cannot_do(self, world):
+        """An unknown NAS, an address of another tenant's NAS, nothing to change: one-line errors."""
+        out = run(world, "nas", "set", "--tenant", "1", "--name", "no-such-nas", "--secret", "x")
+        assert out.returncode != 0 and "no NAS" in out.stderr
+        out = run(world, "nas", "set", "--tenant", "1", "--name", "nas-1", "--new-ip", "127.0.0.2")
+        assert out.returncode != 0 and "already belongs" in out.stderr
+        out = run(world, "nas", "set", "--tenant", "1", "--name", "nas-1")
+        assert out.returncode != 0 and "nothing to change" in out.stderr

@@ -68,9 +68,11 @@ def test_kind_and_version_literals_are_those_of_wire() -> None:
 # literals, local variables and a few calls, with each record value replaced by a
 # marker; the results are compared with what Keys builds from the same markers.
 P, TENANT, USER, SKEY, NAS, PART = "PFX", "<tenant>", "<user>", "<skey>", "<nas>", "<part>"
+PLAN = "<plan>"
 CALLS = {
     "int(f.tenant_id % parts)": PART, "int(f.tenant_id)": TENANT, "int(f.nas_id)": NAS,
     "string.sub(m, 1, sep - 1)": USER, "string.sub(m, sep + 1)": SKEY,
+    "string.match(skey, '^([^:]*)')": SKEY, "int(plan_id)": PLAN,
     "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P,
 }
 
@@ -142,6 +144,8 @@ def test_every_key_the_script_touches_is_one_keys_builds() -> None:
         k.live(TENANT, USER): "live", k.usage(TENANT, USER): "usage", k.session(TENANT, SKEY): "session",
         k.nas_live(TENANT, NAS): "nas_live", k.stream(PART): "stream", k.dead_letter: "dead_letter",
         k.invalidation_channel: "invalidation_channel",
+        k.profile(TENANT, USER): "profile", k.plan(TENANT, PLAN): "plan",
+        k.interim_max(TENANT): "interim_max", k.nas_skew(TENANT): "nas_skew",
     }
     script = _script_keys()
     assert script - set(layout) == set(), "live.lua builds keys that wificore.keys.Keys does not"

@@ -21,16 +21,25 @@ HORIZON_S = 4 * DEADLINE_S
 REFRESH_S = min(HORIZON_S / 2, SESSION_TTL_S / 4)  # how often a session's expiries are pushed
 
 
-def record(status: str, key: str = "s1", user: str = "alice", nas_id: int = 7, t: int = 0) -> bytes:
+def record(status: str, key: str = "s1", user: str = "alice", nas_id: int = 7, t: int = 0,
+           ev: float | None = None, **extra) -> bytes:
+    """A record as radiusd spools it; its event time is T0 + session time unless ``ev``."""
+    ev = T0 + t if ev is None else ev
     fields = {"tenant_id": 1, "nas_id": nas_id, "session_key": key, "acct_session_id": key,
-              "username": user, "status": status, "event_ts": T0, "arrival_ts": T0,
+              "username": user, "status": status, "event_ts": ev, "arrival_ts": ev,
               "session_time_s": t, "input_octets": 10 * t, "output_octets": 20 * t, "input_packets": 0,
               "output_packets": 0, "calling_station_id": None, "framed_ip": None, "terminate_cause": None,
               "nas_port": None, "interim_s": INTERIM_S, "record_id": uuid.uuid4().hex}
+    fields.update(extra)
     if status in ("on", "off"):
         fields.update(session_key="", acct_session_id="", username="")
     payload = wire.pack(wire.KIND_ACCT, fields)
     return struct.pack("<I", len(payload)) + payload
+
+
+def row_key(key: str = "s1", started: float = T0) -> str:
+    """The key live.lua gives a session's generation: its row in PostgreSQL."""
+    return f"{key}:{int(started):x}"
 
 
 class Live:
@@ -114,7 +123,7 @@ def test_usage_counters_created_mid_session_get_an_expiry(live):
 def test_the_nas_set_is_refreshed_once_per_half_horizon(live):
     """The NAS's set is written at the Start, then only when half its horizon has passed."""
     live.send(T0, record("start"))
-    member = b"alice\ns1"
+    member = f"alice\n{row_key()}".encode()
     assert live.nas_members() == {member: T0 + HORIZON_S}
     live.send(T0 + INTERIM_S, record("interim", t=INTERIM_S))
     assert live.nas_members() == {member: T0 + HORIZON_S}  # not rewritten
@@ -129,14 +138,14 @@ def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(li
     live.send(T0, record("start"), record("start", key="s2", user="bob"),
               record("start", key="s3", user="carol", nas_id=8))
     assert live.live_count(T0) == 1 and live.live_count(T0, "bob") == 1
-    live.send(T0 + 10, record("on"))
+    live.send(T0 + 10, record("on", ev=T0 + 10))
     assert live.live_count(T0 + 10) == 0 and live.live_count(T0 + 10, "bob") == 0
     assert live.live_count(T0 + 10, "carol") == 1  # another NAS
     assert live.nas_members() == {}
     live.send(T0 + 20, record("interim", t=20))
     assert live.live_count(T0 + 20) == 1
-    assert list(live.nas_members()) == [b"alice\ns1"]
-    live.send(T0 + 30, record("off"))
+    assert list(live.nas_members()) == [f"alice\n{row_key()}".encode()]
+    live.send(T0 + 30, record("off", ev=T0 + 30))
     assert live.live_count(T0 + 30) == 0
 
 
@@ -198,3 +207,162 @@ def test_accounting_on_announces_that_nas_users_only(live):
         assert sorted(map(tuple, messages[0][1])) == [(1, "alice"), (1, "bob")]
     finally:
         pubsub.close()
+
+
+# ---------------------------------------------------------------- issue 14: counters, identity
+def stream_records(live) -> list[dict]:
+    """What the script put into the stream for batch_writer, decoded."""
+    return [wire.unpack(f[b"d"])[1] for _id, f in live.r.xrange(f"{live.p}:stream:{{0}}")]
+
+
+def usage(live, user: str = "alice") -> dict[bytes, bytes]:
+    return live.r.hgetall(f"{live.p}:{{1}}:use:{user}")
+
+
+def test_implausible_counters_are_refused_and_the_record_kept(live):
+    """Gigawords 2^31-1 (input 2^63-ish) and Session-Time 2^32-1 add nothing to usage (before:
+    usage -2^63 and +4.29e9 s); the record still reaches the stream, flagged, with the
+    session's totals PostgreSQL will store."""
+    live.send(T0, record("start"), record("interim", t=60))
+    before = usage(live)
+    live.send(T0 + 120, record("interim", t=120, input_octets=((2**31 - 1) << 32) | 5))
+    live.send(T0 + 180, record("interim", t=2**32 - 1, ev=T0 + 180, input_octets=600, output_octets=2400))
+    after = usage(live)
+    # Only the output counter of the first bad record moved on (its time and output are plausible).
+    assert int(after[b"octets"]) == int(before[b"octets"]) + 20 * 60
+    assert int(after[b"time_s"]) == int(before[b"time_s"]) + 60
+    recs = stream_records(live)
+    assert len(recs) == 4
+    bad_octets, bad_time = recs[2], recs[3]
+    assert bad_octets["counter_flags"] == 1 and bad_octets["live_input_octets"] == 600
+    assert bad_time["counter_flags"] == 1 and bad_time["live_session_time_s"] == 120
+    assert recs[1]["counter_flags"] == 0 and recs[1]["live_session_key"] == row_key()
+
+
+def test_a_counter_going_backwards_is_a_new_base_and_flagged(live):
+    """A 32-bit wrap without Gigawords: the lower value counts in full from there on; a
+    record late in session time (reordered) adds nothing."""
+    live.send(T0, record("start"),
+              record("interim", t=60, input_octets=4_000_000_000, output_octets=100),
+              record("interim", t=120, input_octets=500, output_octets=200))
+    assert int(usage(live)[b"octets"]) == 4_000_000_000 + 500 + 200
+    recs = stream_records(live)
+    assert recs[2]["counter_flags"] == 2
+    assert recs[2]["live_input_octets"] == 4_000_000_500 and recs[2]["live_output_octets"] == 200
+    # The first Interim again (a replay, or a late copy from another radiusd): nothing moves.
+    live.send(T0 + 200, record("interim", t=60, input_octets=4_000_000_000, output_octets=100))
+    assert int(usage(live)[b"octets"]) == 4_000_000_000 + 500 + 200
+    assert stream_records(live)[-1]["live_input_octets"] == 4_000_000_500
+
+
+def test_a_session_id_reused_after_a_stop_is_a_new_session(live):
+    """RouterOS reuses ids: Start, Stop, then a Start with the same id is live again and
+    counted, under a key of its own (its own row); the first keeps its own."""
+    live.send(T0, record("start"), record("stop", t=100))
+    assert live.live_count(T0 + 100) == 0
+    t1 = T0 + 1000
+    live.send(t1, record("start", ev=t1), record("interim", t=60, ev=t1 + 60))
+    assert live.live_count(t1 + 60) == 1
+    assert int(usage(live)[b"octets"]) == 30 * 100 + 30 * 60
+    keys = [r["live_session_key"] for r in stream_records(live)]
+    assert keys == [row_key(), row_key(), row_key(started=t1), row_key(started=t1)]
+    # A late copy of the first session's Stop goes to the first row and changes nothing live.
+    live.send(t1 + 70, record("stop", t=100))
+    assert live.live_count(t1 + 70) == 1
+    assert stream_records(live)[-1]["live_session_key"] == row_key()
+
+
+def test_a_session_id_reused_after_accounting_on_is_a_new_session(live):
+    """After Accounting-On a Start with an id the NAS used before opens a new session, live
+    and counted (before: merged into the closed one)."""
+    live.send(T0, record("start"), record("interim", t=60))
+    t1 = T0 + 300
+    live.send(t1, record("on", ev=t1))
+    assert live.live_count(t1) == 0
+    live.send(t1 + 30, record("start", ev=t1 + 30), record("interim", t=60, ev=t1 + 90))
+    assert live.live_count(t1 + 90) == 1
+    assert stream_records(live)[-1]["live_session_key"] == row_key(started=t1 + 30)
+    assert int(usage(live)[b"octets"]) == 30 * 60 * 2
+
+
+def test_a_reused_id_without_stop_or_accounting_on_is_a_new_session(live):
+    """RouterOS sends no Accounting-On: a Start long after everything seen of the old
+    session opens a new one, and the old one is no longer live."""
+    live.send(T0, record("start"), record("interim", t=60))
+    t1 = T0 + 3600
+    live.send(t1, record("start", ev=t1))
+    assert live.live_count(t1) == 1
+    assert live.r.zrange(f"{live.p}:{{1}}:live:alice", 0, -1) == [row_key(started=t1).encode()]
+
+
+def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
+    """The same records twice (a forwarder crash before its checkpoint): no new generation,
+    no usage counted twice."""
+    span = [record("start"), record("interim", t=60), record("stop", t=120), record("start", ev=T0 + 500)]
+    live.send(T0 + 500, *span)
+    state = (usage(live), live.r.hgetall(f"{live.p}:{{1}}:sess:s1"))
+    live.send(T0 + 501, *span)
+    assert (usage(live), live.r.hgetall(f"{live.p}:{{1}}:sess:s1")) == state
+    keys = {r["live_session_key"] for r in stream_records(live)}
+    assert keys == {row_key(), row_key(started=T0 + 500)}
+
+
+def test_liveness_uses_the_plan_interim_without_the_process_cache(live):
+    """The record says 300 s (the radiusd process had no copy of the subscriber); the plan
+    (3,600 s, cached in Redis by authorize) decides the deadline (before: 660 s)."""
+    from wificore.profile import Plan, Profile
+    plan = Plan(42, None, None, None, None, 3600, None, None, 1, None)
+    prof = Profile(1, "pppoe", "cleartext", "pw", "active", None, None, None, 42)
+    live.r.set(f"{live.p}:{{1}}:u:alice", prof.pack())
+    live.r.set(f"{live.p}:{{1}}:plan:42", plan.pack())
+    live.send(T0, record("start", interim_s=300))
+    assert live.live_count(T0 + 1800) == 1
+    assert live.live_count(T0 + 3600 * STALE + 61) == 0
+    # A later session of a subscriber not cached anywhere gets the tenant's largest interval.
+    live.r.delete(f"{live.p}:{{1}}:u:alice")
+    live.send(T0, record("start", key="s9", user="bob", interim_s=300))
+    assert live.live_count(T0 + 1800, "bob") == 1
+    assert stream_records(live)[-1]["live_interim_s"] == 3600
+
+
+def test_each_nas_clock_skew_is_kept_for_the_noc(live):
+    """Event time against arrival, one field per NAS."""
+    live.send(T0, record("start", arrival_ts=T0 + 7 * 3600))
+    assert live.r.hget(f"{live.p}:{{1}}:nasskew", "7") == str(-7 * 3600).encode()
+
+
+def test_live_script_maxima_match_batch_writer():
+    """One counter rule: the same maxima on both sides."""
+    from batch_writer import records as br
+    assert f"MAX_OCTETS = {br.MAX_OCTETS} " in _LIVE_LUA
+    assert f"MAX_SESSION_TIME_S = {br.MAX_SESSION_TIME_S} " in _LIVE_LUA
+
+
+def test_interims_without_session_time_stay_one_session(live):
+    """A NAS that sends no Acct-Session-Time in its Interims (0): each Interim is later than
+    everything seen, yet the session is one (one key, counted by deltas)."""
+    live.send(T0, record("start"))
+    for k in range(1, 4):
+        live.send(T0 + 300 * k, record("interim", ev=T0 + 300 * k, session_time_s=0,
+                                       input_octets=100 * k, output_octets=0))
+    assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
+    assert int(usage(live)[b"octets"]) == 300
+
+
+def test_a_clock_set_mid_session_keeps_one_session(live):
+    """The NAS's clock jumps 3 h ahead between two Interims (set by hand, NTP): the session
+    time goes on, so it is the same session (one key, counted by deltas)."""
+    live.send(T0, record("start"), record("interim", t=60))
+    live.send(T0 + 120, record("interim", t=120, ev=T0 + 120 + 3 * 3600))
+    assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
+    assert int(usage(live)[b"octets"]) == 30 * 120
+
+
+def test_an_interim_of_a_new_session_whose_start_was_lost_opens_it(live):
+    """RouterOS rebooted without Accounting-On and its new session's Start was lost: an
+    Interim whose session time restarted, long after the old one, is the new session."""
+    live.send(T0, record("start"), record("interim", t=600))
+    t1 = T0 + 7200
+    live.send(t1, record("interim", t=60, ev=t1))
+    assert stream_records(live)[-1]["live_session_key"] == row_key(started=t1 - 60)
+    assert int(usage(live)[b"octets"]) == 30 * 600 + 30 * 60

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
+from . import nas_admin
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -174,23 +175,17 @@ def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
 
 def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     ip = v_ip(args.ip, "ip")
+    if ip is None:
+        raise InputError("ip: required")
     if not 1 <= len(args.secret) <= 128:
         raise InputError("secret: must be 1..128 characters")
     v_choice(args.vendor, "vendor", VENDORS)
-    # The source address picks the tenant: it must be unique in the whole deployment.
-    for shard in a.map:
-        with psycopg.connect(shard.dsn) as conn:
-            row = conn.execute("SELECT tenant_id FROM nas WHERE ip = %s::inet", (ip,)).fetchone()
-            if row and not (row[0] == args.tenant and args.replace):
-                raise InputError(f"ip: {ip} already belongs to a NAS of tenant {row[0]}")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        if args.replace:
-            conn.execute("DELETE FROM nas WHERE tenant_id = %s AND (ip = %s::inet OR name = %s)",
-                         (args.tenant, ip, args.name))
-        nas_id = returned(conn.execute(
-            "INSERT INTO nas (tenant_id, name, ip, secret, vendor) VALUES (%s, %s, %s, %s, %s) "
-            "RETURNING nas_id", (args.tenant, args.name, ip, args.secret, args.vendor)))
+        # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
+        nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
+                               vendor=args.vendor, replace=args.replace)
+    nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
 
 
@@ -442,8 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ip", required=True, help="the address the NAS sends from")
     x.add_argument("--secret", required=True)
     x.add_argument("--vendor", default="generic", help=", ".join(VENDORS))
-    x.add_argument("--replace", action="store_true", help="replace a NAS of this tenant with that ip or name")
+    x.add_argument("--replace", action="store_true",
+                   help="update the NAS of this tenant with that ip or name in place (same nas_id)")
     x.set_defaults(fn=cmd_nas_add)
+    nas_admin.add_set_parser(n)
     x = n.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_nas_list)

@@ -35,6 +35,15 @@ class Keys:
         """HASH of the last counters seen for one session (delta base); TTL."""
         return f"{self.p}:{{{tenant_id}}}:sess:{session_key}"
 
+    def interim_max(self, tenant_id: int) -> str:
+        """The largest plan interim interval live.lua has seen for the tenant (liveness of a
+        session whose plan it cannot find); TTL."""
+        return f"{self.p}:{{{tenant_id}}}:ivmax"
+
+    def nas_skew(self, tenant_id: int) -> str:
+        """HASH nas_id -> the NAS's clock skew (event time - arrival, s), for the NOC; TTL."""
+        return f"{self.p}:{{{tenant_id}}}:nasskew"
+
     def nas_live(self, tenant_id: int, nas_id: int) -> str:
         """ZSET of the NAS's live sessions ("user\\nsession_key"), for Accounting-On/Off."""
         return f"{self.p}:{{{tenant_id}}}:naslive:{nas_id}"

@@ -29,7 +29,22 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
   calling_station_id str|None, framed_ip str|None, terminate_cause str|None,
   nas_port str|None, interim_s int (the interval the NAS was told),
   record_id str (unique per Accounting-Request received; a retransmission
-  gets a new one: idempotence comes from the merge rules, not from it).
+  gets a new one: idempotence comes from the merge rules, not from it),
+  then (added 2026-12-01 at the end, see below) nas_port_id str|None,
+  called_station_id str|None, nas_identifier str|None.
+
+  Fields live.lua appends on the way into the stream (``LIVE_FIELDS``; absent
+  in records that entered the stream before 2026-12-01, and in the spool):
+  live_session_key str (the session's row: the generation of the
+  Acct-Session-Id, see docs/batch-writer.md), live_session_time_s,
+  live_input_octets, live_output_octets int (the session's totals after the
+  counter rules), counter_flags int (1: a counter was implausible and refused,
+  2: a counter went backwards), live_interim_s int (the interval liveness uses).
+
+Adding fields: version 2 bodies grow at the end only. A reader takes a body of
+``V2_BASE`` .. any length: missing trailing fields are None, unknown trailing
+ones are dropped, so records spooled or queued by an older (or newer) radiusd
+stay readable by position.
 
 ``auth`` fields:
   tenant_id int, nas_id int, ts float, event_id str (unique; the auth log's
@@ -61,10 +76,21 @@ KINDS = (KIND_ACCT, KIND_AUTH)
 ACCT_FIELDS = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status",
                "event_ts", "arrival_ts", "session_time_s", "input_octets", "output_octets",
                "input_packets", "output_packets", "calling_station_id", "framed_ip", "terminate_cause",
-               "nas_port", "interim_s", "record_id")
+               "nas_port", "interim_s", "record_id",
+               # 2026-12-01: appended (older records have only the 19 above)
+               "nas_port_id", "called_station_id", "nas_identifier")
+#: Appended by live.lua to records it puts into the stream (never in the spool).
+LIVE_FIELDS = ("live_session_key", "live_session_time_s", "live_input_octets", "live_output_octets",
+               "counter_flags", "live_interim_s")
+#: Every field a reader of the stream may find, in order.
+STREAM_ACCT_FIELDS = ACCT_FIELDS + LIVE_FIELDS
+#: The fields of the first version 2 bodies (2026-11-27): the shortest body read.
+V2_BASE = {"acct": 19, "auth": 9}
 AUTH_FIELDS = ("tenant_id", "nas_id", "ts", "event_id", "username", "calling_station_id", "result",
                "reason", "method")
 FIELDS = {KIND_ACCT: ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
+#: What a reader pads a version 2 body to.
+READ_FIELDS = {KIND_ACCT: STREAM_ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
 _NAMES = {kind: frozenset(names) for kind, names in FIELDS.items()}
 
 
@@ -82,10 +108,11 @@ def arranger(kind: str, names: Sequence[str]) -> Callable[[Sequence[Any]], tuple
 
 
 def picker(kind: str, names: Sequence[str]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """For code that reads a version 2 body by position: a function from the body to the
-    values of ``names`` (fields of ``kind``, in the order given) as a tuple."""
-    fields = FIELDS[kind]
-    unknown = [n for n in names if n not in _NAMES[kind]]
+    """For code that reads a version 2 body by position (as :func:`unpack_body` returns it):
+    a function from the body to the values of ``names`` (fields of ``kind``, live.lua's
+    included, in the order given) as a tuple."""
+    fields = READ_FIELDS[kind]
+    unknown = [n for n in names if n not in fields]
     if unknown or len(names) < 2:
         raise ValueError(f"{kind} fields: unknown {unknown}, or fewer than two named")
     return operator.itemgetter(*(fields.index(n) for n in names))
@@ -117,8 +144,9 @@ def pack(kind: str, fields: dict[str, Any]) -> bytes:
 
 
 def unpack_body(payload: bytes) -> tuple[str, list[Any] | dict[str, Any]]:
-    """Decode one record into (kind, body): the value list of version 2 (as long as the
-    kind's fields), or the map of version 1. For readers with a positional fast path."""
+    """Decode one record into (kind, body): the value list of version 2 (padded with None,
+    or cut, to ``READ_FIELDS[kind]``), or the map of version 1. For readers with a
+    positional fast path."""
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -129,8 +157,11 @@ def unpack_body(payload: bytes) -> tuple[str, list[Any] | dict[str, Any]]:
     if kind not in KINDS:
         raise DecodeError(f"unknown record kind {kind!r}")
     if version == VERSION:
-        if not isinstance(body, list) or len(body) != len(FIELDS[kind]):
-            raise DecodeError(f"record body is not the {len(FIELDS[kind])} {kind} fields")
+        want = len(READ_FIELDS[kind])
+        if not isinstance(body, list) or len(body) < V2_BASE[kind]:
+            raise DecodeError(f"record body is not the {V2_BASE[kind]}..{want} {kind} fields")
+        if len(body) != want:
+            body = (body + [None] * (want - len(body)))[:want]
     elif version == MAP_VERSION:
         if not isinstance(body, dict):
             raise DecodeError("record fields are not a map")
@@ -143,5 +174,5 @@ def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
     """Decode one record into (kind, fields), whatever its version."""
     kind, body = unpack_body(payload)
     if isinstance(body, list):
-        return kind, dict(zip(FIELDS[kind], body, strict=True))
+        return kind, dict(zip(READ_FIELDS[kind], body, strict=True))
     return kind, body
