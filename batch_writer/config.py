@@ -48,8 +48,12 @@ class WriterConfig:
                                         "A batch is written when it has this many entries ...")
     batch_max_age_ms: int = setting_field(200, int_in_range(1, 60_000), "... or when its first entry is this old.")
     max_attempts: int = setting_field(5, int_in_range(1, 1000),
-                                      "Deliveries (first read, restart, claim) after which an entry goes to the "
-                                      "dead-letter stream.")
+                                      "Failures of one record written alone with an error that is neither a data "
+                                      "error nor the shard's, after which it goes to the dead-letter stream. "
+                                      "Deliveries, restarts, claims and shard outages never count.")
+    shard_deadline_s: int = setting_field(15, int_in_range(1, 3600),
+                                          "Client-side deadline of one round trip with a shard: past it the writer "
+                                          "stops waiting, cuts the connection and backs the shard off.")
     claim_min_idle_ms: int = setting_field(60_000, int_in_range(100, 86_400_000),
                                            "Entries of a writer without a heartbeat are claimed once this idle.")
     claim_interval_s: int = setting_field(10, int_in_range(1, 3600), "How often to look for dead writers' entries.")
@@ -70,7 +74,8 @@ class WriterConfig:
                                          "Lifetime of the heartbeat key; refreshed every third.")
     backoff_max_s: int = setting_field(10, int_in_range(1, 600), "Longest wait before retrying a shard or Redis.")
     dead_maxlen: int = setting_field(100_000, int_in_range(100, 100_000_000),
-                                     "Approximate bound of the dead-letter stream.")
+                                     "Alarm threshold of the dead-letter stream's length (an error log and "
+                                     "wificore_writer_dead_letter_over_bound = 1); the stream is never trimmed.")
     max_event_age_s: int = setting_field(30 * 86_400, int_in_range(60, 3650 * 86_400),
                                          "A record whose event time is older than this is absurd (dead letter).")
     max_event_ahead_s: int = setting_field(86_400, int_in_range(0, 365 * 86_400),

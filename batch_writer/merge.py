@@ -24,10 +24,14 @@ pending and the shard is retried after a backoff.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
+import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -38,11 +42,12 @@ from wificore.shardmap import Shard
 
 from .config import WriterConfig
 from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
-from .stats import DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
+from .stats import DEAD_ATTEMPTS, DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
 
 APPLICATION_NAME = "wificore-batch-writer"
 DEADLOCK_RETRIES = 3
 MAX_DB_REJECTS = 10  # per batch; past it the shard, not the records, is at fault
+MAX_TRACKED_FAILURES = 10_000  # bound of the per-record failure counts kept in memory
 # Conflicts with another writer's transaction: running ours again is all it takes.
 RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
              psycopg.errors.TransactionRollback)
@@ -179,6 +184,7 @@ class Outcome:
     rejected: list[tuple[Item, str, str]] = dataclasses.field(default_factory=list)  # dead letter
     deferred: list[Item] = dataclasses.field(default_factory=list)   # stays pending
     error: str | None = None
+    auth_error: str | None = None  # the auth-log part failed (accounting went on); it stays pending
     attempted: bool = False  # False: the shard's backoff was not over, nothing was tried
     merged_rows: int = 0
     auth_rows: int = 0
@@ -202,9 +208,19 @@ class ShardWriter:
         self.shard = shard
         self.cfg = cfg
         self.backoff = Backoff(first_s=0.2, max_s=float(cfg.backoff_max_s))
+        self.auth_backoff = Backoff(first_s=0.2, max_s=float(cfg.backoff_max_s))
         self._conn: psycopg.Connection | None = None
         self._auth_days: set[dt.date] = set()
         self.last_error: str | None = None
+        # Client-side deadline: when the current round trip started (None: no I/O).
+        # psycopg has no query timeout of its own, and a server that is stopped
+        # (SIGSTOP) or cut off holds a query until TCP gives up; abort() cuts it.
+        self._io_since: float | None = None
+        self._io_lock = threading.Lock()
+        self.aborted = 0
+        # Failures of one record written alone that are neither a data error nor
+        # the shard's (see _write_split); keyed by the entry's source.
+        self._record_failures: dict[Any, int] = {}
 
     @property
     def name(self) -> str:
@@ -231,7 +247,8 @@ class ShardWriter:
         return conn
 
     def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        with self._io_lock:
+            conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 conn.close()
@@ -241,6 +258,54 @@ class ShardWriter:
     def close(self) -> None:
         """Close the connection (the next write opens a new one)."""
         self._drop()
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        """Mark a round trip with the shard, for :meth:`abort_if_overdue`."""
+        self._io_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._io_since = None
+
+    def io_seconds(self) -> float:
+        """How long the current round trip with the shard has been going on (0: none)."""
+        since = self._io_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def abort(self) -> bool:
+        """Cut the connection under a thread that waits on it (called from another thread).
+
+        ``shutdown()`` of the socket makes the blocked libpq call fail at once with a
+        connection error; that thread then drops the connection and backs off.
+        True if there was a connection to cut.
+        """
+        with self._io_lock:
+            conn = self._conn
+            if conn is None or conn.closed:
+                return False
+            try:
+                fd = conn.pgconn.socket
+            except Exception:  # already gone
+                return False
+            try:
+                sock = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                return False
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+            self.aborted += 1
+            return True
+
+    def abort_if_overdue(self, deadline_s: float) -> bool:
+        """:meth:`abort` when the current round trip is older than ``deadline_s``."""
+        if self.io_seconds() > deadline_s:
+            return self.abort()
+        return False
 
     def _begin(self, conn: psycopg.Connection) -> None:
         conn.execute(SET_LOCAL, (str(self.cfg.statement_timeout_ms),))
@@ -255,15 +320,20 @@ class ShardWriter:
             out.error = self.last_error
             return out
         out.attempted = True
+        # Accounting first, in transactions of its own; the auth log after it, in
+        # others, with a backoff of its own: an auth-log problem (a partition, a
+        # permission, a bad row) never holds accounting.
+        acct = [it for it in items if not isinstance(it.record, Auth)]
+        auth = [it for it in items if isinstance(it.record, Auth)]
         try:
-            self._ensure_auth_days(items)
-            self._write_split(items, out)
-            self._close_nas(items, out)
+            self._write_split(acct, out)
+            self._close_nas(acct, out)
         except (psycopg.Error, ShardUnavailable) as exc:
             # Nothing of this batch counts as done: entries already committed are
             # replayed later, and the merge makes that harmless.
-            if self._conn is not None and (self._conn.broken or self._conn.closed):
-                self._drop()
+            if isinstance(exc, psycopg.OperationalError) or (
+                    self._conn is not None and (self._conn.broken or self._conn.closed)):
+                self._drop()  # possibly cut by abort(): never reuse it
             self.backoff.failed()
             self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
             out.deferred = list(items)
@@ -273,8 +343,34 @@ class ShardWriter:
             return out
         self.backoff.succeeded()
         self.last_error = None
+        if auth:
+            self._write_auth(auth, out)
         out.seconds = time.perf_counter() - started
         return out
+
+    def retry_ready(self) -> bool:
+        """True when neither the shard's nor the auth log's backoff is waiting."""
+        return self.backoff.ready() and self.auth_backoff.ready()
+
+    def _write_auth(self, items: list[Item], out: Outcome) -> None:
+        """The auth-log part, after accounting committed; on failure its entries stay pending."""
+        if not self.auth_backoff.ready():
+            out.deferred += items
+            return
+        done, rejected = len(out.done), len(out.rejected)
+        try:
+            self._ensure_auth_days(items)
+            self._write_split(items, out)
+        except (psycopg.Error, ShardUnavailable) as exc:
+            if isinstance(exc, psycopg.OperationalError) or (
+                    self._conn is not None and (self._conn.broken or self._conn.closed)):
+                self._drop()
+            self.auth_backoff.failed()
+            del out.done[done:], out.rejected[rejected:]  # replayed later: ON CONFLICT DO NOTHING
+            out.deferred += items
+            out.auth_error = f"{type(exc).__name__}: {exc}".strip()[:500]
+            return
+        self.auth_backoff.succeeded()
 
     def _write_split(self, items: list[Item], out: Outcome) -> None:
         """One transaction; on a record error, halves until the bad record is alone."""
@@ -294,6 +390,32 @@ class ShardWriter:
                 else:
                     mid = len(part) // 2
                     stack += [part[mid:], part[:mid]]
+            except psycopg.Error:
+                raise  # about the shard: the caller holds the batch and backs off
+            except Exception as exc:
+                # Neither a data error nor the shard's: a record our own code cannot
+                # handle (a bug, or input nobody foresaw). Found by halving like a
+                # data error; alone, it counts one attempt against that record only,
+                # and max_attempts of them dead-letter it. Until then the batch is held.
+                if len(part) > 1:
+                    mid = len(part) // 2
+                    stack += [part[mid:], part[:mid]]
+                    continue
+                key = getattr(part[0].ref, "source", id(part[0].ref))
+                failures = self._record_failures.get(key, 0) + 1
+                if failures >= self.cfg.max_attempts:
+                    self._record_failures.pop(key, None)
+                    out.rejected.append((part[0], DEAD_ATTEMPTS,
+                                         f"failed {failures} times when written alone to shard {self.name!r} "
+                                         f"(max_attempts {self.cfg.max_attempts}): "
+                                         f"{type(exc).__name__}: {exc}"[:500]))
+                    continue
+                if len(self._record_failures) >= MAX_TRACKED_FAILURES:
+                    self._record_failures.clear()
+                self._record_failures[key] = failures
+                raise ShardUnavailable(f"shard {self.name!r}: a record failed when written alone "
+                                       f"({failures} of {self.cfg.max_attempts}): {type(exc).__name__}: "
+                                       f"{exc}; holding the batch") from exc
 
     def _write_once(self, items: list[Item], out: Outcome) -> None:
         retry = Backoff(first_s=0.01, max_s=0.04)
@@ -312,7 +434,7 @@ class ShardWriter:
     def _transaction(self, items: list[Item], out: Outcome) -> None:
         conn = self._connection()
         tenants = sorted({it.record.tenant_id for it in items})
-        with conn.transaction():
+        with self._io(), conn.transaction():
             self._begin(conn)
             known = {row[0] for row in conn.execute(KNOWN_TENANTS, (tenants,))}
             acct: list[Acct] = []
@@ -358,7 +480,7 @@ class ShardWriter:
         if not missing:
             return
         conn = self._connection()
-        with conn.transaction():
+        with self._io(), conn.transaction():
             self._begin(conn)
             conn.execute(ENSURE_AUTH_DAYS, (min(missing), max(missing)))
         self._auth_days |= missing
@@ -380,7 +502,8 @@ class ShardWriter:
         try:
             n = self._close_rounds(CLOSE_STALE, {"grace": grace_s}, what="stale sessions")
         except psycopg.Error as exc:
-            if self._conn is not None and (self._conn.broken or self._conn.closed):
+            if isinstance(exc, psycopg.OperationalError) or (
+                    self._conn is not None and (self._conn.broken or self._conn.closed)):
                 self._drop()
             self.backoff.failed()
             self.last_error = f"{type(exc).__name__}: {exc}".strip()[:500]
@@ -392,7 +515,7 @@ class ShardWriter:
         limit = self.cfg.close_batch_rows
         for _ in range(self.cfg.close_max_loops):
             conn = self._connection()
-            with conn.transaction():
+            with self._io(), conn.transaction():
                 self._begin(conn)
                 n = conn.execute(query, {**params, "limit": limit}).rowcount
             total += n

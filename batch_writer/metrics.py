@@ -80,6 +80,12 @@ class WriterCollector:
         yield pending
         yield GaugeMetricFamily("wificore_writer_dead_letter_length", "Entries in the dead-letter stream",
                                 value=st.dead_letter_length)
+        yield GaugeMetricFamily("wificore_writer_dead_letter_over_bound", "1 while the dead-letter stream "
+                                "is at or past WIFICORE_WRITER_DEAD_MAXLEN (never trimmed)",
+                                value=int(st.dead_letter_over_bound))
+        yield _labelled_counter("wificore_writer_auth_log_errors", "Auth-log writes that failed and wait "
+                                "to be retried (accounting is committed without them), by shard", "shard",
+                                dict(st.auth_log_errors))
         up = GaugeMetricFamily("wificore_writer_shard_up", "1 when the last write to the shard worked",
                                labels=["shard"])
         for shard, down in sorted(st.shards_down.items()):

@@ -59,6 +59,8 @@ class WriterStats:
     stream_lag: dict[int, int] = dataclasses.field(default_factory=dict)
     stream_pending: dict[int, int] = dataclasses.field(default_factory=dict)
     dead_letter_length: int = 0
+    dead_letter_over_bound: bool = False  # length >= dead_maxlen (an alarm; nothing is trimmed)
+    auth_log_errors: Counter[str] = dataclasses.field(default_factory=Counter)  # by shard
     shards_down: dict[str, bool] = dataclasses.field(default_factory=dict)
 
     def note_counter_flags(self, flags: int) -> None:

@@ -1,7 +1,9 @@
 """The Redis side: the consumer group over every stream partition.
 
 Where an entry comes from, and what that does to its delivery count (the
-count XPENDING reports, which the writer compares with ``max_attempts``):
+count XPENDING reports; since 2026-12-01 the writer no longer dead-letters by
+it -- restarts and claims during an outage raise it, and that is never the
+record's fault -- it is kept on :class:`Entry` for logs only):
 
 * :meth:`Streams.read_new` -- ``XREADGROUP >``: count 1.
 * :meth:`Streams.read_history` -- at start-up, ``XREADGROUP`` from id 0 re-reads
@@ -11,11 +13,9 @@ count XPENDING reports, which the writer compares with ``max_attempts``):
 * :meth:`Streams.read_own_pending` -- our own entries left pending while their
   shard was down (``XPENDING`` + ``XRANGE``): count unchanged.
 
-So the count grows only when a writer took an entry and died (or lost it)
-without acknowledging it -- never while an entry waits for its shard. That is
-why claims are not a blanket ``XAUTOCLAIM``: it would also take the entries a
-live writer keeps pending for a down shard, bump their counts on every pass and
-finally dead-letter records whose only fault was an outage.
+Claims are not a blanket ``XAUTOCLAIM``: it would also take the entries a
+live writer keeps pending for a down shard, away from the writer that will
+drain them when the shard answers again.
 """
 
 from __future__ import annotations
@@ -307,8 +307,9 @@ class Streams:
         for e, reason in rejected:
             pipe.xadd(self.keys.dead_letter,
                       {"d": e.payload or b"", "reason": reason[:1000],
-                       "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"},
-                      maxlen=self.dead_maxlen, approximate=True)
+                       "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"})
+            # Never trimmed: dead letters wait for `wificore-admin deadletter replay`.
+            # dead_maxlen is an alarm (worker: log + metric), not a silent loss.
         results = pipe.execute(raise_on_error=False)
         stored = [e for (e, _), res in zip(rejected, results, strict=True) if not isinstance(res, Exception)]
         self.ack(stored)

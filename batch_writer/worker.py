@@ -19,7 +19,8 @@ import gc
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any
 
 import redis
@@ -35,12 +36,18 @@ from wificore.shardmap import ShardMap
 from . import stats as st
 from .config import WriterConfig
 from .merge import Item, Outcome, ShardWriter
-from .records import Acct, Limits, Rejected, decode
+from .records import Acct, Auth, Limits, Rejected, decode
 from .streams import Entry, Streams
 
 log = get_logger("batch_writer")
 
 MEASURE_INTERVAL_S = 5.0
+#: How long a batch waits for a shard that was down when the batch was submitted
+#: (its retry): a shard that answers again answers in far less; one that does not
+#: must not hold up the others. The retry goes on in its thread; its entries stay
+#: pending and are swept once it is up.
+PROBE_WAIT_S = 0.5
+WAIT_TICK_S = 0.1
 
 
 #: Young-generation threshold of the cyclic GC in a writer process (CPython's default: 700).
@@ -72,6 +79,7 @@ class _Batch:
     dead: list[tuple[Entry, str, str]] = dataclasses.field(default_factory=list)
     by_shard: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
     futures: dict[str, Future[Outcome]] = dataclasses.field(default_factory=dict)
+    probes: set[str] = dataclasses.field(default_factory=set)  # shards that were down at submission
 
 
 class Writer:
@@ -103,12 +111,16 @@ class Writer:
         self._idle = False
         self._resweep = False
         self._inflight: _Batch | None = None
+        # The last job submitted per shard: while it runs (a hung shard), the shard
+        # gets nothing new; its entries stay pending. At most one thread per shard.
+        self._running: dict[str, Future[Any]] = {}
         self._metrics_server: Any = None
         now = time.monotonic()
         self._next_beat = now
         self._next_claim = now + cfg.claim_interval_s
         self._next_stale = now + cfg.stale_interval_s
         self._next_measure = now
+        self._next_dead_alarm = 0.0
 
     # ------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -167,6 +179,9 @@ class Writer:
             self.streams.forget_heartbeat()
         except redis.RedisError:
             pass
+        for name, fut in self._running.items():
+            if not fut.done():
+                self.shards[name].abort()  # a hung shard must not hold up the exit
         self._pool.shutdown(wait=True)
         for w in self.shards.values():
             w.close()
@@ -193,6 +208,7 @@ class Writer:
         by that call, or by :meth:`flush`); with it off, it is done on return.
         """
         self.setup()
+        self._watch_busy()
         if self._housekeeping_due():
             self.flush()  # housekeeping uses the shard connections
             self._housekeeping()
@@ -217,7 +233,7 @@ class Writer:
         if batch is None:
             return
         try:
-            outcomes = {name: f.result() for name, f in batch.futures.items()}
+            outcomes = self._wait_outcomes(batch)
             self._complete(batch, outcomes)
         except BaseException:
             # Whatever was not acknowledged is still in our pending list: re-read it.
@@ -234,7 +250,7 @@ class Writer:
                 return got
         # A sweep starts when a shard that missed entries answers again (its backoff
         # is over), or after a batch whose acknowledgement may not have reached Redis.
-        ready = {n for n in self._needs_sweep if self.shards[n].backoff.ready()}
+        ready = {n for n in self._needs_sweep if self.shards[n].retry_ready() and not self._busy(n)}
         if not self.streams.sweeping and (ready or self._resweep):
             self.flush()
             self.streams.start_sweep()
@@ -277,16 +293,14 @@ class Writer:
         """Decode and route (CPU only: overlaps the shards' work on the previous batch)."""
         batch = _Batch(size=len(entries), started=time.perf_counter())
         limits = self.limits()
-        max_attempts = self.cfg.max_attempts
         shard_for = self.map.shard_for
         for e in entries:
             if e.deleted:
                 batch.to_ack.append(e)  # gone from the stream: nothing left to write
                 continue
-            if e.deliveries > max_attempts:
-                batch.dead.append((e, st.DEAD_ATTEMPTS, f"delivered {e.deliveries} times and never "
-                                                        f"acknowledged (max_attempts {max_attempts})"))
-                continue
+            # e.deliveries (XPENDING's count) is not looked at: restarts, claims and
+            # sweeps during an outage raise it, and none of them is the record's fault.
+            # Only failures of the record itself dead-letter it (merge.ShardWriter).
             try:
                 rec = decode(e.payload, limits)
             except DecodeError as exc:
@@ -306,8 +320,63 @@ class Writer:
     def _submit(self, batch: _Batch) -> None:
         """Start the shards' writes (in parallel threads: the wait is the servers')."""
         for name, items in batch.by_shard.items():
-            batch.futures[name] = self._pool.submit(self.shards[name].write, items)
+            running = self._running.get(name)
+            if running is not None and not running.done():
+                # The shard's last job has not returned (hung shard, cut at its
+                # deadline): nothing new for it; the entries stay pending.
+                done: Future[Outcome] = Future()
+                done.set_result(Outcome(deferred=list(items), error=self.shards[name].last_error
+                                        or "the shard's last job has not returned yet"))
+                batch.futures[name] = done
+                continue
+            if self.shards[name].down:
+                batch.probes.add(name)
+            batch.futures[name] = self._running[name] = self._pool.submit(self.shards[name].write, items)
         self._inflight = batch
+
+    def _watch_busy(self) -> None:
+        """Cut the round trip of a shard job nobody waits for any more (a retry left
+        running by _wait_outcomes) once it passes the deadline."""
+        deadline_s = float(self.cfg.shard_deadline_s)
+        for name in self._running:
+            if self._busy(name) and self.shards[name].abort_if_overdue(deadline_s):
+                log.warning("shard_deadline_exceeded", shard=name, deadline_s=deadline_s)
+
+    def _busy(self, name: str) -> bool:
+        """True while the shard's last job (a write or a close) has not returned."""
+        running = self._running.get(name)
+        return running is not None and not running.done()
+
+    def _wait_outcomes(self, batch: _Batch) -> dict[str, Outcome]:
+        """Each shard's outcome, never waiting on a hung shard past its deadline.
+
+        A round trip older than ``shard_deadline_s`` is cut (``ShardWriter.abort``:
+        the thread gets a connection error and returns). A shard that was down at
+        submission gets PROBE_WAIT_S; if its retry has not returned by then, its
+        entries stay pending (the retry goes on in its thread) and the batch goes on
+        without it.
+        """
+        deadline_s = float(self.cfg.shard_deadline_s)
+        probe_until = time.monotonic() + PROBE_WAIT_S
+        outcomes: dict[str, Outcome] = {}
+        while True:
+            waiting = {n: f for n, f in batch.futures.items() if n not in outcomes}
+            for n, f in list(waiting.items()):
+                if f.done():
+                    outcomes[n] = f.result()
+                    del waiting[n]
+            if not waiting:
+                return outcomes
+            for n in waiting:
+                if self.shards[n].abort_if_overdue(deadline_s):
+                    log.warning("shard_deadline_exceeded", shard=n, deadline_s=deadline_s)
+            if time.monotonic() >= probe_until and set(waiting) <= batch.probes:
+                break
+            wait_futures(list(waiting.values()), timeout=WAIT_TICK_S, return_when=FIRST_COMPLETED)
+        for n in waiting:
+            outcomes[n] = Outcome(deferred=list(batch.by_shard[n]),
+                                  error=self.shards[n].last_error or "retry still running")
+        return outcomes
 
     def _complete(self, batch: _Batch, outcomes: dict[str, Outcome]) -> None:
         to_ack, dead = batch.to_ack, batch.dead
@@ -349,6 +418,10 @@ class Writer:
         if out.closed:
             self.stats.sessions_closed["nas-restart"] += out.closed
         was_down = self.stats.shards_down.get(name, False)
+        if out.auth_error:
+            self.stats.auth_log_errors[name] += 1
+            log.warning("auth_log_write_failed", shard=name, error=out.auth_error,
+                        pending=sum(isinstance(it.record, Auth) for it in out.deferred))
         if out.deferred:
             self._needs_sweep.add(name)
             self._sweep_failed.add(name)
@@ -377,9 +450,19 @@ class Writer:
             lag, pending, dead_len = self.streams.measure_and_trim()
             self.stats.stream_lag, self.stats.stream_pending = lag, pending
             self.stats.dead_letter_length = dead_len
+            self._check_dead_bound(dead_len)
         if now >= self._next_stale:
             self._next_stale = now + self.cfg.stale_interval_s
             self.close_stale()
+
+    def _check_dead_bound(self, dead_len: int) -> None:
+        """The dead-letter stream is never trimmed: past dead_maxlen, raise the alarm."""
+        over = dead_len >= self.cfg.dead_maxlen
+        if over and time.monotonic() >= self._next_dead_alarm:
+            self._next_dead_alarm = time.monotonic() + 60
+            log.error("dead_letter_stream_over_bound", length=dead_len, bound=self.cfg.dead_maxlen,
+                      hint="wificore-admin deadletter list / replay; nothing is trimmed")
+        self.stats.dead_letter_over_bound = over
 
     def _beat(self) -> None:
         self.streams.beat(self.cfg.heartbeat_ttl_s, {"ts": round(time.time(), 3), "pid": os.getpid(),
@@ -393,11 +476,20 @@ class Writer:
             # sessions whose proof of life is on its way.
             return 0
         total = 0
+        deadline_s = float(self.cfg.shard_deadline_s)
         for name, w in self.shards.items():
             if w.down or name in self._needs_sweep:
                 continue
+            running = self._running.get(name)
+            if running is not None and not running.done():
+                continue
+            # In the shard's thread, like a write: a hung shard is cut at its deadline.
+            fut = self._running[name] = self._pool.submit(w.close_stale, self.cfg.stale_grace_s)
+            while not fut.done():
+                w.abort_if_overdue(deadline_s)
+                wait_futures([fut], timeout=WAIT_TICK_S)
             try:
-                n = w.close_stale(self.cfg.stale_grace_s)
+                n = fut.result()
             except Exception as exc:  # the next pass tries again
                 self.stats.shard_errors[name] += 1
                 log.warning("stale_close_failed", shard=name, error=str(exc))

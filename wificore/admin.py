@@ -501,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind", default="pppoe")
     x.add_argument("--password-type", default="cleartext")
     x.set_defaults(fn=cmd_sub_import)
+    from . import deadletter
+    deadletter.register(sub)
     return p
 
 
