@@ -90,6 +90,7 @@ from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
+from stack import freeradius  # noqa: E402
 from stack.local import Ports, Stack  # noqa: E402
 from stack.servers import RADDB, BatchWriter, Process, Radiusd, RadiusdGroup, free_port, start_radiusd  # noqa: E402
 from wificore.keys import Keys  # noqa: E402
@@ -149,7 +150,9 @@ def machine() -> dict[str, Any]:
 
 def _freeradius_version() -> str | None:
     try:
-        out = subprocess.run(["freeradius", "-v"], capture_output=True, text=True, timeout=10)
+        fr = freeradius.build()  # WIFICORE_FREERADIUS (stack/freeradius.py)
+        out = subprocess.run([str(fr.binary), "-v"], env=fr.env(), capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"Version (\S+)", out.stdout + out.stderr)

@@ -79,7 +79,7 @@ FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
 
 
-_LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text()
+_LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text(encoding="utf-8")
 #: Live-session and per-session keys outlive a session by this much.
 SESSION_TTL_S = 2 * 86400
 USAGE_TTL_S = 90 * 86400

@@ -59,7 +59,7 @@ LOG_EVERY_S = 10.0
 
 #: Every NAS of every active tenant of a shard (the relay's rebuild).
 NAS_ALL_SQL = """
-SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
   FROM nas n JOIN tenants t USING (tenant_id)
  WHERE t.status = 'active'
 """
@@ -181,6 +181,7 @@ class Directory:
             ("FreeRADIUS-Client-Secret", nas.secret),
             ("FreeRADIUS-Client-Shortname", nas.shortname),
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
+            ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),
         ))
 
     def _unknown(self, ip: str) -> Result:

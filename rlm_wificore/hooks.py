@@ -166,3 +166,20 @@ def detach(_p):
     _metrics_server = None
     gc.collect()
     return 0
+
+
+def _check_settings_at_import() -> None:
+    """Under `freeradius -C`, FreeRADIUS 3.2.5 and later import the module but no longer
+    call instantiate: parse the settings and the shard map here, so that a bad one still fails the check
+    (on every 3.2.x) with the message instantiate gives at start-up."""
+    if not _checking_config():
+        return
+    from wificore.shardmap import ShardMap
+    try:
+        ShardMap.load(Settings.from_mapping(dict(radiusd.config), source="wificore").shard_map)
+    except ConfigError as exc:
+        radiusd.radlog(radiusd.L_ERR, f"rlm_wificore: invalid configuration: {exc}")
+        raise
+
+
+_check_settings_at_import()

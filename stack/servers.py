@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import freeradius
+
 ROOT = Path(__file__).resolve().parent.parent
 RADDB = ROOT / "raddb"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -268,8 +270,9 @@ def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: fl
     wait for 'Ready to process requests'."""
     proc.logfile.parent.mkdir(parents=True, exist_ok=True)
     mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
-    proc.spawn(["freeradius", "-f", *([] if threaded else ["-t"]), "-d", str(raddb),
-                "-l", "stdout"], env=env)
+    fr = freeradius.build(env.get("WIFICORE_FREERADIUS"))
+    proc.spawn(fr.command("-f", *([] if threaded else ["-t"]), "-d", str(raddb), "-l", "stdout"),
+               env=fr.env(env))
 
     def ready() -> bool:
         if proc.proc is not None and proc.proc.poll() is not None:
@@ -294,8 +297,9 @@ class Radiusd(Process):
         self.auth_port = auth_port
         self.acct_port = acct_port
         self.raddb = raddb
+        self.freeradius = freeradius.build((extra_env or {}).get("WIFICORE_FREERADIUS"))
         self.env = {
-            **os.environ,
+            **self.freeradius.env(),
             "WIFICORE_RADDB": str(raddb),
             "WIFICORE_HOME": str(ROOT),
             "WIFICORE_STATE": str(state),
@@ -318,7 +322,8 @@ class Radiusd(Process):
 
     def check_config(self) -> subprocess.CompletedProcess:
         self._dirs()
-        return subprocess.run(["freeradius", "-XC", "-d", str(self.raddb)], env=self.env,
+        fr = freeradius.build(self.env.get("WIFICORE_FREERADIUS"))
+        return subprocess.run(fr.command("-XC", "-d", str(self.raddb)), env=fr.env(self.env),
                               capture_output=True, text=True, timeout=60)
 
     def start(self, timeout_s: float = 30) -> None:

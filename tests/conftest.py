@@ -112,3 +112,10 @@ def acct(radiusd):
     def go(tenant, attrs, secret=None):
         return send(radiusd.acct_port, "acct", secret or tenant[2], attrs, source=tenant[1])
     return go
+
+
+def pytest_report_header(config):
+    """Which FreeRADIUS build this pass runs on (WIFICORE_FREERADIUS, stack/freeradius.py)."""
+    from stack.freeradius import build, version_of
+    b = build()
+    return f"FreeRADIUS {b.version}: {b.binary} ({version_of(b)})"

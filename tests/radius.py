@@ -40,6 +40,8 @@ def send(port: int, command: str, secret: str, attrs: dict[str, str | int], *,
     """One packet from ``source`` to 127.0.0.1:``port``; the parsed answer."""
     packet = dict(attrs)
     packet.setdefault("Packet-Src-IP-Address", source)
+    if command == "auth":  # signed, as current NAS firmware does (BlastRADIUS); radclient computes it
+        packet.setdefault("Message-Authenticator", "0x00")
     proc = subprocess.run(
         ["radclient", "-x", "-r", str(retries), "-t", str(timeout_s), f"127.0.0.1:{port}", command, secret],
         input=format_packet(packet), capture_output=True, text=True, timeout=30)
@@ -74,6 +76,7 @@ def send_pyrad(port: int, secret: str, attrs: list[tuple[str, object]], *, sourc
     client.timeout = timeout_s
     client.retries = 1
     req = client.CreateAuthPacket(code=packet.AccessRequest)
+    req.add_message_authenticator()  # as current NAS firmware does (BlastRADIUS)
     for name, value in attrs:
         if name == "User-Password":
             value = req.PwCrypt(value)

@@ -180,20 +180,24 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     if not 1 <= len(args.secret) <= 128:
         raise InputError("secret: must be 1..128 characters")
     v_choice(args.vendor, "vendor", VENDORS)
+    v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
+    require_ma = args.require_message_authenticator == "yes"
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
         nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
-                               vendor=args.vendor, replace=args.replace)
+                               vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma)
     nas_admin.forget_cached(a, [ip])
-    print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}")
+    print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
+          f"require_message_authenticator {'yes' if require_ma else 'no'}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor FROM nas WHERE tenant_id = %s "
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, CASE WHEN require_message_authenticator "
+                            "THEN 'yes' ELSE 'no' END FROM nas WHERE tenant_id = %s "
                             "ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor"))
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -439,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--vendor", default="generic", help=", ".join(VENDORS))
     x.add_argument("--replace", action="store_true",
                    help="update the NAS of this tenant with that ip or name in place (same nas_id)")
+    x.add_argument("--require-message-authenticator", default="yes", metavar="yes|no",
+                   help="BlastRADIUS: drop its Access-Requests that carry no Message-Authenticator "
+                        "(default yes; no for firmware that sends none, e.g. RouterOS before 7.15)")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
     x = n.add_parser("list")

@@ -38,7 +38,7 @@ def matching(conn: psycopg.Connection, tenant_id: int, ip: str | None, name: str
 
 
 def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: str, secret: str, vendor: str,
-        replace: bool) -> int:
+        replace: bool, require_message_authenticator: bool = True) -> int:
     """Insert a NAS, or with ``replace`` update the one with that ip or name in place (same
     nas_id). Two different NAS matching (one by ip, one by name) is an error."""
     ids = matching(conn, tenant_id, ip, name) if replace else []
@@ -47,13 +47,15 @@ def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: st
                          "edit them with `nas set`")
     check_ip_free(a, ip, tenant_id, ids[0] if ids else None)
     if ids:
-        conn.execute("UPDATE nas SET name = %s, ip = %s::inet, secret = %s, vendor = %s "
-                     "WHERE tenant_id = %s AND nas_id = %s", (name, ip, secret, vendor, tenant_id, ids[0]))
+        conn.execute("UPDATE nas SET name = %s, ip = %s::inet, secret = %s, vendor = %s, "
+                     "require_message_authenticator = %s WHERE tenant_id = %s AND nas_id = %s",
+                     (name, ip, secret, vendor, require_message_authenticator, tenant_id, ids[0]))
         return ids[0]
     from .admin import returned
-    return int(returned(conn.execute("INSERT INTO nas (tenant_id, name, ip, secret, vendor) "
-                                     "VALUES (%s, %s, %s, %s, %s) RETURNING nas_id",
-                                     (tenant_id, name, ip, secret, vendor))))
+    return int(returned(conn.execute(
+        "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator) "
+        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING nas_id",
+        (tenant_id, name, ip, secret, vendor, require_message_authenticator))))
 
 
 def forget_cached(a: Admin, ips: list[str]) -> None:
@@ -70,12 +72,13 @@ def forget_cached(a: Admin, ips: list[str]) -> None:
 
 
 def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
-    """Change a NAS's secret, vendor, name or address in place: its nas_id stays."""
+    """Change a NAS's secret, vendor, name, address or require_message_authenticator in place:
+    its nas_id stays."""
     from .admin import VENDORS, v_choice, v_ip
     if (args.ip is None) == (args.name is None):
         raise InputError("nas: name it by exactly one of --ip or --name")
     ip = v_ip(args.ip, "ip") if args.ip is not None else None
-    changes: dict[str, str] = {}
+    changes: dict[str, str | bool] = {}
     if args.secret is not None:
         if not 1 <= len(args.secret) <= 128:
             raise InputError("secret: must be 1..128 characters")
@@ -89,20 +92,26 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
     new_ip = v_ip(args.new_ip, "new_ip")
     if new_ip is not None:
         changes["ip"] = new_ip
+    if args.require_message_authenticator is not None:
+        # BlastRADIUS; radiusd keeps a dynamic client for its lifetime (clients.conf): the
+        # change reaches a running radiusd when it looks the client up again.
+        changes["require_message_authenticator"] = v_choice(
+            args.require_message_authenticator, "require_message_authenticator", ("yes", "no")) == "yes"
     if not changes:
-        raise InputError("nas set: nothing to change (--secret, --vendor, --new-name, --new-ip)")
+        raise InputError("nas set: nothing to change (--secret, --vendor, --new-name, --new-ip, "
+                         "--require-message-authenticator)")
     with a.connect(args.tenant) as conn:
         row = conn.execute("SELECT nas_id, host(ip) FROM nas WHERE tenant_id = %s AND "
                            + ("ip = %s::inet" if ip else "name = %s"), (args.tenant, ip or args.name)).fetchone()
         if row is None:
             raise InputError(f"nas: no NAS {ip or args.name!r} in tenant {args.tenant}")
         nas_id, old_ip = row
-        if "ip" in changes:
-            check_ip_free(a, changes["ip"], args.tenant, nas_id)
+        if new_ip is not None:
+            check_ip_free(a, new_ip, args.tenant, nas_id)
         cols = ", ".join(f"{c} = %s" + ("::inet" if c == "ip" else "") for c in changes)
         conn.execute(f"UPDATE nas SET {cols} WHERE tenant_id = %s AND nas_id = %s",  # noqa: S608 (fixed names)
                      (*changes.values(), args.tenant, nas_id))
-    forget_cached(a, [old_ip] + ([changes["ip"]] if "ip" in changes else []))
+    forget_cached(a, [old_ip] + ([new_ip] if new_ip is not None else []))
     print(f"nas {nas_id} updated ({', '.join(sorted(changes))}) in tenant {args.tenant}")
 
 
@@ -116,4 +125,5 @@ def add_set_parser(n: argparse._SubParsersAction) -> None:
     x.add_argument("--vendor")
     x.add_argument("--new-name", dest="new_name")
     x.add_argument("--new-ip", dest="new_ip")
+    x.add_argument("--require-message-authenticator", metavar="yes|no")
     x.set_defaults(fn=cmd_nas_set)

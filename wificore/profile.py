@@ -118,6 +118,8 @@ class Nas:
     ip: str
     secret: str
     vendor: str
+    #: BlastRADIUS: radiusd drops this NAS's Access-Requests without a Message-Authenticator.
+    require_message_authenticator: bool = False
 
     @property
     def shortname(self) -> str:
@@ -136,7 +138,7 @@ class Nas:
 
 
 NAS_SQL = """
-SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
   FROM nas n JOIN tenants t USING (tenant_id)
  WHERE n.ip = %s::inet AND t.status = 'active'
 """

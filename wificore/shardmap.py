@@ -68,7 +68,7 @@ class ShardMap:
         """Read and check a shard map file; errors name the file and the key."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"shard_map: file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
