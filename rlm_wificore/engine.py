@@ -28,7 +28,7 @@ from wificore.log import get_logger
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
 
-from . import policy
+from . import policy, request
 from .background import start_background
 from .credentials import VerifiedCredentials
 from .directory import Directory, parse_client  # noqa: F401  (parse_client: its old home)
@@ -119,6 +119,11 @@ class Engine:
         if parsed is None:
             return self._reject("unknown_client", req)
         tenant_id, nas_id, vendor = parsed
+        problem = request.access_problem(req)
+        if problem is not None:
+            log.info("bad_access_request", tenant=tenant_id, nas=nas_id, reason=problem[0],
+                     detail=problem[1])
+            return self._reject(problem[0], req)
         username = req.get("User-Name")
         if not username or len(username) > MAX_USERNAME or not username.isprintable():
             return self._reject("bad_request", req)
@@ -141,6 +146,11 @@ class Engine:
         config: Pairs
         decided = False  # accepted here: post-auth need not run (see docs/decisions.md)
         if profile.password_type == "cleartext":
+            if not profile.password and not policy.is_mac_auth(profile, username, password):
+                # An empty password is MAC authentication only: PAP, the username a MAC
+                # bound to the subscriber (policy.check compared Calling-Station-Id).
+                return self._reject("bad_password" if password is not None
+                                    else "method_unsupported", req)
             if password is None:  # CHAP, MS-CHAP: rlm_chap / rlm_mschap check it in C
                 config = (("Cleartext-Password", profile.password),)
             elif hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
@@ -154,6 +164,8 @@ class Engine:
             self.stats.credential_cache_hits += 1
             config, decided = (("Auth-Type", "Accept"),), True
         elif profile.password_type == "nthash":
+            if "CHAP-Password" in req:  # CHAP needs the cleartext
+                return self._reject("method_unsupported", req)
             config = (("NT-Password", "0x" + profile.password.lower()),)
         else:  # bcrypt: PAP only; rlm_pap checks it with crypt(3), outside the mutex
             if password is None:
@@ -200,8 +212,9 @@ class Engine:
         self.stats.requests[f"post_auth:{'accept' if accepted else 'reject'}"] += 1
         result = "ok" if accepted else "noop"
         reply: Pairs = ()
-        if not accepted and reason == "bad_password":
-            reply = (("Reply-Message", ":=", policy.MESSAGES["bad_password"]),)
+        if not accepted:  # the site filtered the reply (RFC 2865 5.44): the message only
+            reply = (("Reply-Message", ":=", policy.MESSAGES.get(reason,
+                                                                 policy.MESSAGES["bad_password"])),)
         return Result(result, reply=reply, reason=reason)
 
     # ------------------------------------------------------------ accounting
@@ -220,7 +233,10 @@ class Engine:
             kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
         except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
             self.stats.errors["spool_full"] += 1
-            return Result("fail", reason="spool_full")
+            # noop, not fail: the same for radiusd (no Accounting-Response), and the
+            # site's fallback for a request rlm_python3 could not hand over (if fail)
+            # does not call again.
+            return Result("noop", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
 

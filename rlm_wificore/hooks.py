@@ -22,6 +22,7 @@ from wificore.settings import Settings, is_config_check
 
 from .engine import Engine, Result
 from .metrics import Latency
+from .request import view
 
 RCODES = {
     "ok": radiusd.RLM_MODULE_OK,
@@ -78,7 +79,7 @@ def _guard(hook: str, fn: Callable[[Engine, dict[str, str]], Result], p, on_erro
         if engine is None:
             _radlog("error", f"{hook}: module not instantiated")
             return RCODES[on_error]
-        return _to_radiusd(fn(engine, dict(p) if p else {}))
+        return _to_radiusd(fn(engine, view(p)))  # the first of a repeated attribute, as radiusd
     except Exception as exc:  # the boundary: nothing escapes into radiusd
         if _engine is not None:
             _engine.stats.errors[f"{hook}:{type(exc).__name__}"] += 1

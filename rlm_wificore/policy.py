@@ -24,11 +24,22 @@ MESSAGES = {
     "data_quota": "Your data quota is used up",
     "time_quota": "Your time quota is used up",
     "bad_request": "Invalid request",
+    "duplicate_attribute": "Invalid request",
+    "bad_encoding": "Invalid request",
+    "two_methods": "Invalid request",
+    "malformed_credentials": "Invalid request",
     "unknown_client": "Invalid request",
     "backend_unavailable": "Service temporarily unavailable, please try again",
     "internal_error": "Service temporarily unavailable, please try again",
 }
 REASONS = tuple(MESSAGES)
+
+
+def is_mac_auth(profile: Profile, username: str, password: str | None) -> bool:
+    """A MAC-authentication login (``subscriber add --mac-auth``): an empty PAP password
+    for a subscriber whose username is a MAC and who is bound to that MAC."""
+    return (password == "" and profile.mac_binding is not None
+            and normalise_mac(username) == profile.mac_binding)
 
 
 def reject_reply(reason: str) -> tuple[tuple[str, str], ...]:

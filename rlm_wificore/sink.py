@@ -15,7 +15,7 @@ import uuid
 from wificore import wire
 from wificore.errors import InputError, StoreUnavailable
 
-from . import records
+from . import records, request
 from .spool import Spool, SpoolFull
 from .stats import Stats
 
@@ -39,6 +39,9 @@ class Sink:
         if self.spool is None:
             raise StoreUnavailable("the accounting spool is not open")
         try:
+            problem = request.accounting_problem(req)  # a repeated Acct-Status-Type, ...
+            if problem is not None:
+                raise InputError(problem)
             kind, values = records.acct_record(
                 req, tenant_id=tenant_id, nas_id=nas_id, interim_s=interim_s, arrival_ts=time.time(),
                 record_id=f"{self._event_prefix}{next(self._event_seq):x}")

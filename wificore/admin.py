@@ -28,6 +28,7 @@ from .migrate import migrate_all
 from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
+from .text import printable
 
 VENDORS = ("mikrotik", "wispr", "cisco", "generic")
 _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
@@ -143,8 +144,8 @@ def returned(cur: psycopg.Cursor[Any]) -> Any:
 def _print_rows(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> None:
     w = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
     w.writerow(header)
-    for row in rows:
-        w.writerow(["" if v is None else v for v in row])
+    for row in rows:  # values may come from packets: never a raw CR, LF or tab
+        w.writerow(["" if v is None else printable(v) if isinstance(v, str) else v for v in row])
 
 
 # -------------------------------------------------------------------- commands
@@ -237,11 +238,24 @@ def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
 
 def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     username = v_username(args.username)
-    password = v_password(args.password, args.password_type, hash_cleartext=True)
+    if args.mac_auth:
+        # MAC authentication (RouterOS sends the MAC as User-Name and an empty
+        # password): the username must be a MAC, the password empty, and the
+        # subscriber is bound to that MAC (see README, "MAC authentication").
+        mac = v_mac(username, "username")
+        if args.password or args.password_type != "cleartext":
+            raise InputError("password: --mac-auth takes an empty password (--password '')")
+        if args.mac_binding and v_mac(args.mac_binding) != mac:
+            raise InputError("mac_binding: --mac-auth binds the subscriber to its username's MAC")
+        password = ""
+    else:
+        if args.password is None:
+            raise InputError("password: required (an empty one only with --mac-auth)")
+        password = v_password(args.password, args.password_type, hash_cleartext=True)
+        mac = v_mac(args.mac_binding)
     v_choice(args.kind, "kind", KINDS)
     v_choice(args.status, "status", STATUS)
     expires = v_time(args.expires_at, "expires_at")
-    mac = v_mac(args.mac_binding)
     ip = v_ip(args.framed_ip, "framed_ip")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
@@ -470,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = s.add_parser("add")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("--username", required=True)
-    x.add_argument("--password", required=True, help="cleartext; hashed for nthash and bcrypt")
+    x.add_argument("--password", help="cleartext; hashed for nthash and bcrypt (required, "
+                   "not empty, unless --mac-auth)")
     x.add_argument("--password-type", default="cleartext", help=", ".join(PW_TYPES))
     x.add_argument("--kind", default="pppoe", help=", ".join(KINDS))
     x.add_argument("--plan", required=True, help="plan name")
@@ -478,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--expires-at")
     x.add_argument("--mac-binding")
     x.add_argument("--framed-ip")
+    x.add_argument("--mac-auth", action="store_true",
+                   help="MAC authentication: the username is the device's MAC, the password "
+                        "empty (RouterOS's default), bound to that MAC")
     x.set_defaults(fn=cmd_sub_add)
     x = s.add_parser("set")
     x.add_argument("--tenant", type=int, required=True)

@@ -21,16 +21,20 @@ KINDS = ("pppoe", "hotspot")
 #: Redis value of a negatively cached (unknown) user.
 UNKNOWN = b"\x00"
 
-_HEX = re.compile(r"[^0-9a-f]")
+_MAC = re.compile(r"[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}"
+                  r"|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}|[0-9a-f]{12}")
+_SEPARATORS = re.compile(r"[:.-]")
 
 
 def normalise_mac(raw: str | None) -> str | None:
-    """'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff', … -> 'aa:bb:cc:dd:ee:ff'; None if not a MAC."""
+    """'AA:BB:CC:DD:EE:FF', 'AA-BB-CC-DD-EE-FF', 'aabb.ccdd.eeff', 'aabbccddeeff' ->
+    'aa:bb:cc:dd:ee:ff'; None for anything else (only these real MAC formats)."""
     if not raw:
         return None
-    digits = _HEX.sub("", raw.lower())
-    if len(digits) != 12:
+    raw = raw.lower()
+    if _MAC.fullmatch(raw) is None:
         return None
+    digits = _SEPARATORS.sub("", raw)
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
