@@ -621,6 +621,12 @@ class Bench:
         r = self.redis()
         try:
             r.flushdb()
+            # The NAS directory went too: a running rlm_wificore's relay rebuilds it within
+            # a few seconds; until then no new dynamic client is answered.
+            if self.running is not None and self.running[0].startswith("wificore"):
+                deadline = time.monotonic() + 30
+                while not r.exists("wc:nasdir") and time.monotonic() < deadline:
+                    time.sleep(0.1)
         finally:
             r.close()
 
@@ -1061,6 +1067,8 @@ class Bench:
         a = self.args
         started = dt.datetime.now(dt.UTC)
         self.setup()
+        neighbours: dict[str, Any] = {}
+        local_cache: dict[str, Any] = {"skipped": "--noisy"}
         if a.noisy:  # the noisy_neighbour scenario alone
             mem: dict[str, Any] = {}
             e2e: dict[str, Any] = {"skipped": "--noisy"}
@@ -1073,6 +1081,12 @@ class Bench:
             self.results = self.measure_all([c for c in self.configs()
                                              if wanted is None or c.name in wanted])
             self.stop_server()
+            if a.flood_duration > 0:
+                neighbours["flood"] = self.noisy_flood()
+            self.stop_server()
+            from benchmarks import cache_memory
+            local_cache = cache_memory.measure(a.local_cache_profiles)
+            log(f"in-process cache: {local_cache['bytes_per_profile']:.0f} B per profile")
             e2e = (self.end_to_end() if a.e2e_rate > 0 and not a.no_writer
                    else {"skipped": "--e2e-rate 0" if a.e2e_rate <= 0 else "--no-writer"})
             self.stop_server()
@@ -1082,6 +1096,7 @@ class Bench:
             self.flush_redis()
             noisy_run = noisy.run(self, sys.modules[__name__])
             self.stop_server()
+        neighbours.update(noisy_run.get("ratios", {}))
         by = {c["name"]: c for c in self.results}
         ratios = {}
         for num, den in (("wificore_warm", "stock_sql"), ("wificore_warm", "stock_files"),
@@ -1108,14 +1123,37 @@ class Bench:
             "configurations": self.results,
             "ratios": ratios,
             "redis_memory": mem,
+            # {variant: {"answered_ratio", "p99_ratio"}}: tenant A's (hung, slow, stopped:
+            # benchmarks/noisy.py) or the valid NAS's (flood: benchmarks/flood.py) figures
+            # against their own baseline in this run; the raw figures under noisy_detail.
+            "noisy_neighbour": neighbours,
+            "noisy_detail": noisy_run,
+            "local_cache": local_cache,
             "batch_writer": writer,
             "end_to_end": e2e,
-            # {variant: {"answered_ratio", "p99_ratio"}}: tenant A's figures against its own
-            # baseline in this run (benchmarks/noisy.py); the raw figures under noisy_detail.
-            "noisy_neighbour": noisy_run.get("ratios", {}),
-            "noisy_detail": noisy_run,
             "warnings": self.warnings,
         }
+
+    # ------------------------------------------------------- noisy neighbours
+    def noisy_flood(self) -> dict[str, Any]:
+        """noisy_neighbour["flood"] (benchmarks/flood.py): one valid NAS at a fixed rate, alone
+        and beside junk from random unknown loopback addresses."""
+        from benchmarks import flood
+
+        a = self.args
+        server = self.use_server("wificore")
+        targets = self._auth_targets(False, server.auth_port)[:1]
+
+        def valid(duration_s: float) -> dict[str, Any]:
+            return blast(targets, rate=a.flood_rate, count=int(a.flood_rate * duration_s) + 1,
+                         duration_s=duration_s, server_pids=_pids(server),
+                         own_roots=self._own_roots(), sockets=a.sender_sockets)
+        result = flood.measure(valid, server.auth_port, junk_rate=a.flood_junk_rate,
+                               duration_s=a.flood_duration)
+        result["target_rate"] = a.flood_rate
+        log(f"flood: answered {result['answered_ratio']}, p99 x{result['p99_ratio']} of the "
+            f"baseline, {result['junk_sent_per_s']} junk/s")
+        return result
 
     def close(self) -> None:
         try:
@@ -1196,6 +1234,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--memory-samples", type=int, default=20000,
                    help="profiles and sessions written for the Redis memory figures")
     g.add_argument("--no-writer", action="store_true", help="skip batch_writer ingestion")
+    g.add_argument("--flood-rate", type=float, default=2000.0,
+                   help="noisy_neighbour flood: the valid NAS's logins per second")
+    g.add_argument("--flood-junk-rate", type=float, default=20_000.0,
+                   help="noisy_neighbour flood: junk Access-Requests per second")
+    g.add_argument("--flood-duration", type=float, default=10.0,
+                   help="noisy_neighbour flood: seconds per run (0: skip)")
+    g.add_argument("--local-cache-profiles", type=int, default=200_000,
+                   help="profiles built to measure local_cache.bytes_per_profile")
     g.add_argument("--writer-args", default="--writers 2",
                    help="arguments for writer_bench.py (default --writers 2: one writer process per "
                         "shard, as a two-shard deployment runs them)")
@@ -1237,6 +1283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.writer_timeout = min(args.writer_timeout, 120.0)
         args.e2e_rate, args.e2e_duration = 200.0, 2.0
         args.noisy_duration, args.noisy_rate_a, args.noisy_rate_b = 1.0, 200.0, 10.0
+        args.flood_rate, args.flood_junk_rate, args.flood_duration = 100.0, 1000.0, 2.0
+        args.local_cache_profiles = 2000
     if args.subscribers_per_tenant is not None:
         args.pppoe_per_tenant = args.subscribers_per_tenant // 2
         args.hotspot_per_tenant = args.subscribers_per_tenant - args.pppoe_per_tenant

@@ -7,16 +7,22 @@
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
 * ``inval-redis``: subscribes to the invalidation channel and drops the
-  in-process copies other processes announce. After an outage the live
-  states of the in-process tier are re-read; the profiles are kept.
-* ``inval-<shard>``: LISTENs on each shard; a committed change of a
-  subscriber, plan, NAS or tenant deletes the Redis copy and is announced on
-  the channel, so every radiusd drops it within a second.
+  in-process copies the relay and live.lua announce; follows the NAS
+  directory's set of known addresses. After an outage the live states of the
+  in-process tier are re-read and the profiles kept; a relay that takes over
+  alone announces ``R`` (drop every in-process copy, changes may have gone
+  unannounced), so the tier refills from Redis, not from the shards.
+* ``relay``: tries to take a relay slot (invalidation.RelayLock) and, while it
+  holds one, runs ``inval-<shard>``: LISTENs on each shard; a committed change
+  of a subscriber, plan, NAS or tenant deletes the Redis copy (updates the NAS
+  directory) and is announced on the channel once per relay, so every radiusd
+  drops it within a second. At most RELAY_SLOTS processes relay.
 
 Threads only: each loop waits, calls public methods of the engine's rooms
 (``engine.live``, ``engine.invalidation``, the spool) and retries with a
 backoff; what a message or a due state means is decided in those rooms.
-It imports the rooms only for types, and the engine not at all.
+It imports the rooms only for types (and the relay lock of invalidation.py), and the
+engine not at all.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import redis
 from wificore.backoff import Backoff
 from wificore.log import get_logger
 
+from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
 from .spool import MAX_RECORD
 from .store import conninfo
 
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
     from wificore.settings import Settings
     from wificore.shardmap import ShardMap
 
+    from .directory import Directory
     from .invalidation import Invalidation
     from .live import LiveStates
     from .spool import Spool
@@ -57,6 +65,7 @@ class Engine(Protocol):
     redis_bg: redis.Redis
     live: LiveStates
     invalidation: Invalidation
+    directory: Directory
     stopping: threading.Event
     state_redis_checked: bool
 
@@ -171,16 +180,18 @@ def _redis_inval_loop(engine: Engine) -> None:
         try:
             pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
             pubsub.subscribe(channel)
-            # Anything announced while we were not listening is lost: the first time
-            # start clean; after an outage re-read the live states, keep the profiles
-            # (the shards' NOTIFYs reach this process directly, see revalidate()).
+            # The first time start clean; after an outage re-read the live states and
+            # keep the profiles: what the relay could not announce meanwhile is covered
+            # by its ``R`` when it takes its slot again alone (Invalidation.take_over).
             if lost:
                 engine.invalidation.revalidate()
             else:
                 engine.invalidation.reset_all()
             lost = False
+            engine.directory.load_known(engine.redis_bg)
             backoff.succeeded()
             while not engine.stopping.is_set():
+                engine.directory.flush_unknown_log()
                 msg = pubsub.get_message(timeout=0.5)
                 if msg and msg["type"] == "message":
                     try:
@@ -207,25 +218,125 @@ def _redis_inval_loop(engine: Engine) -> None:
                     pass
 
 
-def _pg_listen_loop(engine: Engine, shard) -> None:
+class DirectReads:
+    """The relay's own reads of the shards (the NAS directory): one direct connection per
+    shard, opened when first needed, off the hooks' pools; a broken one is opened again."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, psycopg.Connection] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, shard, sql: str, params: tuple) -> list[tuple]:
+        with self._lock:
+            for attempt in (1, 2):
+                conn = self._conns.get(shard.name)
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(conninfo(shard.listen_dsn, 30000, "rlm_wificore-relay"),
+                                               autocommit=True, prepare_threshold=None)
+                        self._conns[shard.name] = conn
+                    return conn.execute(sql, params).fetchall()
+                except psycopg.OperationalError:
+                    self._conns.pop(shard.name, None)
+                    if conn is not None:
+                        conn.close()
+                    if attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns.values():
+                conn.close()
+            self._conns = {}
+
+
+def _pg_listen_loop(engine: Engine, shard, tenure: threading.Event, reads: DirectReads,
+                    ready: threading.Event) -> None:
     backoff = Backoff(first_s=0.1, max_s=5.0)
     info = conninfo(shard.listen_dsn, 5000, "rlm_wificore-listen")
-    while not engine.stopping.is_set():
+    while not (engine.stopping.is_set() or tenure.is_set()):
         try:
             with psycopg.connect(info, autocommit=True) as conn:
                 conn.execute("LISTEN wificore_inval")
+                ready.set()
                 backoff.succeeded()
-                while not engine.stopping.is_set():
+                while not (engine.stopping.is_set() or tenure.is_set()):
                     for note in conn.notifies(timeout=0.5, stop_after=100):
                         try:
-                            engine.invalidation.apply_db_notification(note.payload)
+                            engine.invalidation.apply_db_notification(note.payload, shard=shard,
+                                                                      query=reads)
                         except (ValueError, IndexError, TypeError) as exc:
                             log.warning("bad_notification", shard=shard.name, error=str(exc))
+                        except psycopg.Error as exc:  # the directory's read: next NOTIFY
+                            log.warning("nas_directory_read_failed", shard=shard.name,
+                                        error=str(exc).strip())
         except psycopg.Error as exc:
             if not engine.stopping.is_set():
                 log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
                 backoff.failed()
                 backoff.wait(engine.stopping)
+
+
+def _relay_loop(engine: Engine) -> None:
+    """Hold a relay slot when one is free; while held, LISTEN on every shard."""
+    backoff = Backoff(first_s=0.5, max_s=2.0)
+    lock = RelayLock(engine.redis_bg, engine.keys)
+    while not engine.stopping.is_set():
+        try:
+            slot = lock.acquire()
+        except (redis.ConnectionError, redis.TimeoutError):
+            backoff.failed()
+            backoff.wait(engine.stopping)
+            continue
+        if slot is None:
+            engine.stopping.wait(RELAY_RENEW_S)
+            continue
+        backoff.succeeded()
+        tenure = threading.Event()
+        reads = DirectReads()
+        listeners = []
+        try:
+            alone = not lock.others_alive()
+            log.info("relay_taken", slot=slot, alone=alone)
+            readies = []
+            for shard in engine.shard_map:
+                ready = threading.Event()
+                readies.append(ready)
+                listeners.append(threading.Thread(
+                    target=_pg_listen_loop, args=(engine, shard, tenure, reads, ready),
+                    name=f"wificore-inval-{shard.name}", daemon=True))
+            for t in listeners:
+                t.start()
+            for ready in readies:  # listening before the directory is read: nothing missed
+                ready.wait(5.0)
+            rebuild_at = 0.0
+            while not engine.stopping.is_set():
+                due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
+                if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
+                    try:
+                        engine.invalidation.take_over(reads, alone=alone)
+                        alone, rebuild_at = False, time.monotonic() + DIRECTORY_REBUILD_S
+                    except psycopg.Error as exc:  # a shard is down: try again soon
+                        log.warning("nas_directory_rebuild_failed", error=str(exc).strip())
+                        rebuild_at = time.monotonic() + 5.0
+                if engine.stopping.wait(RELAY_RENEW_S):
+                    break
+                if not lock.renew():
+                    log.warning("relay_lost", slot=slot)
+                    break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("relay_redis_lost", error=str(exc))
+        except Exception as exc:
+            log.error("relay_loop_error", error=repr(exc))
+        finally:
+            tenure.set()
+            for t in listeners:
+                t.join(timeout=3)
+            reads.close()
+            lock.release()
+        backoff.failed()
+        backoff.wait(engine.stopping)
 
 
 def start_background(engine: Engine) -> list[threading.Thread]:
@@ -234,11 +345,9 @@ def start_background(engine: Engine) -> list[threading.Thread]:
         threading.Thread(target=_redis_inval_loop, args=(engine,), name="wificore-inval-redis",
                          daemon=True),
         threading.Thread(target=_state_loop, args=(engine,), name="wificore-state", daemon=True),
+        threading.Thread(target=_relay_loop, args=(engine,), name="wificore-relay", daemon=True),
     ]
     engine.live.refresher_started()
-    for shard in engine.shard_map:
-        threads.append(threading.Thread(target=_pg_listen_loop, args=(engine, shard),
-                                        name=f"wificore-inval-{shard.name}", daemon=True))
     for t in threads:
         t.start()
     return threads

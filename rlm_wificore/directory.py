@@ -1,34 +1,133 @@
 """The NAS directory: which tenant and NAS a source address or a client shortname is.
 
 radiusd asks :meth:`Directory.client` for an unknown source address (its dynamic
-client lookup): Redis first, else every shard, and the tenant must be one the
-shard map assigns to the shard that holds the row. Each later request names its
-client by the shortname radiusd set from that answer (``<tenant>:<nas>:<vendor>``),
-which :meth:`Directory.lookup` turns into numbers, once per client.
+client lookup, which 3.2 runs in the thread that reads the socket, under the
+module's mutex): the answer comes from ONE place, never from the shards.
+
+* **The directory** is one Redis hash (:meth:`Keys.nas_directory`): source
+  address -> msgpack NAS, plus a marker field once it is built. The relay (see
+  invalidation.py and background.py) builds it from every shard when it takes
+  over and keeps it up to date from the shards' NOTIFYs (a NAS or tenant
+  change); the shard map must assign a row's tenant to the shard holding it,
+  and an address claimed by two tenants is left out (ambiguous).
+* **Unknown addresses cost no I/O**: every process holds the set of known
+  addresses (:class:`KnownAddresses`, about 4 bytes per IPv4 NAS), loaded from
+  the directory by a module thread and kept current by the announcements; an
+  address not in it is answered "unknown" at once. Until that set is loaded,
+  a miss in the directory is cached negatively in process for
+  :data:`NEGATIVE_TTL_S`; the directory hash is the negative cache in Redis
+  (an address without a field is unknown).
+* **Their log lines are rate-limited**: one line per :data:`LOG_EVERY_S`, then
+  "N unknown clients suppressed" (written by a module thread, see
+  :meth:`Directory.flush_unknown_log`).
+
+Each later request names its client by the shortname radiusd set from that
+answer (``<tenant>:<nas>:<vendor>``), which :meth:`Directory.lookup` turns into
+numbers, once per client.
 """
 
 from __future__ import annotations
 
-from typing import cast
+import bisect
+import socket
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import redis
 
 from wificore.errors import DecodeError, StoreUnavailable, UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.profile import NAS_SQL, Nas
-from wificore.shardmap import ShardMap
+from wificore.shardmap import Shard, ShardMap
 
 from .result import Result
 from .store import RedisStore, Shards
 
 log = get_logger("rlm_wificore")
 
-NAS_TTL_S = 60
+#: The directory hash's marker field: present once the relay has built it.
+BUILT = "\x00built"
+#: A miss in the directory, while the set of known addresses is not loaded yet.
+NEGATIVE_TTL_S = 30.0
+NEGATIVE_MAX = 100_000
+#: At most one "unknown client" line per this many seconds per process.
+LOG_EVERY_S = 10.0
+
+#: Every NAS of every active tenant of a shard (the relay's rebuild).
+NAS_ALL_SQL = """
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
+  FROM nas n JOIN tenants t USING (tenant_id)
+ WHERE t.status = 'active'
+"""
+#: The addresses of a tenant's NAS, whatever its status (a tenant change).
+TENANT_NAS_SQL = "SELECT host(ip) FROM nas WHERE tenant_id = %s"
+
+#: ``query(shard, sql, params)`` -> rows: the relay's direct reads of a shard.
+Query = Callable[[Shard, str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
 def parse_client(shortname: str) -> tuple[int, int, str]:
     """'<tenant>:<nas>:<vendor>' (set by the dynamic client lookup) -> parts."""
     tenant, nas, vendor = shortname.split(":", 2)
     return int(tenant), int(nas), vendor
+
+
+def _v4(ip: str) -> int | None:
+    try:
+        return int.from_bytes(socket.inet_aton(ip), "big") if ip.count(".") == 3 else None
+    except OSError:
+        return None
+
+
+class KnownAddresses:
+    """The source addresses the directory holds: a sorted array of IPv4 numbers (4 B each)
+    and a set of the others. Replaced, never changed in place, while hooks read it."""
+
+    __slots__ = ("v4", "other")
+
+    def __init__(self, ips: Iterable[str] = ()) -> None:
+        v4: set[int] = set()
+        self.other: frozenset[str] = frozenset()
+        other = set()
+        for ip in ips:
+            n = _v4(ip)
+            if n is None:
+                other.add(ip)
+            else:
+                v4.add(n)
+        self.v4 = array("I", sorted(v4))
+        self.other = frozenset(other)
+
+    def __contains__(self, ip: str) -> bool:
+        n = _v4(ip)
+        if n is None:
+            return ip in self.other
+        v4 = self.v4
+        i = bisect.bisect_left(v4, n)
+        return i < len(v4) and v4[i] == n
+
+    def __len__(self) -> int:
+        return len(self.v4) + len(self.other)
+
+    def with_address(self, ip: str, present: bool) -> KnownAddresses:
+        """A copy with ``ip`` added (``present``) or removed."""
+        new = KnownAddresses()
+        new.v4, new.other = array("I", self.v4), self.other
+        n = _v4(ip)
+        if n is None:
+            new.other = self.other | {ip} if present else self.other - {ip}
+            return new
+        i = bisect.bisect_left(new.v4, n)
+        found = i < len(new.v4) and new.v4[i] == n
+        if present and not found:
+            new.v4.insert(i, n)
+        elif not present and found:
+            del new.v4[i]
+        return new
 
 
 class Directory:
@@ -40,32 +139,42 @@ class Directory:
         self.redis = redis
         self.keys = keys
         self.clients: dict[str, tuple[int, int, str]] = {}
+        #: Every address in the directory (None: not loaded yet; see load_known).
+        self.known: KnownAddresses | None = None
+        self.negative: dict[str, float] = {}  # address -> until (time.monotonic())
+        self.unknown_seen = 0  # unknown lookups, for the metrics
+        self._suppressed = 0
+        self._last_unknown = ""
+        self._log_at = 0.0
+        self._log_lock = threading.Lock()
+        # The relay's rebuild: addresses changed while it read the shards.
+        self._rebuilding = False
+        self._dirty: set[str] = set()
 
+    # ------------------------------------------------------------ the hook's side
     def client(self, ip: str) -> Result:
         """The NAS at source address ``ip``, as FreeRADIUS-Client-* control pairs."""
-        nas = None
-        key = self.keys.nas(ip)
+        known = self.known
+        if known is not None and ip not in known:
+            return self._unknown(ip)
+        until = self.negative.get(ip)
+        if until is not None and until > time.monotonic():
+            return self._unknown(ip)
+        key = self.keys.nas_directory
         try:
-            raw = self.redis.call(lambda r: r.get(key))
-            if raw:
-                nas = Nas.unpack(cast(bytes, raw))
-        except (StoreUnavailable, DecodeError):
-            pass
+            raw, built = self.redis.call(lambda r: r.hmget(key, ip, BUILT))
+            nas = Nas.unpack(cast(bytes, raw)) if raw else None
+        except (StoreUnavailable, DecodeError) as exc:
+            log.warning("nas_lookup_failed", ip=ip, error=str(exc))
+            return Result("fail", reason="backend_unavailable")
         if nas is None:
-            try:
-                rows = self.shards.fetch_all_shards(NAS_SQL, (ip,))
-            except StoreUnavailable as exc:
-                log.warning("nas_lookup_failed", ip=ip, error=str(exc))
+            if built is None:  # no relay has built it yet: not an answer
+                log.warning("nas_directory_not_built", ip=ip)
                 return Result("fail", reason="backend_unavailable")
-            rows = [r for r in rows if self.owns(r[0])]
-            if len(rows) != 1:
-                log.warning("unknown_client" if not rows else "ambiguous_client", ip=ip, matches=len(rows))
-                return Result("notfound", reason="unknown_client")
-            nas = Nas(*rows[0])
-            try:
-                self.redis.call(lambda r: r.set(key, nas.pack(), ex=NAS_TTL_S))
-            except StoreUnavailable:
-                pass
+            if len(self.negative) >= NEGATIVE_MAX:
+                self.negative = {}
+            self.negative[ip] = time.monotonic() + NEGATIVE_TTL_S
+            return self._unknown(ip)
         log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
         return Result("ok", config=(
             ("FreeRADIUS-Client-IP-Address", ip),
@@ -74,6 +183,26 @@ class Directory:
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
             ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),
         ))
+
+    def _unknown(self, ip: str) -> Result:
+        self.unknown_seen += 1
+        now = time.monotonic()
+        if now >= self._log_at:
+            self._log_at = now + LOG_EVERY_S
+            log.warning("unknown_client", ip=ip)
+        else:
+            self._suppressed += 1
+            self._last_unknown = ip
+        return Result("notfound", reason="unknown_client")
+
+    def flush_unknown_log(self) -> None:
+        """The summary of the unknown-client lines held back (a module thread calls it)."""
+        if self._suppressed and time.monotonic() >= self._log_at:
+            with self._log_lock:
+                count, self._suppressed = self._suppressed, 0
+                self._log_at = time.monotonic() + LOG_EVERY_S
+            log.warning(f"{count} unknown clients suppressed", suppressed=count,
+                        last_ip=self._last_unknown)
 
     def lookup(self, req: dict[str, str]) -> tuple[int, int, str] | None:
         """(tenant, NAS, vendor) of the RADIUS client that sent ``req``; None if unknown."""
@@ -94,5 +223,88 @@ class Directory:
         try:
             self.shard_map.shard_for(tenant_id)
             return True
+        except UnknownTenant:
+            return False
+
+    # ----------------------------------------- every process's module thread
+    def load_known(self, r: redis.Redis) -> None:
+        """Load the set of known addresses from the directory (None while it is not built)."""
+        fields = r.hkeys(self.keys.nas_directory)
+        names = [f.decode("utf-8", "replace") if isinstance(f, bytes) else f for f in fields]
+        if BUILT not in names:
+            self.known = None
+            return
+        self.known = KnownAddresses(n for n in names if n != BUILT)
+        self.negative = {}
+
+    def address_changed(self, r: redis.Redis, ip: str) -> None:
+        """The relay announced a change of the NAS at ``ip``: follow the directory."""
+        self.negative.pop(ip, None)
+        known = self.known
+        if known is not None:
+            self.known = known.with_address(ip, bool(r.hexists(self.keys.nas_directory, ip)))
+
+    # ------------------------------------------------------------ the relay's side
+    def rebuild(self, query: Query, r: redis.Redis) -> int:
+        """Build the directory from every shard (the relay, when it takes over); the
+        number of NAS in it. Replaced in one RENAME; changes announced meanwhile are
+        applied again afterwards."""
+        self._rebuilding, self._dirty = True, set()
+        try:
+            by_ip: dict[str, list[Nas]] = {}
+            for shard in self.shard_map:
+                for row in query(shard, NAS_ALL_SQL, ()):
+                    nas = Nas(*row)
+                    if self._owned_here(nas.tenant_id, shard):
+                        by_ip.setdefault(nas.ip, []).append(nas)
+            tmp = self.keys.nas_directory + ":building"
+            pipe = r.pipeline(transaction=False)
+            pipe.delete(tmp)
+            items = list(by_ip.items())
+            for i in range(0, len(items), 1000):
+                mapping: dict[Any, Any] = {}
+                for ip, found in items[i:i + 1000]:
+                    if len(found) == 1:
+                        mapping[ip] = found[0].pack()
+                    else:
+                        log.warning("ambiguous_client", ip=ip, matches=len(found))
+                if mapping:
+                    pipe.hset(tmp, mapping=mapping)
+            pipe.hset(tmp, BUILT, str(int(time.time())))
+            pipe.rename(tmp, self.keys.nas_directory)
+            pipe.execute()
+            dirty = self._dirty
+        finally:
+            self._rebuilding = False
+        for ip in dirty:
+            self.refresh_address(query, r, ip)
+        count = sum(1 for found in by_ip.values() if len(found) == 1)
+        log.info("nas_directory_built", nas=count)
+        return count
+
+    def refresh_address(self, query: Query, r: redis.Redis, ip: str) -> None:
+        """A NAS at ``ip`` changed (a shard's NOTIFY): read it again from the shards (off
+        the hook path: the relay's thread) and update its field."""
+        if self._rebuilding:
+            self._dirty.add(ip)
+        found = [Nas(*row) for shard in self.shard_map for row in query(shard, NAS_SQL, (ip,))
+                 if self._owned_here(row[0], shard)]
+        if len(found) == 1:
+            r.hset(self.keys.nas_directory, ip, found[0].pack())
+        else:
+            if found:
+                log.warning("ambiguous_client", ip=ip, matches=len(found))
+            r.hdel(self.keys.nas_directory, ip)
+
+    def refresh_tenant(self, query: Query, r: redis.Redis, shard: Shard, tenant_id: int) -> list[str]:
+        """A tenant changed (its status): every NAS address of it read again; the addresses."""
+        ips = [row[0] for row in query(shard, TENANT_NAS_SQL, (tenant_id,))]
+        for ip in ips:
+            self.refresh_address(query, r, ip)
+        return ips
+
+    def _owned_here(self, tenant_id: int, shard: Shard) -> bool:
+        try:
+            return self.shard_map.shard_for(tenant_id).name == shard.name
         except UnknownTenant:
             return False

@@ -15,7 +15,6 @@ accounting) walk down through them; the threads are in background.py.
 from __future__ import annotations
 
 import hmac
-import math
 import threading
 import time
 from typing import Any
@@ -76,7 +75,9 @@ class Engine:
         self.shards = Shards(self.shard_map, timeout_ms=settings.db_timeout_ms,
                              pool_max=settings.db_pool_max, wait_ms=settings.db_wait_ms)
         generation = Generation()
-        self.directory = Directory(self.shard_map, self.shards, self.cache_store, self.keys)
+        # The NAS directory is kept in the state Redis: bounded by the NAS rows, and an
+        # evicted directory would answer no new client until it is rebuilt.
+        self.directory = Directory(self.shard_map, self.shards, self.redis_store, self.keys)
         self.live = LiveStates(settings, self.keys, self.redis_store, self.redis_bg, self.stats,
                                generation)
         self.profiles = Profiles(settings, self.keys, self.cache_store, self.shards, self.stats,
@@ -84,7 +85,7 @@ class Engine:
         self.credentials = VerifiedCredentials(settings)
         self.sink = Sink(self.stats)
         self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
-                                         self.cache_bg)
+                                         self.cache_bg, directory=self.directory)
         self.local = self.profiles.local  # the in-process tier (metrics count it)
         #: Set by close(): every module thread stops.
         self.stopping = threading.Event()
@@ -172,16 +173,17 @@ class Engine:
             config = (("Crypt-Password", profile.password),)
         # The rendered reply is kept on the entry: for good when it depends on the
         # profile and plan alone, else for REPLY_REUSE_S and the same live state.
-        cached = entry.replies.get(vendor) if entry.replies is not None else None
-        if cached is not None and cached[1] > now and cached[2] is entry.state:
-            reply = cached[0]
+        reply_for = entry.reply_for
+        if reply_for == vendor or (reply_for.__class__ is tuple and reply_for[0] == vendor
+                                   and reply_for[1] > now and reply_for[2] is entry.state):
+            reply = entry.reply
         else:
             reply = policy.render_reply(profile, entry.plan, entry.state, vendor, now=now)
-            if entry.replies is None:
-                entry.replies = {}
-            valid = (math.inf if policy.reply_is_static(profile, entry.plan)
-                     else now + REPLY_REUSE_S)
-            entry.replies[vendor] = (reply, valid, entry.state)
+            if policy.reply_is_static(profile, entry.plan):
+                # One copy for the subscribers of a plan, not one each (memory).
+                entry.reply, entry.reply_for = self.local.share_reply(reply), vendor
+            else:
+                entry.reply, entry.reply_for = reply, (vendor, now + REPLY_REUSE_S, entry.state)
         self.stats.requests["authorize:ok"] += 1
         if decided:
             self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")

@@ -2,30 +2,112 @@
 
 Two sources announce changes (background.py runs their loops):
 
-* a shard's NOTIFY (a committed change of a subscriber, plan, NAS or tenant):
-  :meth:`Invalidation.apply_db_notification` deletes the Redis copy, announces
-  the change on the invalidation channel and drops the in-process copies;
-* the Redis channel (other processes' announcements, live.lua's):
-  :meth:`Invalidation.apply_channel_message`.
+* a shard's NOTIFY (a committed change of a subscriber, plan, NAS or tenant),
+  heard by the **relay** only: :meth:`Invalidation.apply_db_notification`
+  deletes the Redis copy (and, for a NAS or tenant, updates the NAS directory),
+  announces the change once on the invalidation channel and drops the
+  in-process copies. The relay is elected among the radiusd processes:
+  :class:`RelayLock` has :data:`RELAY_SLOTS` slots, each a Redis key with a
+  TTL that its holder renews; a process holds at most one. So each shard has
+  at most RELAY_SLOTS listening connections and each change RELAY_SLOTS
+  announcements, however many processes run (O(shards), not O(processes x
+  shards)); with two holders, one dying loses nothing (the other still
+  relays), and its slot is taken again within :data:`RELAY_TTL_S`.
+* the Redis channel (the relay's announcements, live.lua's), which every
+  process subscribes to: :meth:`Invalidation.apply_channel_message`.
 
 Messages are JSON lists: ``["s", tenant, user]`` (a subscriber; ``"l"`` is the
 same from live.lua of the previous release), ``["L", [[tenant, user], ...]]``,
-``["p", tenant, plan]``, ``["t", tenant]``, ``["n", tenant, ip]`` (a NAS).
-Every message bumps the :class:`Generation`, so that a lookup that was reading
-meanwhile does not keep what it read.
+``["p", tenant, plan]``, ``["t", tenant]``, ``["n", tenant, ip]`` (a NAS: the
+directory changed at ``ip``), ``["D"]`` (the directory was rebuilt) and
+``["R"]`` (a relay took over with no other relay alive: announcements may
+have been missed, drop everything). Every message bumps the
+:class:`Generation`, so that a lookup that was reading meanwhile does not keep
+what it read.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from wificore.keys import Keys
 from wificore.log import get_logger
 
+if TYPE_CHECKING:
+    from wificore.shardmap import Shard
+
+    from .directory import Directory, Query
+
 log = get_logger("rlm_wificore")
+
+#: Relays at once (each LISTENs on every shard); a process holds at most one slot.
+RELAY_SLOTS = 2
+#: A relay slot's lock lives this long unless renewed (every RELAY_RENEW_S).
+RELAY_TTL_S = 3.0
+RELAY_RENEW_S = 1.0
+#: The holder of slot 0 rebuilds the NAS directory this often (a NOTIFY lost while
+#: no relay listened is repaired by then at the latest).
+DIRECTORY_REBUILD_S = 600.0
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RelayLock:
+    """One of RELAY_SLOTS relay slots, held through a Redis key with a TTL."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, slots: int = RELAY_SLOTS,
+                 ttl_s: float = RELAY_TTL_S) -> None:
+        self.r = r
+        self.keys = keys
+        self.slots = slots
+        self.ttl_ms = int(ttl_s * 1000)
+        self.ident = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.slot: int | None = None
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
+
+    def acquire(self) -> int | None:
+        """Take a free slot (the slot, or None: every slot is held)."""
+        for slot in range(self.slots):
+            if self.r.set(self.keys.relay(slot), self.ident, nx=True, px=self.ttl_ms):
+                self.slot = slot
+                return slot
+        return None
+
+    def others_alive(self) -> bool:
+        """Another slot is held (its relay has been announcing all along)."""
+        return any(self.r.exists(self.keys.relay(s)) for s in range(self.slots) if s != self.slot)
+
+    def renew(self) -> bool:
+        """Still ours (renewed)? False: lost (expired, or taken by another)."""
+        if self.slot is None:
+            return False
+        return bool(self._renew(keys=[self.keys.relay(self.slot)], args=[self.ident, self.ttl_ms]))
+
+    def release(self) -> None:
+        if self.slot is not None:
+            try:
+                self._release(keys=[self.keys.relay(self.slot)], args=[self.ident])
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # it expires by itself
+            self.slot = None
 
 
 class Copies(Protocol):
@@ -55,12 +137,14 @@ class Invalidation:
     """Applies change announcements to the in-process tier (and, for a shard's, to Redis)."""
 
     def __init__(self, generation: Generation, profiles: Copies, keys: Keys,
-                 redis_bg: redis.Redis, cache_bg: redis.Redis | None = None) -> None:
+                 redis_bg: redis.Redis, cache_bg: redis.Redis | None = None, *,
+                 directory: Directory | None = None) -> None:
         self.generation = generation
         self.profiles = profiles
         self.keys = keys
-        self.redis_bg = redis_bg  # the state Redis: the invalidation channel
+        self.redis_bg = redis_bg  # the state Redis: the invalidation channel, the NAS directory
         self.cache_bg = redis_bg if cache_bg is None else cache_bg  # the cached copies
+        self.directory = directory
 
     def apply(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
@@ -77,20 +161,46 @@ class Invalidation:
             self.profiles.drop_plan(int(message[1]), int(message[2]))
         elif kind == "t":
             self.profiles.drop_tenant(int(message[1]))
-        # 'n' (NAS): radiusd's dynamic client expires after its lifetime.
+        elif kind == "R":
+            self.profiles.clear(plans=True)
+        # 'n' (NAS), 'D' (directory): the known addresses follow (apply_channel_message);
+        # radiusd's dynamic client itself expires after its lifetime.
 
     def apply_channel_message(self, data: bytes | str) -> None:
         """One message from the invalidation channel; ValueError/IndexError/TypeError if bad."""
         if isinstance(data, bytes):  # one bad name must not lose the others
             data = data.decode("utf-8", "replace")
-        self.apply(json.loads(data))
+        message = json.loads(data)
+        self.apply(message)
+        kind = message[0]
+        if self.directory is not None and kind in ("n", "D"):
+            try:
+                if kind == "n":
+                    self.directory.address_changed(self.redis_bg, str(message[2]))
+                else:
+                    self.directory.load_known(self.redis_bg)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("nas_directory_not_followed", error=str(exc))
+                self.directory.known = None  # back to reading the directory itself
 
-    def apply_db_notification(self, payload: str) -> None:
-        """One NOTIFY from a shard: drop the Redis copy, announce, drop locally."""
+    def apply_db_notification(self, payload: str, *, shard: Shard | None = None,
+                              query: Query | None = None) -> None:
+        """One NOTIFY from a shard (the relay): update the NAS directory for a NAS or tenant
+        change (``query`` reads the shards), drop the Redis copy, announce, drop locally."""
         msg = json.loads(payload)
         self.apply(msg)
         keys = self.keys
         kind = msg[0]
+        announce = [payload]
+        if self.directory is not None and query is not None:
+            try:
+                if kind == "n":
+                    self.directory.refresh_address(query, self.redis_bg, str(msg[2]))
+                elif kind == "t" and shard is not None:
+                    for ip in self.directory.refresh_tenant(query, self.redis_bg, shard, int(msg[1])):
+                        announce.append(json.dumps(["n", int(msg[1]), ip]))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("nas_directory_not_updated", error=str(exc))
         doomed = []
         if kind == "s":
             doomed.append(keys.profile(int(msg[1]), str(msg[2])))
@@ -104,10 +214,23 @@ class Invalidation:
                 self.cache_bg.delete(*doomed)
             elif doomed:
                 pipe.delete(*doomed)
-            pipe.publish(keys.invalidation_channel, payload)  # the channel: the state Redis
+            for message in announce:  # the channel: the state Redis
+                pipe.publish(keys.invalidation_channel, message)
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("invalidation_not_announced", error=str(exc))
+
+    def take_over(self, query: Query, *, alone: bool) -> None:
+        """A relay slot was just taken (the relay LISTENs already): rebuild the NAS directory;
+        if no other relay was alive, changes may have gone unannounced: every process drops
+        its in-process copies (``["R"]``). Redis copies changed meanwhile live out their TTL."""
+        if self.directory is not None:
+            self.directory.rebuild(query, self.redis_bg)
+        messages = [json.dumps(["D"])] + ([json.dumps(["R"])] if alone else [])
+        pipe = self.redis_bg.pipeline(transaction=False)
+        for message in messages:
+            pipe.publish(self.keys.invalidation_channel, message)
+        pipe.execute()
 
     def reset_all(self) -> None:
         """Forget every in-process subscriber and plan (announcements may have been missed)."""
@@ -119,9 +242,10 @@ class Invalidation:
         every live state from Redis (the state thread does, at the entry's next use).
 
         What the channel carried meanwhile: live-state changes (``L``), re-read here,
-        and the shards' changes, which this process also gets from its own LISTEN
-        on every shard. So the profiles need not be dropped, and a Redis outage is
-        not a stampede on the shards."""
+        and the shards' changes, which the relays could not announce while Redis was
+        away: a relay that then takes its slot alone announces ``R`` (take_over), and
+        the in-process tier refills from Redis. So a Redis outage is not a stampede
+        on the shards."""
         self.generation.bump()
         self.profiles.revalidate()
 

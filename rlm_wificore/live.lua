@@ -107,21 +107,24 @@ local function one(payload)
     redis.call('XADD', stream, '*', 'd', payload)
     -- The NAS restarted: none of its sessions is live any more, and an Acct-Session-Id
     -- it uses again from now on is a new session (field n: see the generations below).
+    -- Only these users' cached copies are stale: they are announced with the
+    -- others of this call ({"L", ...}), not the whole tenant.
     local on_at = string.format('%.3f', ev)
     local members = redis.call('ZRANGE', naslive, 0, -1)
     for _, m in ipairs(members) do
       local sep = string.find(m, '\n', 1, true)
       if sep then
         local skey = string.sub(m, sep + 1)
-        redis.call('ZREM', tp .. 'live:' .. string.sub(m, 1, sep - 1), skey)
+        local u = string.sub(m, 1, sep - 1)
+        redis.call('ZREM', tp .. 'live:' .. u, skey)
         -- Should the session go on all the same, its next record enters it again.
         local base = tp .. 'sess:' .. string.match(skey, '^([^:]*)')
         redis.call('HDEL', base, 'r')
         redis.call('HSET', base, 'n', on_at)
+        changed[#changed + 1] = {f.tenant_id, u}
       end
     end
     redis.call('DEL', naslive)
-    redis.call('PUBLISH', channel, '["t",' .. t .. ']')
     return
   end
 

@@ -20,7 +20,7 @@ from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
 from wificore.settings import Settings
 
-from .cache import Entry, LiveState
+from .cache import NO_STATE, Entry, LiveState
 from .stats import Stats
 from .store import RedisStore
 
@@ -91,7 +91,10 @@ class LiveStates:
     @staticmethod
     def state(live: Any, usage: list[Any]) -> LiveState:
         """The live state from the replies of the two reads :meth:`read_into` queued."""
-        return LiveState(int(live), int(usage[0] or 0), int(usage[1] or 0))
+        sessions, octets, time_s = int(live), int(usage[0] or 0), int(usage[1] or 0)
+        if not (sessions or octets or time_s):
+            return NO_STATE  # shared: the in-process tier holds one per idle subscriber otherwise
+        return LiveState(sessions, octets, time_s)
 
     def refresh(self, batch: list[Due], *, in_hook: bool = False) -> None:
         """Re-read the live state of cached entries in one round trip: the state thread's

@@ -63,6 +63,14 @@ class EngineCollector:
         yield err
         yield GaugeMetricFamily("wificore_local_cache_entries", "Profiles held in process",
                                 value=len(self.engine.local))
+        directory = self.engine.directory
+        yield CounterMetricFamily("wificore_unknown_clients",
+                                  "Dynamic-client lookups of addresses that are no NAS",
+                                  value=directory.unknown_seen)
+        known = directory.known
+        yield GaugeMetricFamily("wificore_known_nas_addresses",
+                                "NAS addresses in this process's copy of the directory (-1: not loaded)",
+                                value=len(known) if known is not None else -1)
         spool = getattr(self.engine, "spool", None)
         if spool is not None:
             yield GaugeMetricFamily("wificore_spool_pending_bytes",

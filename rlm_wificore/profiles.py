@@ -162,14 +162,13 @@ class Profiles:
         self.local.drop((tenant_id, username))
 
     def drop_plan(self, tenant_id: int, plan_id: int) -> None:
-        """Forget a plan and every in-process subscriber on it."""
+        """Forget a plan and every in-process subscriber on it (O(1): its epoch ends)."""
         self.plans.pop((tenant_id, plan_id), None)
-        self.local.drop_where(lambda k, e: k[0] == tenant_id and e.profile is not None
-                              and e.profile.plan_id == plan_id)
+        self.local.drop_plan(tenant_id, plan_id)
 
     def drop_tenant(self, tenant_id: int) -> None:
-        """Forget every in-process subscriber of a tenant."""
-        self.local.drop_where(lambda k, e: k[0] == tenant_id)
+        """Forget every in-process subscriber of a tenant (O(1): its epoch ends)."""
+        self.local.drop_tenant(tenant_id)
 
     def revalidate(self) -> None:
         """Keep every in-process subscriber, but make its live state due for a re-read."""

@@ -289,7 +289,7 @@ class Radiusd(Process):
 
     def __init__(self, state: Path, *, auth_port: int, acct_port: int, shard_map: Path,
                  redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
-                 client_lifetime_s: int = 600, name: str = "radiusd", raddb: Path = RADDB,
+                 client_lifetime_s: int = 300, name: str = "radiusd", raddb: Path = RADDB,
                  extra_env: dict[str, str] | None = None, reuseport: bool = False,
                  threaded: bool = False) -> None:
         super().__init__(name, state)

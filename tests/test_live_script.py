@@ -184,6 +184,31 @@ def test_starts_and_stops_of_one_call_are_announced_in_one_message(live):
         pubsub.close()
 
 
+def test_accounting_on_announces_that_nas_users_only(live):
+    """An Accounting-On makes radiusd drop the cached copies of the users of that NAS, not
+    of the whole tenant: the announcement names them ('L'), and no 't' message is sent."""
+    import json
+    import time as _time
+
+    live.send(T0, record("start"), record("start", key="s2", user="bob"),
+              record("start", key="s3", user="carol", nas_id=8))
+    pubsub = live.r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{live.p}:inval")
+    try:
+        live.send(T0 + 10, record("on"))
+        messages, deadline = [], _time.monotonic() + 5
+        while _time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.2)
+            if msg:
+                messages.append(json.loads(msg["data"]))
+            elif messages:
+                break
+        assert len(messages) == 1 and messages[0][0] == "L", messages
+        assert sorted(map(tuple, messages[0][1])) == [(1, "alice"), (1, "bob")]
+    finally:
+        pubsub.close()
+
+
 # ---------------------------------------------------------------- issue 14: counters, identity
 def stream_records(live) -> list[dict]:
     """What the script put into the stream for batch_writer, decoded."""

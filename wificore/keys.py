@@ -52,6 +52,16 @@ class Keys:
         """msgpack NAS entry by source address (dynamic clients); TTL."""
         return f"{self.p}:nas:{ip}"
 
+    @property
+    def nas_directory(self) -> str:
+        """HASH source address -> msgpack NAS, every NAS of every shard; kept by the relay
+        (see rlm_wificore/directory.py). Bounded by the NAS rows."""
+        return f"{self.p}:nasdir"
+
+    def relay(self, slot: int) -> str:
+        """The invalidation relay's lock, one per relay slot: holder id, PX TTL."""
+        return f"{self.p}:relay:{slot}"
+
     def stream(self, partition: int) -> str:
         """Accounting and auth-log records, one stream per partition."""
         return f"{self.p}:stream:{{{partition}}}"
