@@ -193,7 +193,7 @@ class LocalCache:
 
     def entries(self) -> list[Entry]:
         """A snapshot of the entries (list() of a dict's values is atomic under the GIL)."""
-        return list(self._d.values())
+        return [e for t in list(self._tenants.values()) for e in list(t.d.values())]
 
     def __len__(self) -> int:
         """Entries held (those of an ended plan epoch until evicted or filled again)."""
