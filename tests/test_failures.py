@@ -39,10 +39,13 @@ class TestRedisDown:
         r = redis
         assert wait_until(lambda: r.hget(K.usage(TENANT_A[0], fresh), "octets") == b"2000", timeout_s=15), \
             f"spool not replayed: {r.hget(K.usage(TENANT_A[0], fresh), 'octets')}\n{radiusd.log_tail()}"
-        fresher = subscriber()
-        assert pap(auth, TENANT_A, fresher).accepted, radiusd.log_tail()
-        # The module reconnected: the profile it read is cached in Redis again.
-        assert r.exists(K.profile(TENANT_A[0], fresher)), f"no reconnect to Redis\n{radiusd.log_tail()}"
+        # The module reconnects: once its breaker has probed Redis again, the profile a
+        # login reads is cached in Redis again (a login before that is served by the shard).
+        def cached_again() -> bool:
+            fresher = subscriber()
+            assert pap(auth, TENANT_A, fresher).accepted, radiusd.log_tail()
+            return bool(r.exists(K.profile(TENANT_A[0], fresher)))
+        assert wait_until(cached_again, timeout_s=15), f"no reconnect to Redis\n{radiusd.log_tail()}"
 
 
 class TestShardDown:
