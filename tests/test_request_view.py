@@ -24,11 +24,6 @@ from wificore.keys import Keys
 
 K = Keys("wc")
 
-#: FreeRADIUS 3.2.7 (bookworm-backports) reads no \xNN in the site's regexes: the byte
-#: re-encoding is left out there (docs/decisions.md), so these do not hold on it yet.
-BYTES_HANDLED = os.environ.get("WIFICORE_FREERADIUS", "3.2.7") == "3.2.1"
-bytes_only_321 = pytest.mark.xfail(not BYTES_HANDLED, reason="3.2.7: no byte re-encoding yet",
-                                   strict=False)
 PLAN_ATTRS = (R.SESSION_TIMEOUT, R.IDLE_TIMEOUT, R.ACCT_INTERIM_INTERVAL, R.VENDOR_SPECIFIC)
 
 
@@ -124,7 +119,6 @@ class TestOneIdentity:
                       + mschapv2(alice, "bob-pw2"))
         assert code == "Access-Reject"
 
-    @bytes_only_321
     def test_nul_in_user_name_rejected(self, raw, subscriber, redis):
         """'alice\\0admin' with alice's password: the module saw 'alice' and accepted."""
         user = subscriber(password="nul-pw")
@@ -134,7 +128,6 @@ class TestOneIdentity:
         assert R.values(reply, R.REPLY_MESSAGE) == [b"Invalid request"]
         assert auth_reasons(redis, escape_bytes(name)) == ["bad_encoding"]
 
-    @bytes_only_321
     def test_nul_in_password_rejected(self, raw, subscriber):
         """'pw\\0junk': the module's cleartext fast path saw 'pw' and accepted."""
         user = subscriber(password="nulpw")
@@ -188,7 +181,6 @@ class TestMethods:
         assert auth_reasons(redis, user) == ["method_unsupported"]
 
 
-@bytes_only_321
 class TestNotUtf8:
     @pytest.mark.parametrize("extra", [
         (R.CALLED_STATION_ID, b"Caf\xe9"),
