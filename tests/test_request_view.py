@@ -197,6 +197,26 @@ class TestNotUtf8:
         assert code == "Access-Accept"
         assert auth_reasons(redis, user) == ["ok"]
 
+    def test_utf8_values_reach_the_module_unchanged(self, raw, subscriber, redis):
+        """The site re-encodes every listed value that is not 7-bit text, valid UTF-8
+        included: a UTF-8 password still matches, and UTF-8 station ids, NAS-Identifier
+        and User-Name are kept as the same text, not escaped."""
+        user = subscriber(password="café-ü")
+        code, _ = raw([(R.USER_NAME, user.encode()), (R.USER_PASSWORD, "café-ü".encode()),
+                       (R.CALLING_STATION_ID, "AP-中".encode())])
+        assert code == "Access-Accept"
+        recs = wait_until(lambda: records(redis, "auth", lambda r: r["username"] == user), 5)
+        assert [(r["reason"], r["calling_station_id"]) for r in recs] == [("ok", "AP-中")]
+        sid = os.urandom(4).hex()
+        code, _ = raw([(R.USER_NAME, f"gäst-{sid}".encode()), (R.ACCT_STATUS_TYPE, R.u32(1)),
+                       (R.ACCT_SESSION_ID, sid.encode()), (R.CALLED_STATION_ID, "AP:Café".encode()),
+                       (R.NAS_IDENTIFIER, "ap-ü".encode())], acct=True)
+        assert code == "Accounting-Response"
+        recs = wait_until(lambda: records(redis, "acct", lambda r: r.get("acct_session_id") == sid), 5)
+        assert recs, "no accounting record"
+        assert (recs[0]["username"], recs[0]["called_station_id"], recs[0]["nas_identifier"]) == \
+            (f"gäst-{sid}", "AP:Café", "ap-ü")
+
     def test_latin1_password_rejected_with_reason(self, raw, subscriber, redis):
         user = subscriber(password="café")
         code, reply = raw([(R.USER_NAME, user.encode()), (R.USER_PASSWORD, "café".encode("latin-1"))])
