@@ -83,7 +83,7 @@ def main() -> None:
     with temporary_stack("wificore-viewcost-") as s, tempfile.TemporaryDirectory() as tmp:
         s.admin("tenant", "add", "--id", "1", "--name", "bench")
         s.admin("nas", "add", "--tenant", "1", "--name", "nas", "--ip", "127.0.0.1", "--secret",
-                "bench-secret", "--vendor", "mikrotik")
+                "bench-secret", "--vendor", "mikrotik", "--require-message-authenticator", "no")
         s.admin("plan", "add", "--tenant", "1", "--name", "basic", "--simultaneous-use", "100")
         csv = "username,password,plan\n" + "".join(f"bench{i},password{i},basic\n" for i in range(200))
         s.admin("subscriber", "import", "--tenant", "1", "-", input=csv)

@@ -121,8 +121,6 @@ def auth_records(redis, markers: set[str]) -> dict[str, list[dict]]:
     return found
 
 
-@pytest.mark.xfail(os.environ.get("WIFICORE_FREERADIUS", "3.2.7") != "3.2.1",
-                   reason="3.2.7: no byte re-encoding yet (docs/decisions.md)", strict=False)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_access_fuzz(seed, radiusd, people, redis):
     rng = random.Random(seed)

@@ -105,8 +105,6 @@ def send_all(radiusd, rng, seed, n, anywhere):
     assert not unanswered, f"seed {seed}: {len(unanswered)} unanswered, first {unanswered[0]}"
 
 
-@pytest.mark.xfail(os.environ.get("WIFICORE_FREERADIUS", "3.2.7") != "3.2.1",
-                   reason="3.2.7: no byte re-encoding yet (docs/decisions.md)", strict=False)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_accounting_fuzz(seed, radiusd):
     rng = random.Random(seed)

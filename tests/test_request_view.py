@@ -24,11 +24,6 @@ from wificore.keys import Keys
 
 K = Keys("wc")
 
-#: FreeRADIUS 3.2.7 (bookworm-backports) reads no \xNN in the site's regexes: the byte
-#: re-encoding is left out there (docs/decisions.md), so these do not hold on it yet.
-BYTES_HANDLED = os.environ.get("WIFICORE_FREERADIUS", "3.2.7") == "3.2.1"
-bytes_only_321 = pytest.mark.xfail(not BYTES_HANDLED, reason="3.2.7: no byte re-encoding yet",
-                                   strict=False)
 PLAN_ATTRS = (R.SESSION_TIMEOUT, R.IDLE_TIMEOUT, R.ACCT_INTERIM_INTERVAL, R.VENDOR_SPECIFIC)
 
 
@@ -124,7 +119,6 @@ class TestOneIdentity:
                       + mschapv2(alice, "bob-pw2"))
         assert code == "Access-Reject"
 
-    @bytes_only_321
     def test_nul_in_user_name_rejected(self, raw, subscriber, redis):
         """'alice\\0admin' with alice's password: the module saw 'alice' and accepted."""
         user = subscriber(password="nul-pw")
@@ -134,7 +128,6 @@ class TestOneIdentity:
         assert R.values(reply, R.REPLY_MESSAGE) == [b"Invalid request"]
         assert auth_reasons(redis, escape_bytes(name)) == ["bad_encoding"]
 
-    @bytes_only_321
     def test_nul_in_password_rejected(self, raw, subscriber):
         """'pw\\0junk': the module's cleartext fast path saw 'pw' and accepted."""
         user = subscriber(password="nulpw")
@@ -188,7 +181,6 @@ class TestMethods:
         assert auth_reasons(redis, user) == ["method_unsupported"]
 
 
-@bytes_only_321
 class TestNotUtf8:
     @pytest.mark.parametrize("extra", [
         (R.CALLED_STATION_ID, b"Caf\xe9"),
@@ -204,6 +196,26 @@ class TestNotUtf8:
         code, _ = raw([(R.USER_NAME, user.encode()), (R.USER_PASSWORD, b"latin1-ok"), extra])
         assert code == "Access-Accept"
         assert auth_reasons(redis, user) == ["ok"]
+
+    def test_utf8_values_reach_the_module_unchanged(self, raw, subscriber, redis):
+        """The site re-encodes every listed value that is not 7-bit text, valid UTF-8
+        included: a UTF-8 password still matches, and UTF-8 station ids, NAS-Identifier
+        and User-Name are kept as the same text, not escaped."""
+        user = subscriber(password="café-ü")
+        code, _ = raw([(R.USER_NAME, user.encode()), (R.USER_PASSWORD, "café-ü".encode()),
+                       (R.CALLING_STATION_ID, "AP-中".encode())])
+        assert code == "Access-Accept"
+        recs = wait_until(lambda: records(redis, "auth", lambda r: r["username"] == user), 5)
+        assert [(r["reason"], r["calling_station_id"]) for r in recs] == [("ok", "AP-中")]
+        sid = os.urandom(4).hex()
+        code, _ = raw([(R.USER_NAME, f"gäst-{sid}".encode()), (R.ACCT_STATUS_TYPE, R.u32(1)),
+                       (R.ACCT_SESSION_ID, sid.encode()), (R.CALLED_STATION_ID, "AP:Café".encode()),
+                       (R.NAS_IDENTIFIER, "ap-ü".encode())], acct=True)
+        assert code == "Accounting-Response"
+        recs = wait_until(lambda: records(redis, "acct", lambda r: r.get("acct_session_id") == sid), 5)
+        assert recs, "no accounting record"
+        assert (recs[0]["username"], recs[0]["called_station_id"], recs[0]["nas_identifier"]) == \
+            (f"gäst-{sid}", "AP:Café", "ap-ü")
 
     def test_latin1_password_rejected_with_reason(self, raw, subscriber, redis):
         user = subscriber(password="café")
