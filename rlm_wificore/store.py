@@ -208,6 +208,12 @@ class Lane:
 
     QUEUE_MAX = 256
     KEEP_MAX = 4096
+    #: Fast answers in a row before hooks wait on a shard that was sick again. One
+    #: fast answer (a probe, a plan read among slow subscriber reads) is not enough:
+    #: each hook wait is a wait of the whole process (rlm_python3's mutex, and in
+    #: ``-t`` radiusd's one event loop), and a flapping shard cost every tenant a
+    #: ``wait_s`` stall per flap (noisy_neighbour, issue 13).
+    RECOVER_STREAK = 3
 
     def __init__(self, shards: Shards, shard: Shard, *, wait_s: float, threads: int,
                  keep_s: float = 10.0) -> None:
@@ -223,7 +229,15 @@ class Lane:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopped = False
+        # Fast answers in a row since the shard was last judged sick; hooks wait on
+        # the shard only while its breaker is closed and this is >= RECOVER_STREAK.
+        self._streak = self.RECOVER_STREAK
         self.counts: Counter[str] = Counter()
+
+    @property
+    def waitable(self) -> bool:
+        """True if a hook may wait (up to ``wait_s``) for this shard's answer."""
+        return self.breaker.open_until == 0.0 and self._streak >= self.RECOVER_STREAK
 
     def fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         key = (sql, params)
@@ -242,11 +256,14 @@ class Lane:
                 self._queue.append((key, job))
                 self._start_threads()
                 self._cond.notify()
-        healthy = self.breaker.open_until == 0.0
+        healthy = self.waitable
+        if healthy:
+            self.counts["waited"] += 1  # hook calls that may block the process
         if not job.done.wait(self.wait_s if healthy else 0.0):
             if healthy:
                 # The shard did not answer within the healthy wait: sick until a
-                # lane thread sees a fast answer again.
+                # lane thread sees RECOVER_STREAK fast answers in a row again.
+                self._streak = 0
                 self.breaker.fail()
                 self.counts["slow_wait"] += 1
             self.counts["not_waited" if not healthy else "gave_up"] += 1
@@ -307,21 +324,27 @@ class Lane:
     def _probe(self) -> None:
         # Any answer within the deadline closes the breaker: a probe may have to
         # open a fresh connection (the shard restarted), which is not slowness.
+        # It counts as one fast answer at most: ``SELECT 1`` is fast on a shard
+        # whose subscriber reads are slow (locks, a bad plan), so only real
+        # lookups bring the streak up to RECOVER_STREAK.
         try:
             self.shards.execute(self.shard, lambda c: c.execute("SELECT 1").fetchone())
             ok = True
         except StoreUnavailable:
             ok = False
-        self._judge(ok)
+        self._judge(ok, probe=True)
 
-    def _judge(self, fast: bool) -> None:
+    def _judge(self, fast: bool, probe: bool = False) -> None:
         if fast:
-            if self.breaker.open_until != 0.0:
-                log.info("shard_healthy", shard=self.shard.name)
+            if self._streak < self.RECOVER_STREAK and not (probe and self._streak >= 1):
+                self._streak += 1
+                if self._streak == self.RECOVER_STREAK:
+                    log.info("shard_healthy", shard=self.shard.name)
             self.breaker.ok()
         else:
-            if self.breaker.open_until == 0.0:
+            if self._streak >= self.RECOVER_STREAK:
                 log.warning("shard_sick", shard=self.shard.name)
+            self._streak = 0
             self.breaker.fail()
         self.counts["fast" if fast else "slow_or_failed"] += 1
 
