@@ -214,6 +214,15 @@ class Lane:
     #: ``-t`` radiusd's one event loop), and a flapping shard cost every tenant a
     #: ``wait_s`` stall per flap (noisy_neighbour, issue 13).
     RECOVER_STREAK = 3
+    #: A hook's wait on a healthy shard: ``WAIT_FACTOR`` times the slowest of the lane's
+    #: last ``WAIT_HISTORY`` fast answers, at least ``WAIT_FLOOR_S``, at most ``wait_s``
+    #: (``db_wait_ms``; also until ``WAIT_HISTORY_MIN`` answers are known). The first
+    #: hook that meets a shard falling sick holds its whole process for that long: at
+    #: 200 ms that alone cost a neighbour tenant on the same process its p99 (issue 13).
+    WAIT_FACTOR = 4.0
+    WAIT_FLOOR_S = 0.05
+    WAIT_HISTORY = 64
+    WAIT_HISTORY_MIN = 8
 
     def __init__(self, shards: Shards, shard: Shard, *, wait_s: float, threads: int,
                  keep_s: float = 10.0) -> None:
@@ -232,7 +241,15 @@ class Lane:
         # Fast answers in a row since the shard was last judged sick; hooks wait on
         # the shard only while its breaker is closed and this is >= RECOVER_STREAK.
         self._streak = self.RECOVER_STREAK
+        self._fast_took: collections.deque[float] = collections.deque(maxlen=self.WAIT_HISTORY)
         self.counts: Counter[str] = Counter()
+
+    def healthy_wait_s(self) -> float:
+        """How long a hook waits for this shard while it is healthy (see WAIT_FACTOR)."""
+        took = list(self._fast_took)
+        if len(took) < self.WAIT_HISTORY_MIN:
+            return self.wait_s
+        return min(self.wait_s, max(self.WAIT_FLOOR_S, self.WAIT_FACTOR * max(took)))
 
     @property
     def waitable(self) -> bool:
@@ -259,7 +276,7 @@ class Lane:
         healthy = self.waitable
         if healthy:
             self.counts["waited"] += 1  # hook calls that may block the process
-        if not job.done.wait(self.wait_s if healthy else 0.0):
+        if not job.done.wait(self.healthy_wait_s() if healthy else 0.0):
             if healthy:
                 # The shard did not answer within the healthy wait: sick until a
                 # lane thread sees RECOVER_STREAK fast answers in a row again.
@@ -311,6 +328,8 @@ class Lane:
             except Exception as exc:  # a bug must not kill the lane
                 job.error = StoreUnavailable(f"shard {self.shard.name!r}: {exc!r}")
             took = time.monotonic() - started
+            if job.error is None and took <= self.wait_s:
+                self._fast_took.append(took)
             self._judge(job.error is None and took <= self.wait_s)
             job.finished = time.monotonic()
             with self._cond:
