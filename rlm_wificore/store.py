@@ -214,8 +214,8 @@ class Lane:
     #: ``-t`` radiusd's one event loop), and a flapping shard cost every tenant a
     #: ``wait_s`` stall per flap (noisy_neighbour, issue 13).
     RECOVER_STREAK = 3
-    #: A hook's wait on a healthy shard: ``WAIT_FACTOR`` times the slowest of the lane's
-    #: last ``WAIT_HISTORY`` fast answers, at least ``WAIT_FLOOR_S``, at most ``wait_s``
+    #: A hook's wait on a healthy shard: ``WAIT_FACTOR`` times the 90th percentile of the
+    #: lane's last ``WAIT_HISTORY`` fast answers, at least ``WAIT_FLOOR_S``, at most ``wait_s``
     #: (``db_wait_ms``; also until ``WAIT_HISTORY_MIN`` answers are known). The first
     #: hook that meets a shard falling sick holds its whole process for that long: at
     #: 200 ms that alone cost a neighbour tenant on the same process its p99 (issue 13).
@@ -246,10 +246,11 @@ class Lane:
 
     def healthy_wait_s(self) -> float:
         """How long a hook waits for this shard while it is healthy (see WAIT_FACTOR)."""
-        took = list(self._fast_took)
+        took = sorted(self._fast_took)
         if len(took) < self.WAIT_HISTORY_MIN:
             return self.wait_s
-        return min(self.wait_s, max(self.WAIT_FLOOR_S, self.WAIT_FACTOR * max(took)))
+        p90 = took[int(len(took) * 0.9)]
+        return min(self.wait_s, max(self.WAIT_FLOOR_S, self.WAIT_FACTOR * p90))
 
     @property
     def waitable(self) -> bool:

@@ -185,6 +185,18 @@ class TestDeadlinesThroughPgBouncer:
         assert lane.fetchone("SELECT %s::int", (99,)) == (99,)
         assert lane.counts["waited"] == waited + 1
 
+    def test_the_healthy_wait_follows_the_shards_own_answers(self, shards):
+        """db_wait_ms until the lane knows a few answers; then 4x their 90th percentile,
+        never below the floor nor above db_wait_ms (pure logic on the lane's history)."""
+        lane = shards.lanes["shard2"]
+        assert lane.healthy_wait_s() == pytest.approx(0.2)
+        lane._fast_took.extend([0.002] * 63 + [0.150])  # one outlier does not count
+        assert lane.healthy_wait_s() == pytest.approx(lane.WAIT_FLOOR_S)
+        lane._fast_took.extend([0.030] * 64)
+        assert lane.healthy_wait_s() == pytest.approx(0.12)
+        lane._fast_took.extend([0.100] * 64)
+        assert lane.healthy_wait_s() == pytest.approx(0.2)
+
 
 def _answers(shards, shard) -> bool:
     try:
