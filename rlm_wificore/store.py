@@ -208,8 +208,8 @@ class Lane:
 
     QUEUE_MAX = 256
     KEEP_MAX = 4096
-    #: Fast answers in a row before hooks wait on a shard that was sick again. One
-    #: fast answer (a probe, a plan read among slow subscriber reads) is not enough:
+    #: Fast answers in a row (lookups or probes) before hooks wait on a shard that was
+    #: sick again. One fast answer (a probe, a cheap read among slow ones) is not enough:
     #: each hook wait is a wait of the whole process (rlm_python3's mutex, and in
     #: ``-t`` radiusd's one event loop), and a flapping shard cost every tenant a
     #: ``wait_s`` stall per flap (noisy_neighbour, issue 13).
@@ -313,6 +313,8 @@ class Lane:
                 while not self._queue and not self._stopped:
                     if self.breaker.open_until != 0.0 and time.monotonic() >= self.breaker.open_until:
                         break
+                    if self.breaker.open_until == 0.0 and self._streak < self.RECOVER_STREAK:
+                        break  # recovering and idle: probe again at once
                     self._cond.wait(self.breaker.retry_s if self.breaker.open_until else None)
                 if self._stopped:
                     return
@@ -344,19 +346,18 @@ class Lane:
     def _probe(self) -> None:
         # Any answer within the deadline closes the breaker: a probe may have to
         # open a fresh connection (the shard restarted), which is not slowness.
-        # It counts as one fast answer at most: ``SELECT 1`` is fast on a shard
-        # whose subscriber reads are slow (locks, a bad plan), so only real
-        # lookups bring the streak up to RECOVER_STREAK.
+        # An idle lane probes RECOVER_STREAK times in a row before hooks wait again
+        # (a restarted shard serves the next login); a slow lookup resets the streak.
         try:
             self.shards.execute(self.shard, lambda c: c.execute("SELECT 1").fetchone())
             ok = True
         except StoreUnavailable:
             ok = False
-        self._judge(ok, probe=True)
+        self._judge(ok)
 
-    def _judge(self, fast: bool, probe: bool = False) -> None:
+    def _judge(self, fast: bool) -> None:
         if fast:
-            if self._streak < self.RECOVER_STREAK and not (probe and self._streak >= 1):
+            if self._streak < self.RECOVER_STREAK:
                 self._streak += 1
                 if self._streak == self.RECOVER_STREAK:
                     log.info("shard_healthy", shard=self.shard.name)
