@@ -201,7 +201,9 @@ class Lane:
     wait on one job), and the hook waits for it at most ``wait_s`` while the
     shard's breaker is closed, not at all while it is open. A query that took
     longer than ``wait_s`` (slow), failed or outlived its deadline opens the
-    breaker; one that was fast closes it. While the breaker is open and
+    breaker; one that was fast closes it, and hooks wait on the shard again after
+    RECOVER_STREAK fast answers in a row (a wait is at most ``wait_s``, shorter once
+    the shard's answer times are known: :meth:`healthy_wait_s`). While the breaker is open and
     nothing is queued, a thread probes with ``SELECT 1`` every ``retry_s``.
     A result nobody was waiting for any more is kept ``keep_s`` for the
     retransmit of the same request."""
