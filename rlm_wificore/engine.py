@@ -60,6 +60,8 @@ class Engine:
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
         self.stats = Stats()
+        # tenant -> (monotonic time of its last lookup_failed line, lines left out since)
+        self._lookup_failed_logged: dict[int, tuple[float, int]] = {}
         # The state Redis (live state, streams; wificore/roles.py) and the cache Redis:
         # the same clients and breaker when one URL serves both.
         self.redis = connect_redis(settings)
@@ -112,6 +114,20 @@ class Engine:
         """The NAS at source address ``ip``, as FreeRADIUS-Client-* control pairs."""
         return self.directory.client(ip)
 
+    def _log_lookup_failed(self, tenant_id: int, exc: StoreUnavailable) -> None:
+        """One ``lookup_failed`` line per tenant and second at most (with how many were
+        left out): a sick shard rejects each of its logins, and every line is written
+        by the hook, on the request's path (the counts are in wificore_requests)."""
+        now = time.monotonic()
+        last, left_out = self._lookup_failed_logged.get(tenant_id, (0.0, 0))
+        if now - last < 1.0:
+            self._lookup_failed_logged[tenant_id] = (last, left_out + 1)
+            return
+        if len(self._lookup_failed_logged) > 4096:
+            self._lookup_failed_logged.clear()
+        self._lookup_failed_logged[tenant_id] = (now, 0)
+        log.warning("lookup_failed", tenant=tenant_id, error=str(exc), left_out=left_out)
+
     # ------------------------------------------------------------ authorize
     def authorize(self, req: dict[str, str]) -> Result:
         """Tenant, profile, policy, credentials and reply for one Access-Request."""
@@ -131,7 +147,7 @@ class Engine:
         try:
             entry = self._entry(tenant_id, username)
         except StoreUnavailable as exc:
-            log.warning("lookup_failed", tenant=tenant_id, error=str(exc))
+            self._log_lookup_failed(tenant_id, exc)
             return self._reject("backend_unavailable", req)
         profile = entry.profile
         if profile is None or entry.plan is None:

@@ -78,6 +78,15 @@ class EngineCollector:
             yield GaugeMetricFamily("wificore_spool_full",
                                     "1 while the spool's disk has no room (accounting unanswered)",
                                     value=int(spool.full))
+        lanes = CounterMetricFamily(
+            "wificore_shard_lane", "Shard lookups by lane event (waited: hook calls that "
+            "could block the process; not_waited: answered at once while the shard is sick)",
+            labels=["shard", "event"])
+        shards = getattr(self.engine, "shards", None)
+        for name, lane in (list(shards.lanes.items()) if shards is not None else []):
+            for event, n in list(lane.counts.items()):
+                lanes.add_metric([name, event], n)
+        yield lanes
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
         for hook, h in list(self.latency.hooks.items()):
             hist.add_metric([hook], h.cumulative(), sum_value=h.sum)

@@ -201,13 +201,30 @@ class Lane:
     wait on one job), and the hook waits for it at most ``wait_s`` while the
     shard's breaker is closed, not at all while it is open. A query that took
     longer than ``wait_s`` (slow), failed or outlived its deadline opens the
-    breaker; one that was fast closes it. While the breaker is open and
+    breaker; one that was fast closes it, and hooks wait on the shard again after
+    RECOVER_STREAK fast answers in a row (a wait is at most ``wait_s``, shorter once
+    the shard's answer times are known: :meth:`healthy_wait_s`). While the breaker is open and
     nothing is queued, a thread probes with ``SELECT 1`` every ``retry_s``.
     A result nobody was waiting for any more is kept ``keep_s`` for the
     retransmit of the same request."""
 
     QUEUE_MAX = 256
     KEEP_MAX = 4096
+    #: Fast answers in a row (lookups or probes) before hooks wait on a shard that was
+    #: sick again. One fast answer (a probe, a cheap read among slow ones) is not enough:
+    #: each hook wait is a wait of the whole process (rlm_python3's mutex, and in
+    #: ``-t`` radiusd's one event loop), and a flapping shard cost every tenant a
+    #: ``wait_s`` stall per flap (noisy_neighbour, issue 13).
+    RECOVER_STREAK = 3
+    #: A hook's wait on a healthy shard: ``WAIT_FACTOR`` times the 90th percentile of the
+    #: lane's last ``WAIT_HISTORY`` fast answers, at least ``WAIT_FLOOR_S``, at most ``wait_s``
+    #: (``db_wait_ms``; also until ``WAIT_HISTORY_MIN`` answers are known). The first
+    #: hook that meets a shard falling sick holds its whole process for that long: at
+    #: 200 ms that alone cost a neighbour tenant on the same process its p99 (issue 13).
+    WAIT_FACTOR = 4.0
+    WAIT_FLOOR_S = 0.05
+    WAIT_HISTORY = 64
+    WAIT_HISTORY_MIN = 8
 
     def __init__(self, shards: Shards, shard: Shard, *, wait_s: float, threads: int,
                  keep_s: float = 10.0) -> None:
@@ -223,7 +240,24 @@ class Lane:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._stopped = False
+        # Fast answers in a row since the shard was last judged sick; hooks wait on
+        # the shard only while its breaker is closed and this is >= RECOVER_STREAK.
+        self._streak = self.RECOVER_STREAK
+        self._fast_took: collections.deque[float] = collections.deque(maxlen=self.WAIT_HISTORY)
         self.counts: Counter[str] = Counter()
+
+    def healthy_wait_s(self) -> float:
+        """How long a hook waits for this shard while it is healthy (see WAIT_FACTOR)."""
+        took = sorted(self._fast_took)
+        if len(took) < self.WAIT_HISTORY_MIN:
+            return self.wait_s
+        p90 = took[int(len(took) * 0.9)]
+        return min(self.wait_s, max(self.WAIT_FLOOR_S, self.WAIT_FACTOR * p90))
+
+    @property
+    def waitable(self) -> bool:
+        """True if a hook may wait (up to ``wait_s``) for this shard's answer."""
+        return self.breaker.open_until == 0.0 and self._streak >= self.RECOVER_STREAK
 
     def fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         key = (sql, params)
@@ -242,11 +276,14 @@ class Lane:
                 self._queue.append((key, job))
                 self._start_threads()
                 self._cond.notify()
-        healthy = self.breaker.open_until == 0.0
-        if not job.done.wait(self.wait_s if healthy else 0.0):
+        healthy = self.waitable
+        if healthy:
+            self.counts["waited"] += 1  # hook calls that may block the process
+        if not job.done.wait(self.healthy_wait_s() if healthy else 0.0):
             if healthy:
                 # The shard did not answer within the healthy wait: sick until a
-                # lane thread sees a fast answer again.
+                # lane thread sees RECOVER_STREAK fast answers in a row again.
+                self._streak = 0
                 self.breaker.fail()
                 self.counts["slow_wait"] += 1
             self.counts["not_waited" if not healthy else "gave_up"] += 1
@@ -278,6 +315,8 @@ class Lane:
                 while not self._queue and not self._stopped:
                     if self.breaker.open_until != 0.0 and time.monotonic() >= self.breaker.open_until:
                         break
+                    if self.breaker.open_until == 0.0 and self._streak < self.RECOVER_STREAK:
+                        break  # recovering and idle: probe again at once
                     self._cond.wait(self.breaker.retry_s if self.breaker.open_until else None)
                 if self._stopped:
                     return
@@ -294,6 +333,8 @@ class Lane:
             except Exception as exc:  # a bug must not kill the lane
                 job.error = StoreUnavailable(f"shard {self.shard.name!r}: {exc!r}")
             took = time.monotonic() - started
+            if job.error is None and took <= self.wait_s:
+                self._fast_took.append(took)
             self._judge(job.error is None and took <= self.wait_s)
             job.finished = time.monotonic()
             with self._cond:
@@ -307,6 +348,8 @@ class Lane:
     def _probe(self) -> None:
         # Any answer within the deadline closes the breaker: a probe may have to
         # open a fresh connection (the shard restarted), which is not slowness.
+        # An idle lane probes RECOVER_STREAK times in a row before hooks wait again
+        # (a restarted shard serves the next login); a slow lookup resets the streak.
         try:
             self.shards.execute(self.shard, lambda c: c.execute("SELECT 1").fetchone())
             ok = True
@@ -316,12 +359,15 @@ class Lane:
 
     def _judge(self, fast: bool) -> None:
         if fast:
-            if self.breaker.open_until != 0.0:
-                log.info("shard_healthy", shard=self.shard.name)
+            if self._streak < self.RECOVER_STREAK:
+                self._streak += 1
+                if self._streak == self.RECOVER_STREAK:
+                    log.info("shard_healthy", shard=self.shard.name)
             self.breaker.ok()
         else:
-            if self.breaker.open_until == 0.0:
+            if self._streak >= self.RECOVER_STREAK:
                 log.warning("shard_sick", shard=self.shard.name)
+            self._streak = 0
             self.breaker.fail()
         self.counts["fast" if fast else "slow_or_failed"] += 1
 

@@ -152,6 +152,40 @@ class TestDeadlinesThroughPgBouncer:
         assert took < 2.0, f"a hung {what} held the call {took:.2f} s"
         assert wait_until(lambda: _answers(shards, shard), timeout_s=10)
 
+    def test_a_sick_shard_is_waited_on_again_only_after_a_streak_of_fast_answers(self, shards):
+        """A shard judged sick is waited on again only after Lane.RECOVER_STREAK fast
+        answers in a row: one fast answer (a probe, a cheap query among slow ones) must
+        not bring back a db_wait_ms stall of the whole process per flap (issue 13).
+        Counts the lane's events, not times."""
+        lane = shards.lanes["shard2"]
+        assert lane.fetchone("SELECT %s::int", (0,)) == (0,)  # healthy: waited, answered
+        assert lane.counts["waited"] == 1
+        # Slower than the healthy wait (200 ms): the hook gives up, the shard is sick.
+        with pytest.raises(StoreUnavailable):
+            lane.fetchone("SELECT 1 FROM pg_sleep(%s)", (0.3,))
+        fast0 = lane.counts["fast"]  # the slow query is still running: no probe yet
+        assert lane.counts["gave_up"] == 1 and lane.counts["waited"] == 2
+        assert not lane.waitable
+        with contextlib.suppress(StoreUnavailable):  # not waited for: the shard is sick
+            lane.fetchone("SELECT %s::int", (1,))
+        assert lane.counts["not_waited"] >= 1
+        assert wait_until(lambda: lane.waitable, timeout_s=20)
+        assert lane.counts["fast"] - fast0 >= 3  # RECOVER_STREAK, as documented
+        assert lane.fetchone("SELECT %s::int", (99,)) == (99,)
+        assert lane.counts["waited"] == 3
+
+    def test_the_healthy_wait_follows_the_shards_own_answers(self, shards):
+        """db_wait_ms until the lane knows a few answers; then 4x their 90th percentile,
+        never below the floor nor above db_wait_ms (pure logic on the lane's history)."""
+        lane = shards.lanes["shard2"]
+        assert lane.healthy_wait_s() == pytest.approx(0.2)
+        lane._fast_took.extend([0.002] * 63 + [0.150])  # one outlier does not count
+        assert lane.healthy_wait_s() == pytest.approx(lane.WAIT_FLOOR_S)
+        lane._fast_took.extend([0.030] * 64)
+        assert lane.healthy_wait_s() == pytest.approx(0.12)
+        lane._fast_took.extend([0.100] * 64)
+        assert lane.healthy_wait_s() == pytest.approx(0.2)
+
 
 def _answers(shards, shard) -> bool:
     try:

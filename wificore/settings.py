@@ -108,9 +108,10 @@ class Settings:
     db_timeout_ms: int = setting_field(500, int_in_range(1, 60000),
                                        "Connect, pool-wait and statement timeout of a shard.")
     db_wait_ms: int = setting_field(200, int_in_range(0, 60000),
-                                    "How long a hook waits for its shard query while the shard is "
-                                    "healthy; a slower answer marks the shard sick (no waiting) "
-                                    "until a fast one.")
+                                    "The longest a hook waits for its shard query while the shard "
+                                    "is healthy (less once the shard's answers are known: 4x their "
+                                    "p90, at least 50 ms); a slower answer marks the shard sick (no "
+                                    "waiting) until 3 fast ones in a row.")
     db_pool_max: int = setting_field(4, int_in_range(1, 256), "Connections per shard and radiusd process.")
     stream_partitions: int = setting_field(4, int_in_range(1, 256), "Accounting stream partitions.")
     spool_dir: str = setting_field("/var/spool/wificore", _path,
