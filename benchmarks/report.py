@@ -105,6 +105,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = "latest.png") -> s
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in warnings]
     if plot_name:
         lines += ["", f"![latency against throughput]({plot_name})"]
+    lines += _robustness_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +202,33 @@ def readme_section(results: dict[str, Any]) -> str:
     e2e = results.get("end_to_end") or {}
     if e2e.get("row_p99_s") is not None:
         lines += ["", _e2e_line(e2e)]
+    lines += _robustness_lines(results)
     return "\n".join(lines)
+
+
+def _robustness_lines(results: dict[str, Any]) -> list[str]:
+    """noisy_neighbour, local_cache and fault_soak, where the results hold them (their
+    runs' commands are under ``supplementary`` when they came from a separate run)."""
+    lines: list[str] = []
+    noisy = results.get("noisy_neighbour") or {}
+    if noisy:
+        lines += ["", "Noisy neighbour (tenant A's, or for `flood` the valid NAS's, figure divided by "
+                      "its own baseline in the same run):", "",
+                  "| variant | answered ratio | p99 ratio |", "| --- | ---: | ---: |"]
+        lines += [f"| {v} | {_fmt(r.get('answered_ratio'))} | {_fmt(r.get('p99_ratio'))} |"
+                  for v, r in noisy.items()]
+    cache = results.get("local_cache") or {}
+    if cache.get("bytes_per_profile") is not None:
+        lines += ["", f"In-process cache: {_fmt(cache['bytes_per_profile'], 0)} bytes per profile."]
+    soak = results.get("fault_soak") or {}
+    if soak:
+        lines += ["", "Fault soak (accounting through shard and Redis outages, writer and radiusd "
+                      "restarts): " + ", ".join(f"{k} {_fmt(v, 0)}" for k, v in soak.items()) + "."]
+    supp = results.get("supplementary") or {}
+    if supp:
+        lines += ["", "Separate runs: " + "; ".join(f"{k}: `{v.get('command')}` ({v.get('date', '?')})"
+                                                    for k, v in supp.items()) + "."]
+    return lines
 
 
 def _writers(bw: dict[str, Any]) -> str:
