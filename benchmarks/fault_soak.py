@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 import uuid
@@ -51,7 +49,7 @@ import redis as redis_lib  # noqa: E402
 
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import temporary_stack  # noqa: E402
-from stack.servers import BatchWriter  # noqa: E402
+from stack.servers import BatchWriter, cluster_pids, signal_all  # noqa: E402
 from wificore.keys import Keys  # noqa: E402
 
 # (tenant, NAS source address, secret): tenant 1 on shard1, 600 on shard2.
@@ -163,19 +161,6 @@ class Senders:
             so.close()
 
 
-def _cluster_pids(pg) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pg.pid)], capture_output=True, text=True)
-    return [pg.pid] + [int(p) for p in out.stdout.split()]
-
-
-def _signal_all(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
 def _remaining(r: redis_lib.Redis, keys: Keys, partitions: int) -> int:
     total = 0
     for p in range(partitions):
@@ -256,8 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 senders.poll()
                 if not frozen and not stopped and outage_at <= el < outage_end:
                     if args.outage_mode == "freeze":
-                        frozen = _cluster_pids(stack.pg[1])
-                        _signal_all(frozen, signal.SIGSTOP)
+                        frozen = cluster_pids(stack.pg[1].pid)
+                        signal_all(frozen, signal.SIGSTOP)
                     else:
                         stack.pg[1].stop()
                         stopped = True
@@ -275,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if (frozen or stopped) and el >= outage_end:
                     progress["shard1_at_outage_end"] = _progress(stack.pg[0], run_id)
                     if frozen:
-                        _signal_all(list(reversed(frozen)), signal.SIGCONT)
+                        signal_all(list(reversed(frozen)), signal.SIGCONT)
                         frozen = []
                     else:
                         stack.pg[1].start()
@@ -295,7 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.001)
         finally:
             if frozen:
-                _signal_all(list(reversed(frozen)), signal.SIGCONT)
+                signal_all(list(reversed(frozen)), signal.SIGCONT)
             if stopped:
                 stack.pg[1].start()
             senders.close()

@@ -21,8 +21,6 @@ After each variant B's shard is made healthy again and given a few seconds.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from stack.servers import cluster_pids
+from stack.servers import cluster_pids, stopped
 
 VARIANTS = ("hung", "slow", "stopped")
 
@@ -41,15 +39,8 @@ def _sick(variant: str, pg: Any) -> Iterator[None]:
     if variant.startswith("baseline"):
         yield
     elif variant == "hung":
-        pids = cluster_pids(pg.pid)
-        try:
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
+        with stopped(cluster_pids(pg.pid)):
             yield
-        finally:
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
     elif variant == "slow":
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
             conn.execute("ALTER TABLE subscribers ENABLE ROW LEVEL SECURITY")

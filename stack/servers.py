@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import freeradius
@@ -443,3 +445,24 @@ def cluster_pids(postmaster_pid: int | None) -> list[int]:
     for task in Path(f"/proc/{postmaster_pid}/task").glob("*/children"):
         pids += [int(p) for p in task.read_text().split()]
     return pids
+
+
+def signal_all(pids: list[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids``; a process already gone is skipped."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP ``pids`` (a hung peer: sockets open, no answer); SIGCONT at the end, in reverse
+    order, even when the body raises. E.g. ``with stopped(cluster_pids(pg.pid)):``."""
+    pids = [p for p in pids if p]
+    if not pids:
+        raise ValueError("no process to stop")
+    try:
+        signal_all(pids, signal.SIGSTOP)
+        yield
+    finally:
+        signal_all(list(reversed(pids)), signal.SIGCONT)
