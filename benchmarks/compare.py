@@ -1067,13 +1067,14 @@ class Bench:
         a = self.args
         started = dt.datetime.now(dt.UTC)
         self.setup()
+        # noisy_neighbour (flood, then hung/slow/stopped) runs unless --no-noisy; --noisy: alone.
+        noisy_on = a.noisy or not a.no_noisy
         neighbours: dict[str, Any] = {}
+        mem: dict[str, Any] = {}
         local_cache: dict[str, Any] = {"skipped": "--noisy"}
-        if a.noisy:  # the noisy_neighbour scenario alone
-            mem: dict[str, Any] = {}
-            e2e: dict[str, Any] = {"skipped": "--noisy"}
-            writer: dict[str, Any] = {"skipped": "--noisy"}
-        else:
+        e2e: dict[str, Any] = {"skipped": "--noisy"}
+        writer: dict[str, Any] = {"skipped": "--noisy"}
+        if not a.noisy:
             mem = self.redis_memory()
             log(f"Redis: {mem['bytes_per_profile']:.0f} B per profile, "
                 f"{mem['bytes_per_live_session']:.0f} B per live session")
@@ -1081,9 +1082,10 @@ class Bench:
             self.results = self.measure_all([c for c in self.configs()
                                              if wanted is None or c.name in wanted])
             self.stop_server()
-            if a.flood_duration > 0:
-                neighbours["flood"] = self.noisy_flood()
+        if noisy_on and a.flood_duration > 0:
+            neighbours["flood"] = self.noisy_flood()
             self.stop_server()
+        if not a.noisy:
             from benchmarks import cache_memory
             local_cache = cache_memory.measure(a.local_cache_profiles)
             log(f"in-process cache: {local_cache['bytes_per_profile']:.0f} B per profile")
@@ -1092,7 +1094,7 @@ class Bench:
             self.stop_server()
             writer = self.writer_bench() if not a.no_writer else {"skipped": "--no-writer"}
         noisy_run: dict[str, Any] = {"skipped": "--no-noisy"}
-        if a.noisy or not a.no_noisy:
+        if noisy_on:
             self.flush_redis()
             noisy_run = noisy.run(self, sys.modules[__name__])
             self.stop_server()
@@ -1254,8 +1256,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of that load")
     g = p.add_argument_group("noisy_neighbour (benchmarks/noisy.py)")
     g.add_argument("--noisy", action="store_true",
-                   help="run only the noisy_neighbour scenario (it is part of the full run too)")
-    g.add_argument("--no-noisy", action="store_true", help="skip the noisy_neighbour scenario")
+                   help="run only the noisy_neighbour scenario, flood included (it is part of the "
+                        "full run too)")
+    g.add_argument("--no-noisy", action="store_true",
+                   help="skip the noisy_neighbour scenario, flood included")
     g.add_argument("--noisy-duration", type=float, default=10.0, help="seconds per phase")
     g.add_argument("--noisy-rate-a", type=float, default=2000.0,
                    help="tenant A's warm logins per second")
