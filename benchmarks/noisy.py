@@ -156,4 +156,9 @@ def run(bench: Any, c: ModuleType) -> dict[str, Any]:
             "p99_ratio": (round(ph["p99_ms"] / base["p99_ms"], 2)
                           if ph.get("p99_ms") is not None and base.get("p99_ms") else None)}
     out["ratios"] = ratios
+    # A's ratios mean something only if B's logins reached B's shard (accepted while healthy).
+    if not out["phases"]["baseline"]["b"]["accept"]:
+        msg = "noisy_neighbour: tenant B's baseline logins were not accepted: B's shard was never used"
+        c.log(msg)
+        bench.warnings.append(msg)
     return out
