@@ -1153,6 +1153,10 @@ class Bench:
         result = flood.measure(valid, server.auth_port, junk_rate=a.flood_junk_rate,
                                duration_s=a.flood_duration)
         result["target_rate"] = a.flood_rate
+        if result["junk_sent_per_s"] < a.flood_junk_rate / 2:
+            # Without the junk the ratios compare two quiet runs: no flood was measured.
+            self.warnings.append(f"flood: {result['junk_sent_per_s']} junk/s sent of "
+                                 f"{a.flood_junk_rate:.0f}/s asked")
         log(f"flood: answered {result['answered_ratio']}, p99 x{result['p99_ratio']} of the "
             f"baseline, {result['junk_sent_per_s']} junk/s")
         return result

@@ -143,6 +143,9 @@ class TestScriptsSmoke:
         assert set(noisy) == {"hung", "slow", "stopped", "flood"}, result["noisy_detail"]
         assert result["local_cache"]["bytes_per_profile"] > 0, result["local_cache"]
         assert all(v["answered_ratio"] > 0 for v in noisy.values()), noisy
+        assert noisy["flood"]["junk_sent_per_s"] > 0, noisy["flood"]  # the flood did happen
+        b = result["noisy_detail"]["phases"]["baseline"]["b"]  # B's logins used B's shard
+        assert b["accept"] > 0, result["noisy_detail"]
         assert (tmp_path / "latest.md").read_text().startswith("# rlm_wificore")
         assert (tmp_path / "latest.png").stat().st_size > 0  # matplotlib is a test dependency
 
