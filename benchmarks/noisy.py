@@ -8,8 +8,10 @@ has cached: a fresh slice of B's subscribers per phase) at ``--noisy-rate-b``
 
 * ``baseline``: both shards healthy;
 * ``hung``: every process of B's PostgreSQL cluster SIGSTOPped (sockets open, no answer);
-* ``slow``: B's subscriber reads take ~0.5 s and succeed (a row-level security policy
-  that sleeps, for the radius role only);
+* ``slow``: B's subscriber reads take ~0.3 s and succeed (a row-level security policy
+  that sleeps, for the radius role only): longer than the hooks' wait (``db_wait_ms``,
+  200 ms), shorter than the radius role's ``statement_timeout`` (400 ms, stack/local.py),
+  which would cancel them and make it a failing shard;
 * ``stopped``: B's PostgreSQL stopped (``pg_ctl stop -m immediate``), PgBouncer up.
 
 Per variant: A's answered ratio and p99 divided by A's own baseline in the same run
@@ -45,7 +47,7 @@ def _sick(variant: str, pg: Any) -> Iterator[None]:
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
             conn.execute("ALTER TABLE subscribers ENABLE ROW LEVEL SECURITY")
             conn.execute("CREATE POLICY bench_slow ON subscribers FOR SELECT TO wificore_radius "
-                         "USING ((SELECT true FROM pg_sleep(0.5)))")
+                         "USING ((SELECT true FROM pg_sleep(0.3)))")
             conn.execute("CREATE POLICY bench_writer ON subscribers TO wificore_writer USING (true)")
         try:
             yield
