@@ -98,11 +98,25 @@ def build(version: str | None = None) -> Build:
 def fetch(version: str = "3.2.7", dest: Path = LOCAL) -> Path:
     """Download 3.2.7's .debs from bookworm-backports with a private apt configuration
     (the system's sources, lists and cache stay untouched) and unpack them with
-    ``dpkg -x`` into ``dest/<version>/root``. Does nothing when already there."""
+    ``dpkg -x`` into ``dest/<version>/root``. Does nothing when already there; a
+    failed step raises SystemExit with one sentence (what failed and apt's last words)
+    and leaves no half-unpacked tree behind, so running it again starts clean."""
     target = dest / version
     root = target / "root"
     if Build(version, root).present():
         return root
+    try:
+        return _fetch(version, target, root)
+    except subprocess.CalledProcessError as e:
+        lines = [ln.strip() for ln in (e.stderr or "").splitlines() if ln.strip()]
+        said = next((ln for ln in lines if ln.startswith(("E:", "W:"))), lines[-1] if lines else "")
+        step = " ".join([str(a) for a in e.cmd if not str(a).startswith("-")][:2])
+        raise SystemExit(f"bin/setup: could not fetch FreeRADIUS {version} from bookworm-backports "
+                         f"({step} exited {e.returncode}{': ' + said if said else ''}); check access "
+                         f"to deb.debian.org and run bin/setup again") from None
+
+
+def _fetch(version: str, target: Path, root: Path) -> Path:
     apt = target / "apt"
     for sub in ("lists/partial", "cache/archives/partial", "debs"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
@@ -112,12 +126,12 @@ def fetch(version: str = "3.2.7", dest: Path = LOCAL) -> Path:
             "-qq"]
     if os.geteuid() == 0:  # the download stays in a folder that apt's _apt user cannot write
         opts.append("-oAPT::Sandbox::User=root")
-    subprocess.run(["apt-get", *opts, "update"], check=True)
+    subprocess.run(["apt-get", *opts, "update"], check=True, capture_output=True, text=True)
     debs = apt / "debs"
     for old in debs.glob("*.deb"):
         old.unlink()
     subprocess.run(["apt-get", *opts, "download", *(f"{p}/bookworm-backports" for p in PACKAGES)],
-                   check=True, cwd=debs)
+                   check=True, cwd=debs, capture_output=True, text=True)
     files = sorted(debs.glob("*.deb"))
     for f in files:
         got = subprocess.run(["dpkg-deb", "-f", str(f), "Version"], check=True, capture_output=True,
@@ -125,12 +139,15 @@ def fetch(version: str = "3.2.7", dest: Path = LOCAL) -> Path:
         if not got.startswith(version + "+"):
             raise SystemExit(f"{f.name}: bookworm-backports has {got}, the project expects {version}")
     tmp = Path(tempfile.mkdtemp(prefix="root.", dir=target))
-    for f in files:
-        subprocess.run(["dpkg", "-x", str(f), str(tmp)], check=True)
-    if not Build(version, tmp).present():
-        raise SystemExit(f"unpacked {version} lacks {Build(version, tmp).binary} or rlm_python3.so")
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    try:
+        for f in files:
+            subprocess.run(["dpkg", "-x", str(f), str(tmp)], check=True, capture_output=True, text=True)
+        if not Build(version, tmp).present():
+            raise SystemExit(f"unpacked {version} lacks {Build(version, tmp).binary} or rlm_python3.so")
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -15,6 +15,7 @@ import struct
 import pytest
 
 from tests.conftest import TENANT_A
+from tests.rawradius import encrypt_password
 
 ACCESS_REQUEST, ACCESS_ACCEPT, ACCESS_REJECT, STATUS_SERVER = 1, 2, 3, 12
 USER_NAME, USER_PASSWORD, MESSAGE_AUTHENTICATOR, REPLY_MESSAGE = 1, 2, 80, 18
@@ -28,24 +29,13 @@ def _attr(kind: int, value: bytes) -> bytes:
     return bytes([kind, 2 + len(value)]) + value
 
 
-def _hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes:
-    """User-Password as RFC 2865 5.2 hides it."""
-    padded = password + b"\0" * (-len(password) % 16 or (16 if not password else 0))
-    out, last = b"", authenticator
-    for i in range(0, len(padded), 16):
-        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], hashlib.md5(secret + last).digest(), strict=True))
-        out += block
-        last = block
-    return out
-
-
 def access_request(user: str, password: str, secret: str, *, ma: str | None = "good",
                    ident: int = 7) -> tuple[bytes, bytes]:
     """(packet, Request Authenticator); ``ma``: "good", "bad" (wrong value) or None."""
     key = secret.encode()
     authenticator = os.urandom(16)
     attrs = _attr(USER_NAME, user.encode()) + \
-        _attr(USER_PASSWORD, _hide_password(password.encode(), key, authenticator))
+        _attr(USER_PASSWORD, encrypt_password(password.encode(), key, authenticator))
     if ma is not None:
         attrs = _attr(MESSAGE_AUTHENTICATOR, b"\0" * 16) + attrs
     header = struct.pack("!BBH", ACCESS_REQUEST, ident, 20 + len(attrs))
