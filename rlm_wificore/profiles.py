@@ -68,7 +68,7 @@ class Profiles:
         known = False
         try:
             raw, live, usage = self._read_redis(tenant_id, username)
-            state = self.live.state(live, usage)
+            state = self.live.state(live, usage) if usage is not None else None
             if raw == UNKNOWN:
                 known = True
             elif raw is not None:
@@ -130,7 +130,12 @@ class Profiles:
             self.live.read_into(pipe, tenant_id, username, time.time())
             return pipe.execute()
         raw = self.redis.call(lambda r: r.get(pkey))
-        return [raw, *self.live.redis.call(state)]
+        try:
+            return [raw, *self.live.redis.call(state)]
+        except StoreUnavailable:
+            # The state Redis is out, the cache Redis answered: keep the profile (the
+            # shard is not asked for it), the live state unknown (policy fails open).
+            return [raw, None, None]
 
     def plan(self, tenant_id: int, plan_id: int) -> Plan | None:
         """A plan: from the plan cache, else Redis, else the shard (filling both)."""

@@ -131,11 +131,6 @@ def view(p) -> dict[str, str]:
     return req
 
 
-def _names(req: dict[str, str], key: str) -> set[str]:
-    value = req.get(key)
-    return set(value.split(",")) if value else set()
-
-
 def _octets(req: dict[str, str], name: str) -> bytes | None:
     """An octets attribute (rlm_python3 prints it as 0x…) as bytes; None if absent."""
     value = req.get(name)
@@ -149,6 +144,10 @@ def _octets(req: dict[str, str], name: str) -> bytes | None:
         return b"\0" * 1000
 
 
+#: The MS-CHAP responses: (name, its Flags byte, what that means, the challenge's size).
+MSCHAP = (("MS-CHAP2-Response", 0, "0", 16), ("MS-CHAP-Response", 1, "1 (NT response)", 8))
+
+
 def access_problem(req: dict[str, str]) -> tuple[str, str] | None:
     """(reason, detail) when an Access-Request cannot be decided as sent; None if fine.
 
@@ -157,19 +156,21 @@ def access_problem(req: dict[str, str]) -> tuple[str, str] | None:
     or a control character), ``two_methods`` (more than one of User-Password,
     CHAP-Password, MS-CHAP-Response, MS-CHAP2-Response), ``malformed_credentials``
     (a CHAP / MS-CHAP value of the wrong size or form)."""
-    dup = _names(req, DUPLICATES)
+    # Every request passes here: nothing is allocated unless something is wrong.
+    dup = req.get(DUPLICATES)
     if dup:
-        bad = sorted(dup & SINGLE_ACCESS)
+        bad = sorted(SINGLE_ACCESS.intersection(dup.split(",")))
         if bad:
             return "duplicate_attribute", ",".join(bad)
-    escaped = _names(req, ESCAPED)
+    escaped = req.get(ESCAPED)
     if escaped:
-        bad = [n for n in IDENTITY if n in escaped]
+        names = escaped.split(",")
+        bad = [n for n in IDENTITY if n in names]
         if bad:
             return "bad_encoding", ",".join(bad)
-    methods = [m for m in METHODS if m in req]
-    if len(methods) > 1:
-        return "two_methods", ",".join(methods)
+    if (("User-Password" in req) + ("CHAP-Password" in req) + ("MS-CHAP-Response" in req)
+            + ("MS-CHAP2-Response" in req)) > 1:
+        return "two_methods", ",".join(m for m in METHODS if m in req)
     if "CHAP-Password" in req:
         chap = _octets(req, "CHAP-Password") or b""
         if len(chap) != 17:
@@ -179,32 +180,25 @@ def access_problem(req: dict[str, str]) -> tuple[str, str] | None:
             return "malformed_credentials", "CHAP-Challenge is empty"
     elif "CHAP-Challenge" in req:
         return "malformed_credentials", "CHAP-Challenge without CHAP-Password"
-    challenge = _octets(req, "MS-CHAP-Challenge")
-    if "MS-CHAP2-Response" in req:
-        response = _octets(req, "MS-CHAP2-Response") or b""
-        if len(response) != 50:
-            return "malformed_credentials", "MS-CHAP2-Response is not 50 bytes"
-        if response[1] != 0:
-            return "malformed_credentials", "MS-CHAP2-Response Flags is not 0"
-        if challenge is None or len(challenge) != 16:
-            return "malformed_credentials", "MS-CHAP-Challenge is not 16 bytes"
-    elif "MS-CHAP-Response" in req:
-        response = _octets(req, "MS-CHAP-Response") or b""
-        if len(response) != 50:
-            return "malformed_credentials", "MS-CHAP-Response is not 50 bytes"
-        if response[1] != 1:
-            return "malformed_credentials", "MS-CHAP-Response Flags is not 1 (NT response)"
-        if challenge is None or len(challenge) != 8:
-            return "malformed_credentials", "MS-CHAP-Challenge is not 8 bytes"
+    for name, flags, meaning, challenge_size in MSCHAP:  # at most one: two_methods above
+        if name in req:
+            response = _octets(req, name) or b""
+            if len(response) != 50:
+                return "malformed_credentials", f"{name} is not 50 bytes"
+            if response[1] != flags:
+                return "malformed_credentials", f"{name} Flags is not {meaning}"
+            challenge = _octets(req, "MS-CHAP-Challenge")
+            if challenge is None or len(challenge) != challenge_size:
+                return "malformed_credentials", f"MS-CHAP-Challenge is not {challenge_size} bytes"
     return None
 
 
 def accounting_problem(req: dict[str, str]) -> str | None:
     """Why an Accounting-Request cannot be booked as sent (the record is kept as
     invalid, and answered); None if fine."""
-    dup = _names(req, DUPLICATES)
+    dup = req.get(DUPLICATES)
     if dup:
-        bad = sorted(dup & SINGLE_ACCOUNTING)
+        bad = sorted(SINGLE_ACCOUNTING.intersection(dup.split(",")))
         if bad:
             return "repeated " + ",".join(bad)
     return None

@@ -84,6 +84,36 @@ def test_one_message_drops_the_copies_of_many_subscribers():
 
 
 
+def test_the_kept_reply_follows_vendor_live_state_and_plan():
+    """The reply rendered last is kept on the entry: reused for the same vendor, rendered
+    again for another vendor or a new live state; a static one is shared by a plan's
+    subscribers (one object)."""
+    from rlm_wificore.cache import LiveState
+
+    e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)
+    rated = Plan(1, 1000, 2000, None, None, 60, None, 100, 1, None)  # time quota 100 s
+    e.profiles.plan = lambda t, p: rated
+
+    def reply(user, vendor):
+        r = e.authorize({"WiFiCore-Client": f"5:1:{vendor}", "User-Name": user, "User-Password": "pw"})
+        assert r.rcode == "updated", r
+        return dict(r.reply)
+    first = reply("bob", "mikrotik")
+    assert first["Mikrotik-Rate-Limit"] == "1000k/2000k" and first["Session-Timeout"] == "100"
+    assert reply("bob", "mikrotik") == first
+    wispr = reply("bob", "wispr")
+    assert "Mikrotik-Rate-Limit" not in wispr and wispr["WISPr-Bandwidth-Max-Up"] == "1000000"
+    e.local.peek((5, "bob")).state = LiveState(0, 0, 40)  # the state thread read new usage
+    assert reply("bob", "wispr")["Session-Timeout"] == "60"
+    assert reply("bob", "mikrotik")["Session-Timeout"] == "60"
+
+    e.profiles.plan = lambda t, p: PLAN.__class__(2, 1000, 2000, 3600, None, 60, None, None, 1, None)
+    a = e.authorize({"WiFiCore-Client": "5:1:mikrotik", "User-Name": "ann", "User-Password": "pw"})
+    b = e.authorize({"WiFiCore-Client": "5:1:mikrotik", "User-Name": "ben", "User-Password": "pw"})
+    assert a.reply == b.reply and dict(a.reply)["Session-Timeout"] == "3600"
+    assert e.local.peek((5, "ann")).reply is e.local.peek((5, "ben")).reply
+
+
 def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     """The hooks build records as value lists; read back by name, every value is where
     wire.ACCT_FIELDS / AUTH_FIELDS say it is."""

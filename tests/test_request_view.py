@@ -15,7 +15,15 @@ import pytest
 
 from benchmarks.loadgen import mschap
 from rlm_wificore.policy import normalise_mac
-from rlm_wificore.request import escape_bytes, unescape_bytes, view
+from rlm_wificore.request import (
+    DUPLICATES,
+    ESCAPED,
+    access_problem,
+    accounting_problem,
+    escape_bytes,
+    unescape_bytes,
+    view,
+)
 from tests import rawradius as R
 from tests.conftest import TENANT_A
 from tests.test_accounting import wait_until
@@ -97,6 +105,81 @@ class TestUnits:
                                       "a:a:b:b:c:c:d:d:e:e:f:f"])
     def test_not_a_mac(self, junk):
         assert normalise_mac(junk) is None
+
+
+V2 = "0x01" + "00" * 49     # MS-CHAP2-Response: 50 bytes, Flags 0
+V1 = "0x0101" + "00" * 48   # MS-CHAP-Response: 50 bytes, Flags 1
+CH16, CH8 = "0x" + "11" * 16, "0x" + "11" * 8
+PAP = {"WiFiCore-Client": "5:1:generic", "User-Name": "bob", "User-Password": "pw"}
+
+
+class TestAccessProblem:
+    """Every reason and detail of request.access_problem, pure (no servers)."""
+
+    @pytest.mark.parametrize("req, expected", [
+        (PAP, None),
+        ({**PAP, "MS-CHAP-Challenge": CH16}, None),
+        ({**PAP, DUPLICATES: "Class,Proxy-State"}, None),
+        ({**PAP, ESCAPED: "Called-Station-Id"}, None),
+        ({**PAP, DUPLICATES: "Proxy-State,User-Name,Service-Type"},
+         ("duplicate_attribute", "Service-Type,User-Name")),
+        ({**PAP, ESCAPED: "User-Password,User-Name"}, ("bad_encoding", "User-Name,User-Password")),
+        ({**PAP, ESCAPED: "User-Names"}, None),
+        ({**PAP, "CHAP-Password": "0x" + "00" * 17},
+         ("two_methods", "User-Password,CHAP-Password")),
+        ({**PAP, "MS-CHAP-Response": V1, "MS-CHAP2-Response": V2},
+         ("two_methods", "User-Password,MS-CHAP-Response,MS-CHAP2-Response")),
+        ({**PAP, "MS-CHAP2-Response": V2, "MS-CHAP-Challenge": CH16},
+         ("two_methods", "User-Password,MS-CHAP2-Response")),
+        ({"User-Name": "bob", "MS-CHAP-Response": V1, "MS-CHAP2-Response": V2},
+         ("two_methods", "MS-CHAP-Response,MS-CHAP2-Response")),
+        ({"User-Name": "bob", "CHAP-Password": "0x" + "00" * 17, "MS-CHAP-Response": V1},
+         ("two_methods", "CHAP-Password,MS-CHAP-Response")),
+        ({**PAP, "CHAP-Challenge": CH16},
+         ("malformed_credentials", "CHAP-Challenge without CHAP-Password")),
+        ({"User-Name": "bob", "CHAP-Password": "0x" + "00" * 17}, None),
+        ({"User-Name": "bob", "CHAP-Password": "0x" + "00" * 17, "CHAP-Challenge": CH16}, None),
+        ({"User-Name": "bob", "CHAP-Password": "0x" + "00" * 16},
+         ("malformed_credentials", "CHAP-Password is not 17 bytes")),
+        ({"User-Name": "bob", "CHAP-Password": "junk"},
+         ("malformed_credentials", "CHAP-Password is not 17 bytes")),
+        ({"User-Name": "bob", "CHAP-Password": "0x" + "00" * 17, "CHAP-Challenge": "0x"},
+         ("malformed_credentials", "CHAP-Challenge is empty")),
+        ({"User-Name": "bob", "MS-CHAP2-Response": V2, "MS-CHAP-Challenge": CH16}, None),
+        ({"User-Name": "bob", "MS-CHAP2-Response": V2 + "00", "MS-CHAP-Challenge": CH16},
+         ("malformed_credentials", "MS-CHAP2-Response is not 50 bytes")),
+        ({"User-Name": "bob", "MS-CHAP2-Response": "0x0101" + "00" * 48, "MS-CHAP-Challenge": CH16},
+         ("malformed_credentials", "MS-CHAP2-Response Flags is not 0")),
+        ({"User-Name": "bob", "MS-CHAP2-Response": V2, "MS-CHAP-Challenge": CH8},
+         ("malformed_credentials", "MS-CHAP-Challenge is not 16 bytes")),
+        ({"User-Name": "bob", "MS-CHAP2-Response": V2},
+         ("malformed_credentials", "MS-CHAP-Challenge is not 16 bytes")),
+        ({"User-Name": "bob", "MS-CHAP-Response": V1, "MS-CHAP-Challenge": CH8}, None),
+        ({"User-Name": "bob", "MS-CHAP-Response": V1[:-2], "MS-CHAP-Challenge": CH8},
+         ("malformed_credentials", "MS-CHAP-Response is not 50 bytes")),
+        ({"User-Name": "bob", "MS-CHAP-Response": V2, "MS-CHAP-Challenge": CH8},
+         ("malformed_credentials", "MS-CHAP-Response Flags is not 1 (NT response)")),
+        ({"User-Name": "bob", "MS-CHAP-Response": V1, "MS-CHAP-Challenge": CH16},
+         ("malformed_credentials", "MS-CHAP-Challenge is not 8 bytes")),
+        ({"User-Name": "bob", "MS-CHAP-Response": V1, "MS-CHAP-Challenge": "0xzz"},
+         ("malformed_credentials", "MS-CHAP-Challenge is not 8 bytes")),
+    ])
+    def test_reasons(self, req, expected):
+        assert access_problem(req) == expected
+
+    def test_accounting_repeats(self):
+        acct = {"User-Name": "bob", "Acct-Status-Type": "Start"}
+        assert accounting_problem(acct) is None
+        assert accounting_problem({**acct, DUPLICATES: "Class"}) is None
+        assert accounting_problem({**acct, DUPLICATES: "Class,NAS-Port,Acct-Status-Type"}) == \
+            "repeated Acct-Status-Type,NAS-Port"
+
+    def test_view_names_repeats_and_escapes(self):
+        req = view((("User-Name", "a"), ("Class", "1"), ("Class", "2"),
+                    ("WiFiCore-Raw", "Called-Station-Id=e9")))
+        assert req["Class"] == "1" and req["Called-Station-Id"] == "\\xe9"
+        assert access_problem(req) is None
+        assert req[DUPLICATES] == "Class" and req[ESCAPED] == "Called-Station-Id"
 
 
 class TestOneIdentity:

@@ -150,6 +150,39 @@ class TestLiveStates:
         assert live.stats.errors["redis_state"] == 1 and live.next_batch(500) == []
 
 
+class TestProfiles:
+    def test_state_redis_down_does_not_send_a_cached_profile_to_the_shard(self):
+        """Two Redis roles (cache and state): the state Redis down, the cache Redis up.
+        The profile comes from the cache Redis with its live state unknown (fail open,
+        due again soon); the shard is not asked (no stampede while the state Redis is out)."""
+        class CacheClient:
+            def get(self, _key):
+                return CLEAR.pack()
+
+            def ping(self):
+                return True
+
+        class NoShard:
+            asked = 0
+
+            def fetchone(self, *_a):
+                NoShard.asked += 1
+                raise AssertionError("the shard was asked for a profile the cache Redis holds")
+
+        stats, generation = Stats(), Generation()
+        live = LiveStates(Settings(), Keys("t"), RedisStore(DownClient(), stats.errors),
+                          DownClient(), stats, generation)
+        profiles = Profiles(Settings(), Keys("t"), RedisStore(CacheClient(), stats.errors,
+                                                                name="redis-cache"),
+                            NoShard(), stats, generation, live)
+        profiles.plan = lambda _t, _p: PLAN
+        e = profiles.entry(1, "bob")
+        assert e.profile == CLEAR and e.plan is PLAN and e.state is None
+        assert e.state_expires <= time.monotonic() + 1.0
+        assert NoShard.asked == 0 and stats.tiers["redis"] == 1 and stats.errors["redis"] == 1
+        assert profiles.local.peek((1, "bob")) is e
+
+
 class TestInvalidation:
     def rooms(self):
         stats = Stats()
