@@ -278,6 +278,25 @@ def _pg_listen_loop(engine: Engine, shard, tenure: threading.Event, reads: Direc
                 backoff.wait(engine.stopping)
 
 
+def _renew_loop(lock: RelayLock, slot: int, tenure: threading.Event, lost: threading.Event) -> None:
+    """Renew the slot every RELAY_RENEW_S until the tenure ends; ``lost`` once it is not ours.
+
+    A thread of its own, so that the relay's work (waiting for a shard that is down to
+    LISTEN, a directory rebuild that meets a hung shard) cannot outlast the slot's TTL:
+    the slot stays held while the other shards' changes are relayed."""
+    try:
+        while not tenure.wait(RELAY_RENEW_S):
+            if not lock.renew():
+                log.warning("relay_lost", slot=slot)
+                return
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("relay_redis_lost", error=str(exc))
+    except Exception as exc:
+        log.error("relay_renew_error", error=repr(exc))
+    finally:
+        lost.set()
+
+
 def _relay_loop(engine: Engine) -> None:
     """Hold a relay slot when one is free; while held, LISTEN on every shard."""
     backoff = Backoff(first_s=0.5, max_s=2.0)
@@ -293,8 +312,11 @@ def _relay_loop(engine: Engine) -> None:
             engine.stopping.wait(RELAY_RENEW_S)
             continue
         backoff.succeeded()
-        tenure = threading.Event()
+        tenure, lost = threading.Event(), threading.Event()
         reads = DirectReads()
+        renewer = threading.Thread(target=_renew_loop, args=(lock, slot, tenure, lost),
+                                   name="wificore-relay-renew", daemon=True)
+        renewer.start()
         listeners = []
         try:
             alone = not lock.others_alive()
@@ -308,10 +330,11 @@ def _relay_loop(engine: Engine) -> None:
                     name=f"wificore-inval-{shard.name}", daemon=True))
             for t in listeners:
                 t.start()
+            ready_by = time.monotonic() + 5.0
             for ready in readies:  # listening before the directory is read: nothing missed
-                ready.wait(5.0)
+                ready.wait(max(0.0, ready_by - time.monotonic()))
             rebuild_at = 0.0
-            while not engine.stopping.is_set():
+            while not (engine.stopping.is_set() or lost.is_set()):
                 due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
                 if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
                     try:
@@ -322,15 +345,13 @@ def _relay_loop(engine: Engine) -> None:
                         rebuild_at = time.monotonic() + 5.0
                 if engine.stopping.wait(RELAY_RENEW_S):
                     break
-                if not lock.renew():
-                    log.warning("relay_lost", slot=slot)
-                    break
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("relay_redis_lost", error=str(exc))
         except Exception as exc:
             log.error("relay_loop_error", error=repr(exc))
         finally:
             tenure.set()
+            renewer.join(timeout=3)
             for t in listeners:
                 t.join(timeout=3)
             reads.close()

@@ -211,3 +211,25 @@ class TestRelay:
                 if m.pid == killed:
                     m.stop()
         assert all(c == 0 for c in codes), group.log_tail()
+
+    def test_a_relay_keeps_its_slot_while_a_shard_is_down(self, stack, radiusd, redis):
+        """Shard2 stopped, then the relay slots freed (as if they had expired): a process
+        takes slot 0 again and keeps it, although shard2 neither LISTENs nor answers the
+        directory's rebuild. Before, the slot was renewed only between those waits (5 s for
+        a shard that does not answer, more than the 3 s TTL): it was lost every ~6 s, and
+        in between nobody LISTENed on the healthy shards (their changes went unannounced)."""
+        import psycopg
+        prefix = "wc"
+        with psycopg.connect(stack.pg[1].dsn(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")  # synchronous_commit=off: keep the suite's rows
+        stack.pg[1].kill()
+        try:
+            redis.delete(f"{prefix}:relay:0", f"{prefix}:relay:1")
+            holder = wait_until(lambda: redis.get(f"{prefix}:relay:0"), 20)
+            assert holder, radiusd.log_tail()
+            until = time.monotonic() + 10.0
+            while time.monotonic() < until:
+                assert redis.get(f"{prefix}:relay:0") == holder, radiusd.log_tail()
+                time.sleep(0.1)
+        finally:
+            stack.pg[1].start()
