@@ -302,3 +302,29 @@ class TestRedisTrouble:
                 time.sleep(0.3)
         held = [round(x, 3) for x in lat if x >= 0.24]
         assert len(held) <= 1, f"hung Redis held lookups: {held} of {lat}"
+
+
+def test_a_probe_that_raises_does_not_end_the_lane(world, monkeypatch):
+    """An exception other than StoreUnavailable in a probe (a bug, an error psycopg does not
+    class as operational) is logged and counted as a failed probe: the lane's threads live
+    on and answer. Before, it ended the lane's thread silently (a lane never starts its
+    threads again), and a lane with no thread left never answered its shard's lookups."""
+    shards = Shards(ShardMap.load(world.shard_map), timeout_ms=500, pool_max=2, wait_ms=200)
+    try:
+        lane = shards.lanes["shard2"]
+        real, raised = shards.execute, []
+
+        def execute(shard, fn):
+            if len(raised) < 2 and shard.name == "shard2":  # once per lane thread
+                raised.append(shard.name)
+                raise RuntimeError("a bug in a probe")
+            return real(shard, fn)
+        monkeypatch.setattr(shards, "execute", execute)
+        lane.breaker.fail()
+        lane.ensure_prober()
+        assert wait_until(lambda: len(raised) == 2, timeout_s=10)
+        assert wait_until(lambda: lane.breaker.open_until == 0.0, timeout_s=10)
+        assert all(t.is_alive() for t in lane._threads)
+        assert lane.fetchone("SELECT %s::int", (7,)) == (7,)
+    finally:
+        shards.close()
