@@ -266,14 +266,15 @@ def _pg_listen_loop(engine: Engine, shard, tenure: threading.Event, reads: Direc
                         try:
                             engine.invalidation.apply_db_notification(note.payload, shard=shard,
                                                                       query=reads)
-                        except (ValueError, IndexError, TypeError) as exc:
-                            log.warning("bad_notification", shard=shard.name, error=str(exc))
                         except psycopg.Error as exc:  # the directory's read: next NOTIFY
                             log.warning("nas_directory_read_failed", shard=shard.name,
                                         error=str(exc).strip())
-        except psycopg.Error as exc:
+                        except Exception as exc:  # a bad payload ('{}': KeyError) must not
+                            # end this shard's listener for the rest of the tenure
+                            log.warning("bad_notification", shard=shard.name, error=repr(exc))
+        except Exception as exc:
             if not engine.stopping.is_set():
-                log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
+                log.warning("listen_failed", shard=shard.name, error=str(exc).strip() or repr(exc))
                 backoff.failed()
                 backoff.wait(engine.stopping)
 

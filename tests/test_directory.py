@@ -233,3 +233,22 @@ class TestRelay:
                 time.sleep(0.1)
         finally:
             stack.pg[1].start()
+
+    def test_a_bad_notification_does_not_end_the_relay(self, radiusd, subscriber, shard_conn):
+        """A NOTIFY whose payload is JSON but not a message (an object: KeyError) is logged;
+        the shard's listener goes on and the next change still reaches the process. Before,
+        the exception ended the listener thread while its relay kept the slot: none of that
+        shard's changes was announced again for the rest of the tenure."""
+        user = subscriber(password="pw-1")
+        conn = shard_conn(TENANT_A[0])
+
+        def accepted(password: str) -> bool:
+            return send(radiusd.auth_port, "auth", TENANT_A[2],
+                        {"User-Name": user, "User-Password": password},
+                        source=TENANT_A[1], timeout_s=1.0).accepted
+        assert accepted("pw-1"), radiusd.log_tail()  # cached in process now
+        conn.execute("SELECT pg_notify('wificore_inval', '{}')")
+        time.sleep(0.5)
+        conn.execute("UPDATE subscribers SET password = 'pw-2' WHERE tenant_id = %s"
+                     " AND username = %s", (TENANT_A[0], user))
+        assert wait_until(lambda: accepted("pw-2"), SETTLE_S + 1), radiusd.log_tail()
