@@ -40,7 +40,7 @@ from wificore.log import get_logger
 
 from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
 from .spool import MAX_RECORD
-from .store import conninfo
+from .store import DeadlineExceeded, Watchdog, conninfo
 
 if TYPE_CHECKING:
     from wificore.keys import Keys
@@ -220,11 +220,18 @@ def _redis_inval_loop(engine: Engine) -> None:
 
 class DirectReads:
     """The relay's own reads of the shards (the NAS directory): one direct connection per
-    shard, opened when first needed, off the hooks' pools; a broken one is opened again."""
+    shard, opened when first needed, off the hooks' pools; a broken one is opened again.
+
+    Every read has a client-side deadline (:class:`Watchdog`, ``TIMEOUT_S``): the listeners
+    of every shard share these reads, and a hung shard (socket open, no answer) held one
+    for good, and with it every later NAS change of every shard."""
+
+    TIMEOUT_S = 30.0
 
     def __init__(self) -> None:
         self._conns: dict[str, psycopg.Connection] = {}
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
 
     def __call__(self, shard, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
@@ -232,19 +239,28 @@ class DirectReads:
                 conn = self._conns.get(shard.name)
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(conninfo(shard.listen_dsn, 30000, "rlm_wificore-relay"),
-                                               autocommit=True, prepare_threshold=None)
+                        conn = psycopg.connect(
+                            conninfo(shard.listen_dsn, int(self.TIMEOUT_S * 1000), "rlm_wificore-relay"),
+                            autocommit=True, prepare_threshold=None)
                         self._conns[shard.name] = conn
-                    return conn.execute(sql, params).fetchall()
-                except psycopg.OperationalError:
+                    token = self._watchdog.arm(conn, self.TIMEOUT_S)
+                    try:
+                        rows = conn.execute(sql, params).fetchall()
+                    finally:
+                        if self._watchdog.disarm(token):
+                            raise DeadlineExceeded(f"shard {shard.name!r}: no answer within "
+                                                   f"{self.TIMEOUT_S:.0f} s")
+                    return rows
+                except psycopg.OperationalError as exc:
                     self._conns.pop(shard.name, None)
                     if conn is not None:
                         conn.close()
-                    if attempt == 2:
+                    if attempt == 2 or isinstance(exc, DeadlineExceeded):
                         raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        self._watchdog.stop()
         with self._lock:
             for conn in self._conns.values():
                 conn.close()

@@ -328,3 +328,42 @@ def test_a_probe_that_raises_does_not_end_the_lane(world, monkeypatch):
         assert lane.fetchone("SELECT %s::int", (7,)) == (7,)
     finally:
         shards.close()
+
+
+def test_the_relays_direct_read_of_a_hung_shard_gives_up(stack, world, monkeypatch):
+    """The relay's directory reads (rlm_wificore.background.DirectReads, shared by the
+    listeners of every shard) have a client-side deadline: a SIGSTOPped shard (socket
+    open, no answer) raises within it, and the next read works again. Before, the read
+    waited for good, and every later NAS change of every shard waited behind it."""
+    from rlm_wificore.background import DirectReads
+    monkeypatch.setattr(DirectReads, "TIMEOUT_S", 1.0, raising=False)
+    shard = ShardMap.load(world.shard_map).by_name("shard2")
+    reads = DirectReads()
+    try:
+        assert reads(shard, "SELECT 1", ()) == [(1,)]
+        result: list[object] = []
+
+        def read() -> None:
+            try:
+                result.append(reads(shard, "SELECT 2", ()))
+            except psycopg.OperationalError as exc:
+                result.append(exc)
+        with stopped(cluster_pids(stack.pg[1].pid)):
+            t = threading.Thread(target=read, daemon=True)
+            start = time.monotonic()
+            t.start()
+            t.join(timeout=10)
+            took = time.monotonic() - start
+            assert not t.is_alive(), "the read of a hung shard never gave up"
+        assert isinstance(result[0], psycopg.OperationalError), result
+        assert took < 8, f"{took:.1f} s"
+        assert wait_until(lambda: _direct_answers(reads, shard), timeout_s=10)
+    finally:
+        reads.close()
+
+
+def _direct_answers(reads, shard) -> bool:
+    try:
+        return reads(shard, "SELECT 1", ()) == [(1,)]
+    except psycopg.OperationalError:
+        return False
