@@ -320,6 +320,7 @@ def _relay_loop(engine: Engine) -> None:
     lock = RelayLock(engine.redis_bg, engine.keys)
     while not engine.stopping.is_set():
         try:
+            engine.invalidation.flush_unsent()  # a tenure that Redis ended left some
             slot = lock.acquire()
         except (redis.ConnectionError, redis.TimeoutError):
             backoff.failed()
@@ -362,6 +363,7 @@ def _relay_loop(engine: Engine) -> None:
                         rebuild_at = time.monotonic() + 5.0
                 if engine.stopping.wait(RELAY_RENEW_S):
                     break
+                engine.invalidation.flush_unsent()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("relay_redis_lost", error=str(exc))
         except Exception as exc:

@@ -367,3 +367,24 @@ def _direct_answers(reads, shard) -> bool:
         return reads(shard, "SELECT 1", ()) == [(1,)]
     except psycopg.OperationalError:
         return False
+
+
+def test_a_change_during_a_redis_outage_is_announced_when_redis_is_back(stack, radiusd, subscriber):
+    """A password changed while Redis is down (killed: the relay can neither delete the
+    Redis copy nor announce the change) is served within a few seconds of Redis's return.
+    Before, the change was dropped: the relay that took its slot again alone announced
+    ``R``, and the processes refilled from the Redis copy (AOF kept it), the old password,
+    until profile_ttl_s."""
+    user = subscriber(tenant=TENANT_A, password="pw-1")
+    assert pap(radiusd, TENANT_A, user, password="pw-1")[0].accepted  # in process and in Redis
+    time.sleep(1.5)  # the Redis copy is in the append-only file (appendfsync everysec)
+    stack.redis.stop(sig=signal.SIGKILL)
+    try:
+        with psycopg.connect(stack.pg[0].dsn(), autocommit=True) as conn:
+            conn.execute("UPDATE subscribers SET password = 'pw-2' WHERE tenant_id = %s"
+                         " AND username = %s", (TENANT_A[0], user))
+        time.sleep(2)  # the relay heard the NOTIFY and could not announce it
+    finally:
+        stack.redis.start()
+    assert wait_until(lambda: pap(radiusd, TENANT_A, user, password="pw-2")[0].accepted,
+                      timeout_s=15), radiusd.log_tail()
