@@ -40,7 +40,7 @@ from wificore.log import get_logger
 
 from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
 from .spool import MAX_RECORD
-from .store import conninfo
+from .store import DeadlineExceeded, Watchdog, conninfo
 
 if TYPE_CHECKING:
     from wificore.keys import Keys
@@ -220,11 +220,18 @@ def _redis_inval_loop(engine: Engine) -> None:
 
 class DirectReads:
     """The relay's own reads of the shards (the NAS directory): one direct connection per
-    shard, opened when first needed, off the hooks' pools; a broken one is opened again."""
+    shard, opened when first needed, off the hooks' pools; a broken one is opened again.
+
+    Every read has a client-side deadline (:class:`Watchdog`, ``TIMEOUT_S``): the listeners
+    of every shard share these reads, and a hung shard (socket open, no answer) held one
+    for good, and with it every later NAS change of every shard."""
+
+    TIMEOUT_S = 30.0
 
     def __init__(self) -> None:
         self._conns: dict[str, psycopg.Connection] = {}
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
 
     def __call__(self, shard, sql: str, params: tuple) -> list[tuple]:
         with self._lock:
@@ -232,19 +239,28 @@ class DirectReads:
                 conn = self._conns.get(shard.name)
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(conninfo(shard.listen_dsn, 30000, "rlm_wificore-relay"),
-                                               autocommit=True, prepare_threshold=None)
+                        conn = psycopg.connect(
+                            conninfo(shard.listen_dsn, int(self.TIMEOUT_S * 1000), "rlm_wificore-relay"),
+                            autocommit=True, prepare_threshold=None)
                         self._conns[shard.name] = conn
-                    return conn.execute(sql, params).fetchall()
-                except psycopg.OperationalError:
+                    token = self._watchdog.arm(conn, self.TIMEOUT_S)
+                    try:
+                        rows = conn.execute(sql, params).fetchall()
+                    finally:
+                        if self._watchdog.disarm(token):
+                            raise DeadlineExceeded(f"shard {shard.name!r}: no answer within "
+                                                   f"{self.TIMEOUT_S:.0f} s")
+                    return rows
+                except psycopg.OperationalError as exc:
                     self._conns.pop(shard.name, None)
                     if conn is not None:
                         conn.close()
-                    if attempt == 2:
+                    if attempt == 2 or isinstance(exc, DeadlineExceeded):
                         raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        self._watchdog.stop()
         with self._lock:
             for conn in self._conns.values():
                 conn.close()
@@ -266,16 +282,36 @@ def _pg_listen_loop(engine: Engine, shard, tenure: threading.Event, reads: Direc
                         try:
                             engine.invalidation.apply_db_notification(note.payload, shard=shard,
                                                                       query=reads)
-                        except (ValueError, IndexError, TypeError) as exc:
-                            log.warning("bad_notification", shard=shard.name, error=str(exc))
                         except psycopg.Error as exc:  # the directory's read: next NOTIFY
                             log.warning("nas_directory_read_failed", shard=shard.name,
                                         error=str(exc).strip())
-        except psycopg.Error as exc:
+                        except Exception as exc:  # a bad payload ('{}': KeyError) must not
+                            # end this shard's listener for the rest of the tenure
+                            log.warning("bad_notification", shard=shard.name, error=repr(exc))
+        except Exception as exc:
             if not engine.stopping.is_set():
-                log.warning("listen_failed", shard=shard.name, error=str(exc).strip())
+                log.warning("listen_failed", shard=shard.name, error=str(exc).strip() or repr(exc))
                 backoff.failed()
                 backoff.wait(engine.stopping)
+
+
+def _renew_loop(lock: RelayLock, slot: int, tenure: threading.Event, lost: threading.Event) -> None:
+    """Renew the slot every RELAY_RENEW_S until the tenure ends; ``lost`` once it is not ours.
+
+    A thread of its own, so that the relay's work (waiting for a shard that is down to
+    LISTEN, a directory rebuild that meets a hung shard) cannot outlast the slot's TTL:
+    the slot stays held while the other shards' changes are relayed."""
+    try:
+        while not tenure.wait(RELAY_RENEW_S):
+            if not lock.renew():
+                log.warning("relay_lost", slot=slot)
+                return
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("relay_redis_lost", error=str(exc))
+    except Exception as exc:
+        log.error("relay_renew_error", error=repr(exc))
+    finally:
+        lost.set()
 
 
 def _relay_loop(engine: Engine) -> None:
@@ -284,6 +320,7 @@ def _relay_loop(engine: Engine) -> None:
     lock = RelayLock(engine.redis_bg, engine.keys)
     while not engine.stopping.is_set():
         try:
+            engine.invalidation.flush_unsent()  # a tenure that Redis ended left some
             slot = lock.acquire()
         except (redis.ConnectionError, redis.TimeoutError):
             backoff.failed()
@@ -293,8 +330,11 @@ def _relay_loop(engine: Engine) -> None:
             engine.stopping.wait(RELAY_RENEW_S)
             continue
         backoff.succeeded()
-        tenure = threading.Event()
+        tenure, lost = threading.Event(), threading.Event()
         reads = DirectReads()
+        renewer = threading.Thread(target=_renew_loop, args=(lock, slot, tenure, lost),
+                                   name="wificore-relay-renew", daemon=True)
+        renewer.start()
         listeners = []
         try:
             alone = not lock.others_alive()
@@ -308,10 +348,11 @@ def _relay_loop(engine: Engine) -> None:
                     name=f"wificore-inval-{shard.name}", daemon=True))
             for t in listeners:
                 t.start()
+            ready_by = time.monotonic() + 5.0
             for ready in readies:  # listening before the directory is read: nothing missed
-                ready.wait(5.0)
+                ready.wait(max(0.0, ready_by - time.monotonic()))
             rebuild_at = 0.0
-            while not engine.stopping.is_set():
+            while not (engine.stopping.is_set() or lost.is_set()):
                 due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
                 if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
                     try:
@@ -322,15 +363,14 @@ def _relay_loop(engine: Engine) -> None:
                         rebuild_at = time.monotonic() + 5.0
                 if engine.stopping.wait(RELAY_RENEW_S):
                     break
-                if not lock.renew():
-                    log.warning("relay_lost", slot=slot)
-                    break
+                engine.invalidation.flush_unsent()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("relay_redis_lost", error=str(exc))
         except Exception as exc:
             log.error("relay_loop_error", error=repr(exc))
         finally:
             tenure.set()
+            renewer.join(timeout=3)
             for t in listeners:
                 t.join(timeout=3)
             reads.close()

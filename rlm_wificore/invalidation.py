@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,8 @@ RELAY_RENEW_S = 1.0
 #: The holder of slot 0 rebuilds the NAS directory this often (a NOTIFY lost while
 #: no relay listened is repaired by then at the latest).
 DIRECTORY_REBUILD_S = 600.0
+#: Changes kept while Redis is away; beyond it one ``R`` is announced instead.
+UNSENT_MAX = 10_000
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -145,6 +148,9 @@ class Invalidation:
         self.redis_bg = redis_bg  # the state Redis: the invalidation channel, the NAS directory
         self.cache_bg = redis_bg if cache_bg is None else cache_bg  # the cached copies
         self.directory = directory
+        # Changes of the shards not yet announced (Redis away): (doomed keys, messages).
+        self._unsent: list[tuple[list[str], list[str]]] = []
+        self._unsent_lock = threading.Lock()  # module threads only (listeners, relay)
 
     def apply(self, message: list[Any]) -> None:
         """Drop cached copies named by an invalidation message (from PostgreSQL or Redis)."""
@@ -208,6 +214,24 @@ class Invalidation:
             doomed.append(keys.plan(int(msg[1]), int(msg[2])))
         elif kind == "n":
             doomed.append(keys.nas(str(msg[2])))
+        with self._unsent_lock:
+            self._unsent.append((doomed, announce))
+        self.flush_unsent()
+
+    def flush_unsent(self) -> bool:
+        """Delete the Redis copies and announce the changes not sent yet (a Redis outage);
+        True once nothing is left. The relay's loop calls it every second, so a change
+        committed while Redis was away is announced when it is back (its Redis copy
+        deleted), not only by an ``R`` that a relay announces if it takes over alone and
+        that would refill the in-process tier from the stale Redis copies."""
+        with self._unsent_lock:
+            if not self._unsent:
+                return True
+            batch, self._unsent = self._unsent, []
+        doomed = [key for d, _ in batch for key in d]
+        announce = [m for _, a in batch for m in a]
+        if len(batch) > UNSENT_MAX:  # too many to name: every process drops everything
+            announce = [json.dumps(["R"])]
         try:
             pipe = self.redis_bg.pipeline(transaction=False)
             if doomed and self.cache_bg is not self.redis_bg:  # the copies live in the cache Redis
@@ -215,10 +239,15 @@ class Invalidation:
             elif doomed:
                 pipe.delete(*doomed)
             for message in announce:  # the channel: the state Redis
-                pipe.publish(keys.invalidation_channel, message)
+                pipe.publish(self.keys.invalidation_channel, message)
             pipe.execute()
+            return True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("invalidation_not_announced", error=str(exc))
+            with self._unsent_lock:
+                if len(self._unsent) == 0:
+                    log.warning("invalidation_not_announced", error=str(exc), waiting=len(batch))
+                self._unsent[:0] = batch[-UNSENT_MAX - 1:]  # beyond the bound only R is sent
+            return False
 
     def take_over(self, query: Query, *, alone: bool) -> None:
         """A relay slot was just taken (the relay LISTENs already): rebuild the NAS directory;
@@ -243,7 +272,8 @@ class Invalidation:
 
         What the channel carried meanwhile: live-state changes (``L``), re-read here,
         and the shards' changes, which the relays could not announce while Redis was
-        away: a relay that then takes its slot alone announces ``R`` (take_over), and
+        away: they keep them and announce them when it is back (:meth:`flush_unsent`);
+        a relay that then takes its slot alone also announces ``R`` (take_over), and
         the in-process tier refills from Redis. So a Redis outage is not a stampede
         on the shards."""
         self.generation.bump()

@@ -355,6 +355,9 @@ class Lane:
             ok = True
         except StoreUnavailable:
             ok = False
+        except Exception as exc:  # a bug must not end the lane: nothing would answer its queue
+            log.error("shard_probe_error", shard=self.shard.name, error=repr(exc))
+            ok = False
         self._judge(ok)
 
     def _judge(self, fast: bool) -> None:

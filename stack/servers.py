@@ -429,6 +429,19 @@ class PgBouncer(Process):
         self.spawn(_as_postgres(["/usr/sbin/pgbouncer", str(ini)]))
         wait_for(lambda: tcp_open(self.port), 30, f"pgbouncer on port {self.port}")
 
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
+        # runuser stops itself when its child is stopped (a test's SIGSTOP of pgbouncer)
+        # and stays stopped after the child's SIGCONT: the SIGTERM would wait, and the
+        # SIGKILL after the timeout left pgbouncer running, orphaned. Continued first,
+        # runuser passes the SIGTERM on to pgbouncer.
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        return super().stop(sig, timeout_s)
+
     def server_pids(self) -> list[int]:
         """The pgbouncer process itself (the child of runuser), e.g. to SIGSTOP it."""
         try:

@@ -211,3 +211,44 @@ class TestRelay:
                 if m.pid == killed:
                     m.stop()
         assert all(c == 0 for c in codes), group.log_tail()
+
+    def test_a_relay_keeps_its_slot_while_a_shard_is_down(self, stack, radiusd, redis):
+        """Shard2 stopped, then the relay slots freed (as if they had expired): a process
+        takes slot 0 again and keeps it, although shard2 neither LISTENs nor answers the
+        directory's rebuild. Before, the slot was renewed only between those waits (5 s for
+        a shard that does not answer, more than the 3 s TTL): it was lost every ~6 s, and
+        in between nobody LISTENed on the healthy shards (their changes went unannounced)."""
+        import psycopg
+        prefix = "wc"
+        with psycopg.connect(stack.pg[1].dsn(), autocommit=True) as conn:
+            conn.execute("CHECKPOINT")  # synchronous_commit=off: keep the suite's rows
+        stack.pg[1].kill()
+        try:
+            redis.delete(f"{prefix}:relay:0", f"{prefix}:relay:1")
+            holder = wait_until(lambda: redis.get(f"{prefix}:relay:0"), 20)
+            assert holder, radiusd.log_tail()
+            until = time.monotonic() + 10.0
+            while time.monotonic() < until:
+                assert redis.get(f"{prefix}:relay:0") == holder, radiusd.log_tail()
+                time.sleep(0.1)
+        finally:
+            stack.pg[1].start()
+
+    def test_a_bad_notification_does_not_end_the_relay(self, radiusd, subscriber, shard_conn):
+        """A NOTIFY whose payload is JSON but not a message (an object: KeyError) is logged;
+        the shard's listener goes on and the next change still reaches the process. Before,
+        the exception ended the listener thread while its relay kept the slot: none of that
+        shard's changes was announced again for the rest of the tenure."""
+        user = subscriber(password="pw-1")
+        conn = shard_conn(TENANT_A[0])
+
+        def accepted(password: str) -> bool:
+            return send(radiusd.auth_port, "auth", TENANT_A[2],
+                        {"User-Name": user, "User-Password": password},
+                        source=TENANT_A[1], timeout_s=1.0).accepted
+        assert accepted("pw-1"), radiusd.log_tail()  # cached in process now
+        conn.execute("SELECT pg_notify('wificore_inval', '{}')")
+        time.sleep(0.5)
+        conn.execute("UPDATE subscribers SET password = 'pw-2' WHERE tenant_id = %s"
+                     " AND username = %s", (TENANT_A[0], user))
+        assert wait_until(lambda: accepted("pw-2"), SETTLE_S + 1), radiusd.log_tail()

@@ -302,3 +302,89 @@ class TestRedisTrouble:
                 time.sleep(0.3)
         held = [round(x, 3) for x in lat if x >= 0.24]
         assert len(held) <= 1, f"hung Redis held lookups: {held} of {lat}"
+
+
+def test_a_probe_that_raises_does_not_end_the_lane(world, monkeypatch):
+    """An exception other than StoreUnavailable in a probe (a bug, an error psycopg does not
+    class as operational) is logged and counted as a failed probe: the lane's threads live
+    on and answer. Before, it ended the lane's thread silently (a lane never starts its
+    threads again), and a lane with no thread left never answered its shard's lookups."""
+    shards = Shards(ShardMap.load(world.shard_map), timeout_ms=500, pool_max=2, wait_ms=200)
+    try:
+        lane = shards.lanes["shard2"]
+        real, raised = shards.execute, []
+
+        def execute(shard, fn):
+            if len(raised) < 2 and shard.name == "shard2":  # once per lane thread
+                raised.append(shard.name)
+                raise RuntimeError("a bug in a probe")
+            return real(shard, fn)
+        monkeypatch.setattr(shards, "execute", execute)
+        lane.breaker.fail()
+        lane.ensure_prober()
+        assert wait_until(lambda: len(raised) == 2, timeout_s=10)
+        assert wait_until(lambda: lane.breaker.open_until == 0.0, timeout_s=10)
+        assert all(t.is_alive() for t in lane._threads)
+        assert lane.fetchone("SELECT %s::int", (7,)) == (7,)
+    finally:
+        shards.close()
+
+
+def test_the_relays_direct_read_of_a_hung_shard_gives_up(stack, world, monkeypatch):
+    """The relay's directory reads (rlm_wificore.background.DirectReads, shared by the
+    listeners of every shard) have a client-side deadline: a SIGSTOPped shard (socket
+    open, no answer) raises within it, and the next read works again. Before, the read
+    waited for good, and every later NAS change of every shard waited behind it."""
+    from rlm_wificore.background import DirectReads
+    monkeypatch.setattr(DirectReads, "TIMEOUT_S", 1.0, raising=False)
+    shard = ShardMap.load(world.shard_map).by_name("shard2")
+    reads = DirectReads()
+    try:
+        assert reads(shard, "SELECT 1", ()) == [(1,)]
+        result: list[object] = []
+
+        def read() -> None:
+            try:
+                result.append(reads(shard, "SELECT 2", ()))
+            except psycopg.OperationalError as exc:
+                result.append(exc)
+        with stopped(cluster_pids(stack.pg[1].pid)):
+            t = threading.Thread(target=read, daemon=True)
+            start = time.monotonic()
+            t.start()
+            t.join(timeout=10)
+            took = time.monotonic() - start
+            assert not t.is_alive(), "the read of a hung shard never gave up"
+        assert isinstance(result[0], psycopg.OperationalError), result
+        assert took < 8, f"{took:.1f} s"
+        assert wait_until(lambda: _direct_answers(reads, shard), timeout_s=10)
+    finally:
+        reads.close()
+
+
+def _direct_answers(reads, shard) -> bool:
+    try:
+        return reads(shard, "SELECT 1", ()) == [(1,)]
+    except psycopg.OperationalError:
+        return False
+
+
+def test_a_change_during_a_redis_outage_is_announced_when_redis_is_back(stack, radiusd, subscriber):
+    """A password changed while Redis is down (killed: the relay can neither delete the
+    Redis copy nor announce the change) is served within a few seconds of Redis's return.
+    Before, the change was dropped: the relay that took its slot again alone announced
+    ``R``, and the processes refilled from the Redis copy (AOF kept it), the old password,
+    until profile_ttl_s."""
+    user = subscriber(tenant=TENANT_A, password="pw-1")
+    assert pap(radiusd, TENANT_A, user, password="pw-1")[0].accepted  # in process and in Redis
+    time.sleep(1.5)  # the Redis copy is in the append-only file (appendfsync everysec)
+    stack.redis.stop(sig=signal.SIGKILL)
+    try:
+        with psycopg.connect(stack.pg[0].dsn(), autocommit=True) as conn:
+            conn.execute("UPDATE subscribers SET password = 'pw-2' WHERE tenant_id = %s"
+                         " AND username = %s", (TENANT_A[0], user))
+        time.sleep(2)  # the relay heard the NOTIFY and could not announce it
+    finally:
+        stack.redis.start()
+    assert wait_until(lambda: pap(radiusd, TENANT_A, user, password="pw-2")[0].accepted,
+                      timeout_s=15), radiusd.log_tail()

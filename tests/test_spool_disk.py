@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -23,6 +22,8 @@ import pytest
 
 from rlm_wificore import spool as spool_mod
 from rlm_wificore.spool import Spool, SpoolFull
+from stack.servers import wait_for
+from tests.test_spool import drain
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -59,37 +60,6 @@ def fill(directory: Path, name: str = "filler") -> Path:
     finally:
         os.close(fd)
     return path
-
-
-def frames(sp: Spool) -> list[bytes]:
-    """Every record after the checkpoint, in order; checkpoints past them."""
-    out: list[bytes] = []
-    for _ in range(100_000):
-        span = sp.read_span(4 + spool_mod.MAX_RECORD)
-        off, ended = 0, False
-        while off + 4 <= len(span.data):
-            (n,) = struct.unpack_from("<I", span.data, off)
-            if n in (0, spool_mod.END) or n > spool_mod.MAX_RECORD:
-                ended = True
-                break
-            if off + 4 + n > len(span.data):
-                break
-            out.append(span.data[off + 4:off + 4 + n])
-            off += 4 + n
-        sp.advance(span, off, ended)
-        if not off and not ended and not sp.has_pending():
-            return out
-    raise AssertionError("the spool never drained")
-
-
-def wait_until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
 
 
 def append_until_full(sp: Spool, tag: bytes, limit: int = 200_000) -> list[bytes]:
@@ -139,12 +109,12 @@ class TestFullDisk:
                     sp.append(b"refused-" + b"r" * 300)
             assert sp.pending() == sum(4 + len(r) for r in taken)
             filler.unlink()
-            wait_until(lambda: not sp.full, 10, "a segment prepared after space returned")
+            wait_for(lambda: not sp.full, 10, "a segment prepared after space returned")
             later = [b"later-%d" % i for i in range(2000)]  # across a few segments
             for r in later:
                 sp.append(r)
             assert sp.pending() == sum(4 + len(r) for r in taken + later)
-            assert frames(sp) == taken + later
+            assert drain(sp) == taken + later
             assert sp.pending() == 0
         finally:
             sp.close()
@@ -158,10 +128,10 @@ class TestFullDisk:
         try:
             taken = append_until_disk_full(sp, b"b")
             assert sp.full and len(sp.segments()) > 10
-            assert frames(sp) == taken
-            wait_until(lambda: not sp.full, 10, "appends accepted after the backlog was forwarded")
+            assert drain(sp) == taken
+            wait_for(lambda: not sp.full, 10, "appends accepted after the backlog was forwarded")
             sp.append(b"after")
-            assert frames(sp) == [b"after"]
+            assert drain(sp) == [b"after"]
         finally:
             sp.close()
 
@@ -188,14 +158,14 @@ class TestFullDisk:
                     try:
                         sp.append(rec)
                     except SpoolFull:  # the preparer is behind (a busy machine): try again
-                        wait_until(lambda: not sp.full, 10, "the preparer")
+                        wait_for(lambda: not sp.full, 10, "the preparer")
                         sp.append(rec)
                     records.append(rec)
                     n += 1
             assert len(sp.segments()) >= 20
             appender = threading.current_thread().name
             assert calls[before:] and appender not in calls[before:], calls
-            assert frames(sp) == records
+            assert drain(sp) == records
         finally:
             sp.close()
 
@@ -208,10 +178,10 @@ class TestSmallDisk:
         sp.start_preparer()
         try:
             sp.append(b"first")
-            wait_until(lambda: len(sp.segments()) == 2, 10, "the next segment prepared")
+            wait_for(lambda: len(sp.segments()) == 2, 10, "the next segment prepared")
             sizes = [(d / "spool" / f"seg-{s:012d}.wal").stat().st_size for s in sp.segments()]
             assert all(0 < s <= 20 * 1024 * 1024 // spool_mod.SEGMENT_FREE_FRACTION for s in sizes), sizes
-            assert frames(sp) == [b"first"]
+            assert drain(sp) == [b"first"]
         finally:
             sp.close()
 
@@ -228,9 +198,9 @@ class TestSmallDisk:
                 sp.append(b"too early")
             assert sp.full and sp.pending() == 0
             filler.unlink()
-            wait_until(lambda: not sp.full, 10, "the first segment")
+            wait_for(lambda: not sp.full, 10, "the first segment")
             sp.append(b"on time")
-            assert frames(sp) == [b"on time"]
+            assert drain(sp) == [b"on time"]
         finally:
             sp.close()
 
@@ -246,7 +216,7 @@ class TestSmallDisk:
         sp = Spool(d / "spool", max_segment_bytes=64 * 1024)
         try:
             sp.append(b"reopened")
-            assert frames(sp) == taken + [b"reopened"]
+            assert drain(sp) == taken + [b"reopened"]
         finally:
             sp.close()
 
