@@ -164,6 +164,19 @@ def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(li
     assert live.live_count(T0 + 30) == 0
 
 
+def test_accounting_on_never_recreates_an_expired_session_hash(live):
+    """A member of the NAS's set can outlive its session's hash (the hash expired, the
+    member waits for the next new member to be dropped): Accounting-On must not create
+    the hash again, without an expiry (a key that never goes)."""
+    live.send(T0, record("start"), record("start", key="s2", user="bob"))
+    gone = f"{live.p}:{{1}}:sess:s1"
+    live.r.delete(gone)  # expired
+    live.send(T0 + 10, record("on", ev=T0 + 10))
+    assert not live.r.exists(gone)
+    kept = f"{live.p}:{{1}}:sess:s2"
+    assert live.r.hget(kept, "n") is not None and live.r.ttl(kept) > 0
+
+
 def test_a_stop_is_final(live):
     """After a Stop, a late Interim neither counts the session again nor adds usage."""
     live.send(T0, record("start"), record("interim", t=60), record("stop", t=120))
