@@ -192,11 +192,6 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _is_record_error(exc: BaseException) -> bool:
-    """True when the error is about a row's content, not about the shard."""
-    return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
-
-
 def _utc_day(ts: float) -> dt.date:
     return dt.datetime.fromtimestamp(ts, dt.UTC).date()
 

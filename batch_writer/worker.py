@@ -114,6 +114,7 @@ class Writer:
         # The last job submitted per shard: while it runs (a hung shard), the shard
         # gets nothing new; its entries stay pending. At most one thread per shard.
         self._running: dict[str, Future[Any]] = {}
+        self._stale: dict[str, Future[int]] = {}  # stale closes not collected yet (close_stale)
         self._metrics_server: Any = None
         now = time.monotonic()
         self._next_beat = now
@@ -341,6 +342,8 @@ class Writer:
         for name in self._running:
             if self._busy(name) and self.shards[name].abort_if_overdue(deadline_s):
                 log.warning("shard_deadline_exceeded", shard=name, deadline_s=deadline_s)
+        if self._stale:
+            self._collect_stale()
 
     def _busy(self, name: str) -> bool:
         """True while the shard's last job (a write or a close) has not returned."""
@@ -453,7 +456,7 @@ class Writer:
             self._check_dead_bound(dead_len)
         if now >= self._next_stale:
             self._next_stale = now + self.cfg.stale_interval_s
-            self.close_stale()
+            self.close_stale(wait_s=PROBE_WAIT_S)
 
     def _check_dead_bound(self, dead_len: int) -> None:
         """The dead-letter stream is never trimmed: past dead_maxlen, raise the alarm."""
@@ -469,25 +472,43 @@ class Writer:
                                                      "acked": self.stats.acked,
                                                      "shards_down": self.stats.summary()["shards_down"]})
 
-    def close_stale(self) -> int:
-        """Close silent sessions on every shard that is up and has no backlog of ours."""
-        if not self._caught_up:
-            # Interims may still be waiting in the stream: closing now would close
-            # sessions whose proof of life is on its way.
-            return 0
-        total = 0
+    def close_stale(self, wait_s: float | None = None) -> int:
+        """Close silent sessions on every shard that is up and has no backlog of ours.
+
+        Each shard's close runs in its thread, all at once; this waits for them at
+        most ``wait_s`` (None: until each has returned, its round trips still cut at
+        ``shard_deadline_s``). A close still running then is left to its thread, like
+        a retry: the shard gets nothing new until it returns (its entries stay
+        pending), :meth:`_watch_busy` cuts it at the deadline, and a later call
+        collects it -- a shard whose close waits on a lock never holds up the others.
+        The number closed by the closes collected.
+        """
+        if self._caught_up:
+            # Not caught up: interims may still be waiting in the stream, and closing
+            # now would close sessions whose proof of life is on its way.
+            for name, w in self.shards.items():
+                if w.down or name in self._needs_sweep or self._busy(name):
+                    continue
+                self._stale[name] = self._running[name] = self._pool.submit(w.close_stale, self.cfg.stale_grace_s)
         deadline_s = float(self.cfg.shard_deadline_s)
-        for name, w in self.shards.items():
-            if w.down or name in self._needs_sweep:
+        until = None if wait_s is None else time.monotonic() + wait_s
+        while True:
+            running = [f for f in self._stale.values() if not f.done()]
+            if not running or (until is not None and time.monotonic() >= until):
+                break
+            for name, fut in self._stale.items():
+                if not fut.done():
+                    self.shards[name].abort_if_overdue(deadline_s)
+            wait_futures(running, timeout=WAIT_TICK_S, return_when=FIRST_COMPLETED)
+        return self._collect_stale()
+
+    def _collect_stale(self) -> int:
+        """Account for the stale closes that have returned; the number they closed."""
+        total = 0
+        for name, fut in list(self._stale.items()):
+            if not fut.done():
                 continue
-            running = self._running.get(name)
-            if running is not None and not running.done():
-                continue
-            # In the shard's thread, like a write: a hung shard is cut at its deadline.
-            fut = self._running[name] = self._pool.submit(w.close_stale, self.cfg.stale_grace_s)
-            while not fut.done():
-                w.abort_if_overdue(deadline_s)
-                wait_futures([fut], timeout=WAIT_TICK_S)
+            del self._stale[name]
             try:
                 n = fut.result()
             except Exception as exc:  # the next pass tries again

@@ -117,10 +117,14 @@ local function one(payload)
         local skey = string.sub(m, sep + 1)
         local u = string.sub(m, 1, sep - 1)
         redis.call('ZREM', tp .. 'live:' .. u, skey)
-        -- Should the session go on all the same, its next record enters it again.
+        -- Should the session go on all the same, its next record enters it again. A
+        -- member can outlive its session's hash: that one is not created again (it would
+        -- have no expiry), and its next record opens a generation anyway.
         local base = tp .. 'sess:' .. string.match(skey, '^([^:]*)')
-        redis.call('HDEL', base, 'r')
-        redis.call('HSET', base, 'n', on_at)
+        if redis.call('EXISTS', base) == 1 then
+          redis.call('HDEL', base, 'r')
+          redis.call('HSET', base, 'n', on_at)
+        end
         changed[#changed + 1] = {f.tenant_id, u}
       end
     end

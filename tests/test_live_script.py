@@ -4,7 +4,9 @@ NAS's set) as a session's records arrive over time."""
 
 from __future__ import annotations
 
+import json
 import struct
+import time
 import uuid
 
 import pytest
@@ -71,6 +73,19 @@ def live(redis):
     lv = Live(redis)
     yield lv
     lv.cleanup()
+
+
+def announcements(pubsub, wait_s: float = 5.0) -> list:
+    """The invalidation messages of one burst: waits for the first, stops at the first pause."""
+    messages: list = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.2)
+        if msg:
+            messages.append(json.loads(msg["data"]))
+        elif messages:
+            break
+    return messages
 
 
 def test_a_session_counts_while_interims_come_and_expires_when_they_stop(live):
@@ -149,6 +164,19 @@ def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(li
     assert live.live_count(T0 + 30) == 0
 
 
+def test_accounting_on_never_recreates_an_expired_session_hash(live):
+    """A member of the NAS's set can outlive its session's hash (the hash expired, the
+    member waits for the next new member to be dropped): Accounting-On must not create
+    the hash again, without an expiry (a key that never goes)."""
+    live.send(T0, record("start"), record("start", key="s2", user="bob"))
+    gone = f"{live.p}:{{1}}:sess:s1"
+    live.r.delete(gone)  # expired
+    live.send(T0 + 10, record("on", ev=T0 + 10))
+    assert not live.r.exists(gone)
+    kept = f"{live.p}:{{1}}:sess:s2"
+    assert live.r.hget(kept, "n") is not None and live.r.ttl(kept) > 0
+
+
 def test_a_stop_is_final(live):
     """After a Stop, a late Interim neither counts the session again nor adds usage."""
     live.send(T0, record("start"), record("interim", t=60), record("stop", t=120))
@@ -163,22 +191,13 @@ def test_a_stop_is_final(live):
 def test_starts_and_stops_of_one_call_are_announced_in_one_message(live):
     """Every radiusd drops its copies of the subscribers whose sessions changed: one message
     per script call, naming each of them; Interims announce nothing."""
-    import json
-    import time as _time
-
     pubsub = live.r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{live.p}:inval")
     try:
         live.send(T0, record("start"), record("start", key="s2", user="bob"),
                   record("interim", t=60), record("stop", key="s2", user="bob", t=60))
         live.send(T0 + 120, record("interim", t=120))
-        messages, deadline = [], _time.monotonic() + 5
-        while _time.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=0.2)
-            if msg:
-                messages.append(json.loads(msg["data"]))
-            elif messages:
-                break
+        messages = announcements(pubsub)
         assert messages == [["L", [[1, "alice"], [1, "bob"], [1, "bob"]]]]
     finally:
         pubsub.close()
@@ -187,22 +206,13 @@ def test_starts_and_stops_of_one_call_are_announced_in_one_message(live):
 def test_accounting_on_announces_that_nas_users_only(live):
     """An Accounting-On makes radiusd drop the cached copies of the users of that NAS, not
     of the whole tenant: the announcement names them ('L'), and no 't' message is sent."""
-    import json
-    import time as _time
-
     live.send(T0, record("start"), record("start", key="s2", user="bob"),
               record("start", key="s3", user="carol", nas_id=8))
     pubsub = live.r.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{live.p}:inval")
     try:
         live.send(T0 + 10, record("on"))
-        messages, deadline = [], _time.monotonic() + 5
-        while _time.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=0.2)
-            if msg:
-                messages.append(json.loads(msg["data"]))
-            elif messages:
-                break
+        messages = announcements(pubsub)
         assert len(messages) == 1 and messages[0][0] == "L", messages
         assert sorted(map(tuple, messages[0][1])) == [(1, "alice"), (1, "bob")]
     finally:
@@ -336,6 +346,8 @@ def test_live_script_maxima_match_batch_writer():
     from batch_writer import records as br
     assert f"MAX_OCTETS = {br.MAX_OCTETS} " in _LIVE_LUA
     assert f"MAX_SESSION_TIME_S = {br.MAX_SESSION_TIME_S} " in _LIVE_LUA
+    # The flags live.lua sets are the ones the writer stores and counts (stats.note_counter_flags).
+    assert f"FLAG_REFUSED, FLAG_BACKWARDS = {br.FLAG_REFUSED}, {br.FLAG_BACKWARDS}\n" in _LIVE_LUA
 
 
 def test_interims_without_session_time_stay_one_session(live):

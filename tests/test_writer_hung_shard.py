@@ -1,5 +1,9 @@
 """A hung shard (SIGSTOP: a query on it never returns) does not stop the writer.
 
+Nor does a shard whose stale close waits (a lock held on its sessions table):
+the writer goes on with the other shards at once, without waiting for the
+close's deadline, and collects the close once it has returned.
+
 In-process writer on a stack of its own. With a connection to shard2 open, the
 whole shard2 cluster is frozen; records for both shards keep coming. shard1's
 must be stored while shard2 is frozen (the writer cuts its round trip at
@@ -29,6 +33,7 @@ from tests.test_batch_writer import (
     new_key,
     new_prefix,
     own_stack,
+    pending,
     push,
     writer_env,
 )
@@ -113,3 +118,51 @@ def test_a_frozen_shard_is_cut_at_its_deadline_and_the_others_flow(stack, redis)
     assert aborted >= 1, "the frozen shard's round trip was not cut"
     assert not errors, errors
     assert dead_letters(redis, prefix) == []
+
+
+def test_a_stale_close_that_waits_on_a_lock_does_not_hold_up_the_other_shards(stack, redis):
+    prefix, now = new_prefix(), time.time()
+    # A deadline far longer than the test waits: a writer that waits for the close
+    # fails the checks below (it returns only once the close is cut at the deadline,
+    # or fails at the role's lock_timeout: 5 s on this stack).
+    settings, cfg = load(writer_env(stack, prefix, shard_deadline_s=120, statement_timeout_ms=300_000,
+                                    stale_interval_s=3600))
+    w = Writer(settings, cfg)
+    warm1, warm3 = new_key(), new_key()
+    push(redis, prefix, [acct(T1, warm1, "start", now - 60), acct(T3, warm3, "start", now - 60)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (_stored(stack.pg[0], warm1) and _stored(stack.pg[1], warm3)):
+        w.run_once()
+        w.flush()
+    w.run_once()  # nothing new: caught up, so the stale close runs
+    w.flush()
+    holder = psycopg.connect(stack.pg[1].dsn(), connect_timeout=5)
+    try:
+        holder.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+        w._next_stale = 0.0
+        w.run_once()  # housekeeping starts the stale closes: shard2's waits on the lock
+        assert w._busy("shard2"), "shard2's stale close did not wait on the lock"
+        assert w.shards["shard2"].aborted == 0, "the loop waited for shard2's close until its deadline"
+        k1, k3 = new_key(), new_key()
+        push(redis, prefix, [acct(T3, k3, "start", now - 30), acct(T1, k1, "start", now - 30)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _stored(stack.pg[0], k1):
+            w.run_once()
+        w.flush()
+        assert _stored(stack.pg[0], k1), "shard1's record was not stored while shard2's close waited"
+        assert pending(redis, prefix) == 1, "only shard2's record may wait"
+    finally:
+        holder.rollback()
+        holder.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (_stored(stack.pg[1], k3) and pending(redis, prefix) == 0):
+        w.run_once()
+        w.flush()
+    try:
+        assert _stored(stack.pg[1], k3), "shard2's record not stored after the lock was released"
+        assert pending(redis, prefix) == 0
+        assert not w._stale, "the finished stale close was not collected"
+        assert w.shards["shard2"].aborted == 0
+        assert dead_letters(redis, prefix) == []
+    finally:
+        w.close()
