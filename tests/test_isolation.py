@@ -2,7 +2,8 @@
 
 Real servers: the stack's shards behind their PgBouncers, Redis, radiusd with the
 module. Shard2 (TENANT_C) is made sick: hung (SIGSTOP of its PgBouncer or of its
-PostgreSQL processes), slow (queries succeed in ~0.5 s), locked (LOCK TABLE in
+PostgreSQL processes), slow (queries succeed in ~0.3 s, below the radius role's 400 ms
+statement_timeout), locked (LOCK TABLE in
 another session) or stopped; TENANT_A (shard1) keeps logging in meanwhile.
 Stopped processes are resumed in teardown whatever happens.
 """
@@ -68,12 +69,12 @@ def locked(stack):
 
 @contextlib.contextmanager
 def slow(stack):
-    """Every read of a subscriber on shard2 by the radius role takes ~0.5 s and succeeds
+    """Every read of a subscriber on shard2 by the radius role takes ~0.3 s and succeeds
     (a row-level security policy that sleeps: the query plan stays the one of production)."""
     with psycopg.connect(stack.pg[1].dsn(), autocommit=True) as conn:
         conn.execute("ALTER TABLE subscribers ENABLE ROW LEVEL SECURITY")
         conn.execute("CREATE POLICY test_slow ON subscribers FOR SELECT TO wificore_radius "
-                     "USING ((SELECT true FROM pg_sleep(0.5)))")
+                     "USING ((SELECT true FROM pg_sleep(0.3)))")
         conn.execute("CREATE POLICY test_slow_others ON subscribers TO wificore_writer USING (true)")
     try:
         yield
