@@ -202,7 +202,8 @@ class Engine:
                 entry.reply, entry.reply_for = reply, (vendor, now + REPLY_REUSE_S, entry.state)
         self.stats.requests["authorize:ok"] += 1
         if decided:
-            self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok")
+            self._log_auth(req, tenant_id, nas_id, username, accepted=True, reason="ok",
+                           interim_s=entry.plan.interim_interval_s)
             config += LOGGED
         return Result("updated", reply=reply, config=config)
 
@@ -220,11 +221,16 @@ class Engine:
             return Result("noop")
         tenant_id, nas_id, _vendor = parsed
         username = req.get("User-Name") or ""
-        if accepted and "User-Password" in req:
+        interim_s = None
+        if accepted:
             entry = self.local.peek((tenant_id, username))
             if entry:
-                self.credentials.remember(tenant_id, username, req["User-Password"], entry.profile)
-        self._log_auth(req, tenant_id, nas_id, username, accepted=accepted, reason=reason)
+                if "User-Password" in req:
+                    self.credentials.remember(tenant_id, username, req["User-Password"], entry.profile)
+                if entry.plan is not None:  # for live.lua: the session about to start
+                    interim_s = entry.plan.interim_interval_s
+        self._log_auth(req, tenant_id, nas_id, username, accepted=accepted, reason=reason,
+                       interim_s=interim_s)
         self.stats.requests[f"post_auth:{'accept' if accepted else 'reject'}"] += 1
         result = "ok" if accepted else "noop"
         reply: Pairs = ()

@@ -36,7 +36,7 @@ local function int(x) return string.format('%d', x) end
 local function fields(rec)
   local v = rec[3]
   if rec[1] == 1 then return v end
-  if rec[2] == 'auth' then return {tenant_id = v[1]} end
+  if rec[2] == 'auth' then return {tenant_id = v[1], username = v[5], result = v[7], interim_s = v[10]} end
   return {tenant_id = v[1], nas_id = v[2], session_key = v[3], username = v[5], status = v[6],
           event_ts = v[7], arrival_ts = v[8], session_time_s = v[9], input_octets = v[10],
           output_octets = v[11], interim_s = v[18]}
@@ -48,6 +48,10 @@ end
 local MAX_OCTETS = 1125899906842624     -- 2^50 octets per session and direction
 local MAX_SESSION_TIME_S = 157680000    -- 5 x 365 days
 local FLAG_REFUSED, FLAG_BACKWARDS = 1, 2
+local MIN_INTERIM_S, MAX_INTERIM_S = 10, 604800  -- batch_writer.records.INTERIM_RANGE_S
+-- How long an accept's interval waits for its session's first record (a NAS sends the
+-- Start moments after the accept; later than this, the tenant's largest interval applies).
+local ACCEPT_IV_TTL_S = 120
 -- A record "started" (event time - session time) more than this before or after the
 -- generation's start belongs to another generation of the Acct-Session-Id.
 local SLACK_S = 60
@@ -89,6 +93,19 @@ local function one(payload)
   local f = fields(rec)
   if rec[2] == 'auth' then
     redis.call('XADD', prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}', '*', 'd', payload)
+    -- An accept carries its plan's interim interval: kept for the session about to start
+    -- (a state Redis of its own cannot read the cached profile and plan below), and the
+    -- tenant's largest interval follows it.
+    local aiv = tonumber(f.interim_s)
+    if f.result == 'accept' and aiv and aiv >= MIN_INTERIM_S and aiv <= MAX_INTERIM_S and type(f.username) == 'string' then
+      local t = int(f.tenant_id)
+      local tp = prefix .. ':{' .. t .. '}:'
+      redis.call('SET', tp .. 'iv:' .. f.username, int(aiv), 'EX', ACCEPT_IV_TTL_S)
+      local most = redis.call('GET', tp .. 'ivmax')
+      if aiv > (tonumber(most) or 0) then
+        redis.call('SET', tp .. 'ivmax', int(aiv), 'EX', usage_ttl)
+      end
+    end
     return
   end
   if f.invalid then
@@ -199,16 +216,22 @@ local function one(payload)
   end
   if iv == nil then
     -- The interval liveness uses, resolved at the session's first record: the plan's (the
-    -- subscriber's profile and plan as authorize cached them in Redis, moments before the
-    -- Start), else the largest plan interval seen for the tenant, else the record's. Never
+    -- one the login's accept carried, kept above; else the subscriber's profile and plan
+    -- as authorize cached them in Redis, moments before the Start, when this is the same
+    -- Redis), else the largest plan interval seen for the tenant, else the record's. Never
     -- the radiusd process's own cache.
     iv = tonumber(f.interim_s) or 300
-    local found
-    local praw = redis.call('GET', tp .. 'u:' .. user)
-    local plan_id = praw and profile_plan(praw)
-    if plan_id then
-      local plraw = redis.call('GET', tp .. 'plan:' .. int(plan_id))
-      found = plraw and plan_interval(plraw)
+    local found = redis.call('GET', tp .. 'iv:' .. user)
+    found = tonumber(found)
+    if found then
+      redis.call('DEL', tp .. 'iv:' .. user)  -- taken: the session keeps it (v)
+    else
+      local praw = redis.call('GET', tp .. 'u:' .. user)
+      local plan_id = praw and profile_plan(praw)
+      if plan_id then
+        local plraw = redis.call('GET', tp .. 'plan:' .. int(plan_id))
+        found = plraw and plan_interval(plraw)
+      end
     end
     local most = redis.call('GET', tp .. 'ivmax')
     most = tonumber(most) or 0

@@ -56,7 +56,7 @@ class Sink:
         return kind
 
     def log_auth(self, req: dict[str, str], tenant_id: int, nas_id: int, username: str, *,
-                 accepted: bool, reason: str) -> None:
+                 accepted: bool, reason: str, interim_s: int | None = None) -> None:
         """Spool one auth-log record (the forwarder moves it to Redis); never a password."""
         if self.spool is None:
             self.stats.errors["authlog_no_spool"] += 1
@@ -67,6 +67,6 @@ class Sink:
             self.spool.append(wire.pack_values(wire.KIND_AUTH, [
                 tenant_id, nas_id, time.time(), f"{self._event_prefix}{next(self._event_seq):x}",
                 username[:MAX_USERNAME], req.get("Calling-Station-Id"),
-                "accept" if accepted else "reject", reason, method]))
+                "accept" if accepted else "reject", reason, method, interim_s]))
         except SpoolFull:  # a full disk never costs a login: the record is counted as dropped
             self.stats.errors["authlog_dropped"] += 1

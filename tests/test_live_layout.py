@@ -145,7 +145,7 @@ def test_every_key_the_script_touches_is_one_keys_builds() -> None:
         k.nas_live(TENANT, NAS): "nas_live", k.stream(PART): "stream", k.dead_letter: "dead_letter",
         k.invalidation_channel: "invalidation_channel",
         k.profile(TENANT, USER): "profile", k.plan(TENANT, PLAN): "plan",
-        k.interim_max(TENANT): "interim_max", k.nas_skew(TENANT): "nas_skew",
+        k.interim(TENANT, USER): "interim", k.interim_max(TENANT): "interim_max", k.nas_skew(TENANT): "nas_skew",
     }
     script = _script_keys()
     assert script - set(layout) == set(), "live.lua builds keys that wificore.keys.Keys does not"

@@ -9,6 +9,7 @@ import struct
 import time
 import uuid
 
+import msgpack
 import pytest
 
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
@@ -335,6 +336,38 @@ def test_liveness_uses_the_plan_interim_without_the_process_cache(live):
     assert stream_records(live)[-1]["live_interim_s"] == 3600
 
 
+def auth_record(user: str = "alice", result: str = "accept", interim_s: int | None = 3600) -> bytes:
+    payload = wire.pack(wire.KIND_AUTH, {
+        "tenant_id": 1, "nas_id": 7, "ts": T0, "event_id": uuid.uuid4().hex, "username": user,
+        "calling_station_id": None, "result": result, "reason": "ok", "method": "pap",
+        "interim_s": interim_s})
+    return struct.pack("<I", len(payload)) + payload
+
+
+def test_liveness_uses_the_interval_of_the_login_when_the_plan_is_elsewhere(live):
+    """Split Redis roles: the state Redis holds no cached profile or plan. The accept's
+    auth record carries the plan's 3,600 s; the Start, from a radiusd process that never
+    saw the subscriber, says 300 s: the deadline is the plan's (before: 660 s)."""
+    live.send(T0 - 1, auth_record(), auth_record("bob", result="reject", interim_s=7200),
+              auth_record("carol", interim_s=5))  # implausible: ignored
+    assert live.r.get(f"{live.p}:{{1}}:iv:alice") == b"3600"
+    assert not live.r.exists(f"{live.p}:{{1}}:iv:bob") and not live.r.exists(f"{live.p}:{{1}}:iv:carol")
+    assert 0 < live.r.ttl(f"{live.p}:{{1}}:iv:alice") <= 120
+    live.send(T0, record("start", interim_s=300))
+    assert not live.r.exists(f"{live.p}:{{1}}:iv:alice")  # taken by the session
+    assert live.live_count(T0 + 1800) == 1
+    assert live.live_count(T0 + 3600 * STALE + 61) == 0
+    assert stream_records(live)[-1]["live_interim_s"] == 3600
+    # A login whose record comes after its Start (another process's spool was slower):
+    # the tenant's largest interval, which the accepts keep, and never less than the record's.
+    live.send(T0, record("start", key="s8", user="dave", interim_s=300))
+    assert stream_records(live)[-1]["live_interim_s"] == 3600
+    # Auth records of radiusd before 2026-12-01 (9 fields) still go through.
+    old = msgpack.packb([wire.VERSION, wire.KIND_AUTH, [1, 7, T0, "e-old", "erin", None, "accept", "ok", "pap"]])
+    live.send(T0, struct.pack("<I", len(old)) + old)
+    assert not live.r.exists(f"{live.p}:{{1}}:iv:erin")
+
+
 def test_each_nas_clock_skew_is_kept_for_the_noc(live):
     """Event time against arrival, one field per NAS."""
     live.send(T0, record("start", arrival_ts=T0 + 7 * 3600))
@@ -348,6 +381,8 @@ def test_live_script_maxima_match_batch_writer():
     assert f"MAX_SESSION_TIME_S = {br.MAX_SESSION_TIME_S} " in _LIVE_LUA
     # The flags live.lua sets are the ones the writer stores and counts (stats.note_counter_flags).
     assert f"FLAG_REFUSED, FLAG_BACKWARDS = {br.FLAG_REFUSED}, {br.FLAG_BACKWARDS}\n" in _LIVE_LUA
+    lo, hi = br.INTERIM_RANGE_S
+    assert f"MIN_INTERIM_S, MAX_INTERIM_S = {lo}, {hi} " in _LIVE_LUA
 
 
 def test_interims_without_session_time_stay_one_session(live):

@@ -172,6 +172,53 @@ class TestRadiusd:
             assert r.stop() == 0, r.log_tail()
 
 
+    def test_liveness_of_a_session_uses_its_plan_with_the_roles_split(self, world, lru_redis, subscriber,
+                                                                     redis):
+        """A subscriber on a 3,600 s-interim plan logs in through one radiusd process and
+        its Start reaches another, which never saw it (it sends the default, 300 s). The
+        state Redis has no cached profile or plan to read: the session's liveness is the
+        plan's all the same (before: 300 s, closed as stale after ~12 minutes)."""
+        prefix = "rr" + uuid.uuid4().hex[:8]
+        raddb = raddb_with(world.state / f"raddb-{prefix}", key_prefix=prefix)
+        t = TENANT_A[0]
+        plan = f"hour-{prefix}"
+        world.admin("plan", "add", "--tenant", str(t), "--name", plan, "--interim-interval-s", "3600")
+        user = subscriber(plan=plan)
+        keys = Keys(prefix)
+        procs = [radiusd_with(world, f"radiusd-iv{i}-{prefix}", WIFICORE_CACHE_REDIS_URL=lru_redis.url, raddb=raddb)
+                 for i in range(2)]
+        try:
+            for r in procs:
+                r.start(timeout_s=60)
+            login, other = procs
+            ans = send(login.auth_port, "auth", TENANT_A[2], {"User-Name": user, "User-Password": "pw-123456"},
+                       source=TENANT_A[1])
+            assert ans.accepted, f"{ans.output}\n{login.log_tail()}"
+            assert "Acct-Interim-Interval = 3600" in ans.output, ans.output
+
+            def auth_logged() -> bool:
+                return any(user.encode() in f[b"d"] for s in redis.scan_iter(match=f"{prefix}:stream:*")
+                           for _id, f in redis.xrange(s))
+            deadline = time.monotonic() + 15
+            while not auth_logged():
+                assert time.monotonic() < deadline, login.log_tail()
+                time.sleep(0.1)
+            ans = send(other.acct_port, "acct", TENANT_A[2], acct_packet(user, "8d000001", "Start"),
+                       source=TENANT_A[1])
+            assert ans.code == "Accounting-Response", f"{ans.output}\n{other.log_tail()}"
+            deadline = time.monotonic() + 15
+            while not list(redis.scan_iter(match=f"{prefix}:{{{t}}}:sess:*")):
+                assert time.monotonic() < deadline, other.log_tail()
+                time.sleep(0.1)
+            (sess,) = list(redis.scan_iter(match=f"{prefix}:{{{t}}}:sess:*"))
+            assert redis.hget(sess, "v") == b"3600", redis.hgetall(sess)
+            # Live until two plan interims and the grace have passed, not two default ones.
+            (score,) = [sc for _m, sc in redis.zrange(keys.live(t, user), 0, -1, withscores=True)]
+            assert score > time.time() + 3600, score - time.time()
+        finally:
+            for r in procs:
+                assert r.stop() == 0, r.log_tail()
+
 class TestBatchWriter:
     def test_refuses_an_evicting_state_redis(self, world, lru_redis):
         """batch_writer exits with status 2 and one line naming the variable."""

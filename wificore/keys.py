@@ -35,6 +35,11 @@ class Keys:
         """HASH of the last counters seen for one session (delta base); TTL."""
         return f"{self.p}:{{{tenant_id}}}:sess:{session_key}"
 
+    def interim(self, tenant_id: int, username: str) -> str:
+        """The interim interval of the subscriber's last accepted login (its plan's), kept by
+        live.lua from the auth record for the session about to start; TTL."""
+        return f"{self.p}:{{{tenant_id}}}:iv:{username}"
+
     def interim_max(self, tenant_id: int) -> str:
         """The largest plan interim interval live.lua has seen for the tenant (liveness of a
         session whose plan it cannot find); TTL."""

@@ -50,7 +50,10 @@ stay readable by position.
   tenant_id int, nas_id int, ts float, event_id str (unique; the auth log's
   key, so a replay inserts nothing twice), username str,
   calling_station_id str|None, result 'accept'|'reject', reason str,
-  method 'pap'|'chap'|'mschap'|'other'.
+  method 'pap'|'chap'|'mschap'|'other', then (added 2026-12-01) interim_s
+  int|None (an accept: the plan's interim interval, which live.lua keeps for the
+  session about to start -- the state Redis cannot read the cached plan when the
+  two Redis roles are split).
 """
 
 from __future__ import annotations
@@ -87,7 +90,9 @@ STREAM_ACCT_FIELDS = ACCT_FIELDS + LIVE_FIELDS
 #: The fields of the first version 2 bodies (2026-11-27): the shortest body read.
 V2_BASE = {"acct": 19, "auth": 9}
 AUTH_FIELDS = ("tenant_id", "nas_id", "ts", "event_id", "username", "calling_station_id", "result",
-               "reason", "method")
+               "reason", "method",
+               # 2026-12-01: appended (older records have only the 9 above)
+               "interim_s")
 FIELDS = {KIND_ACCT: ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
 #: What a reader pads a version 2 body to.
 READ_FIELDS = {KIND_ACCT: STREAM_ACCT_FIELDS, KIND_AUTH: AUTH_FIELDS}
