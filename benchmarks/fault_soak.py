@@ -18,7 +18,7 @@ NAS) send Start, Interims and Stop for ``--sessions`` sessions over
 After the senders finish, the spools drain and the writer has acknowledged
 everything, it checks, per session: the row is present once (``doubled``
 otherwise), with the counters of the last answered record and, if the Stop
-was answered, its stop time (``sessions_exact``); ``lost`` = sessions with an
+was answered, its stop time and terminate cause (``sessions_exact``); ``lost`` = sessions with an
 answered record and no row; ``dead_letters`` = the dead-letter stream's
 length; ``redis_mismatches`` = subscribers whose Redis usage (octets,
 time_s) differs from the sum of their rows in PostgreSQL. It prints JSON:
@@ -59,6 +59,7 @@ RETRY_S = 2.0
 GIVE_UP_S = 120.0
 SOCKETS_PER_NAS = 4
 CODE_ACCT_REQUEST, CODE_ACCT_RESPONSE = 4, 5
+STOP_CAUSE = (1, "User-Request")  # Acct-Terminate-Cause of each Stop, and its name as stored
 
 
 def _attr(t: int, value: bytes) -> bytes:
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
                     def build(ident: int, s=s, v=v, status=status) -> bytes:
                         return acct_request(ident, s["secret"], user=s["user"], sid=s["sid"], status=status,
-                                            cause=1 if status == 2 else None, **v)
+                                            cause=STOP_CAUSE[0] if status == 2 else None, **v)
                     if not senders.send(s["ip"], build, sent):
                         break  # every id in flight: wait for answers
                     sent += 1
@@ -311,7 +312,7 @@ def _verify(stack, r, keys: Keys, plan: Plan, senders: Senders, run_id: str, eve
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
             for row in conn.execute(
                     "SELECT acct_session_id, username, input_octets, output_octets, session_time_s,"
-                    " extract(epoch FROM stopped_at)::float8, close_reason FROM sessions"
+                    " extract(epoch FROM stopped_at)::float8, close_reason, terminate_cause FROM sessions"
                     " WHERE acct_session_id LIKE %s", (run_id + "-%",)):
                 rows.setdefault(row[0], []).append(row)
     exact = lost = doubled = 0
@@ -329,7 +330,8 @@ def _verify(stack, r, keys: Keys, plan: Plan, senders: Senders, run_id: str, eve
         row = got[0]
         ok = (row[2], row[3], row[4]) == (v["inp"], v["out"], v["t"])
         if i in stop_answered:
-            ok = ok and row[6] == "stop" and row[5] is not None and abs(row[5] - v["ts"]) < 1.0
+            ok = (ok and row[6] == "stop" and row[5] is not None and abs(row[5] - v["ts"]) < 1.0
+                  and row[7] == STOP_CAUSE[1])
         exact += ok
         if not ok and len(bad) < 5:
             bad.append(f"{s['sid']}: row {row[2:]} expected {v} stop={i in stop_answered}")

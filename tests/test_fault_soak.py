@@ -10,7 +10,7 @@ since a query on it never returns) for 20 s, and the writer process is killed
 drain:
 
 * every answered record's session is present exactly once, with the last
-  answered counters and the Stop's time (sessions_exact == sessions_expected,
+  answered counters and the Stop's time and cause (sessions_exact == sessions_expected,
   lost == doubled == 0), Redis usage equal to PostgreSQL for every subscriber;
 * no dead letter: an outage or a restart never counts against a record;
 * every SIGTERM exited 0 (a hung shard does not block a stop);
