@@ -1265,6 +1265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--no-noisy", action="store_true",
                    help="skip the noisy_neighbour scenario, flood included")
     g.add_argument("--noisy-duration", type=float, default=10.0, help="seconds per phase")
+    g.add_argument("--noisy-rounds", type=int, default=3,
+                   help="rounds of baseline + variants; each ratio is the median over them")
     g.add_argument("--noisy-rate-a", type=float, default=2000.0,
                    help="tenant A's warm logins per second")
     g.add_argument("--noisy-rate-b", type=float, default=100.0,
@@ -1291,6 +1293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.writer_timeout = min(args.writer_timeout, 120.0)
         args.e2e_rate, args.e2e_duration = 200.0, 2.0
         args.noisy_duration, args.noisy_rate_a, args.noisy_rate_b = 1.0, 200.0, 10.0
+        args.noisy_rounds = 1
         args.flood_rate, args.flood_junk_rate, args.flood_duration = 100.0, 1000.0, 2.0
         args.local_cache_profiles = 2000
     if args.subscribers_per_tenant is not None:
@@ -1300,7 +1303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.point_repeat = args.point_repeat or args.repeat
     args.acct_packets = args.acct_packets or math.ceil(10_000 * args.duration / args.senders)
     args.configs = [c.strip() for c in args.configs.split(",")] if args.configs else None
-    for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs", "e2e_writers"):
+    for name in ("senders", "window", "repeat", "memory_samples", "radiusd_procs", "e2e_writers",
+                 "noisy_rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be at least 1")
     if not 0 <= args.poll_us <= 100_000:

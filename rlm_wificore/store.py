@@ -200,8 +200,9 @@ class Lane:
     query: the retransmits and the other processes' threads of the same login
     wait on one job), and the hook waits for it at most ``wait_s`` while the
     shard's breaker is closed, not at all while it is open. A query that took
-    longer than ``wait_s`` (slow), failed or outlived its deadline opens the
-    breaker; one that was fast closes it, and hooks wait on the shard again after
+    longer than a hook would have waited for it (:meth:`healthy_wait_s`: slow),
+    failed or outlived its deadline opens the breaker; one that was fast closes
+    it, and hooks wait on the shard again after
     RECOVER_STREAK fast answers in a row (a wait is at most ``wait_s``, shorter once
     the shard's answer times are known: :meth:`healthy_wait_s`). While the breaker is open and
     nothing is queued, a thread probes with ``SELECT 1`` every ``retry_s``.
@@ -325,6 +326,11 @@ class Lane:
                 self._probe()
                 continue
             key, job = item
+            # An answer counts as fast only within what a hook would wait for it now. Judged
+            # against db_wait_ms instead, a shard answering between the two (150 ms, say)
+            # was healthy again after every RECOVER_STREAK answers, and the next hook held
+            # its whole process for the healthy wait: a stall per few lookups (issue 13).
+            limit = self.healthy_wait_s()
             started = time.monotonic()
             try:
                 job.row = self.shards.execute(self.shard, _fetchone(job.sql, job.params))
@@ -333,9 +339,10 @@ class Lane:
             except Exception as exc:  # a bug must not kill the lane
                 job.error = StoreUnavailable(f"shard {self.shard.name!r}: {exc!r}")
             took = time.monotonic() - started
-            if job.error is None and took <= self.wait_s:
+            fast = job.error is None and took <= limit
+            if fast:
                 self._fast_took.append(took)
-            self._judge(job.error is None and took <= self.wait_s)
+            self._judge(fast)
             job.finished = time.monotonic()
             with self._cond:
                 self._pending.pop(key, None)
