@@ -301,13 +301,21 @@ def _renew_loop(lock: RelayLock, slot: int, tenure: threading.Event, lost: threa
     A thread of its own, so that the relay's work (waiting for a shard that is down to
     LISTEN, a directory rebuild that meets a hung shard) cannot outlast the slot's TTL:
     the slot stays held while the other shards' changes are relayed."""
+    away = False
     try:
         while not tenure.wait(RELAY_RENEW_S):
-            if not lock.renew():
-                log.warning("relay_lost", slot=slot)
-                return
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        log.warning("relay_redis_lost", error=str(exc))
+            try:
+                if not lock.renew():
+                    log.warning("relay_lost", slot=slot)
+                    return
+                away = False
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis away: the tenure goes on (its listeners keep hearing the shards and
+                # keep what they cannot announce); the slot is renewed, or found lost,
+                # once Redis is back.
+                if not away:
+                    log.warning("relay_redis_away", slot=slot, error=str(exc))
+                away = True
     except Exception as exc:
         log.error("relay_renew_error", error=repr(exc))
     finally:
@@ -354,13 +362,20 @@ def _relay_loop(engine: Engine) -> None:
             rebuild_at = 0.0
             while not (engine.stopping.is_set() or lost.is_set()):
                 due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
-                if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
-                    try:
-                        engine.invalidation.take_over(reads, alone=alone)
-                        alone, rebuild_at = False, time.monotonic() + DIRECTORY_REBUILD_S
-                    except psycopg.Error as exc:  # a shard is down: try again soon
-                        log.warning("nas_directory_rebuild_failed", error=str(exc).strip())
-                        rebuild_at = time.monotonic() + 5.0
+                try:
+                    if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
+                        try:
+                            engine.invalidation.take_over(reads, alone=alone)
+                            alone, rebuild_at = False, time.monotonic() + DIRECTORY_REBUILD_S
+                        except psycopg.Error as exc:  # a shard is down: try again soon
+                            log.warning("nas_directory_rebuild_failed", error=str(exc).strip())
+                            rebuild_at = time.monotonic() + 5.0
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # Redis away: not the end of the tenure. Ending it stopped the
+                    # listeners, and a change committed meanwhile was never heard: after
+                    # Redis's return the processes refilled from the stale Redis copy (the
+                    # renewer logs the outage; flush_unsent announces what was heard).
+                    pass
                 if engine.stopping.wait(RELAY_RENEW_S):
                     break
                 engine.invalidation.flush_unsent()

@@ -434,13 +434,16 @@ class PgBouncer(Process):
         # and stays stopped after the child's SIGCONT: the SIGTERM would wait, and the
         # SIGKILL after the timeout left pgbouncer running, orphaned. Continued first,
         # runuser passes the SIGTERM on to pgbouncer.
-        pid = self.pid
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        return super().stop(sig, timeout_s)
+        # pgbouncer itself is a grandchild (runuser's child): should it outlive runuser
+        # (runuser killed after the timeout, or gone before it could pass the signal
+        # on), it is stopped by its own PID, read before anything stops.
+        servers = self.server_pids()
+        signal_all([p for p in (self.pid, *servers) if p is not None], signal.SIGCONT)
+        code = super().stop(sig, timeout_s)
+        for pid in servers:
+            if pid_alive(pid):
+                stop_pid(pid, sig, timeout_s)
+        return code
 
     def server_pids(self) -> list[int]:
         """The pgbouncer process itself (the child of runuser), e.g. to SIGSTOP it."""
