@@ -63,9 +63,9 @@ def _stored(pg, key: str) -> bool:
         return conn.execute("SELECT count(*) FROM sessions WHERE session_key = %s", (key,)).fetchone()[0] == 1
 
 
-def test_a_frozen_shard_is_cut_at_its_deadline_and_the_others_flow(stack, redis):
-    prefix, now = new_prefix(), time.time()
-    settings, cfg = load(writer_env(stack, prefix, shard_deadline_s=2, backoff_max_s=1))
+def _writer_on_both_shards(stack, redis, prefix: str, now: float, **env) -> Writer:
+    """An in-process writer that has stored one record on each shard (both reached)."""
+    settings, cfg = load(writer_env(stack, prefix, **env))
     w = Writer(settings, cfg)
     warm1, warm3 = new_key(), new_key()
     push(redis, prefix, [acct(T1, warm1, "start", now - 60), acct(T3, warm3, "start", now - 60)])
@@ -73,7 +73,13 @@ def test_a_frozen_shard_is_cut_at_its_deadline_and_the_others_flow(stack, redis)
     while time.monotonic() < deadline and not (_stored(stack.pg[0], warm1) and _stored(stack.pg[1], warm3)):
         w.run_once()
         w.flush()
-    assert _stored(stack.pg[1], warm3), "shard2 not reached before the freeze"
+    assert _stored(stack.pg[0], warm1) and _stored(stack.pg[1], warm3), "a shard not reached before the test"
+    return w
+
+
+def test_a_frozen_shard_is_cut_at_its_deadline_and_the_others_flow(stack, redis):
+    prefix, now = new_prefix(), time.time()
+    w = _writer_on_both_shards(stack, redis, prefix, now, shard_deadline_s=2, backoff_max_s=1)
 
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -125,15 +131,8 @@ def test_a_stale_close_that_waits_on_a_lock_does_not_hold_up_the_other_shards(st
     # A deadline far longer than the test waits: a writer that waits for the close
     # fails the checks below (it returns only once the close is cut at the deadline,
     # or fails at the role's lock_timeout: 5 s on this stack).
-    settings, cfg = load(writer_env(stack, prefix, shard_deadline_s=120, statement_timeout_ms=300_000,
-                                    stale_interval_s=3600))
-    w = Writer(settings, cfg)
-    warm1, warm3 = new_key(), new_key()
-    push(redis, prefix, [acct(T1, warm1, "start", now - 60), acct(T3, warm3, "start", now - 60)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (_stored(stack.pg[0], warm1) and _stored(stack.pg[1], warm3)):
-        w.run_once()
-        w.flush()
+    w = _writer_on_both_shards(stack, redis, prefix, now, shard_deadline_s=120, statement_timeout_ms=300_000,
+                               stale_interval_s=3600)
     w.run_once()  # nothing new: caught up, so the stale close runs
     w.flush()
     holder = psycopg.connect(stack.pg[1].dsn(), connect_timeout=5)
