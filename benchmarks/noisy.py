@@ -25,6 +25,7 @@ After each variant B's shard is made healthy again and given a few seconds.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -169,8 +170,8 @@ def run(bench: Any, c: ModuleType) -> dict[str, Any]:
                               if ph.get("p99_ms") is not None and base.get("p99_ms") else None)})
 
     def median(vals: list[float | None]) -> float | None:
-        got = sorted(x for x in vals if x is not None)
-        return got[len(got) // 2] if got else None
+        got = [x for x in vals if x is not None]
+        return statistics.median_low(got) if got else None
     ratios: dict[str, dict[str, float | None]] = {
         v: {"answered_ratio": median([x["answered_ratio"] for x in per_round[v]]),
             "p99_ratio": median([x["p99_ratio"] for x in per_round[v]])} for v in VARIANTS}
