@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import socket
-import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
@@ -40,7 +39,7 @@ import redis
 
 from wificore.errors import DecodeError, StoreUnavailable, UnknownTenant
 from wificore.keys import Keys
-from wificore.log import get_logger
+from wificore.log import Throttle, get_logger
 from wificore.profile import NAS_SQL, Nas
 from wificore.shardmap import Shard, ShardMap
 
@@ -143,10 +142,7 @@ class Directory:
         self.known: KnownAddresses | None = None
         self.negative: dict[str, float] = {}  # address -> until (time.monotonic())
         self.unknown_seen = 0  # unknown lookups, for the metrics
-        self._suppressed = 0
-        self._last_unknown = ""
-        self._log_at = 0.0
-        self._log_lock = threading.Lock()
+        self._unknown_log = Throttle(LOG_EVERY_S)
         # The relay's rebuild: addresses changed while it read the shards.
         self._rebuilding = False
         self._dirty: set[str] = set()
@@ -186,23 +182,15 @@ class Directory:
 
     def _unknown(self, ip: str) -> Result:
         self.unknown_seen += 1
-        now = time.monotonic()
-        if now >= self._log_at:
-            self._log_at = now + LOG_EVERY_S
-            log.warning("unknown_client", ip=ip)
-        else:
-            self._suppressed += 1
-            self._last_unknown = ip
+        left_out = self._unknown_log.admit(None, ip)
+        if left_out is not None:
+            log.warning("unknown_client", ip=ip, left_out=left_out)
         return Result("notfound", reason="unknown_client")
 
     def flush_unknown_log(self) -> None:
         """The summary of the unknown-client lines held back (a module thread calls it)."""
-        if self._suppressed and time.monotonic() >= self._log_at:
-            with self._log_lock:
-                count, self._suppressed = self._suppressed, 0
-                self._log_at = time.monotonic() + LOG_EVERY_S
-            log.warning(f"{count} unknown clients suppressed", suppressed=count,
-                        last_ip=self._last_unknown)
+        for _key, count, last_ip in self._unknown_log.due():
+            log.warning(f"{count} unknown clients suppressed", suppressed=count, last_ip=last_ip)
 
     def lookup(self, req: dict[str, str]) -> tuple[int, int, str] | None:
         """(tenant, NAS, vendor) of the RADIUS client that sent ``req``; None if unknown."""

@@ -24,7 +24,7 @@ import redis
 from wificore import roles
 from wificore.errors import ConfigError, StoreUnavailable
 from wificore.keys import Keys
-from wificore.log import get_logger
+from wificore.log import Throttle, get_logger
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
 
@@ -60,8 +60,7 @@ class Engine:
         self.keys = Keys(settings.key_prefix)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
         self.stats = Stats()
-        # tenant -> (monotonic time of its last lookup_failed line, lines left out since)
-        self._lookup_failed_logged: dict[int, tuple[float, int]] = {}
+        self._lookup_failed_log = Throttle(1.0)  # one line per tenant and second
         # The state Redis (live state, streams; wificore/roles.py) and the cache Redis:
         # the same clients and breaker when one URL serves both.
         self.redis = connect_redis(settings)
@@ -118,15 +117,9 @@ class Engine:
         """One ``lookup_failed`` line per tenant and second at most (with how many were
         left out): a sick shard rejects each of its logins, and every line is written
         by the hook, on the request's path (the counts are in wificore_requests)."""
-        now = time.monotonic()
-        last, left_out = self._lookup_failed_logged.get(tenant_id, (0.0, 0))
-        if now - last < 1.0:
-            self._lookup_failed_logged[tenant_id] = (last, left_out + 1)
-            return
-        if len(self._lookup_failed_logged) > 4096:
-            self._lookup_failed_logged.clear()
-        self._lookup_failed_logged[tenant_id] = (now, 0)
-        log.warning("lookup_failed", tenant=tenant_id, error=str(exc), left_out=left_out)
+        left_out = self._lookup_failed_log.admit(tenant_id)
+        if left_out is not None:
+            log.warning("lookup_failed", tenant=tenant_id, error=str(exc), left_out=left_out)
 
     # ------------------------------------------------------------ authorize
     def authorize(self, req: dict[str, str]) -> Result:

@@ -75,3 +75,40 @@ class TestHistogram:
     def test_buckets_must_increase(self):
         with pytest.raises(ValueError):
             Histogram((1.0, 0.1))
+
+
+class TestThrottle:
+    """wificore.log.Throttle: the one rate limit of hot-path log lines."""
+
+    def test_one_line_per_key_and_window_with_the_count_held_back(self, monkeypatch):
+        from wificore import log as wlog
+        now = [100.0]
+        monkeypatch.setattr(wlog.time, "monotonic", lambda: now[0])
+        t = wlog.Throttle(1.0)
+        assert t.admit(7) == 0
+        assert [t.admit(7, f"d{i}") for i in range(5)] == [None] * 5
+        assert t.admit(8) == 0  # another key has its own window
+        assert t.due() == []  # not yet
+        now[0] += 1.0
+        assert t.due() == [(7, 5, "d4")]  # the summary, once
+        assert t.due() == []
+        now[0] += 1.0
+        assert t.admit(7) == 0  # held back since the summary: none
+
+    def test_held_back_lines_are_reported_by_the_next_line(self, monkeypatch):
+        from wificore import log as wlog
+        now = [0.0]
+        monkeypatch.setattr(wlog.time, "monotonic", lambda: now[0])
+        t = wlog.Throttle(1.0)
+        t.admit("a")
+        t.admit("a")
+        t.admit("a")
+        now[0] = 1.5
+        assert t.admit("a") == 2
+
+    def test_keys_are_bounded(self):
+        from wificore.log import Throttle
+        t = Throttle(60.0, max_keys=3)
+        for k in range(10):
+            assert t.admit(k) == 0
+        assert len(t._keys) <= 3

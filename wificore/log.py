@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import structlog
@@ -68,3 +70,44 @@ class _SinkLoggerFactory:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+class Throttle:
+    """At most one line per key and ``every_s``, counting the lines held back.
+
+    For lines a hot path writes once per bad request (an unknown client, a sick
+    shard's rejects): ``admit(key)`` is None when the line is to be held back
+    (counted), else how many were held back since the key's last line. ``due()``
+    gives ``(key, held, last_detail)`` for keys whose time has come with lines
+    held back, for a thread to write their summary. At most ``max_keys`` keys are
+    remembered (all are forgotten when that is reached)."""
+
+    def __init__(self, every_s: float, max_keys: int = 4096) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self._keys: dict[Hashable, list[Any]] = {}  # key -> [next line at, held, last detail]
+        self._lock = threading.Lock()
+
+    def admit(self, key: Hashable = None, detail: str = "") -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            st = self._keys.get(key)
+            if st is not None and now < st[0]:
+                st[1] += 1
+                st[2] = detail
+                return None
+            if st is None and len(self._keys) >= self.max_keys:
+                self._keys.clear()
+            held = st[1] if st is not None else 0
+            self._keys[key] = [now + self.every_s, 0, ""]
+            return held
+
+    def due(self) -> list[tuple[Hashable, int, str]]:
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for key, st in self._keys.items():
+                if st[1] and now >= st[0]:
+                    out.append((key, st[1], st[2]))
+                    st[0], st[1] = now + self.every_s, 0
+        return out
