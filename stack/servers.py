@@ -312,6 +312,7 @@ class Radiusd(Process):
             "WIFICORE_CLIENT_LIFETIME": str(client_lifetime_s),
             "WIFICORE_SHARD_MAP": str(shard_map),
             "WIFICORE_REDIS_URL": redis_url,
+            "WIFICORE_METRICS_ADDR": "127.0.0.1",
             "WIFICORE_METRICS_PORT": str(metrics_port),
             "WIFICORE_REJECT_DELAY": str(reject_delay),
             **(extra_env or {}),

@@ -55,6 +55,36 @@ class TestCompose:
             for port in svc.get("ports", []):
                 assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
 
+    def test_exporters_reachable_in_the_network(self, compose):
+        """radiusd and the writer bind their exporters to 0.0.0.0 inside their containers (the
+        raddb reads $ENV{WIFICORE_METRICS_ADDR}), on the ports the compose file publishes."""
+        module = (ROOT / "raddb/mods-available/wificore").read_text()
+        assert 'metrics_addr = "$ENV{WIFICORE_METRICS_ADDR}"' in module
+        for name, addr_var, port_var in (("freeradius", "WIFICORE_METRICS_ADDR", "WIFICORE_METRICS_PORT"),
+                                         ("batch-writer", "WIFICORE_WRITER_METRICS_ADDR",
+                                          "WIFICORE_WRITER_METRICS_PORT")):
+            env = compose["services"][name]["environment"]
+            assert env[addr_var] == "0.0.0.0", name
+            port = env[port_var]
+            assert f"127.0.0.1:{port}:{port}" in compose["services"][name]["ports"], name
+
+    def test_prometheus_scrapes_the_compose_services(self, compose):
+        """contrib/prometheus/prometheus.yml scrapes the services on their exporter ports, and
+        the monitoring profile mounts it with the rules and the Grafana dashboard."""
+        prom = yaml.safe_load((ROOT / "contrib/prometheus/prometheus.yml").read_text())
+        targets = {j["job_name"]: [t for c in j["static_configs"] for t in c["targets"]]
+                   for j in prom["scrape_configs"]}
+        svc = compose["services"]
+        assert targets["wificore-radiusd"] == [
+            f"freeradius:{svc['freeradius']['environment']['WIFICORE_METRICS_PORT']}"]
+        assert targets["wificore-writer"] == [
+            f"batch-writer:{svc['batch-writer']['environment']['WIFICORE_WRITER_METRICS_PORT']}"]
+        assert svc["prometheus"]["profiles"] == ["monitoring"] == svc["grafana"]["profiles"]
+        mounted = " ".join(svc["prometheus"]["volumes"] + svc["grafana"]["volumes"])
+        for f in ("contrib/prometheus/prometheus.yml", "contrib/prometheus/wificore-rules.yml",
+                  "contrib/grafana/wificore.json", "contrib/grafana/provisioning/dashboards"):
+            assert f"./{f}:" in mounted, f
+
     def test_dockerfile_copies_existing_paths(self):
         """Every path the Dockerfile copies exists."""
         for line in (ROOT / "docker/Dockerfile").read_text().splitlines():

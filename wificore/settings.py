@@ -66,6 +66,11 @@ def ip_address(key: str, raw: str) -> str:
         raise ConfigError(f"{key}: {raw!r} is not an IP address") from None
 
 
+def _metrics_addr(key: str, raw: str) -> str:
+    # Empty (an unset $ENV{WIFICORE_METRICS_ADDR} in the raddb): loopback.
+    return ip_address(key, raw) if raw.strip() else "127.0.0.1"
+
+
 def _level(key: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in _LOG_LEVELS:
@@ -123,7 +128,9 @@ class Settings:
                                                 "Missed interims after which a live session is dropped.")
     default_interim_s: int = setting_field(300, int_in_range(10, 86400),
                                            "Interim interval assumed when the plan names none.")
-    metrics_addr: str = setting_field("127.0.0.1", ip_address, "Address of the Prometheus exporter.")
+    metrics_addr: str = setting_field("127.0.0.1", _metrics_addr,
+                                      "Address of the Prometheus exporter; empty: 127.0.0.1 (0.0.0.0 "
+                                      "in a container, so that Prometheus can reach it).")
     metrics_port: int = setting_field(9812, int_in_range(0, 65535), "Port of the Prometheus exporter (0 = off).")
     log_level: str = setting_field("info", _level, "debug, info, warning or error.")
 
