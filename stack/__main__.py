@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 
 from .local import Ports, Stack
-from .servers import ROOT
+from .servers import ROOT, StackError
 
 STATE = ROOT / ".state"
+#: The ports `up` used, for the commands after it; removed by `down`.
+PORTS_FILE = STATE / "ports.json"
 
 DEMO = {
     "tenant": "1", "nas_ip": "127.0.0.1", "secret": "testing123",
@@ -47,8 +51,22 @@ def procs_on_disk() -> int:
     return 1 + sum(1 for p in STATE.glob("radiusd-*") if p.is_dir())
 
 
+def ports() -> Ports:
+    """The ports of the running stack (.state/ports.json), else the fixed ones, or with
+    WIFICORE_STACK_PORTS=free, free ports chosen now (e.g. beside another stack)."""
+    with_free = os.environ.get("WIFICORE_STACK_PORTS", "")
+    if with_free not in ("", "fixed", "free"):
+        raise SystemExit(f"WIFICORE_STACK_PORTS={with_free!r}: fixed (the default) or free")
+    try:
+        return Ports(**json.loads(PORTS_FILE.read_text()))
+    except FileNotFoundError:
+        return Ports.free() if with_free == "free" else Ports()
+
+
 def make_stack() -> Stack:
-    return Stack(STATE, Ports(), procs=procs())
+    stack = Stack(STATE, ports(), procs=procs())
+    PORTS_FILE.write_text(json.dumps(dataclasses.asdict(stack.ports)) + "\n")
+    return stack
 
 
 def up() -> int:
@@ -65,6 +83,7 @@ def up() -> int:
     if not stack.writer.running():
         stack.writer.start()
     d = DEMO
+    server = "127.0.0.1" if stack.ports.auth == 1812 else f"127.0.0.1:{stack.ports.auth}"
     print(f"""
 rlm_wificore is running (state in {STATE}):
   redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}
@@ -73,11 +92,11 @@ rlm_wificore is running (state in {STATE}):
   pgbouncer  127.0.0.1:{stack.ports.bouncer1} (shard1), :{stack.ports.bouncer2} (shard2)
 {radiusd_lines(stack)}
   writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
-  logs       {STATE}/log/
+  logs       {STATE}/log/{postgres_line(stack)}
 
 Try it:
-  radtest {d['user']} {d['password']} 127.0.0.1 0 {d['secret']}
-  radtest -t mschap {d['user']} {d['password']} 127.0.0.1 0 {d['secret']}
+  radtest {d['user']} {d['password']} {server} 0 {d['secret']}
+  radtest -t mschap {d['user']} {d['password']} {server} 0 {d['secret']}
 
 Admin:
   WIFICORE_SHARD_MAP={stack.shard_map} WIFICORE_REDIS_URL={stack.redis.url} \\
@@ -96,15 +115,23 @@ def radiusd_lines(stack: Stack) -> str:
         f"(metrics :{r.env['WIFICORE_METRICS_PORT']})" for r in stack.radiusds)
 
 
+def postgres_line(stack: Stack) -> str:
+    if stack.postgres_home == stack.state:
+        return ""
+    return (f"\n  postgres   {stack.postgres_home}/  (the shards, their logs and PgBouncer's files:"
+            f" the postgres user cannot reach {STATE})")
+
+
 def down() -> int:
-    stack = Stack(STATE, Ports(), procs=procs_on_disk())
+    stack = Stack(STATE, ports(), procs=procs_on_disk())
     stack.stop_all()
+    PORTS_FILE.unlink(missing_ok=True)
     print("stopped")
     return 0
 
 
 def status() -> int:
-    stack = Stack(STATE, Ports(), procs=procs_on_disk())
+    stack = Stack(STATE, ports(), procs=procs_on_disk())
     radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
     for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
                        *((b.name, b) for b in stack.bouncers),
@@ -116,7 +143,12 @@ def status() -> int:
 def main() -> int:
     p = argparse.ArgumentParser(prog="bin/stack")
     p.add_argument("command", choices=("up", "down", "status"))
-    return {"up": up, "down": down, "status": status}[p.parse_args().command]()
+    command = {"up": up, "down": down, "status": status}[p.parse_args().command]
+    try:
+        return command()
+    except StackError as e:
+        print(f"bin/stack: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

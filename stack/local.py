@@ -16,7 +16,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .servers import ROOT, BatchWriter, PgBouncer, PostgresServer, Radiusd, RedisServer, free_port
+from .servers import (
+    ROOT,
+    BatchWriter,
+    PgBouncer,
+    PostgresServer,
+    Radiusd,
+    RedisServer,
+    free_port,
+    postgres_home,
+)
 
 # Server-side limits per login role: they hold behind PgBouncer (which drops the
 # startup `options`); the client-side deadline holds against a hung server. The
@@ -61,18 +70,23 @@ class Ports:
 class Stack:
     """``procs`` radiusd processes share the RADIUS ports (contrib/reuseport/): the
     first keeps its state in ``state``, process i in ``state/radiusd-<i>``, with
-    metrics on ``ports.metrics + 10 * i``."""
+    metrics on ``ports.metrics + 10 * i``. What runs as the postgres user (the shards,
+    PgBouncer) keeps its files in ``self.postgres_home``: ``state`` when that user can
+    reach it, else a folder of its own under /var/lib/wificore-stack/
+    (:func:`stack.servers.postgres_home`)."""
 
     def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500,
                  procs: int = 1) -> None:
         self.state = state
         self.ports = ports
         self.split_at = split_at
+        fresh = not state.exists() or not any(state.iterdir())
         state.mkdir(parents=True, exist_ok=True)
         state.chmod(0o755)
+        self.postgres_home = home = postgres_home(state, fresh=fresh)
         self.redis = RedisServer(state, ports.redis)
-        self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast),
-                   PostgresServer(state, ports.shard2, "shard2", fast=fast)]
+        self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast, home=home),
+                   PostgresServer(state, ports.shard2, "shard2", fast=fast, home=home)]
         # radiusd and batch_writer reach each shard through its PgBouncer; the admin
         # CLI, migrations and LISTEN connect directly.
         self.bouncers = [PgBouncer(state, ports.bouncer1, self.pg[0]),
@@ -116,6 +130,8 @@ class Stack:
 
     def start_data(self) -> None:
         """Redis and both shards, migrated, with the login roles."""
+        for pg in self.pg:
+            pg.check_reachable()  # before anything starts
         self.redis.start()
         for pg in self.pg:
             pg.start()
@@ -148,3 +164,5 @@ def temporary_stack(prefix: str = "wificore-", *, keep: bool = False) -> Iterato
         s.stop_all()
         if not keep:
             shutil.rmtree(state, ignore_errors=True)
+            if s.postgres_home != state:
+                shutil.rmtree(s.postgres_home, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -22,6 +23,12 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 VENV = ROOT / ".venv"
 REUSEPORT_SRC = ROOT / "contrib" / "reuseport" / "wificore-reuseport.c"
 REUSEPORT_LIB = ROOT / "build" / "wificore-reuseport.so"
+#: Where a state folder that the postgres user cannot reach keeps what runs as that user.
+SHARED_HOMES = Path("/var/lib/wificore-stack")
+
+
+class StackError(RuntimeError):
+    """A server could not be set up or started; the message is one sentence for the operator."""
 
 
 def reuseport_library() -> Path:
@@ -191,14 +198,96 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
-class PostgresServer(Process):
-    """One PostgreSQL cluster (one shard) in ``state/<name>``."""
+def blocked_for(path: Path, user: str) -> Path | None:
+    """The first folder on the way to ``path`` (``path`` included, if it exists) that
+    ``user`` may not enter (no execute bit for it as owner, group or other); None if
+    every one lets it through."""
+    pw = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(user, pw.pw_gid))
+    path = path.absolute()
+    for d in (*reversed(path.parents), path):
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            return None
+        if pw.pw_uid == 0:
+            continue
+        if st.st_uid == pw.pw_uid:
+            bit = 0o100
+        elif st.st_gid in groups:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return d
+    return None
 
-    def __init__(self, state: Path, port: int, name: str, fast: bool = False) -> None:
+
+def shared_home_of(state: Path) -> Path:
+    """The folder under SHARED_HOMES for ``state``: one per state folder (a hash of its
+    path), so two clones never share one."""
+    state = state.absolute()
+    digest = hashlib.sha256(str(state).encode()).hexdigest()[:16]
+    return SHARED_HOMES / f"{state.parent.name or 'root'}-{digest}"
+
+
+def postgres_home(state: Path, *, fresh: bool) -> Path:
+    """Where what runs as the postgres user keeps its files (the shards' data folders and
+    logs, their socket folder, PgBouncer's files): ``state`` itself when that user can
+    reach it (or when not started as root: then everything runs as the same user), else
+    :func:`shared_home_of` ``state``, made for it. Once that folder exists it is kept for
+    ``state``; a ``fresh`` (new or empty) state folder finds it left by an earlier one at
+    the same path and starts it anew. Shards already in ``state`` stay there even when
+    the way to them has closed (``PostgresServer.start`` then says so; stopping them
+    still works). Raises StackError (one sentence) when no folder works."""
+    if os.geteuid() != 0:
+        return state
+    shared = shared_home_of(state)
+    if shared.exists() and fresh:
+        for pidfile in shared.glob("*/postmaster.pid"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(pidfile.read_text().split()[0])
+                if pid_alive(pid):
+                    raise StackError(
+                        f"{shared} (PostgreSQL's files for {state}) is left from an earlier state "
+                        f"folder at this path and its PostgreSQL still runs (pid {pid}): stop it "
+                        f"(kill {pid}) or remove {shared}.")
+        shutil.rmtree(shared)
+    if shared.exists():
+        return shared
+    blocked = blocked_for(state, "postgres")
+    if blocked is None:
+        return state
+    if any(state.glob("*/PG_VERSION")):
+        return state
+    try:
+        SHARED_HOMES.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shared.mkdir(mode=0o755)
+    except OSError as e:
+        raise StackError(f"the postgres user cannot reach {state} ({blocked} has no execute bit for "
+                         f"it) and {shared} cannot be made for it instead: {e.strerror}.") from e
+    shared.chmod(0o755)
+    (shared / "state-folder").write_text(f"{state.absolute()}\n")
+    still = blocked_for(shared, "postgres")
+    if still is not None:
+        raise StackError(f"the postgres user can reach neither {state} nor {shared} "
+                         f"({still} has no execute bit for it).")
+    return shared
+
+
+class PostgresServer(Process):
+    """One PostgreSQL cluster (one shard) in ``home/<name>``, its log in
+    ``home/log/<name>.log``, its socket in ``home/run``; ``home`` is a folder the postgres
+    user can reach (:func:`postgres_home`), ``state`` unless given."""
+
+    def __init__(self, state: Path, port: int, name: str, fast: bool = False,
+                 home: Path | None = None) -> None:
         super().__init__(name, state)
         self.port = port
-        self.datadir = state / name
-        self.sockdir = state / "run"
+        self.home = home or state
+        self.datadir = self.home / name
+        self.sockdir = self.home / "run"
+        self.logfile = self.home / "log" / f"{name}.log"
         self.fast = fast
 
     @property
@@ -209,15 +298,29 @@ class PostgresServer(Process):
         return f"postgresql://{user}@127.0.0.1:{self.port}/wificore"
 
     def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(_as_postgres([str(PG_BIN / args[0]), *args[1:]]), check=check,
+        done = subprocess.run(_as_postgres([str(PG_BIN / args[0]), *args[1:]]),
                               capture_output=True, text=True)
+        if check and done.returncode != 0:
+            said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            raise StackError(f"{self.name}: {args[0]} failed with exit code {done.returncode}: "
+                             f"{said[-1] if said else 'no output'} (log: {self.logfile}).")
+        return done
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
+    def check_reachable(self) -> None:
+        """StackError (one sentence) when the postgres user cannot enter ``home``."""
+        blocked = blocked_for(self.home, "postgres") if os.geteuid() == 0 else None
+        if blocked is not None:
+            what = "holds PostgreSQL data that" if (self.datadir / "PG_VERSION").exists() else "is a folder"
+            raise StackError(f"{self.home} {what} the postgres user cannot reach ({blocked} has no "
+                             f"execute bit for it): run chmod o+x {blocked}, or remove {self.home}.")
+
     def start(self) -> None:
+        self.check_reachable()
         self.sockdir.mkdir(parents=True, exist_ok=True)
         self.sockdir.chmod(0o777 | 0o1000)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -257,8 +360,13 @@ class PostgresServer(Process):
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
         if (self.datadir / "postmaster.pid").exists():
-            self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-t", str(int(timeout_s)), "-D",
-                     str(self.datadir), check=False)
+            pid = self.pid
+            done = self._pg("pg_ctl", "stop", "-w", "-m", "fast", "-t", str(int(timeout_s)), "-D",
+                            str(self.datadir), check=False)
+            if done.returncode != 0 and pid is not None and pid_alive(pid):
+                # pg_ctl could not do it (e.g. its user can no longer reach the data folder):
+                # SIGINT is the same fast shutdown, sent by PID.
+                stop_pid(pid, signal.SIGINT, timeout_s)
         return 0
 
     def kill(self) -> None:
@@ -398,7 +506,7 @@ class PgBouncer(Process):
         super().__init__(name or f"pgbouncer-{pg.name}", state)
         self.port = port
         self.pg = pg
-        self.dir = state / self.name
+        self.dir = pg.home / self.name  # its files, read and written as the postgres user
 
     def dsn(self, user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/wificore"
