@@ -68,6 +68,7 @@ class Engine(Protocol):
     directory: Directory
     stopping: threading.Event
     state_redis_checked: bool
+    redis_roles_split: bool
 
     @property
     def spool(self) -> Spool | None: ...
@@ -125,7 +126,7 @@ class Forwarder:
         s = self.engine.settings
         return self.script(args=[s.key_prefix, s.stream_partitions, time.time(),
                                  s.session_stale_interims, SESSION_TTL_S, USAGE_TTL_S,
-                                 MAX_RECORD, data])
+                                 MAX_RECORD, data, 1 if self.engine.redis_roles_split else 0])
 
 
 def _forward_loop(engine: Engine) -> None:

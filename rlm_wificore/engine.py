@@ -68,6 +68,9 @@ class Engine:
         self.redis_store = RedisStore(self.redis, self.stats.errors)
         self.redis_breaker = self.redis_store.breaker
         split = roles.redis_url(settings, roles.CACHE) != roles.redis_url(settings, roles.STATE)
+        # One Redis for both roles: live.lua reads a session's plan from the cached
+        # profile, so an accept's interval need not be kept for it (live.lua, ARGV[9]).
+        self.redis_roles_split = split
         self.cache_redis = connect_redis(settings, role=roles.CACHE) if split else self.redis
         self.cache_bg = (connect_redis(settings, timeout_s=BACKGROUND_REDIS_TIMEOUT_S, role=roles.CACHE)
                          if split else self.redis_bg)

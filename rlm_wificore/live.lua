@@ -15,6 +15,9 @@
 -- ARGV[4] session_stale_interims   ARGV[5] session TTL s   ARGV[6] usage TTL s
 -- ARGV[7] largest record   ARGV[8] a span of spool frames: <u32 LE length><record>
 --         (rlm_wificore.spool; the last frame may be cut short)
+-- ARGV[9] '0' when this Redis also holds the cached profiles and plans (one URL for
+--         both roles): an accept's interval is then not kept, the Start reads the
+--         plan's; anything else (or absent) keeps it (the roles split)
 -- Returns {records, bytes consumed, segment ended (0/1), corrupt frames (0/1)},
 -- framing as rlm_wificore/spool.py describes it.
 --
@@ -22,6 +25,7 @@
 -- (see docs/decisions.md, "Stream partitions by tenant").
 local prefix, parts, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local keep_accept_iv = ARGV[9] ~= '0'
 local channel = prefix .. ':inval'
 local dead = prefix .. ':dead'
 -- Subscribers whose live sessions a Start or Stop changed: announced in one message
@@ -95,9 +99,10 @@ local function one(payload)
     redis.call('XADD', prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}', '*', 'd', payload)
     -- An accept carries its plan's interim interval: kept for the session about to start
     -- (a state Redis of its own cannot read the cached profile and plan below), and the
-    -- tenant's largest interval follows it.
+    -- tenant's largest interval follows it. Not with one Redis for both roles
+    -- (ARGV[9] '0'): the Start reads the cached plan, and an accept costs one XADD.
     local aiv = tonumber(f.interim_s)
-    if f.result == 'accept' and aiv and aiv >= MIN_INTERIM_S and aiv <= MAX_INTERIM_S and type(f.username) == 'string' then
+    if keep_accept_iv and f.result == 'accept' and aiv and aiv >= MIN_INTERIM_S and aiv <= MAX_INTERIM_S and type(f.username) == 'string' then
       local t = int(f.tenant_id)
       local tp = prefix .. ':{' .. t .. '}:'
       redis.call('SET', tp .. 'iv:' .. f.username, int(aiv), 'EX', ACCEPT_IV_TTL_S)

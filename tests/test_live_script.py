@@ -51,10 +51,10 @@ class Live:
         self.p = f"t{uuid.uuid4().hex[:8]}"
         self.script = redis.register_script(_LIVE_LUA)
 
-    def send(self, now: float, *frames: bytes) -> None:
+    def send(self, now: float, *frames: bytes, roles_split: int = 1) -> None:
         span = b"".join(frames)
         n, consumed, _ended, corrupt = self.script(args=[self.p, 1, now, STALE, SESSION_TTL_S, USAGE_TTL_S,
-                                                         MAX_RECORD, span])
+                                                         MAX_RECORD, span, roles_split])
         assert (n, consumed, corrupt) == (len(frames), len(span), 0)
 
     def live_count(self, now: float, user: str = "alice") -> int:
@@ -366,6 +366,16 @@ def test_liveness_uses_the_interval_of_the_login_when_the_plan_is_elsewhere(live
     old = msgpack.packb([wire.VERSION, wire.KIND_AUTH, [1, 7, T0, "e-old", "erin", None, "accept", "ok", "pap"]])
     live.send(T0, struct.pack("<I", len(old)) + old)
     assert not live.r.exists(f"{live.p}:{{1}}:iv:erin")
+
+
+def test_with_one_redis_an_accept_is_only_its_stream_entry(live):
+    """One Redis for both roles (ARGV[9] '0', what the forwarder sends then): an accept's
+    interval is not kept (the Start reads the cached plan: the test above), so an accept
+    costs Redis one XADD; the record still reaches its stream partition."""
+    live.send(T0 - 1, auth_record(), auth_record("bob"), roles_split=0)
+    assert not live.r.exists(f"{live.p}:{{1}}:iv:alice", f"{live.p}:{{1}}:iv:bob",
+                             f"{live.p}:{{1}}:ivmax")
+    assert [r["username"] for r in stream_records(live)] == ["alice", "bob"]
 
 
 def test_each_nas_clock_skew_is_kept_for_the_noc(live):
