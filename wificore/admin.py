@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
-from . import nas_admin, tenant_time, why
+from . import nas_admin
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -28,6 +28,7 @@ from .migrate import migrate_all
 from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
+from .tenant_time import parse_instant, show_instant, tenant_zone, v_zone
 from .text import printable
 
 VENDORS = ("mikrotik", "wispr", "cisco", "generic")
@@ -73,7 +74,7 @@ def v_choice(value: str, field: str, choices: Sequence[str]) -> str:
 
 def v_time(value: str | None, field: str, tz: dt.tzinfo = dt.UTC) -> dt.datetime | None:
     """A date or date-time read in the tenant's zone ``tz`` (wificore/tenant_time.py)."""
-    return tenant_time.parse_instant(value, field, tz)
+    return parse_instant(value, field, tz)
 
 
 def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
@@ -156,7 +157,7 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("id: must be greater than 0")
     if not 1 <= len(args.name) <= 200:
         raise InputError("name: must be 1..200 characters")
-    tz = None if args.time_zone is None else tenant_time.v_zone(args.time_zone)
+    tz = None if args.time_zone is None else v_zone(args.time_zone)
     with a.connect(args.id) as conn:
         # An existing id: its name is updated, and its time zone when one is given.
         zone = returned(conn.execute(
@@ -261,7 +262,7 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     ip = v_ip(args.framed_ip, "framed_ip")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        expires = v_time(args.expires_at, "expires_at", tenant_time.tenant_zone(conn, args.tenant))
+        expires = v_time(args.expires_at, "expires_at", tenant_zone(conn, args.tenant))
         plan_id = a.plan_id(conn, args.tenant, args.plan)
         try:
             conn.execute(
@@ -290,7 +291,7 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
         if args.expires_at is not None:
             changes["expires_at"] = v_time(args.expires_at, "expires_at",
-                                           tenant_time.tenant_zone(conn, args.tenant))
+                                           tenant_zone(conn, args.tenant))
         if args.plan is not None:
             changes["plan_id"] = a.plan_id(conn, args.tenant, args.plan)
         sets = psycopg.sql.SQL(", ").join(
@@ -330,13 +331,13 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
             " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at"
             " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
-        tz = tenant_time.tenant_zone(conn, args.tenant)
+        tz = tenant_zone(conn, args.tenant)
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
                            "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
         stored["password"] = "(hidden)"
-        stored["expires_at"] = tenant_time.show(stored["expires_at"], tz)  # the tenant's zone
+        stored["expires_at"] = show_instant(stored["expires_at"], tz)  # the tenant's zone
         stored["time_zone"] = tz.key
     cached: Any = None
     live: Any = None
@@ -354,7 +355,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                 p = Profile.unpack(raw)
                 cached = {"subscriber_id": p.subscriber_id, "status": p.status, "kind": p.kind,
                           "password_type": p.password_type, "plan_id": p.plan_id,
-                          "expires_at": tenant_time.show(p.expires_at, tz), "mac_binding": p.mac_binding,
+                          "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
                           "framed_ip": p.framed_ip, "ttl_s": ttl}
             now = time.time()
             live = {
@@ -393,7 +394,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
     """Validate every row first, then one COPY in one transaction."""
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        tz = tenant_time.tenant_zone(conn, args.tenant)
+        tz = tenant_zone(conn, args.tenant)
         plans: dict[str, int] = dict(conn.execute("SELECT name, plan_id FROM plans WHERE tenant_id = %s",
                                   (args.tenant,)).fetchall())
         rows = []
@@ -531,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("username")
     x.set_defaults(fn=cmd_sub_show)
+    from . import why
     why.add_parser(s)
     x = s.add_parser("import", help="bulk import from CSV through COPY")
     x.add_argument("--tenant", type=int, required=True)

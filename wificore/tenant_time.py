@@ -70,7 +70,7 @@ def parse_instant(value: str | None, field: str, tz: dt.tzinfo) -> dt.datetime |
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
-def show(value: dt.datetime | float | None, tz: dt.tzinfo) -> str | None:
+def show_instant(value: dt.datetime | float | None, tz: dt.tzinfo) -> str | None:
     """An instant (or epoch seconds) as ISO 8601 in ``tz``, with its offset."""
     if value is None:
         return None

@@ -121,6 +121,6 @@ def cmd_why(a: Admin, args: argparse.Namespace) -> None:
     w.writerow(HEADER)
     for r in rows:
         nas = r["nas"] if r["nas"] is not None else (f"nas_id {r['nas_id']}" if r["nas_id"] is not None else "")
-        values = (tenant_time.show(r["at"], tz), r["result"], r["reason"], nas, r["nas_ip"], r["method"],
+        values = (tenant_time.show_instant(r["at"], tz), r["result"], r["reason"], nas, r["nas_ip"], r["method"],
                   r["calling_station_id"], r["source"])
         w.writerow(["" if v is None else printable(str(v)) for v in values])
