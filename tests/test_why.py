@@ -150,6 +150,8 @@ class TestTimeZone:
         shown = json.loads(run(zoned, "subscriber", "show", "--tenant", str(tenant), user).stdout)
         assert shown["stored"]["expires_at"] == "2027-01-01T00:00:00+14:00"
         assert shown["stored"]["time_zone"] == "Pacific/Kiritimati"
+        listed = run(zoned, "subscriber", "list", "--tenant", str(tenant)).stdout
+        assert f"{user}\t" in listed and "2027-01-01T00:00:00+14:00" in listed, listed
         assert run(zoned, "subscriber", "set", "--tenant", str(tenant), user,
                    "--expires-at", "2027-03-01T08:00").returncode == 0
         assert stored(user) == dt.datetime(2027, 2, 28, 18, tzinfo=dt.UTC)
@@ -188,3 +190,25 @@ class TestTimeZone:
         assert not ans.accepted and ans.get("Reply-Message") == "Your account has expired", ans.output
         _title, rows = wait_why(zoned, tenant, user, 2)
         assert [(r["result"], r["reason"]) for r in rows] == [("reject", "expired"), ("accept", "ok")], rows
+
+
+def test_every_auth_log_partition_has_the_user_index(world, shard_conn):
+    """auth_log_by_user (migration 0008) is on every day partition, including one built aside
+    and attached by wificore_auth_log_ensure (a day whose rows were in the default partition)."""
+    conn = shard_conn(1)
+    day = dt.date(2031, 1, 2)
+    conn.execute("INSERT INTO auth_log (tenant_id, logged_at, event_id, username, result, reason) "
+                 "VALUES (1, %s, 'why-index-probe', 'probe', 'reject', 'bad_password')",
+                 (dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC),))
+    try:
+        conn.execute("SELECT wificore_auth_log_ensure(%s, %s)", (day, day))
+        parts = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'auth_log'::regclass")]
+        assert "auth_log_20310102" in parts
+        for part in parts:
+            defs = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (part,))]
+            assert any("(tenant_id, username, logged_at)" in d for d in defs), (part, defs)
+    finally:
+        conn.execute("DELETE FROM auth_log WHERE event_id = 'why-index-probe'")
+        conn.execute("DROP TABLE IF EXISTS auth_log_20310102")

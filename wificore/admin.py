@@ -320,6 +320,8 @@ def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
             "SELECT s.username, s.kind, s.password_type, p.name, s.status, s.expires_at,"
             " s.mac_binding, host(s.framed_ip) FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s ORDER BY s.username LIMIT %s", (args.tenant, args.limit)).fetchall()
+        tz = tenant_zone(conn, args.tenant)
+    rows = [(*r[:5], show_instant(r[5], tz), *r[6:]) for r in rows]  # expiry in the tenant's zone
     _print_rows(rows, ("username", "kind", "password_type", "plan", "status", "expires_at",
                        "mac_binding", "framed_ip"))
 
