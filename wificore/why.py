@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import tenant_time, wire
 from .errors import DecodeError, InputError
 from .keys import Keys
+from .settings import Settings
 from .text import printable
 
 if TYPE_CHECKING:
@@ -65,7 +66,12 @@ def pending(a: Admin, tenant_id: int, username: str, scan: int) -> list[dict[str
     import redis
     env = os.environ
     keys = Keys(env.get("WIFICORE_KEY_PREFIX") or a.keys.p)
-    partitions = int(env.get("WIFICORE_STREAM_PARTITIONS") or 4)
+    try:
+        partitions = int(env.get("WIFICORE_STREAM_PARTITIONS") or Settings.stream_partitions)
+    except ValueError:
+        raise InputError("WIFICORE_STREAM_PARTITIONS: expected an integer") from None
+    if partitions < 1:
+        raise InputError("WIFICORE_STREAM_PARTITIONS: must be at least 1")
     r = redis.Redis.from_url(a.state_redis_url, socket_timeout=2)
     try:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
