@@ -28,11 +28,14 @@ from .migrate import migrate_all
 from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
+from .tenant_time import parse_instant, show_instant, tenant_zone, v_zone
 from .text import printable
 
 VENDORS = ("mikrotik", "wispr", "cisco", "generic")
 _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
 _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
+EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
+                "local midnight), a date-time (local), or one with an offset")
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
               "mac_binding", "framed_ip")
 
@@ -69,14 +72,9 @@ def v_choice(value: str, field: str, choices: Sequence[str]) -> str:
     return value
 
 
-def v_time(value: str | None, field: str) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+def v_time(value: str | None, field: str, tz: dt.tzinfo = dt.UTC) -> dt.datetime | None:
+    """A date or date-time read in the tenant's zone ``tz`` (wificore/tenant_time.py)."""
+    return parse_instant(value, field, tz)
 
 
 def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
@@ -159,10 +157,15 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("id: must be greater than 0")
     if not 1 <= len(args.name) <= 200:
         raise InputError("name: must be 1..200 characters")
+    tz = None if args.time_zone is None else v_zone(args.time_zone)
     with a.connect(args.id) as conn:
-        conn.execute("INSERT INTO tenants (tenant_id, name) VALUES (%s, %s) "
-                     "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name", (args.id, args.name))
-    print(f"tenant {args.id} ({args.name}) on shard {a.map.shard_for(args.id).name}")
+        # An existing id: its name is updated, and its time zone when one is given.
+        zone = returned(conn.execute(
+            "INSERT INTO tenants (tenant_id, name, time_zone) VALUES (%s, %s, COALESCE(%s, 'UTC')) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name, "
+            "time_zone = COALESCE(%s, tenants.time_zone) RETURNING time_zone",
+            (args.id, args.name, tz, tz)))
+    print(f"tenant {args.id} ({args.name}, time zone {zone}) on shard {a.map.shard_for(args.id).name}")
 
 
 def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
@@ -255,10 +258,11 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
         mac = v_mac(args.mac_binding)
     v_choice(args.kind, "kind", KINDS)
     v_choice(args.status, "status", STATUS)
-    expires = v_time(args.expires_at, "expires_at")
+    v_time(args.expires_at, "expires_at")  # the format, before the tenant is looked up
     ip = v_ip(args.framed_ip, "framed_ip")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
+        expires = v_time(args.expires_at, "expires_at", tenant_zone(conn, args.tenant))
         plan_id = a.plan_id(conn, args.tenant, args.plan)
         try:
             conn.execute(
@@ -279,12 +283,15 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         changes["password_type"] = args.password_type
         changes["password"] = v_password(args.password, args.password_type, hash_cleartext=True)
     if args.expires_at is not None:
-        changes["expires_at"] = v_time(args.expires_at, "expires_at")
+        changes["expires_at"] = v_time(args.expires_at, "expires_at")  # the format; the zone below
     if args.mac_binding is not None:
         changes["mac_binding"] = v_mac(args.mac_binding) if args.mac_binding != "none" else None
     if not changes and args.plan is None:
         raise InputError("nothing to change: give --status, --password, --plan, --expires-at or --mac-binding")
     with a.connect(args.tenant) as conn:
+        if args.expires_at is not None:
+            changes["expires_at"] = v_time(args.expires_at, "expires_at",
+                                           tenant_zone(conn, args.tenant))
         if args.plan is not None:
             changes["plan_id"] = a.plan_id(conn, args.tenant, args.plan)
         sets = psycopg.sql.SQL(", ").join(
@@ -313,6 +320,8 @@ def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
             "SELECT s.username, s.kind, s.password_type, p.name, s.status, s.expires_at,"
             " s.mac_binding, host(s.framed_ip) FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s ORDER BY s.username LIMIT %s", (args.tenant, args.limit)).fetchall()
+        tz = tenant_zone(conn, args.tenant)
+    rows = [(*r[:5], show_instant(r[5], tz), *r[6:]) for r in rows]  # expiry in the tenant's zone
     _print_rows(rows, ("username", "kind", "password_type", "plan", "status", "expires_at",
                        "mac_binding", "framed_ip"))
 
@@ -324,11 +333,14 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
             " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at"
             " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
+        tz = tenant_zone(conn, args.tenant)
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
                            "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
         stored["password"] = "(hidden)"
+        stored["expires_at"] = show_instant(stored["expires_at"], tz)  # the tenant's zone
+        stored["time_zone"] = tz.key
     cached: Any = None
     live: Any = None
     if a.cache_redis_url and a.state_redis_url:
@@ -345,7 +357,7 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                 p = Profile.unpack(raw)
                 cached = {"subscriber_id": p.subscriber_id, "status": p.status, "kind": p.kind,
                           "password_type": p.password_type, "plan_id": p.plan_id,
-                          "expires_at": p.expires_at, "mac_binding": p.mac_binding,
+                          "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
                           "framed_ip": p.framed_ip, "ttl_s": ttl}
             now = time.time()
             live = {
@@ -384,6 +396,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
     """Validate every row first, then one COPY in one transaction."""
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
+        tz = tenant_zone(conn, args.tenant)
         plans: dict[str, int] = dict(conn.execute("SELECT name, plan_id FROM plans WHERE tenant_id = %s",
                                   (args.tenant,)).fetchall())
         rows = []
@@ -401,7 +414,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
                 if plan_name not in plans:
                     raise InputError(f"plan: {plan_name!r} does not exist in tenant {args.tenant}")
                 status = v_choice((raw.get("status") or "active").strip(), "status", STATUS)
-                expires = v_time((raw.get("expires_at") or "").strip(), "expires_at")
+                expires = v_time((raw.get("expires_at") or "").strip(), "expires_at", tz)
                 mac = v_mac((raw.get("mac_binding") or "").strip())
                 ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
             except InputError as exc:
@@ -445,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = t.add_parser("add")
     x.add_argument("--id", type=int, required=True)
     x.add_argument("--name", required=True)
+    x.add_argument("--time-zone", help="IANA name, e.g. Europe/Berlin (new tenants: UTC); dates given to "
+                   "the CLI for this tenant are read in it. On an existing id: changed only when given")
     x.set_defaults(fn=cmd_tenant_add)
     t.add_parser("list").set_defaults(fn=cmd_tenant_list)
 
@@ -490,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind", default="pppoe", help=", ".join(KINDS))
     x.add_argument("--plan", required=True, help="plan name")
     x.add_argument("--status", default="active", help=", ".join(STATUS))
-    x.add_argument("--expires-at")
+    x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding")
     x.add_argument("--framed-ip")
     x.add_argument("--mac-auth", action="store_true",
@@ -504,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--password")
     x.add_argument("--password-type", default="cleartext")
     x.add_argument("--plan")
-    x.add_argument("--expires-at")
+    x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding", help="a MAC, or 'none'")
     x.set_defaults(fn=cmd_sub_set)
     x = s.add_parser("delete")
@@ -519,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("username")
     x.set_defaults(fn=cmd_sub_show)
+    from . import why
+    why.add_parser(s)
     x = s.add_parser("import", help="bulk import from CSV through COPY")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("file", help="CSV with a header: " + ",".join(CSV_FIELDS) + " ('-' = stdin)")
