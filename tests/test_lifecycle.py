@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
+from batch_writer.config import load
+from batch_writer.worker import Writer
 from tests.conftest import TENANT_A, TENANT_B, TENANT_C
 from tests.test_accounting import acct_packet, wait_until
+from tests.test_batch_writer import drain, new_prefix, push, writer_env
 from tests.test_request_view import auth_reasons, records
 from wificore.keys import Keys
 
@@ -161,24 +165,51 @@ class TestNas:
             assert (str(tenant[0]), tenant[1]) in seen, seen
         assert len({r["shard"] for r in rows}) == 2
 
-    def test_delete_refused_with_live_sessions_unless_forced(self, world, radiusd, acct, subscriber, redis):
+    def test_delete_closes_its_open_sessions(self, world, radiusd, acct, subscriber, redis, shard_conn):
+        """`nas delete` on a NAS with a live session: the NAS is gone from the shard and the
+        directory, the session is no longer live (Simultaneous-Use counts it no more), and
+        the Accounting-Off it queued closes the session's row (the batch writer's CLOSE_NAS)."""
         tenant = str(TENANT_A[0])
         nas = (TENANT_A[0], "127.0.43.1", "secret-43", "mikrotik")
         world.admin("nas", "add", "--tenant", tenant, "--name", "nas-43", "--ip", nas[1],
                     "--secret", nas[2], "--vendor", "mikrotik", "--replace")
         assert wait_until(lambda: redis.hexists(K.nas_directory, nas[1]), BOUND_S)
+        nas_id = shard_conn(TENANT_A[0]).execute("SELECT nas_id FROM nas WHERE tenant_id = %s AND "
+                                                 "name = 'nas-43'", (TENANT_A[0],)).fetchone()[0]
         user = subscriber()
         sid = uuid.uuid4().hex[:12]
         assert acct(nas, acct_packet(user, sid, "Start")).code == "Accounting-Response"
-        assert wait_until(lambda: redis.zcard(K.live(TENANT_A[0], user)), 5)
+        assert wait_until(lambda: redis.zcount(K.live(TENANT_A[0], user), time.time(), "+inf"), 5)
+        start = wait_until(lambda: records(redis, "acct", lambda r: r["acct_session_id"] == sid), 5)
+        assert start
 
-        refused = world.admin("nas", "delete", "--tenant", tenant, "--name", "nas-43", check=False)
-        assert refused.returncode != 0 and "open sessions" in refused.stderr and "--force" in refused.stderr
-        assert "nas-43" in world.admin("nas", "list", "--tenant", tenant).stdout
-
-        world.admin("nas", "delete", "--tenant", tenant, "--name", "nas-43", "--force")
+        out = world.admin("nas", "delete", "--tenant", tenant, "--name", "nas-43")
+        assert "1 open sessions closed" in out.stdout, out.stdout
         assert "nas-43" not in world.admin("nas", "list", "--tenant", tenant).stdout
         assert wait_until(lambda: not redis.hexists(K.nas_directory, nas[1]), BOUND_S)
+        assert redis.zcount(K.live(TENANT_A[0], user), time.time(), "+inf") == 0
+        assert not redis.exists(K.nas_live(TENANT_A[0], nas_id))
+        off = records(redis, "acct", lambda r: r["status"] == "off" and r["nas_id"] == nas_id
+                      and r["tenant_id"] == TENANT_A[0])
+        assert len(off) == 1
+
+        # The writer, on a stream of this test's own (the session's is read by other tests):
+        # the Start, then the Off, as radiusd's stream holds them.
+        prefix = new_prefix()
+        settings, cfg = load(writer_env(world, prefix))
+        w = Writer(settings, cfg)
+        try:
+            push(redis, prefix, [start[0]])
+            drain(w)
+            push(redis, prefix, off)
+            drain(w)
+        finally:
+            w.close()
+            redis.delete(*[Keys(prefix).stream(p) for p in range(4)], Keys(prefix).dead_letter)
+        row = shard_conn(TENANT_A[0]).execute(
+            "SELECT stopped_at IS NOT NULL, close_reason FROM sessions WHERE tenant_id = %s AND "
+            "acct_session_id = %s", (TENANT_A[0], sid)).fetchone()
+        assert row == (True, "nas-restart"), row
 
     def test_delete_without_sessions(self, world, redis):
         tenant = str(TENANT_A[0])

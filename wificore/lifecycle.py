@@ -1,5 +1,6 @@
 """wificore-admin's lifecycle commands: tenant suspend / resume / delete, plan set,
-nas delete, and `nas list` across every shard.
+nas delete (its open sessions closed as an Accounting-Off closes them), and
+`nas list` across every shard.
 
 What radiusd caches follows each change as it follows `subscriber set` and
 `plan add`: the shard's triggers (migrations 0001, 0007) announce the committed
@@ -12,12 +13,17 @@ themselves, so a change applies at once even while no relay listens.
 from __future__ import annotations
 
 import argparse
+import struct
 import time
+import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from . import wire
 from .errors import InputError
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .admin import Admin
@@ -27,6 +33,8 @@ PLAN_INTS = ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeou
              "data_quota_bytes", "time_quota_s", "simultaneous_use")
 #: The tenant's rows on its shard, deleted in this order (children first).
 TENANT_TABLES = ("sessions", "auth_log", "subscribers", "plans", "nas")
+#: The script radiusd's forwarder runs for each span of its spool (records into Redis).
+LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
 
 
 def _redis(url: str | None) -> Any:
@@ -190,8 +198,36 @@ def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: in
     return count
 
 
+def close_sessions(a: Admin, tenant_id: int, nas_id: int) -> None:
+    """Close every session of a NAS as its Accounting-Off would: the same record through
+    the same script as radiusd's forwarder (live.lua ends the live sessions in Redis and
+    announces them; the batch writer closes the open rows, CLOSE_NAS)."""
+    now = time.time()
+    values: dict[str, Any] = dict.fromkeys(wire.ACCT_FIELDS)
+    values.update(tenant_id=tenant_id, nas_id=nas_id, session_key="", acct_session_id="", username="",
+                  status="off", event_ts=now, arrival_ts=now, session_time_s=0, input_octets=0,
+                  output_octets=0, input_packets=0, output_packets=0,
+                  record_id="admin-" + uuid.uuid4().hex)
+    body = wire.pack_values(wire.KIND_ACCT, [values[f] for f in wire.ACCT_FIELDS])
+    frame = struct.pack("<I", len(body)) + body
+    settings = Settings.from_env()
+    import redis
+    r = _redis(a.state_redis_url)
+    if r is None:
+        raise InputError("redis: no state Redis (--redis-url) to close the NAS's sessions in")
+    try:
+        # ARGV as rlm_wificore/background.py's Forwarder passes them; an Accounting-Off
+        # uses the prefix, the partitions, the time and the frame only.
+        r.eval(LIVE_LUA.read_text(encoding="utf-8"), 0, a.keys.p, settings.stream_partitions, now,
+               settings.session_stale_interims, 2 * 86400, 90 * 86400, len(body), frame)
+    except redis.RedisError as exc:
+        raise InputError(f"redis: could not close the NAS's sessions ({exc}); nothing deleted") from None
+    finally:
+        r.close()
+
+
 def cmd_nas_delete(a: Admin, args: argparse.Namespace) -> None:
-    """Remove a NAS; refused while it has open sessions unless --force."""
+    """Remove a NAS and close its open sessions (as its Accounting-Off would)."""
     with a.connect(args.tenant) as conn:
         row = conn.execute("SELECT nas_id, host(ip) FROM nas WHERE tenant_id = %s AND name = %s",
                            (args.tenant, args.name)).fetchone()
@@ -199,14 +235,12 @@ def cmd_nas_delete(a: Admin, args: argparse.Namespace) -> None:
             raise InputError(f"nas: no NAS {args.name!r} in tenant {args.tenant}")
         nas_id, ip = row
         live = live_sessions(a, conn, args.tenant, nas_id)
-        if live and not args.force:
-            raise InputError(f"nas: {args.name!r} has {live} open sessions; stop them on the NAS "
-                             "(an Accounting-Off closes them) or add --force")
         conn.execute("DELETE FROM nas WHERE tenant_id = %s AND nas_id = %s", (args.tenant, nas_id))
+        if live:  # before the commit: if Redis cannot take it, the NAS stays
+            close_sessions(a, args.tenant, nas_id)
     from . import nas_admin
     nas_admin.forget_cached(a, [ip])
-    print(f"nas {nas_id} {args.name} {ip} deleted from tenant {args.tenant}"
-          + (f" ({live} open sessions left to the stale closer)" if live else ""))
+    print(f"nas {nas_id} {args.name} {ip} deleted from tenant {args.tenant}, {live} open sessions closed")
 
 
 # ----------------------------------------------------------------------- parser
@@ -226,11 +260,9 @@ def register(tenant: argparse._SubParsersAction, nas: argparse._SubParsersAction
     x.add_argument("--yes", action="store_true", help="really (refused without)")
     x.set_defaults(fn=cmd_tenant_delete)
 
-    x = nas.add_parser("delete", help="remove a NAS (refused while it has open sessions)")
+    x = nas.add_parser("delete", help="remove a NAS; its open sessions are closed")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("--name", required=True)
-    x.add_argument("--force", action="store_true",
-                   help="delete it even with open sessions (the batch writer closes them as stale)")
     x.set_defaults(fn=cmd_nas_delete)
 
     x = plan.add_parser("set", help="change only the options given")
