@@ -56,11 +56,11 @@ NEGATIVE_MAX = 100_000
 #: At most one "unknown client" line per this many seconds per process.
 LOG_EVERY_S = 10.0
 
-#: Every NAS of every active tenant of a shard (the relay's rebuild).
+#: Every NAS of every tenant of a shard (the relay's rebuild). A suspended tenant's
+#: NAS are in it: its accounting is answered, its logins rejected (engine.py).
 NAS_ALL_SQL = """
 SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
   FROM nas n JOIN tenants t USING (tenant_id)
- WHERE t.status = 'active'
 """
 #: The addresses of a tenant's NAS, whatever its status (a tenant change).
 TENANT_NAS_SQL = "SELECT host(ip) FROM nas WHERE tenant_id = %s"

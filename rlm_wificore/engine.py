@@ -99,6 +99,7 @@ class Engine:
         # when they were methods of this class (the warm path is measured).
         self._client = self.directory.lookup
         self._entry = self.profiles.entry
+        self._tenant_status = self.profiles.tenant_status
         self._is_verified = self.credentials.is_verified
         self._log_auth = self.sink.log_auth
 
@@ -140,6 +141,8 @@ class Engine:
         if not username or len(username) > MAX_USERNAME or not username.isprintable():
             return self._reject("bad_request", req)
 
+        if self._tenant_status(tenant_id) == "suspended":
+            return self._reject("tenant_suspended", req)
         try:
             entry = self._entry(tenant_id, username)
         except StoreUnavailable as exc:

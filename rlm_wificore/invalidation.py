@@ -214,6 +214,8 @@ class Invalidation:
             doomed.append(keys.plan(int(msg[1]), int(msg[2])))
         elif kind == "n":
             doomed.append(keys.nas(str(msg[2])))
+        elif kind == "t":
+            doomed.append(keys.tenant(int(msg[1])))
         with self._unsent_lock:
             self._unsent.append((doomed, announce))
         self.flush_unsent()

@@ -6,7 +6,10 @@ live state (two when the cache Redis, ``redis_store`` here, is not the state
 Redis of :class:`~rlm_wificore.live.LiveStates`; see wificore/roles.py); on a
 Redis miss, one query to the shard reads profile and plan, and both tiers are
 filled on the way back (TTL plus jitter). Unknown users are cached negatively
-for ``negative_ttl_s``. Plans have their own small cache.
+for ``negative_ttl_s``. Plans have their own small cache, and so has each
+tenant's status (a suspended tenant's logins are rejected before its
+subscribers are looked up): in process, then Redis, then the shard, dropped by
+the tenant's invalidation (``["t", tenant]``) like its subscribers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import redis
 from wificore.errors import DecodeError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import get_logger
-from wificore.profile import PLAN_SQL, PROFILE_SQL, UNKNOWN, Plan, Profile, from_row
+from wificore.profile import PLAN_SQL, PROFILE_SQL, TENANT_SQL, TENANT_UNKNOWN, UNKNOWN, Plan, Profile, from_row
 from wificore.settings import Settings
 
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
@@ -50,6 +53,42 @@ class Profiles:
         self.generation = generation
         self.local = LocalCache(settings.local_cache_max)
         self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
+        #: tenant -> (until, status): 'active', 'suspended', or TENANT_UNKNOWN.
+        self.tenants: dict[int, tuple[float, str]] = {}
+
+    def tenant_status(self, tenant_id: int) -> str:
+        """The tenant's status: in-process, else Redis, else the shard (filling both).
+        With neither Redis nor the shard answering, the last status known, else
+        'active' for a second (the subscriber's own lookup decides then)."""
+        cached = self.tenants.get(tenant_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        generation = self.generation.value
+        key = self.keys.tenant(tenant_id)
+        status: str | None = None
+        try:
+            raw = self.redis.call(lambda r: r.get(key))
+            status = raw.decode("ascii", "replace") if isinstance(raw, bytes) else None
+        except StoreUnavailable:
+            pass
+        ttl = self.settings.profile_ttl_s
+        if status is None:
+            try:
+                row = self.shards.fetchone(tenant_id, TENANT_SQL, (tenant_id,))
+            except StoreUnavailable:
+                status = cached[1] if cached is not None else "active"
+                self.tenants[tenant_id] = (time.monotonic() + 1.0, status)
+                return status
+            status = str(row[0]) if row is not None else TENANT_UNKNOWN
+            redis_ttl = int(ttl_with_jitter(ttl, self.settings.ttl_jitter_pct))
+            try:
+                self.redis.call(lambda r: r.set(key, status, ex=redis_ttl))
+            except StoreUnavailable:
+                pass
+        if generation == self.generation.value:
+            self.tenants[tenant_id] = (time.monotonic() + ttl_with_jitter(ttl, self.settings.ttl_jitter_pct),
+                                       status)
+        return status
 
     def entry(self, tenant_id: int, username: str) -> Entry:
         """Profile, plan and live state: in-process, else Redis, else the shard."""
@@ -172,7 +211,8 @@ class Profiles:
         self.local.drop_plan(tenant_id, plan_id)
 
     def drop_tenant(self, tenant_id: int) -> None:
-        """Forget every in-process subscriber of a tenant (O(1): its epoch ends)."""
+        """Forget every in-process subscriber of a tenant (O(1): its epoch ends), and its status."""
+        self.tenants.pop(tenant_id, None)
         self.local.drop_tenant(tenant_id)
 
     def revalidate(self) -> None:
@@ -181,7 +221,8 @@ class Profiles:
             entry.state_expires = 0.0
 
     def clear(self, *, plans: bool) -> None:
-        """Forget every in-process subscriber, and every plan if ``plans``."""
+        """Forget every in-process subscriber and tenant status, and every plan if ``plans``."""
         self.local.clear()
+        self.tenants.clear()
         if plans:
             self.plans.clear()

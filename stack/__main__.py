@@ -28,8 +28,10 @@ def seed(stack: Stack) -> None:
                 "--secret", d["secret"], "--vendor", "mikrotik", "--replace",
                 # Debian 12's radtest (3.2.1) signs no Access-Request (README.md, BlastRADIUS).
                 "--require-message-authenticator", "no")
-    stack.admin("plan", "add", "--tenant", d["tenant"], "--name", "home-20m", "--rate-up-kbps", "5000",
-                "--rate-down-kbps", "20000", "--simultaneous-use", "2", "--interim-interval-s", "300")
+    plan = ("--tenant", d["tenant"], "--name", "home-20m", "--rate-up-kbps", "5000",
+            "--rate-down-kbps", "20000", "--simultaneous-use", "2", "--interim-interval-s", "300")
+    if stack.admin("plan", "add", *plan, check=False).returncode:  # there from the last start
+        stack.admin("plan", "set", *plan)
     if stack.admin("subscriber", "show", "--tenant", d["tenant"], d["user"], check=False).returncode:
         stack.admin("subscriber", "add", "--tenant", d["tenant"], "--username", d["user"],
                     "--password", d["password"], "--plan", "home-20m")

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
-from . import nas_admin
+from . import lifecycle, nas_admin
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -197,6 +197,9 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
+    if args.tenant is None:  # every tenant on every shard
+        lifecycle.cmd_nas_list_all(a)
+        return
     with a.connect(args.tenant) as conn:
         rows = conn.execute("SELECT nas_id, name, host(ip), vendor, CASE WHEN require_message_authenticator "
                             "THEN 'yes' ELSE 'no' END FROM nas WHERE tenant_id = %s "
@@ -212,19 +215,20 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("interim_interval_s: must be at least 60")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
-        plan_id = returned(conn.execute(
+        # Create only: an existing plan is changed with `plan set`, which keeps the
+        # options it is not given (an add over it reset every one left out).
+        row = conn.execute(
             "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
             " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
             " framed_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-            " ON CONFLICT (tenant_id, name) DO UPDATE SET rate_up_kbps = EXCLUDED.rate_up_kbps,"
-            " rate_down_kbps = EXCLUDED.rate_down_kbps, session_timeout_s = EXCLUDED.session_timeout_s,"
-            " idle_timeout_s = EXCLUDED.idle_timeout_s, interim_interval_s = EXCLUDED.interim_interval_s,"
-            " data_quota_bytes = EXCLUDED.data_quota_bytes, time_quota_s = EXCLUDED.time_quota_s,"
-            " simultaneous_use = EXCLUDED.simultaneous_use, framed_pool = EXCLUDED.framed_pool"
-            " RETURNING plan_id",
+            " ON CONFLICT (tenant_id, name) DO NOTHING RETURNING plan_id",
             (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
              args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
-             args.simultaneous_use or 1, args.framed_pool)))
+             args.simultaneous_use or 1, args.framed_pool)).fetchone()
+        if row is None:
+            raise InputError(f"name: plan {args.name!r} already exists in tenant {args.tenant}; "
+                             "change it with `wificore-admin plan set` (only the options given)")
+        plan_id = row[0]
     print(f"plan {plan_id} {args.name} in tenant {args.tenant}")
 
 
@@ -477,12 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default yes; no for firmware that sends none, e.g. RouterOS before 7.15)")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
-    x = n.add_parser("list")
-    x.add_argument("--tenant", type=int, required=True)
+    x = n.add_parser("list", help="the tenant's NAS; without --tenant, every tenant's")
+    x.add_argument("--tenant", type=int)
     x.set_defaults(fn=cmd_nas_list)
 
     pl = sub.add_parser("plan").add_subparsers(dest="action", required=True)
-    x = pl.add_parser("add", help="add or update a plan")
+    x = pl.add_parser("add", help="add a plan (an existing one: `plan set`)")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("--name", required=True)
     for f in ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
@@ -494,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = pl.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_plan_list)
+    lifecycle.register(t, n, pl)
 
     s = sub.add_parser("subscriber").add_subparsers(dest="action", required=True)
     x = s.add_parser("add")

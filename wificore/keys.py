@@ -23,6 +23,10 @@ class Keys:
         """msgpack plan; TTL."""
         return f"{self.p}:{{{tenant_id}}}:plan:{plan_id}"
 
+    def tenant(self, tenant_id: int) -> str:
+        """The tenant's status ('active', 'suspended'; 'unknown': no such tenant); TTL."""
+        return f"{self.p}:{{{tenant_id}}}:tenant"
+
     def live(self, tenant_id: int, username: str) -> str:
         """ZSET of the subscriber's live sessions, score = expiry (epoch s)."""
         return f"{self.p}:{{{tenant_id}}}:live:{username}"

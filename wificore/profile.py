@@ -141,8 +141,15 @@ class Nas:
             raise DecodeError(f"bad cached NAS: {exc}") from exc
 
 
+#: A NAS of a suspended tenant stays a known client: its logins are rejected
+#: (``tenant_suspended``), its accounting is still answered and stored.
 NAS_SQL = """
 SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
   FROM nas n JOIN tenants t USING (tenant_id)
- WHERE n.ip = %s::inet AND t.status = 'active'
+ WHERE n.ip = %s::inet
 """
+
+#: The tenant's status ('active' or 'suspended').
+TENANT_SQL = "SELECT status FROM tenants WHERE tenant_id = %s"
+#: Cached for a tenant the shard does not hold (deleted): its logins find no subscriber.
+TENANT_UNKNOWN = "unknown"
