@@ -3,7 +3,8 @@
 A cached entry carries the live state read with it; after ``live_state_ttl_s``
 it is due for a re-read. While the module's state thread runs (see
 background.py), the hook answers from what it has and queues the entry for
-that thread, which re-reads many in one round trip outside the mutex; until
+that thread, which re-reads many in one script call per tenant outside the
+mutex (``_STATES_LUA``); until
 then the hook re-reads the one entry itself, through the breaker.
 """
 
@@ -15,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.commands.core import Script
 
 from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
@@ -33,6 +35,23 @@ MAX_STALE_QUEUE = 100_000
 
 Due = tuple[int, str, Entry]  # (tenant, username, cached entry)
 
+#: The live states of several subscribers of one tenant (their keys share the
+#: tenant's tag: one slot), in one call: a redis-py pipeline of two commands per
+#: subscriber cost ~13 us of Python per subscriber in the state thread, holding the
+#: GIL the hook needs, against ~1.5 us for one call and one array reply.
+#: KEYS: live zset, usage hash, per subscriber; ARGV[1]: now (epoch s).
+#: Reply: session count, octets, time_s per subscriber (nil where absent).
+_STATES_LUA = """
+local out, now = {}, ARGV[1]
+for i = 1, #KEYS, 2 do
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[i], now, '+inf')
+  local u = redis.call('HMGET', KEYS[i + 1], 'octets', 'time_s')
+  out[#out + 1] = u[1]
+  out[#out + 1] = u[2]
+end
+return out
+"""
+
 
 class LiveStates:
     """Reads and refreshes of live states; the queue of those due for the state thread."""
@@ -50,6 +69,7 @@ class LiveStates:
         self.stale_states: collections.deque[Due] = collections.deque()
         self.stale_wake = threading.Event()
         self.refresher = False
+        self._states_script = Script(redis_bg, _STATES_LUA.encode())  # bytes: no encoder asked
 
     # ------------------------------------------------ the state thread's side
     def refresher_started(self) -> None:
@@ -104,11 +124,20 @@ class LiveStates:
         generation = self.generation.value
 
         def read(r: redis.Redis) -> list[Any]:
-            pipe = r.pipeline(transaction=False)
             now = time.time()
-            for tenant_id, username, _entry in batch:
-                self.read_into(pipe, tenant_id, username, now)
-            return pipe.execute()
+            by_tenant: dict[int, list[int]] = {}
+            for i, (tenant_id, _u, _e) in enumerate(batch):
+                by_tenant.setdefault(tenant_id, []).append(i)
+            out: list[Any] = [None] * (3 * len(batch))
+            for tenant_id, members in by_tenant.items():
+                keys: list[str] = []
+                for i in members:
+                    username = batch[i][1]
+                    keys += (self.keys.live(tenant_id, username), self.keys.usage(tenant_id, username))
+                reply = self._states_script(keys=keys, args=[now], client=r)
+                for j, i in enumerate(members):
+                    out[3 * i:3 * i + 3] = reply[3 * j:3 * j + 3]
+            return out
         try:
             replies = self.redis.call(read) if in_hook else read(self.redis_bg)
         except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
@@ -120,6 +149,6 @@ class LiveStates:
         expires = (time.monotonic() + self.settings.live_state_ttl_s
                    if generation == self.generation.value else 0.0)
         for i, (_t, _u, entry) in enumerate(batch):
-            entry.state = self.state(replies[2 * i], replies[2 * i + 1])
+            entry.state = self.state(replies[3 * i], replies[3 * i + 1:3 * i + 3])
             entry.state_expires = expires
         self.stats.tiers["redis_state"] += len(batch)

@@ -73,6 +73,41 @@ class TestStateRefreshOffTheHook:
             thread.join(2)
 
 
+    def test_one_batch_over_several_tenants_reads_each_state(self, stack, redis):
+        """The state thread's batch: one script call per tenant (its keys share the
+        tenant's slot); each entry gets its own sessions and usage, an absent one none."""
+        import time
+        import uuid
+
+        from rlm_wificore.cache import NO_STATE
+
+        e = Engine(Settings(redis_url=stack.redis.url), MAP)
+        try:
+            tag = uuid.uuid4().hex[:8]
+            batch = []
+            for tenant in (5, 6, 5):
+                batch.append((tenant, f"u{len(batch)}-{tag}", _entry_for_test()))
+            now = time.time()
+            redis.zadd(e.keys.live(5, batch[0][1]), {"s1": now + 60, "s2": now + 60, "old": now - 5})
+            redis.hset(e.keys.usage(5, batch[0][1]), mapping={"octets": 1234, "time_s": 56})
+            redis.hset(e.keys.usage(6, batch[1][1]), mapping={"time_s": 7})
+            e.live.refresh(batch)
+            states = [b[2].state for b in batch]
+            assert (states[0].sessions, states[0].octets, states[0].time_s) == (2, 1234, 56)
+            assert (states[1].sessions, states[1].octets, states[1].time_s) == (0, 0, 7)
+            assert states[2] is NO_STATE
+            assert all(b[2].state_expires > time.monotonic() for b in batch)
+        finally:
+            e.close()
+
+
+def _entry_for_test():
+    import time
+
+    from rlm_wificore.cache import Entry
+    return Entry(time.monotonic() + 60, PROFILE, PLAN, None)
+
+
 def test_one_message_drops_the_copies_of_many_subscribers():
     """live.lua's ["L", [[tenant, user], ...]] drops each subscriber it names, and only those."""
     e = engine_reading((0, [b"0", b"0"]), invalidate_during_read=False)

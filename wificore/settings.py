@@ -91,7 +91,7 @@ class Settings:
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
                                    "Redis for each role without a URL of its own (the two below).")
     cache_redis_url: str = setting_field("", _optional_redis_url,
-                                         "Redis for profiles, plans, NAS and unknown-user entries; may "
+                                         "Redis for profiles, plans, tenant status, NAS and unknown-user entries; may "
                                          "evict (allkeys-lru). Empty: redis_url.")
     state_redis_url: str = setting_field("", _optional_redis_url,
                                          "Redis for live sessions, usage, delta bases, streams and dead "
