@@ -265,3 +265,22 @@ class TestThroughRadiusd:
                     assert [x for v, t, x in vsas(reply)] == [b"2000k/10000k"]
                 elif vendor == "generic":
                     assert vsas(reply) == [] and R.values(reply, FILTER_ID) == []
+
+
+class TestAdmin:
+    def test_unknown_vendor_refused(self, world, vendor_nas):
+        """`nas add` names the field and the choices; nothing is written."""
+        out = world.admin("nas", "add", "--tenant", str(TENANT), "--name", "nas-bogus", "--ip",
+                          "127.0.17.99", "--secret", SECRET, "--vendor", "bogus", check=False)
+        assert out.returncode != 0
+        assert "vendor: 'bogus' is not one of " + ", ".join(VENDORS) in out.stderr + out.stdout
+
+    def test_database_checks_the_vendor(self, shard_conn, vendor_nas):
+        """The CHECK of migration 0009 takes every dialect and refuses another name."""
+        import psycopg
+
+        conn = shard_conn(TENANT)
+        rows = conn.execute("SELECT vendor FROM nas WHERE tenant_id = %s", (TENANT,)).fetchall()
+        assert {r[0] for r in rows} == set(VENDORS)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("UPDATE nas SET vendor = 'bogus' WHERE tenant_id = %s", (TENANT,))
