@@ -7,6 +7,7 @@ wrong password share one message, so the answer never tells which it was.
 
 from __future__ import annotations
 
+from wificore import vendors
 from wificore.profile import Plan, Profile, normalise_mac
 
 from .cache import LiveState
@@ -73,9 +74,10 @@ def reply_is_static(profile: Profile, plan: Plan) -> bool:
 
 
 def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: str,
-                 *, now: float) -> tuple[tuple[str, str], ...]:
-    """The plan as the NAS's vendor understands it."""
-    reply: list[tuple[str, str]] = []
+                 *, now: float) -> tuple[tuple[str, ...], ...]:
+    """The plan as the NAS's vendor understands it: (attribute, value) pairs, and
+    (attribute, "+=", value) for an attribute the reply carries more than once."""
+    reply: list[tuple[str, ...]] = []
     limits = []
     if plan.session_timeout_s:
         limits.append(plan.session_timeout_s)
@@ -94,12 +96,52 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
         reply.append(("Framed-Pool", plan.framed_pool))
     up, down = plan.rate_up_kbps, plan.rate_down_kbps
     if up or down:
-        if vendor == "mikrotik":
-            # rx/tx as the router sees the client: upload/download.
-            reply.append(("Mikrotik-Rate-Limit", f"{up or 0}k/{down or 0}k"))
-        elif vendor == "wispr":
-            if up:
-                reply.append(("WISPr-Bandwidth-Max-Up", str(up * 1000)))
-            if down:
-                reply.append(("WISPr-Bandwidth-Max-Down", str(down * 1000)))
+        reply.extend(rate_pairs(vendor, up or 0, down or 0))
     return tuple(reply)
+
+
+def rate_pairs(vendor: str, up: int, down: int) -> list[tuple[str, ...]]:
+    """A plan's rate (kbit/s; 0: that direction unlimited) as the reply attributes of
+    the NAS's dialect (wificore/vendors.py; README.md, "Vendor dialects"). "Up" is
+    what the subscriber sends, "down" what it receives. ``generic`` and a vendor not
+    known here get none."""
+    pairs: list[tuple[str, ...]] = []
+    if vendor == "mikrotik":
+        # rx/tx as the router sees the client: upload/download; 0 is unlimited.
+        return [("Mikrotik-Rate-Limit", f"{up}k/{down}k")]
+    if vendor == "wispr":  # bit/s
+        if up:
+            pairs.append(("WISPr-Bandwidth-Max-Up", str(vendors.bps(up))))
+        if down:
+            pairs.append(("WISPr-Bandwidth-Max-Down", str(vendors.bps(down))))
+        return pairs
+    if vendor == "cisco" or vendor == "cisco-xr":
+        # Input is what the router receives from the subscriber: upload. "+=": with
+        # rlm_python3's default "=", radiusd keeps the first Cisco-AVPair only.
+        prefix = "ip" if vendor == "cisco" else "subscriber"
+        if up:
+            pairs.append(("Cisco-AVPair", "+=",
+                          f"{prefix}:sub-qos-policy-in={vendors.CISCO_POLICY_IN.format(kbps=up)}"))
+        if down:
+            pairs.append(("Cisco-AVPair", "+=",
+                          f"{prefix}:sub-qos-policy-out={vendors.CISCO_POLICY_OUT.format(kbps=down)}"))
+        return pairs
+    if vendor == "huawei":  # bit/s; input is upstream. The peak rate needs the average.
+        if up:
+            pairs += [("Huawei-Input-Average-Rate", str(vendors.bps(up))),
+                      ("Huawei-Input-Peak-Rate", str(vendors.bps(up)))]
+        if down:
+            pairs += [("Huawei-Output-Average-Rate", str(vendors.bps(down))),
+                      ("Huawei-Output-Peak-Rate", str(vendors.bps(down)))]
+        return pairs
+    if vendor == "juniper":  # a tagged attribute (RFC 2868): tag 1; parameters in bit/s
+        if up and down:
+            service = f"{vendors.JUNIPER_SERVICE}({down * 1000},{up * 1000})"
+        elif down:
+            service = f"{vendors.JUNIPER_SERVICE_DOWN}({down * 1000})"
+        else:
+            service = f"{vendors.JUNIPER_SERVICE_UP}({up * 1000})"
+        return [("ERX-Service-Activate:1", service)]
+    if vendor == "accel-ppp":  # its shaper's default: Filter-Id "down/up" in kbit/s
+        return [("Filter-Id", f"{down}/{up}")]
+    return pairs

@@ -30,8 +30,8 @@ from .settings import Settings
 from .shardmap import ShardMap
 from .tenant_time import parse_instant, show_instant, tenant_zone, v_zone
 from .text import printable
+from .vendors import VENDORS
 
-VENDORS = ("mikrotik", "wispr", "cisco", "generic")
 _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
 _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "

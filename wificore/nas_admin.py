@@ -74,7 +74,8 @@ def forget_cached(a: Admin, ips: list[str]) -> None:
 def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
     """Change a NAS's secret, vendor, name, address or require_message_authenticator in place:
     its nas_id stays."""
-    from .admin import VENDORS, v_choice, v_ip
+    from .admin import v_choice, v_ip
+    from .vendors import VENDORS
     if (args.ip is None) == (args.name is None):
         raise InputError("nas: name it by exactly one of --ip or --name")
     ip = v_ip(args.ip, "ip") if args.ip is not None else None
