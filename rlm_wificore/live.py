@@ -22,7 +22,7 @@ from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
 from wificore.settings import Settings
 
-from .cache import NO_STATE, Entry, LiveState
+from .cache import NO_STATE, Entry, LiveState, ttl_with_jitter
 from .stats import Stats
 from .store import RedisStore
 
@@ -99,7 +99,8 @@ class LiveStates:
             entry.state_expires = time.monotonic() + STATE_RETRY_S
             if len(self.stale_states) < MAX_STALE_QUEUE:  # bounded if Redis hangs
                 self.stale_states.append((tenant_id, username, entry))
-                self.stale_wake.set()
+                if not self.stale_wake.is_set():  # one wake-up per batch, not per hook
+                    self.stale_wake.set()
         else:
             self.refresh([(tenant_id, username, entry)], in_hook=True)
 
@@ -146,9 +147,12 @@ class LiveStates:
             for _t, _u, entry in batch:
                 entry.state, entry.state_expires = None, retry
             return
-        expires = (time.monotonic() + self.settings.live_state_ttl_s
-                   if generation == self.generation.value else 0.0)
+        # Each its own expiry (ttl plus jitter): entries read together would all be
+        # due together again, and every hook meeting one wakes this thread.
+        now = time.monotonic()
+        ttl, jitter = self.settings.live_state_ttl_s, self.settings.ttl_jitter_pct
+        current = generation == self.generation.value
         for i, (_t, _u, entry) in enumerate(batch):
             entry.state = self.state(replies[3 * i], replies[3 * i + 1:3 * i + 3])
-            entry.state_expires = expires
+            entry.state_expires = now + ttl_with_jitter(ttl, jitter) if current else 0.0
         self.stats.tiers["redis_state"] += len(batch)

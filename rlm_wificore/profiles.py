@@ -147,7 +147,8 @@ class Profiles:
         # state thread when Redis is back.
         now = time.monotonic()
         entry = Entry(now + ttl_with_jitter(ttl, s.ttl_jitter_pct), profile, plan, state,
-                      now + s.live_state_ttl_s if state is not None else now + 1.0)
+                      now + ttl_with_jitter(s.live_state_ttl_s, s.ttl_jitter_pct)
+                      if state is not None else now + 1.0)
         if generation == self.generation.value:
             self.local.put(key, entry)
         return entry

@@ -104,7 +104,8 @@ class Settings:
                                         "Random extra lifetime, in percent, against stampedes.")
     live_state_ttl_s: int = setting_field(30, int_in_range(0, 3600),
                                           "How long a process trusts its copy of a subscriber's session "
-                                          "count and usage; starts and stops invalidate it at once.")
+                                          "count and usage (plus up to ttl_jitter_pct); starts and stops "
+                                          "invalidate it at once.")
     negative_ttl_s: int = setting_field(30, int_in_range(1, 3600), "Lifetime of an 'unknown user' entry.")
     local_cache_max: int = setting_field(500000, int_in_range(0, 50_000_000), "Most profiles kept in process.")
     credential_cache_ttl_s: int = setting_field(900, int_in_range(0, 86400),
