@@ -25,7 +25,7 @@ from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
 from .migrate import migrate_all
-from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
+from .profile import KIND_CHECKS, KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
 from .tenant_time import parse_instant, show_instant, tenant_zone, v_zone
@@ -186,14 +186,16 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.vendor, "vendor", VENDORS)
     v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
     require_ma = args.require_message_authenticator == "yes"
+    v_choice(args.kind_check, "kind_check", KIND_CHECKS)
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
         nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
-                               vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma)
+                               vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma,
+                               kind_check=args.kind_check)
     nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
-          f"require_message_authenticator {'yes' if require_ma else 'no'}")
+          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
@@ -201,10 +203,10 @@ def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
         lifecycle.cmd_nas_list_all(a)
         return
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, CASE WHEN require_message_authenticator "
-                            "THEN 'yes' ELSE 'no' END FROM nas WHERE tenant_id = %s "
-                            "ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "require_message_authenticator"))
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, CASE WHEN "
+                            "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
+                            "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -290,8 +292,11 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         changes["expires_at"] = v_time(args.expires_at, "expires_at")  # the format; the zone below
     if args.mac_binding is not None:
         changes["mac_binding"] = v_mac(args.mac_binding) if args.mac_binding != "none" else None
+    if args.kind is not None:
+        changes["kind"] = v_choice(args.kind, "kind", KINDS)
     if not changes and args.plan is None:
-        raise InputError("nothing to change: give --status, --password, --plan, --expires-at or --mac-binding")
+        raise InputError("nothing to change: give --status, --password, --plan, --expires-at, "
+                         "--mac-binding or --kind")
     with a.connect(args.tenant) as conn:
         if args.expires_at is not None:
             changes["expires_at"] = v_time(args.expires_at, "expires_at",
@@ -479,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--require-message-authenticator", default="yes", metavar="yes|no",
                    help="BlastRADIUS: drop its Access-Requests that carry no Message-Authenticator "
                         "(default yes; no for firmware that sends none, e.g. RouterOS before 7.15)")
+    x.add_argument("--kind-check", default="strict", metavar="strict|off",
+                   help="strict (default): reject a login whose request says it is for the other "
+                        "subscriber kind (wrong_service; one that does not say is accepted); off: never")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
     x = n.add_parser("list", help="the tenant's NAS; without --tenant, every tenant's")
@@ -526,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--plan")
     x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding", help="a MAC, or 'none'")
+    x.add_argument("--kind", help=", ".join(KINDS))
     x.set_defaults(fn=cmd_sub_set)
     x = s.add_parser("delete")
     x.add_argument("--tenant", type=int, required=True)

@@ -174,10 +174,10 @@ def cmd_nas_list_all(a: Admin) -> None:
     rows = []
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
-            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, CASE WHEN "
-                                  "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
-                rows.append((*r[:5], shard.name, r[5]))
-    _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard",
+            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, CASE "
+                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
+                rows.append((*r[:5], shard.name, *r[5:]))
+    _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard", "kind_check",
                                "require_message_authenticator"))
 
 

@@ -17,6 +17,11 @@ from .errors import DecodeError
 STATUS = ("active", "suspended", "expired")
 PW_TYPES = ("cleartext", "nthash", "bcrypt")
 KINDS = ("pppoe", "hotspot")
+#: A NAS's subscriber-kind check (``nas add/set --kind-check``): ``strict`` rejects a
+#: login whose request says it is for the other kind (wrong_service), ``off`` never.
+KIND_CHECKS = ("strict", "off")
+#: The client shortname's suffix of a NAS whose kind check is off.
+KIND_OFF = "kind-off"
 
 #: Redis value of a negatively cached (unknown) user.
 UNKNOWN = b"\x00"
@@ -124,14 +129,21 @@ class Nas:
     vendor: str
     #: BlastRADIUS: radiusd drops this NAS's Access-Requests without a Message-Authenticator.
     require_message_authenticator: bool = False
+    #: The subscriber-kind check: 'strict' (the default) or 'off' (KIND_CHECKS).
+    kind_check: str = "strict"
 
     @property
     def shortname(self) -> str:
-        """The client shortname radiusd hands back in WiFiCore-Client."""
-        return f"{self.tenant_id}:{self.nas_id}:{self.vendor}"
+        """The client shortname radiusd hands back in WiFiCore-Client: the module reads
+        the tenant, the NAS, the vendor and whether the kind check is off from it."""
+        base = f"{self.tenant_id}:{self.nas_id}:{self.vendor}"
+        return base if self.kind_check != "off" else f"{base}:{KIND_OFF}"
 
     def pack(self) -> bytes:
-        return msgpack.packb(dataclasses.astuple(self))
+        values = dataclasses.astuple(self)
+        # The default is left out: a directory entry of a strict NAS stays the 6 fields
+        # an older module reads.
+        return msgpack.packb(values[:-1] if self.kind_check == "strict" else values)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Nas:
@@ -144,7 +156,8 @@ class Nas:
 #: A NAS of a suspended tenant stays a known client: its logins are rejected
 #: (``tenant_suspended``), its accounting is still answered and stored.
 NAS_SQL = """
-SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator,
+       n.kind_check
   FROM nas n JOIN tenants t USING (tenant_id)
  WHERE n.ip = %s::inet
 """
