@@ -122,6 +122,14 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
         reply.append(("Framed-IP-Address", profile.framed_ip))
     elif plan.framed_pool:
         reply.append(("Framed-Pool", plan.framed_pool))
+    # IPv6 (RFC 3162, RFC 4818): the subscriber's own prefix, else the plan's pool; a
+    # delegated prefix (DHCPv6-PD) of its own.
+    if profile.framed_ipv6_prefix:
+        reply.append(("Framed-IPv6-Prefix", profile.framed_ipv6_prefix))
+    elif plan.framed_ipv6_pool:
+        reply.append(("Framed-IPv6-Pool", plan.framed_ipv6_pool))
+    if profile.delegated_ipv6_prefix:
+        reply.append(("Delegated-IPv6-Prefix", profile.delegated_ipv6_prefix))
     up, down = plan.rate_up_kbps, plan.rate_down_kbps
     if up or down:
         if vendor == "mikrotik":

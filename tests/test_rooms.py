@@ -139,6 +139,17 @@ class TestServiceKind:
         assert check(CLEAR, None) is None and check(hotspot, None) is None
 
 
+class TestCachedForms:
+    def test_profiles_and_plans_cached_before_ipv6_still_read(self):
+        """A cached profile of 9 fields and a plan of 10 (before the IPv6 ones were appended)
+        read with those unset; a profile without IPv6 is still packed as 9."""
+        assert len(msgpack.unpackb(CLEAR.pack())) == 9 and Profile.unpack(CLEAR.pack()) == CLEAR
+        v6 = dataclasses.replace(CLEAR, framed_ipv6_prefix="2001:db8::/64")
+        assert Profile.unpack(v6.pack()) == v6 and msgpack.unpackb(v6.pack())[8] == CLEAR.plan_id
+        old_plan = msgpack.packb(list(dataclasses.astuple(PLAN))[:10])
+        assert Plan.unpack(old_plan) == PLAN and PLAN.framed_ipv6_pool is None
+
+
 class TestVerifiedCredentials:
     def test_an_accepted_hashed_credential_is_remembered(self):
         """After remember(), the same tenant, user, password and stored hash are verified."""

@@ -95,6 +95,30 @@ def v_ip(value: str | None, field: str) -> str | None:
         raise InputError(f"{field}: {value!r} is not an IP address") from None
 
 
+def v_ipv6_prefix(value: str | None, field: str) -> str | None:
+    """An IPv6 prefix, '2001:db8:1::/64' (Framed-IPv6-Prefix, Delegated-IPv6-Prefix): no
+    host bits set; normalised (ipaddress)."""
+    if not value:
+        return None
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as exc:
+        raise InputError(f"{field}: {value!r} is not an IPv6 prefix such as 2001:db8:1::/64 "
+                         f"({exc})") from None
+    if "/" not in value:
+        raise InputError(f"{field}: {value!r} has no prefix length (2001:db8:1::/64)")
+    return str(net)
+
+
+def v_pool(value: str | None, field: str) -> str | None:
+    """A NAS pool name (Framed-Pool, Framed-IPv6-Pool): 1..64 printable characters."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 64 or not value.isprintable():
+        raise InputError(f"{field}: must be 1..64 printable characters")
+    return value
+
+
 def v_positive(value: int | None, field: str) -> int | None:
     if value is not None and value <= 0:
         raise InputError(f"{field}: must be greater than 0")
@@ -215,6 +239,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         v_positive(getattr(args, f), f)
     if args.interim_interval_s < 60:
         raise InputError("interim_interval_s: must be at least 60")
+    ipv6_pool = v_pool(args.framed_ipv6_pool, "framed_ipv6_pool")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # Create only: an existing plan is changed with `plan set`, which keeps the
@@ -222,11 +247,11 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         row = conn.execute(
             "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
             " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
-            " framed_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " framed_pool, framed_ipv6_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (tenant_id, name) DO NOTHING RETURNING plan_id",
             (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
              args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
-             args.simultaneous_use or 1, args.framed_pool)).fetchone()
+             args.simultaneous_use or 1, args.framed_pool, ipv6_pool)).fetchone()
         if row is None:
             raise InputError(f"name: plan {args.name!r} already exists in tenant {args.tenant}; "
                              "change it with `wificore-admin plan set` (only the options given)")
@@ -238,11 +263,11 @@ def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
         rows = conn.execute(
             "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
-            " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool"
-            " FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
+            " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,"
+            " framed_ipv6_pool FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
     _print_rows(rows, ("plan_id", "name", "rate_up_kbps", "rate_down_kbps", "session_timeout_s",
                        "idle_timeout_s", "interim_interval_s", "data_quota_bytes", "time_quota_s",
-                       "simultaneous_use", "framed_pool"))
+                       "simultaneous_use", "framed_pool", "framed_ipv6_pool"))
 
 
 def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
@@ -266,6 +291,8 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.status, "status", STATUS)
     v_time(args.expires_at, "expires_at")  # the format, before the tenant is looked up
     ip = v_ip(args.framed_ip, "framed_ip")
+    prefix6 = v_ipv6_prefix(args.framed_ipv6_prefix, "framed_ipv6_prefix")
+    delegated6 = v_ipv6_prefix(args.delegated_ipv6_prefix, "delegated_ipv6_prefix")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         expires = v_time(args.expires_at, "expires_at", tenant_zone(conn, args.tenant))
@@ -273,9 +300,10 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
         try:
             conn.execute(
                 "INSERT INTO subscribers (tenant_id, username, kind, password_type, password, plan_id,"
-                " status, expires_at, mac_binding, framed_ip) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                " status, expires_at, mac_binding, framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (args.tenant, username, args.kind, args.password_type, password, plan_id, args.status,
-                 expires, mac, ip))
+                 expires, mac, ip, prefix6, delegated6))
         except psycopg.errors.UniqueViolation:
             raise InputError(f"username: {username!r} already exists in tenant {args.tenant}") from None
     print(f"subscriber {username} in tenant {args.tenant}")
@@ -294,9 +322,13 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         changes["mac_binding"] = v_mac(args.mac_binding) if args.mac_binding != "none" else None
     if args.kind is not None:
         changes["kind"] = v_choice(args.kind, "kind", KINDS)
+    for f in ("framed_ipv6_prefix", "delegated_ipv6_prefix"):
+        value = getattr(args, f)
+        if value is not None:
+            changes[f] = None if value == "none" else v_ipv6_prefix(value, f)
     if not changes and args.plan is None:
         raise InputError("nothing to change: give --status, --password, --plan, --expires-at, "
-                         "--mac-binding or --kind")
+                         "--mac-binding, --kind, --framed-ipv6-prefix or --delegated-ipv6-prefix")
     with a.connect(args.tenant) as conn:
         if args.expires_at is not None:
             changes["expires_at"] = v_time(args.expires_at, "expires_at",
@@ -502,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--" + f.replace("_", "-"), dest=f, type=int)
     x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int, default=300)
     x.add_argument("--framed-pool")
+    x.add_argument("--framed-ipv6-pool", help="the NAS's IPv6 pool name (Framed-IPv6-Pool)")
     x.set_defaults(fn=cmd_plan_add)
     x = pl.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
@@ -521,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding")
     x.add_argument("--framed-ip")
+    x.add_argument("--framed-ipv6-prefix", help="Framed-IPv6-Prefix, e.g. 2001:db8:1::/64")
+    x.add_argument("--delegated-ipv6-prefix", help="Delegated-IPv6-Prefix (DHCPv6-PD), e.g. 2001:db8:100::/56")
     x.add_argument("--mac-auth", action="store_true",
                    help="MAC authentication: the username is the device's MAC, the password "
                         "empty (RouterOS's default), bound to that MAC")
@@ -535,6 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding", help="a MAC, or 'none'")
     x.add_argument("--kind", help=", ".join(KINDS))
+    x.add_argument("--framed-ipv6-prefix", help="an IPv6 prefix, or 'none'")
+    x.add_argument("--delegated-ipv6-prefix", help="an IPv6 prefix, or 'none'")
     x.set_defaults(fn=cmd_sub_set)
     x = s.add_parser("delete")
     x.add_argument("--tenant", type=int, required=True)
