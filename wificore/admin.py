@@ -371,14 +371,16 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
         row = conn.execute(
             "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
-            " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at"
+            " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at,"
+            " s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text"
             " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
         tz = tenant_zone(conn, args.tenant)
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
-                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
+                           "expires_at", "mac_binding", "framed_ip", "updated_at", "framed_ipv6_prefix",
+                           "delegated_ipv6_prefix"), row, strict=True))
         stored["password"] = "(hidden)"
         stored["expires_at"] = show_instant(stored["expires_at"], tz)  # the tenant's zone
         stored["time_zone"] = tz.key
@@ -399,7 +401,8 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                 cached = {"subscriber_id": p.subscriber_id, "status": p.status, "kind": p.kind,
                           "password_type": p.password_type, "plan_id": p.plan_id,
                           "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
-                          "framed_ip": p.framed_ip, "ttl_s": ttl}
+                          "framed_ip": p.framed_ip, "framed_ipv6_prefix": p.framed_ipv6_prefix,
+                          "delegated_ipv6_prefix": p.delegated_ipv6_prefix, "ttl_s": ttl}
             now = time.time()
             live = {
                 "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
