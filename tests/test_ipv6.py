@@ -55,6 +55,19 @@ class TestAccept:
         world.admin("subscriber", "set", "--tenant", str(TENANT_A[0]), user, "--delegated-ipv6-prefix", "none")
         assert wait_until(lambda: pap(auth, TENANT_A, user).get("Delegated-IPv6-Prefix") is None, 3.0)
 
+    def test_import(self, auth, world):
+        """`subscriber import` takes the prefixes as columns; a bad one names its row."""
+        tenant = str(TENANT_A[0])
+        csv = ("username,password,plan,framed_ipv6_prefix,delegated_ipv6_prefix\n"
+               "v6-imported,pw-123456,basic,2001:db8:9::/64,2001:db8:900::/56\n")
+        world.admin("subscriber", "import", "--tenant", tenant, "-", input=csv)
+        ans = pap(auth, TENANT_A, "v6-imported")
+        assert ans.accepted and ans.get("Framed-IPv6-Prefix") == "2001:db8:9::/64"
+        assert ans.get("Delegated-IPv6-Prefix") == "2001:db8:900::/56"
+        bad = world.admin("subscriber", "import", "--tenant", tenant, "-", check=False,
+                          input="username,password,plan,delegated_ipv6_prefix\nv6-x,pw-123456,basic,2001:db8::1/56\n")
+        assert bad.returncode == 2 and "row 2: delegated_ipv6_prefix" in bad.stderr, bad.stderr
+
     @pytest.mark.parametrize("value", ["2001:db8::1/64", "10.0.0.0/8", "2001:db8::", "pool"])
     def test_a_bad_prefix_is_refused(self, world, value):
         """Host bits, IPv4, no length, not an address: refused with the field's name."""

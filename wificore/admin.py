@@ -37,7 +37,7 @@ _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
                 "local midnight), a date-time (local), or one with an offset")
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
-              "mac_binding", "framed_ip")
+              "mac_binding", "framed_ip", "framed_ipv6_prefix", "delegated_ipv6_prefix")
 
 
 # ------------------------------------------------------------------ validation
@@ -461,10 +461,13 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
                 expires = v_time((raw.get("expires_at") or "").strip(), "expires_at", tz)
                 mac = v_mac((raw.get("mac_binding") or "").strip())
                 ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
+                prefix6 = v_ipv6_prefix((raw.get("framed_ipv6_prefix") or "").strip(), "framed_ipv6_prefix")
+                delegated6 = v_ipv6_prefix((raw.get("delegated_ipv6_prefix") or "").strip(),
+                                           "delegated_ipv6_prefix")
             except InputError as exc:
                 raise InputError(f"row {line}: {exc}") from None
             rows.append((args.tenant, username, kind, pwt, password, plans[plan_name], status,
-                         expires, mac, ip))
+                         expires, mac, ip, prefix6, delegated6))
         if not rows:
             raise InputError("file: no rows")
         existing = conn.execute("SELECT username FROM subscribers WHERE tenant_id = %s AND "
@@ -475,7 +478,8 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
         started = time.monotonic()
         with conn.cursor().copy(
                 "COPY subscribers (tenant_id, username, kind, password_type, password, plan_id,"
-                " status, expires_at, mac_binding, framed_ip) FROM STDIN") as copy:
+                " status, expires_at, mac_binding, framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix)"
+                " FROM STDIN") as copy:
             for r in rows:
                 copy.write_row(r)
     print(f"imported {len(rows)} subscribers into tenant {args.tenant} "
