@@ -83,12 +83,14 @@ INSERT INTO sessions AS s (
     tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
     started_at, updated_at, stale_at, stopped_at, session_time_s, input_octets, output_octets,
     input_packets, output_packets, terminate_cause, close_reason,
-    received_at, nas_port_id, called_station_id, nas_identifier, counter_flags)
+    received_at, nas_port_id, called_station_id, nas_identifier, counter_flags,
+    framed_ipv6_prefix, delegated_ipv6_prefix, framed_interface_id)
 SELECT tenant_id, session_key, nas_id, username, acct_session_id, calling_station_id, framed_ip,
        to_timestamp(started), to_timestamp(updated), to_timestamp(stale), to_timestamp(stopped),
        session_time_s, input_octets, output_octets, input_packets, output_packets, terminate_cause,
        CASE WHEN stopped IS NOT NULL THEN 'stop' END,
-       to_timestamp(received), nas_port_id, called_station_id, nas_identifier, counter_flags
+       to_timestamp(received), nas_port_id, called_station_id, nas_identifier, counter_flags,
+       framed_ipv6_prefix, delegated_ipv6_prefix, framed_interface_id
 FROM {stage}
 ORDER BY tenant_id, session_key
 ON CONFLICT (tenant_id, session_key) DO UPDATE SET
@@ -101,6 +103,9 @@ ON CONFLICT (tenant_id, session_key) DO UPDATE SET
     nas_port_id        = COALESCE(s.nas_port_id, EXCLUDED.nas_port_id),
     called_station_id  = COALESCE(s.called_station_id, EXCLUDED.called_station_id),
     nas_identifier     = COALESCE(s.nas_identifier, EXCLUDED.nas_identifier),
+    framed_ipv6_prefix = COALESCE(s.framed_ipv6_prefix, EXCLUDED.framed_ipv6_prefix),
+    delegated_ipv6_prefix = COALESCE(s.delegated_ipv6_prefix, EXCLUDED.delegated_ipv6_prefix),
+    framed_interface_id = COALESCE(s.framed_interface_id, EXCLUDED.framed_interface_id),
     received_at        = GREATEST(s.received_at, EXCLUDED.received_at),
     counter_flags      = s.counter_flags | EXCLUDED.counter_flags,
     started_at         = LEAST(s.started_at, EXCLUDED.started_at),

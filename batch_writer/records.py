@@ -96,6 +96,9 @@ class Acct:
     called_station_id: str | None = None
     nas_identifier: str | None = None
     counter_flags: int = 0
+    framed_ipv6_prefix: str | None = None
+    delegated_ipv6_prefix: str | None = None
+    framed_interface_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -210,6 +213,32 @@ def _ip(value: Any) -> str | None:
     return None  # a garbled address is no reason to lose the session's counters
 
 
+def _prefix6(value: Any) -> str | None:
+    """An IPv6 prefix as radiusd prints one ('2001:db8::/64'), else None (a garbled one
+    is no reason to lose the session's counters). Host bits are kept (inet column)."""
+    if value is None or type(value) is not str or len(value) > 49:
+        return None
+    addr, slash, length = value.partition("/")
+    if not slash or not length.isdigit() or int(length) > 128:
+        return None
+    try:
+        socket.inet_pton(socket.AF_INET6, addr)
+    except OSError:
+        return None
+    return value
+
+
+def _interface_id(value: Any) -> str | None:
+    """Framed-Interface-Id as radiusd prints it (four groups of hex digits), else None."""
+    if value is None or type(value) is not str or len(value) > 19:
+        return None
+    groups = value.split(":")
+    if len(groups) != 4 or not all(1 <= len(g) <= 4 and all(c in "0123456789abcdefABCDEF" for c in g)
+                                   for g in groups):
+        return None
+    return value
+
+
 def _interim(fields: dict[str, Any], default_s: int) -> int:
     return _interim_value(fields.get("interim_s"), default_s)
 
@@ -267,7 +296,8 @@ _pick_fast = wire.picker(wire.KIND_ACCT, (
     "tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
     "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
     "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "interim_s",
-    "nas_port_id", "called_station_id", "nas_identifier", *wire.LIVE_FIELDS))
+    "nas_port_id", "called_station_id", "nas_identifier", *wire.LIVE_FIELDS,
+    "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id"))
 
 
 def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
@@ -275,7 +305,8 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     well-formed session record, or None (then the field-by-field checks run and name what
     is wrong). Same rules, a third of the cost."""
     (tenant_id, nas_id, key, asid, user, status, ev, arrival, st, io, oo, ip, op, csid, framed_ip,
-     cause, interim, port_id, called, nas_ident, lkey, lt, li, lo, flags, liv) = _pick_fast(v)
+     cause, interim, port_id, called, nas_ident, lkey, lt, li, lo, flags, liv, pfx6, dpfx6,
+     ifid) = _pick_fast(v)
     if type(lt) is int and 0 <= lt <= MAX_SESSION_TIME_S:
         st = lt  # the session time after the counter rules (a refused one is not checked)
     if not (type(tenant_id) is int and 0 < tenant_id <= MAX_TENANT
@@ -307,8 +338,12 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
         io, f1 = _plausible(io, MAX_OCTETS)
         oo, f2 = _plausible(oo, MAX_OCTETS)
         fl |= f1 | f2
-    return Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, _ip(framed_ip),
-                cause, interim, _arrival_value(arrival), port_id, called, nas_ident, fl)
+    r = Acct(tenant_id, nas_id, status, ev, key, asid, user, st, io, oo, ip, op, csid, _ip(framed_ip),
+             cause, interim, _arrival_value(arrival), port_id, called, nas_ident, fl)
+    if pfx6 is not None or dpfx6 is not None or ifid is not None:  # IPv6: most records carry none
+        r.framed_ipv6_prefix, r.delegated_ipv6_prefix = _prefix6(pfx6), _prefix6(dpfx6)
+        r.framed_interface_id = _interface_id(ifid)
+    return r
 
 
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
@@ -350,6 +385,9 @@ def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
         nas_port_id=_text(fields, "nas_port_id", optional=True),
         called_station_id=_text(fields, "called_station_id", optional=True),
         nas_identifier=_text(fields, "nas_identifier", optional=True),
+        framed_ipv6_prefix=_prefix6(fields.get("framed_ipv6_prefix")),
+        delegated_ipv6_prefix=_prefix6(fields.get("delegated_ipv6_prefix")),
+        framed_interface_id=_interface_id(fields.get("framed_interface_id")),
     ), fields.get("live_session_key"), fields.get("live_session_time_s"), fields.get("live_input_octets"),
         fields.get("live_output_octets"), fields.get("counter_flags"), fields.get("live_interim_s"),
         limits.default_interim_s)
@@ -409,6 +447,8 @@ SESSION_COLUMNS = (
     # 2026-12-01 (migration 0005)
     ("received", "float8"), ("nas_port_id", "text"), ("called_station_id", "text"),
     ("nas_identifier", "text"), ("counter_flags", "integer"),
+    # 2026-12-01 (migration 0011)
+    ("framed_ipv6_prefix", "inet"), ("delegated_ipv6_prefix", "inet"), ("framed_interface_id", "text"),
 )
 
 
@@ -423,7 +463,8 @@ class _Row:
     __slots__ = ("nas_id", "username", "acct_session_id", "calling_station_id", "framed_ip", "started",
                  "updated", "stale", "stopped", "session_time_s", "input_octets", "output_octets",
                  "input_packets", "output_packets", "terminate_cause", "received", "nas_port_id",
-                 "called_station_id", "nas_identifier", "counter_flags")
+                 "called_station_id", "nas_identifier", "counter_flags", "framed_ipv6_prefix",
+                 "delegated_ipv6_prefix", "framed_interface_id")
 
     def __init__(self, r: Acct) -> None:
         self.nas_id = r.nas_id
@@ -439,6 +480,9 @@ class _Row:
         self.called_station_id = r.called_station_id
         self.nas_identifier = r.nas_identifier
         self.counter_flags = r.counter_flags
+        self.framed_ipv6_prefix = r.framed_ipv6_prefix
+        self.delegated_ipv6_prefix = r.delegated_ipv6_prefix
+        self.framed_interface_id = r.framed_interface_id
         self.stopped = r.event_ts if r.status == "stop" else None
         self.session_time_s = r.session_time_s
         self.input_octets = r.input_octets
@@ -462,6 +506,9 @@ class _Row:
         self.called_station_id = self.called_station_id or r.called_station_id
         self.nas_identifier = self.nas_identifier or r.nas_identifier
         self.counter_flags |= r.counter_flags
+        self.framed_ipv6_prefix = self.framed_ipv6_prefix or r.framed_ipv6_prefix
+        self.delegated_ipv6_prefix = self.delegated_ipv6_prefix or r.delegated_ipv6_prefix
+        self.framed_interface_id = self.framed_interface_id or r.framed_interface_id
         if r.status == "stop" and (self.stopped is None or r.event_ts >= self.stopped):
             self.stopped = r.event_ts
             self.terminate_cause = r.terminate_cause or self.terminate_cause
@@ -488,7 +535,8 @@ def _single(r: Acct) -> tuple[Any, ...]:
             r.framed_ip, r.event_ts - r.session_time_s, r.event_ts, _alive_at(r) + 2 * r.interim_s,
             r.event_ts if stop else None, r.session_time_s, r.input_octets, r.output_octets,
             r.input_packets, r.output_packets, r.terminate_cause if stop else None,
-            _alive_at(r), r.nas_port_id, r.called_station_id, r.nas_identifier, r.counter_flags)
+            _alive_at(r), r.nas_port_id, r.called_station_id, r.nas_identifier, r.counter_flags,
+            r.framed_ipv6_prefix, r.delegated_ipv6_prefix, r.framed_interface_id)
 
 
 def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEvent]]:
@@ -518,5 +566,6 @@ def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEv
         out.append((tenant_id, session_key, w.nas_id, w.username, w.acct_session_id, w.calling_station_id,
                     w.framed_ip, w.started, w.updated, w.stale, w.stopped, w.session_time_s,
                     w.input_octets, w.output_octets, w.input_packets, w.output_packets, w.terminate_cause,
-                    w.received, w.nas_port_id, w.called_station_id, w.nas_identifier, w.counter_flags))
+                    w.received, w.nas_port_id, w.called_station_id, w.nas_identifier, w.counter_flags,
+                    w.framed_ipv6_prefix, w.delegated_ipv6_prefix, w.framed_interface_id))
     return out, sorted(events)

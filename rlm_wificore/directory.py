@@ -22,8 +22,9 @@ module's mutex): the answer comes from ONE place, never from the shards.
   :meth:`Directory.flush_unknown_log`).
 
 Each later request names its client by the shortname radiusd set from that
-answer (``<tenant>:<nas>:<vendor>``), which :meth:`Directory.lookup` turns into
-numbers, once per client.
+answer (``<tenant>:<nas>:<vendor>``, and ``:kind-off`` after it for a NAS whose
+subscriber-kind check is off, ``nas set --kind-check off``), which
+:meth:`Directory.lookup` turns into numbers, once per client.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import redis
 from wificore.errors import DecodeError, StoreUnavailable, UnknownTenant
 from wificore.keys import Keys
 from wificore.log import Throttle, get_logger
-from wificore.profile import NAS_SQL, Nas
+from wificore.profile import KIND_OFF, NAS_SQL, Nas
 from wificore.shardmap import Shard, ShardMap
 
 from .result import Result
@@ -59,7 +60,8 @@ LOG_EVERY_S = 10.0
 #: Every NAS of every tenant of a shard (the relay's rebuild). A suspended tenant's
 #: NAS are in it: its accounting is answered, its logins rejected (engine.py).
 NAS_ALL_SQL = """
-SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator,
+       n.kind_check
   FROM nas n JOIN tenants t USING (tenant_id)
 """
 #: The addresses of a tenant's NAS, whatever its status (a tenant change).
@@ -69,10 +71,17 @@ TENANT_NAS_SQL = "SELECT host(ip) FROM nas WHERE tenant_id = %s"
 Query = Callable[[Shard, str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
-def parse_client(shortname: str) -> tuple[int, int, str]:
-    """'<tenant>:<nas>:<vendor>' (set by the dynamic client lookup) -> parts."""
-    tenant, nas, vendor = shortname.split(":", 2)
-    return int(tenant), int(nas), vendor
+#: (tenant, NAS, vendor, kind check on) of a client shortname.
+Client = tuple[int, int, str, bool]
+
+
+def parse_client(shortname: str) -> Client:
+    """'<tenant>:<nas>:<vendor>[:kind-off]' (set by the dynamic client lookup, see
+    :attr:`wificore.profile.Nas.shortname`) -> parts; the last is False when the
+    NAS's subscriber-kind check is off."""
+    tenant, nas, rest = shortname.split(":", 2)
+    vendor, _, option = rest.partition(":")
+    return int(tenant), int(nas), vendor, option != KIND_OFF
 
 
 def _v4(ip: str) -> int | None:
@@ -137,7 +146,7 @@ class Directory:
         self.shards = shards
         self.redis = redis
         self.keys = keys
-        self.clients: dict[str, tuple[int, int, str]] = {}
+        self.clients: dict[str, Client] = {}
         #: Every address in the directory (None: not loaded yet; see load_known).
         self.known: KnownAddresses | None = None
         self.negative: dict[str, float] = {}  # address -> until (time.monotonic())
@@ -192,8 +201,9 @@ class Directory:
         for _key, count, last_ip in self._unknown_log.due():
             log.warning(f"{count} unknown clients suppressed", suppressed=count, last_ip=last_ip)
 
-    def lookup(self, req: dict[str, str]) -> tuple[int, int, str] | None:
-        """(tenant, NAS, vendor) of the RADIUS client that sent ``req``; None if unknown."""
+    def lookup(self, req: dict[str, str]) -> Client | None:
+        """(tenant, NAS, vendor, kind check on) of the RADIUS client that sent ``req``;
+        None if unknown."""
         client = req.get("WiFiCore-Client")
         if not client:
             return None

@@ -131,7 +131,7 @@ class Engine:
         parsed = self._client(req)
         if parsed is None:
             return self._reject("unknown_client", req)
-        tenant_id, nas_id, vendor = parsed
+        tenant_id, nas_id, vendor, kind_check = parsed
         problem = request.access_problem(req)
         if problem is not None:
             log.info("bad_access_request", tenant=tenant_id, nas=nas_id, reason=problem[0],
@@ -153,7 +153,8 @@ class Engine:
             return self._reject("unknown_user", req)
         now = time.time()
         reason = policy.check(profile, entry.plan, entry.state, now=now,
-                              calling_station_id=req.get("Calling-Station-Id"))
+                              calling_station_id=req.get("Calling-Station-Id"),
+                              service=policy.service_kind(req) if kind_check else None)
         if reason is not None:
             return self._reject(reason, req)
 
@@ -218,7 +219,7 @@ class Engine:
         parsed = self._client(req)
         if parsed is None:
             return Result("noop")
-        tenant_id, nas_id, _vendor = parsed
+        tenant_id, nas_id, _vendor, _kind_check = parsed
         username = req.get("User-Name") or ""
         interim_s = None
         if accepted:
@@ -245,7 +246,7 @@ class Engine:
         if parsed is None:
             self.stats.requests["accounting:unknown_client"] += 1
             return Result("noop", reason="unknown_client")
-        tenant_id, nas_id, _vendor = parsed
+        tenant_id, nas_id, _vendor, _kind_check = parsed
         username = req.get("User-Name") or ""
         entry = self.local.peek((tenant_id, username))
         interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None

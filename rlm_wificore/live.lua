@@ -59,7 +59,7 @@ local ACCEPT_IV_TTL_S = 120
 -- A record "started" (event time - session time) more than this before or after the
 -- generation's start belongs to another generation of the Acct-Session-Id.
 local SLACK_S = 60
-local ACCT_BODY = 22                    -- wire.ACCT_FIELDS (radiusd's part of the body)
+local ACCT_BODY = 25                    -- wire.ACCT_FIELDS (radiusd's part of the body)
 
 -- The stream's copy of a version 2 record gets wire.LIVE_FIELDS appended to its body
 -- (no re-encoding: the body is the last element, so the array header's count is

@@ -21,6 +21,7 @@ MESSAGES = {
     "expired": "Your account has expired",
     "tenant_suspended": "Service suspended, please contact your provider",
     "mac_mismatch": "This account is bound to another device",
+    "wrong_service": "This account cannot be used for this service",
     "session_limit": "Maximum number of simultaneous sessions reached",
     "data_quota": "Your data quota is used up",
     "time_quota": "Your time quota is used up",
@@ -34,6 +35,31 @@ MESSAGES = {
     "internal_error": "Service temporarily unavailable, please try again",
 }
 REASONS = tuple(MESSAGES)
+
+#: NAS-Port-Type values (as radiusd names them: RFC 2865, RFC 4603) that say which kind
+#: of service a login is for. Ethernet, Virtual and the rest say nothing on their own: a
+#: MikroTik sends Ethernet for PPPoE and for a hotspot profile set to ethernet.
+PORT_KINDS = {
+    "Wireless-802.11": "hotspot", "Wireless-Other": "hotspot",
+    "PPPoA": "pppoe", "PPPoEoA": "pppoe", "PPPoEoE": "pppoe", "PPPoEoVLAN": "pppoe",
+    "PPPoEoQinQ": "pppoe",
+}
+
+
+def service_kind(req: dict[str, str]) -> str | None:
+    """The subscriber kind an Access-Request is for, as the NAS says it; None when it
+    does not say (the kind check then lets the login through).
+
+    ``pppoe``: Framed-Protocol = PPP (MikroTik, Cisco, Juniper, Huawei, accel-ppp send it
+    with every PPP login, with Service-Type = Framed-User), or a PPPoE NAS-Port-Type
+    (RFC 4603). ``hotspot``: Service-Type = Login-User (CoovaChilli, Cisco WLC web
+    auth), or a wireless NAS-Port-Type without PPP (a MikroTik hotspot, 802.1X on
+    Wi-Fi). Three dict lookups: it runs on every login of a NAS with the check on."""
+    if req.get("Framed-Protocol") == "PPP":
+        return "pppoe"
+    if req.get("Service-Type") == "Login-User":
+        return "hotspot"
+    return PORT_KINDS.get(req.get("NAS-Port-Type", ""))
 
 
 def is_mac_auth(profile: Profile, username: str, password: str | None) -> bool:
@@ -49,12 +75,16 @@ def reject_reply(reason: str) -> tuple[tuple[str, str], ...]:
 
 
 def check(profile: Profile, plan: Plan, state: LiveState | None, *,
-          now: float, calling_station_id: str | None) -> str | None:
-    """The first policy rule the subscriber breaks, as a reason code; None if none."""
+          now: float, calling_station_id: str | None, service: str | None = None) -> str | None:
+    """The first policy rule the subscriber breaks, as a reason code; None if none.
+    ``service``: the kind the request is for (:func:`service_kind`; None: not known, or
+    the NAS's kind check is off)."""
     if profile.status != "active":
         return profile.status  # 'suspended' or 'expired'
     if profile.expires_at is not None and profile.expires_at <= now:
         return "expired"
+    if service is not None and service != profile.kind:
+        return "wrong_service"
     if profile.mac_binding is not None and normalise_mac(calling_station_id) != profile.mac_binding:
         return "mac_mismatch"
     if state is not None:  # None: Redis is down; counters unknown, fail open
@@ -94,6 +124,14 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
         reply.append(("Framed-IP-Address", profile.framed_ip))
     elif plan.framed_pool:
         reply.append(("Framed-Pool", plan.framed_pool))
+    # IPv6 (RFC 3162, RFC 4818): the subscriber's own prefix, else the plan's pool; a
+    # delegated prefix (DHCPv6-PD) of its own.
+    if profile.framed_ipv6_prefix:
+        reply.append(("Framed-IPv6-Prefix", profile.framed_ipv6_prefix))
+    elif plan.framed_ipv6_pool:
+        reply.append(("Framed-IPv6-Pool", plan.framed_ipv6_pool))
+    if profile.delegated_ipv6_prefix:
+        reply.append(("Delegated-IPv6-Prefix", profile.delegated_ipv6_prefix))
     up, down = plan.rate_up_kbps, plan.rate_down_kbps
     if up or down:
         reply.extend(rate_pairs(vendor, up or 0, down or 0))

@@ -35,7 +35,8 @@ MAX_FIELD = 253
 _VALUES = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", "status", "event_ts",
            "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
            "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "nas_port",
-           "interim_s", "record_id", "nas_port_id", "called_station_id", "nas_identifier")
+           "interim_s", "record_id", "nas_port_id", "called_station_id", "nas_identifier",
+           "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id")
 _to_wire = wire.arranger(wire.KIND_ACCT, _VALUES)
 
 
@@ -114,4 +115,7 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         _text(req, "Calling-Station-Id") or _text(req, "WiFiCore-Client-Mac"), framed_ip,
         _text(req, "Acct-Terminate-Cause"), _text(req, "NAS-Port"), interim_s, record_id,
         _text(req, "NAS-Port-Id"), _text(req, "Called-Station-Id"), _text(req, "NAS-Identifier"),
+        # As radiusd prints them ('2001:db8::/64', '0011:22ff:fe33:4455'); the writer checks.
+        _text(req, "Framed-IPv6-Prefix"), _text(req, "Delegated-IPv6-Prefix"),
+        _text(req, "Framed-Interface-Id"),
     ))

@@ -46,6 +46,43 @@ class TestFieldPositions:
         assert (r.input_packets, r.output_packets, r.calling_station_id, r.interim_s) == (3, 4, "AA-BB", 300)
 
 
+    def test_ipv6_fields_through_the_fast_path(self):
+        """Framed-IPv6-Prefix, Delegated-IPv6-Prefix, Framed-Interface-Id as radiusd prints
+        them reach the writer's record; a garbled one is dropped, the record kept."""
+        req = {"Acct-Status-Type": "Start", "Acct-Session-Id": "abc", "User-Name": "bob",
+               "Framed-IPv6-Prefix": "2001:db8:5::/64", "Delegated-IPv6-Prefix": "2001:db8:500::/56",
+               "Framed-Interface-Id": "11:22ff:fe33:4455"}
+        now = 1.9e9
+        limits = Limits(now=now, max_age_s=86400, max_ahead_s=3600, default_interim_s=300)
+        _s, values = records.acct_record(req, tenant_id=7, nas_id=3, interim_s=300, arrival_ts=now,
+                                         record_id="r1")
+        r = decode(wire.pack_values(wire.KIND_ACCT, values), limits)
+        assert (r.framed_ipv6_prefix, r.delegated_ipv6_prefix, r.framed_interface_id) == \
+            ("2001:db8:5::/64", "2001:db8:500::/56", "11:22ff:fe33:4455")
+        bad = {**req, "Framed-IPv6-Prefix": "2001:db8::/129", "Framed-Interface-Id": "zz"}
+        _s, values = records.acct_record(bad, tenant_id=7, nas_id=3, interim_s=300, arrival_ts=now,
+                                         record_id="r2")
+        r = decode(wire.pack_values(wire.KIND_ACCT, values), limits)
+        assert (r.framed_ipv6_prefix, r.framed_interface_id, r.username) == (None, None, "bob")
+
+    def test_a_stream_body_from_before_the_ipv6_fields(self):
+        """live.lua pads radiusd's part to len(ACCT_FIELDS) before it appends the live fields:
+        a body live.lua wrote with 22 (before the IPv6 fields) keeps its live fields."""
+        body = [f"v{i}" for i in range(22)] + ["lkey", 1, 2, 3, 0, 60]
+        _kind, fields = wire.unpack(msgpack.packb([wire.VERSION, wire.KIND_ACCT, body]))
+        assert fields["nas_identifier"] == "v21" and fields["framed_ipv6_prefix"] is None
+        assert (fields["live_session_key"], fields["live_interim_s"]) == ("lkey", 60)
+        now = [f"n{i}" for i in range(len(wire.ACCT_FIELDS))] + ["lkey", 1, 2, 3, 0, 60]
+        _kind, fields = wire.unpack(msgpack.packb([wire.VERSION, wire.KIND_ACCT, now]))
+        assert fields["framed_interface_id"] == "n24" and fields["live_session_key"] == "lkey"
+
+    def test_live_lua_pads_to_the_acct_fields(self):
+        import re
+        from pathlib import Path
+        lua = (Path(records.__file__).parent / "live.lua").read_text()
+        assert int(re.search(r"local ACCT_BODY = (\d+)", lua).group(1)) == len(wire.ACCT_FIELDS)
+
+
 class TestRetryVocabulary:
     def test_a_backoff_waits_without_a_stop_flag(self):
         t = [0.0]

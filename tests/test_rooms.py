@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import struct
 import time
 
+import msgpack
 import pytest
 import redis as redis_lib
 
+from rlm_wificore import policy
 from rlm_wificore.cache import Entry, LiveState
 from rlm_wificore.credentials import VerifiedCredentials
-from rlm_wificore.directory import Directory
+from rlm_wificore.directory import Directory, parse_client
 from rlm_wificore.invalidation import Generation, Invalidation
 from rlm_wificore.live import STATE_RETRY_S, LiveStates
 from rlm_wificore.profiles import Profiles
@@ -22,7 +25,7 @@ from rlm_wificore.store import RedisStore
 from wificore import wire
 from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
-from wificore.profile import Plan, Profile
+from wificore.profile import Nas, Plan, Profile
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
 
@@ -76,10 +79,23 @@ class TestDirectory:
         return Directory(MAP, shards=None, redis=None, keys=Keys("t"))
 
     def test_client_shortname_is_parsed_once(self):
-        """'<tenant>:<nas>:<vendor>' becomes numbers, kept per shortname."""
+        """'<tenant>:<nas>:<vendor>' becomes numbers, kept per shortname; the kind check is
+        on unless the shortname ends in ':kind-off'."""
         d = self.directory()
-        assert d.lookup({"WiFiCore-Client": "7:3:mikrotik"}) == (7, 3, "mikrotik")
-        assert d.clients == {"7:3:mikrotik": (7, 3, "mikrotik")}
+        assert d.lookup({"WiFiCore-Client": "7:3:mikrotik"}) == (7, 3, "mikrotik", True)
+        assert d.lookup({"WiFiCore-Client": "7:4:cisco:kind-off"}) == (7, 4, "cisco", False)
+        assert d.clients == {"7:3:mikrotik": (7, 3, "mikrotik", True),
+                             "7:4:cisco:kind-off": (7, 4, "cisco", False)}
+
+    def test_a_nas_shortname_says_when_its_kind_check_is_off(self):
+        """Nas.shortname round-trips through parse_client; a strict NAS's directory entry
+        keeps the six fields an older module reads."""
+        strict = Nas(7, 3, "10.0.0.1", "s", "mikrotik", True)
+        off = dataclasses.replace(strict, kind_check="off")
+        assert parse_client(strict.shortname) == (7, 3, "mikrotik", True)
+        assert parse_client(off.shortname) == (7, 3, "mikrotik", False)
+        assert len(msgpack.unpackb(strict.pack())) == 6 and Nas.unpack(strict.pack()) == strict
+        assert Nas.unpack(off.pack()) == off
 
     def test_unknown_or_malformed_client_is_none(self):
         """No WiFiCore-Client, or one that is not a shortname radiusd set, names no NAS."""
@@ -91,6 +107,47 @@ class TestDirectory:
         """A NAS row counts only for a tenant the shard map places."""
         d = self.directory()
         assert d.owns(5) and not d.owns(10)
+
+
+#: What NAS send with a login (benchmarks/compare.py _common for MikroTik; CoovaChilli,
+#: Cisco): the kind each request is for, None where it does not say.
+SERVICE_REQUESTS = [
+    ({"NAS-Port-Type": "Ethernet", "Service-Type": "Framed-User", "Framed-Protocol": "PPP"}, "pppoe"),
+    ({"NAS-Port-Type": "Virtual", "Service-Type": "Framed-User", "Framed-Protocol": "PPP"}, "pppoe"),
+    ({"NAS-Port-Type": "PPPoEoVLAN", "Service-Type": "Framed-User"}, "pppoe"),
+    ({"NAS-Port-Type": "Wireless-802.11"}, "hotspot"),
+    ({"NAS-Port-Type": "Wireless-802.11", "Service-Type": "Login-User"}, "hotspot"),
+    ({"NAS-Port-Type": "Ethernet", "Service-Type": "Login-User"}, "hotspot"),
+    ({"NAS-Port-Type": "Wireless-Other", "Service-Type": "Framed-User"}, "hotspot"),
+    ({"NAS-Port-Type": "Wireless-802.11", "Framed-Protocol": "PPP"}, "pppoe"),
+    ({}, None),
+    ({"NAS-Port-Type": "Ethernet"}, None),
+    ({"NAS-Port-Type": "Ethernet", "Service-Type": "Framed-User"}, None),
+]
+
+
+class TestServiceKind:
+    @pytest.mark.parametrize("attrs,kind", SERVICE_REQUESTS)
+    def test_the_kind_a_request_is_for(self, attrs, kind):
+        assert policy.service_kind(attrs) == kind
+
+    def test_the_other_kind_is_wrong_service_and_none_passes(self):
+        hotspot = dataclasses.replace(CLEAR, kind="hotspot")
+        check = lambda p, s: policy.check(p, PLAN, None, now=0.0, calling_station_id=None, service=s)  # noqa: E731
+        assert check(CLEAR, "hotspot") == "wrong_service" and check(hotspot, "pppoe") == "wrong_service"
+        assert check(CLEAR, "pppoe") is None and check(hotspot, "hotspot") is None
+        assert check(CLEAR, None) is None and check(hotspot, None) is None
+
+
+class TestCachedForms:
+    def test_profiles_and_plans_cached_before_ipv6_still_read(self):
+        """A cached profile of 9 fields and a plan of 10 (before the IPv6 ones were appended)
+        read with those unset; a profile without IPv6 is still packed as 9."""
+        assert len(msgpack.unpackb(CLEAR.pack())) == 9 and Profile.unpack(CLEAR.pack()) == CLEAR
+        v6 = dataclasses.replace(CLEAR, framed_ipv6_prefix="2001:db8::/64")
+        assert Profile.unpack(v6.pack()) == v6 and msgpack.unpackb(v6.pack())[8] == CLEAR.plan_id
+        old_plan = msgpack.packb(list(dataclasses.astuple(PLAN))[:10])
+        assert Plan.unpack(old_plan) == PLAN and PLAN.framed_ipv6_pool is None
 
 
 class TestVerifiedCredentials:

@@ -25,7 +25,7 @@ from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
 from .migrate import migrate_all
-from .profile import KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
+from .profile import KIND_CHECKS, KINDS, PW_TYPES, STATUS, UNKNOWN, Profile, normalise_mac
 from .settings import Settings
 from .shardmap import ShardMap
 from .tenant_time import parse_instant, show_instant, tenant_zone, v_zone
@@ -37,7 +37,7 @@ _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
                 "local midnight), a date-time (local), or one with an offset")
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
-              "mac_binding", "framed_ip")
+              "mac_binding", "framed_ip", "framed_ipv6_prefix", "delegated_ipv6_prefix")
 
 
 # ------------------------------------------------------------------ validation
@@ -93,6 +93,30 @@ def v_ip(value: str | None, field: str) -> str | None:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise InputError(f"{field}: {value!r} is not an IP address") from None
+
+
+def v_ipv6_prefix(value: str | None, field: str) -> str | None:
+    """An IPv6 prefix, '2001:db8:1::/64' (Framed-IPv6-Prefix, Delegated-IPv6-Prefix): no
+    host bits set; normalised (ipaddress)."""
+    if not value:
+        return None
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except ValueError as exc:
+        raise InputError(f"{field}: {value!r} is not an IPv6 prefix such as 2001:db8:1::/64 "
+                         f"({exc})") from None
+    if "/" not in value:
+        raise InputError(f"{field}: {value!r} has no prefix length (2001:db8:1::/64)")
+    return str(net)
+
+
+def v_pool(value: str | None, field: str) -> str | None:
+    """A NAS pool name (Framed-Pool, Framed-IPv6-Pool): 1..64 printable characters."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 64 or not value.isprintable():
+        raise InputError(f"{field}: must be 1..64 printable characters")
+    return value
 
 
 def v_positive(value: int | None, field: str) -> int | None:
@@ -186,14 +210,16 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.vendor, "vendor", VENDORS)
     v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
     require_ma = args.require_message_authenticator == "yes"
+    v_choice(args.kind_check, "kind_check", KIND_CHECKS)
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
         nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
-                               vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma)
+                               vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma,
+                               kind_check=args.kind_check)
     nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
-          f"require_message_authenticator {'yes' if require_ma else 'no'}")
+          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
@@ -201,10 +227,10 @@ def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
         lifecycle.cmd_nas_list_all(a)
         return
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, CASE WHEN require_message_authenticator "
-                            "THEN 'yes' ELSE 'no' END FROM nas WHERE tenant_id = %s "
-                            "ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "require_message_authenticator"))
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, CASE WHEN "
+                            "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
+                            "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -213,6 +239,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         v_positive(getattr(args, f), f)
     if args.interim_interval_s < 60:
         raise InputError("interim_interval_s: must be at least 60")
+    ipv6_pool = v_pool(args.framed_ipv6_pool, "framed_ipv6_pool")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # Create only: an existing plan is changed with `plan set`, which keeps the
@@ -220,11 +247,11 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         row = conn.execute(
             "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
             " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
-            " framed_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " framed_pool, framed_ipv6_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (tenant_id, name) DO NOTHING RETURNING plan_id",
             (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
              args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
-             args.simultaneous_use or 1, args.framed_pool)).fetchone()
+             args.simultaneous_use or 1, args.framed_pool, ipv6_pool)).fetchone()
         if row is None:
             raise InputError(f"name: plan {args.name!r} already exists in tenant {args.tenant}; "
                              "change it with `wificore-admin plan set` (only the options given)")
@@ -236,11 +263,11 @@ def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
         rows = conn.execute(
             "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
-            " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool"
-            " FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
+            " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,"
+            " framed_ipv6_pool FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
     _print_rows(rows, ("plan_id", "name", "rate_up_kbps", "rate_down_kbps", "session_timeout_s",
                        "idle_timeout_s", "interim_interval_s", "data_quota_bytes", "time_quota_s",
-                       "simultaneous_use", "framed_pool"))
+                       "simultaneous_use", "framed_pool", "framed_ipv6_pool"))
 
 
 def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
@@ -264,6 +291,8 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.status, "status", STATUS)
     v_time(args.expires_at, "expires_at")  # the format, before the tenant is looked up
     ip = v_ip(args.framed_ip, "framed_ip")
+    prefix6 = v_ipv6_prefix(args.framed_ipv6_prefix, "framed_ipv6_prefix")
+    delegated6 = v_ipv6_prefix(args.delegated_ipv6_prefix, "delegated_ipv6_prefix")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         expires = v_time(args.expires_at, "expires_at", tenant_zone(conn, args.tenant))
@@ -271,9 +300,10 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
         try:
             conn.execute(
                 "INSERT INTO subscribers (tenant_id, username, kind, password_type, password, plan_id,"
-                " status, expires_at, mac_binding, framed_ip) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                " status, expires_at, mac_binding, framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (args.tenant, username, args.kind, args.password_type, password, plan_id, args.status,
-                 expires, mac, ip))
+                 expires, mac, ip, prefix6, delegated6))
         except psycopg.errors.UniqueViolation:
             raise InputError(f"username: {username!r} already exists in tenant {args.tenant}") from None
     print(f"subscriber {username} in tenant {args.tenant}")
@@ -290,8 +320,15 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         changes["expires_at"] = v_time(args.expires_at, "expires_at")  # the format; the zone below
     if args.mac_binding is not None:
         changes["mac_binding"] = v_mac(args.mac_binding) if args.mac_binding != "none" else None
+    if args.kind is not None:
+        changes["kind"] = v_choice(args.kind, "kind", KINDS)
+    for f in ("framed_ipv6_prefix", "delegated_ipv6_prefix"):
+        value = getattr(args, f)
+        if value is not None:
+            changes[f] = None if value == "none" else v_ipv6_prefix(value, f)
     if not changes and args.plan is None:
-        raise InputError("nothing to change: give --status, --password, --plan, --expires-at or --mac-binding")
+        raise InputError("nothing to change: give --status, --password, --plan, --expires-at, "
+                         "--mac-binding, --kind, --framed-ipv6-prefix or --delegated-ipv6-prefix")
     with a.connect(args.tenant) as conn:
         if args.expires_at is not None:
             changes["expires_at"] = v_time(args.expires_at, "expires_at",
@@ -334,14 +371,16 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
     with a.connect(args.tenant) as conn:
         row = conn.execute(
             "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
-            " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at"
+            " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at,"
+            " s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text"
             " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
         tz = tenant_zone(conn, args.tenant)
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
-                           "expires_at", "mac_binding", "framed_ip", "updated_at"), row, strict=True))
+                           "expires_at", "mac_binding", "framed_ip", "updated_at", "framed_ipv6_prefix",
+                           "delegated_ipv6_prefix"), row, strict=True))
         stored["password"] = "(hidden)"
         stored["expires_at"] = show_instant(stored["expires_at"], tz)  # the tenant's zone
         stored["time_zone"] = tz.key
@@ -362,7 +401,8 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                 cached = {"subscriber_id": p.subscriber_id, "status": p.status, "kind": p.kind,
                           "password_type": p.password_type, "plan_id": p.plan_id,
                           "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
-                          "framed_ip": p.framed_ip, "ttl_s": ttl}
+                          "framed_ip": p.framed_ip, "framed_ipv6_prefix": p.framed_ipv6_prefix,
+                          "delegated_ipv6_prefix": p.delegated_ipv6_prefix, "ttl_s": ttl}
             now = time.time()
             live = {
                 "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
@@ -421,10 +461,13 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
                 expires = v_time((raw.get("expires_at") or "").strip(), "expires_at", tz)
                 mac = v_mac((raw.get("mac_binding") or "").strip())
                 ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
+                prefix6 = v_ipv6_prefix((raw.get("framed_ipv6_prefix") or "").strip(), "framed_ipv6_prefix")
+                delegated6 = v_ipv6_prefix((raw.get("delegated_ipv6_prefix") or "").strip(),
+                                           "delegated_ipv6_prefix")
             except InputError as exc:
                 raise InputError(f"row {line}: {exc}") from None
             rows.append((args.tenant, username, kind, pwt, password, plans[plan_name], status,
-                         expires, mac, ip))
+                         expires, mac, ip, prefix6, delegated6))
         if not rows:
             raise InputError("file: no rows")
         existing = conn.execute("SELECT username FROM subscribers WHERE tenant_id = %s AND "
@@ -435,7 +478,8 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
         started = time.monotonic()
         with conn.cursor().copy(
                 "COPY subscribers (tenant_id, username, kind, password_type, password, plan_id,"
-                " status, expires_at, mac_binding, framed_ip) FROM STDIN") as copy:
+                " status, expires_at, mac_binding, framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix)"
+                " FROM STDIN") as copy:
             for r in rows:
                 copy.write_row(r)
     print(f"imported {len(rows)} subscribers into tenant {args.tenant} "
@@ -479,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--require-message-authenticator", default="yes", metavar="yes|no",
                    help="BlastRADIUS: drop its Access-Requests that carry no Message-Authenticator "
                         "(default yes; no for firmware that sends none, e.g. RouterOS before 7.15)")
+    x.add_argument("--kind-check", default="strict", metavar="strict|off",
+                   help="strict (default): reject a login whose request says it is for the other "
+                        "subscriber kind (wrong_service; one that does not say is accepted); off: never")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
     x = n.add_parser("list", help="the tenant's NAS; without --tenant, every tenant's")
@@ -494,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--" + f.replace("_", "-"), dest=f, type=int)
     x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int, default=300)
     x.add_argument("--framed-pool")
+    x.add_argument("--framed-ipv6-pool", help="the NAS's IPv6 pool name (Framed-IPv6-Pool)")
     x.set_defaults(fn=cmd_plan_add)
     x = pl.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)
@@ -513,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding")
     x.add_argument("--framed-ip")
+    x.add_argument("--framed-ipv6-prefix", help="Framed-IPv6-Prefix, e.g. 2001:db8:1::/64")
+    x.add_argument("--delegated-ipv6-prefix", help="Delegated-IPv6-Prefix (DHCPv6-PD), e.g. 2001:db8:100::/56")
     x.add_argument("--mac-auth", action="store_true",
                    help="MAC authentication: the username is the device's MAC, the password "
                         "empty (RouterOS's default), bound to that MAC")
@@ -526,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--plan")
     x.add_argument("--expires-at", help=EXPIRES_HELP)
     x.add_argument("--mac-binding", help="a MAC, or 'none'")
+    x.add_argument("--kind", help=", ".join(KINDS))
+    x.add_argument("--framed-ipv6-prefix", help="an IPv6 prefix, or 'none'")
+    x.add_argument("--delegated-ipv6-prefix", help="an IPv6 prefix, or 'none'")
     x.set_defaults(fn=cmd_sub_set)
     x = s.add_parser("delete")
     x.add_argument("--tenant", type=int, required=True)

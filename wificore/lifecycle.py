@@ -144,6 +144,10 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
         if len(args.framed_pool) > 64:
             raise InputError("framed_pool: must be 1..64 characters, or 'none'")
         changes["framed_pool"] = None if args.framed_pool in ("", "none") else args.framed_pool
+    if args.framed_ipv6_pool is not None:
+        from .admin import v_pool
+        changes["framed_ipv6_pool"] = (None if args.framed_ipv6_pool in ("", "none")
+                                       else v_pool(args.framed_ipv6_pool, "framed_ipv6_pool"))
     for f in args.clear or ():
         if f not in PLAN_INTS or f == "simultaneous_use":
             raise InputError(f"clear: {f!r} is not one of "
@@ -154,7 +158,8 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
     if not changes:
         raise InputError("plan set: nothing to change (--rate-up-kbps, --rate-down-kbps, "
                          "--session-timeout-s, --idle-timeout-s, --interim-interval-s, "
-                         "--data-quota-bytes, --time-quota-s, --simultaneous-use, --framed-pool, --clear)")
+                         "--data-quota-bytes, --time-quota-s, --simultaneous-use, --framed-pool, "
+                         "--framed-ipv6-pool, --clear)")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         sets = ", ".join(f"{c} = %s" for c in changes)
@@ -174,10 +179,10 @@ def cmd_nas_list_all(a: Admin) -> None:
     rows = []
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
-            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, CASE WHEN "
-                                  "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
-                rows.append((*r[:5], shard.name, r[5]))
-    _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard",
+            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, CASE "
+                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
+                rows.append((*r[:5], shard.name, *r[5:]))
+    _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard", "kind_check",
                                "require_message_authenticator"))
 
 
@@ -272,6 +277,7 @@ def register(tenant: argparse._SubParsersAction, nas: argparse._SubParsersAction
         x.add_argument("--" + f.replace("_", "-"), dest=f, type=int)
     x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int)
     x.add_argument("--framed-pool", help="a pool name, or 'none'")
+    x.add_argument("--framed-ipv6-pool", help="an IPv6 pool name (Framed-IPv6-Pool), or 'none'")
     x.add_argument("--clear", action="append", metavar="OPTION",
                    help="unset an option (e.g. --clear data_quota_bytes); repeatable")
     x.set_defaults(fn=cmd_plan_set)

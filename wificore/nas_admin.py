@@ -38,7 +38,7 @@ def matching(conn: psycopg.Connection, tenant_id: int, ip: str | None, name: str
 
 
 def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: str, secret: str, vendor: str,
-        replace: bool, require_message_authenticator: bool = True) -> int:
+        replace: bool, require_message_authenticator: bool = True, kind_check: str = "strict") -> int:
     """Insert a NAS, or with ``replace`` update the one with that ip or name in place (same
     nas_id). Two different NAS matching (one by ip, one by name) is an error."""
     ids = matching(conn, tenant_id, ip, name) if replace else []
@@ -48,14 +48,16 @@ def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: st
     check_ip_free(a, ip, tenant_id, ids[0] if ids else None)
     if ids:
         conn.execute("UPDATE nas SET name = %s, ip = %s::inet, secret = %s, vendor = %s, "
-                     "require_message_authenticator = %s WHERE tenant_id = %s AND nas_id = %s",
-                     (name, ip, secret, vendor, require_message_authenticator, tenant_id, ids[0]))
+                     "require_message_authenticator = %s, kind_check = %s "
+                     "WHERE tenant_id = %s AND nas_id = %s",
+                     (name, ip, secret, vendor, require_message_authenticator, kind_check, tenant_id,
+                      ids[0]))
         return ids[0]
     from .admin import returned
     return int(returned(conn.execute(
-        "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator) "
-        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING nas_id",
-        (tenant_id, name, ip, secret, vendor, require_message_authenticator))))
+        "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING nas_id",
+        (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check))))
 
 
 def forget_cached(a: Admin, ips: list[str]) -> None:
@@ -72,9 +74,10 @@ def forget_cached(a: Admin, ips: list[str]) -> None:
 
 
 def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
-    """Change a NAS's secret, vendor, name, address or require_message_authenticator in place:
-    its nas_id stays."""
+    """Change a NAS's secret, vendor, name, address, require_message_authenticator or
+    kind_check in place: its nas_id stays."""
     from .admin import v_choice, v_ip
+    from .profile import KIND_CHECKS
     from .vendors import VENDORS
     if (args.ip is None) == (args.name is None):
         raise InputError("nas: name it by exactly one of --ip or --name")
@@ -98,9 +101,12 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
         # change reaches a running radiusd when it looks the client up again.
         changes["require_message_authenticator"] = v_choice(
             args.require_message_authenticator, "require_message_authenticator", ("yes", "no")) == "yes"
+    if args.kind_check is not None:
+        # Like the flag above, it reaches a running radiusd with the client's next lookup.
+        changes["kind_check"] = v_choice(args.kind_check, "kind_check", KIND_CHECKS)
     if not changes:
         raise InputError("nas set: nothing to change (--secret, --vendor, --new-name, --new-ip, "
-                         "--require-message-authenticator)")
+                         "--require-message-authenticator, --kind-check)")
     with a.connect(args.tenant) as conn:
         row = conn.execute("SELECT nas_id, host(ip) FROM nas WHERE tenant_id = %s AND "
                            + ("ip = %s::inet" if ip else "name = %s"), (args.tenant, ip or args.name)).fetchone()
@@ -127,4 +133,7 @@ def add_set_parser(n: argparse._SubParsersAction) -> None:
     x.add_argument("--new-name", dest="new_name")
     x.add_argument("--new-ip", dest="new_ip")
     x.add_argument("--require-message-authenticator", metavar="yes|no")
+    x.add_argument("--kind-check", metavar="strict|off",
+                   help="strict: reject a login whose request is for the other subscriber kind "
+                        "(wrong_service); off: never")
     x.set_defaults(fn=cmd_nas_set)

@@ -17,6 +17,11 @@ from .errors import DecodeError
 STATUS = ("active", "suspended", "expired")
 PW_TYPES = ("cleartext", "nthash", "bcrypt")
 KINDS = ("pppoe", "hotspot")
+#: A NAS's subscriber-kind check (``nas add/set --kind-check``): ``strict`` rejects a
+#: login whose request says it is for the other kind (wrong_service), ``off`` never.
+KIND_CHECKS = ("strict", "off")
+#: The client shortname's suffix of a NAS whose kind check is off.
+KIND_OFF = "kind-off"
 
 #: Redis value of a negatively cached (unknown) user.
 UNKNOWN = b"\x00"
@@ -50,6 +55,8 @@ class Plan:
     time_quota_s: int | None
     simultaneous_use: int
     framed_pool: str | None
+    #: Framed-IPv6-Pool (2026-12-01, appended: a cached plan of 10 fields still reads).
+    framed_ipv6_pool: str | None = None
 
     def pack(self) -> bytes:
         return msgpack.packb(dataclasses.astuple(self))
@@ -73,18 +80,26 @@ class Profile:
     mac_binding: str | None  # normalised aa:bb:cc:dd:ee:ff
     framed_ip: str | None
     plan_id: int
+    #: Framed-IPv6-Prefix and Delegated-IPv6-Prefix ('2001:db8:1::/64'), 2026-12-01:
+    #: appended after plan_id (live.lua reads plan_id as the 9th), left out when unset,
+    #: so a cached profile of 9 fields still reads and most stay that size.
+    framed_ipv6_prefix: str | None = None
+    delegated_ipv6_prefix: str | None = None
 
     def pack(self) -> bytes:
-        return msgpack.packb([
+        values = [
             self.subscriber_id, KINDS.index(self.kind), PW_TYPES.index(self.password_type),
             self.password, STATUS.index(self.status), self.expires_at, self.mac_binding,
-            self.framed_ip, self.plan_id])
+            self.framed_ip, self.plan_id]
+        if self.framed_ipv6_prefix is not None or self.delegated_ipv6_prefix is not None:
+            values += [self.framed_ipv6_prefix, self.delegated_ipv6_prefix]
+        return msgpack.packb(values)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Profile:
         try:
-            sid, kind, pwt, pw, st, exp, mac, ip, plan = msgpack.unpackb(raw)
-            return cls(sid, KINDS[kind], PW_TYPES[pwt], pw, STATUS[st], exp, mac, ip, plan)
+            sid, kind, pwt, pw, st, exp, mac, ip, plan, *v6 = msgpack.unpackb(raw)
+            return cls(sid, KINDS[kind], PW_TYPES[pwt], pw, STATUS[st], exp, mac, ip, plan, *v6)
         except Exception as exc:
             raise DecodeError(f"bad cached profile: {exc}") from exc
 
@@ -95,22 +110,26 @@ SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
        extract(epoch FROM s.expires_at)::bigint, s.mac_binding::text, host(s.framed_ip),
        p.plan_id, p.rate_up_kbps, p.rate_down_kbps, p.session_timeout_s, p.idle_timeout_s,
        p.interim_interval_s, p.data_quota_bytes, p.time_quota_s, p.simultaneous_use,
-       p.framed_pool
+       p.framed_pool, p.framed_ipv6_pool,
+       s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text
   FROM subscribers s JOIN plans p USING (tenant_id, plan_id)
  WHERE s.tenant_id = %s AND s.username = %s
 """
 
 PLAN_SQL = """
 SELECT plan_id, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,
-       interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool
+       interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,
+       framed_ipv6_pool
   FROM plans WHERE tenant_id = %s AND plan_id = %s
 """
 
 
 def from_row(row: tuple[Any, ...]) -> tuple[Profile, Plan]:
     """Split a PROFILE_SQL row into the profile and its plan."""
-    profile = Profile(*row[:9])  # its last column, plan_id, starts the plan's too
-    return profile, Plan(*row[8:])
+    # plan_id (the 9th) ends the profile's first columns and starts the plan's; the
+    # profile's IPv6 prefixes are the last two.
+    profile = Profile(*row[:9], *row[-2:])
+    return profile, Plan(*row[8:-2])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,14 +143,21 @@ class Nas:
     vendor: str
     #: BlastRADIUS: radiusd drops this NAS's Access-Requests without a Message-Authenticator.
     require_message_authenticator: bool = False
+    #: The subscriber-kind check: 'strict' (the default) or 'off' (KIND_CHECKS).
+    kind_check: str = "strict"
 
     @property
     def shortname(self) -> str:
-        """The client shortname radiusd hands back in WiFiCore-Client."""
-        return f"{self.tenant_id}:{self.nas_id}:{self.vendor}"
+        """The client shortname radiusd hands back in WiFiCore-Client: the module reads
+        the tenant, the NAS, the vendor and whether the kind check is off from it."""
+        base = f"{self.tenant_id}:{self.nas_id}:{self.vendor}"
+        return base if self.kind_check != "off" else f"{base}:{KIND_OFF}"
 
     def pack(self) -> bytes:
-        return msgpack.packb(dataclasses.astuple(self))
+        values = dataclasses.astuple(self)
+        # The default is left out: a directory entry of a strict NAS stays the 6 fields
+        # an older module reads.
+        return msgpack.packb(values[:-1] if self.kind_check == "strict" else values)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Nas:
@@ -144,7 +170,8 @@ class Nas:
 #: A NAS of a suspended tenant stays a known client: its logins are rejected
 #: (``tenant_suspended``), its accounting is still answered and stored.
 NAS_SQL = """
-SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator
+SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator,
+       n.kind_check
   FROM nas n JOIN tenants t USING (tenant_id)
  WHERE n.ip = %s::inet
 """

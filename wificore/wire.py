@@ -31,7 +31,9 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
   record_id str (unique per Accounting-Request received; a retransmission
   gets a new one: idempotence comes from the merge rules, not from it),
   then (added 2026-12-01 at the end, see below) nas_port_id str|None,
-  called_station_id str|None, nas_identifier str|None.
+  called_station_id str|None, nas_identifier str|None, then (added later on
+  2026-12-01) framed_ipv6_prefix str|None, delegated_ipv6_prefix str|None,
+  framed_interface_id str|None (as radiusd prints them).
 
   Fields live.lua appends on the way into the stream (``LIVE_FIELDS``; absent
   in records that entered the stream before 2026-12-01, and in the spool):
@@ -44,7 +46,12 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
 Adding fields: version 2 bodies grow at the end only. A reader takes a body of
 ``V2_BASE`` .. any length: missing trailing fields are None, unknown trailing
 ones are dropped, so records spooled or queued by an older (or newer) radiusd
-stay readable by position.
+stay readable by position. In the stream live.lua pads radiusd's part to
+``len(ACCT_FIELDS)`` before it appends ``LIVE_FIELDS``, so growing ACCT_FIELDS
+moves the live fields: a stream body of exactly 22 + ``len(LIVE_FIELDS)``
+values (live.lua before the three IPv6 fields) is read with its live fields moved
+to their place (:func:`unpack_body`); live.lua never writes that length now. Upgrade batch_writer before radiusd:
+an older writer reads the new positions as live fields.
 
 ``auth`` fields:
   tenant_id int, nas_id int, ts float, event_id str (unique; the auth log's
@@ -81,7 +88,11 @@ ACCT_FIELDS = ("tenant_id", "nas_id", "session_key", "acct_session_id", "usernam
                "input_packets", "output_packets", "calling_station_id", "framed_ip", "terminate_cause",
                "nas_port", "interim_s", "record_id",
                # 2026-12-01: appended (older records have only the 19 above)
-               "nas_port_id", "called_station_id", "nas_identifier")
+               "nas_port_id", "called_station_id", "nas_identifier",
+               # 2026-12-01, IPv6: appended (older records have only the 22 above)
+               "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id")
+#: The stream body live.lua wrote before the IPv6 fields: 22 + the live fields.
+_STREAM_BODY_22 = 22 + 6
 #: Appended by live.lua to records it puts into the stream (never in the spool).
 LIVE_FIELDS = ("live_session_key", "live_session_time_s", "live_input_octets", "live_output_octets",
                "counter_flags", "live_interim_s")
@@ -166,6 +177,8 @@ def unpack_body(payload: bytes) -> tuple[str, list[Any] | dict[str, Any]]:
         if not isinstance(body, list) or len(body) < V2_BASE[kind]:
             raise DecodeError(f"record body is not the {V2_BASE[kind]}..{want} {kind} fields")
         if len(body) != want:
+            if kind == KIND_ACCT and len(body) == _STREAM_BODY_22:  # live fields after the 22
+                body = body[:22] + [None] * (len(ACCT_FIELDS) - 22) + body[22:]
             body = (body + [None] * (want - len(body)))[:want]
     elif version == MAP_VERSION:
         if not isinstance(body, dict):
