@@ -14,8 +14,8 @@ from tests.conftest import TENANT_A
 from tests.radius import send
 
 #: Tenants of this file: (tenant_id, NAS source address, secret, time zone).
-KIRITIMATI = (160, "127.0.16.1", "secret-kiritimati", "Pacific/Kiritimati")  # UTC+14
-LOS_ANGELES = (161, "127.0.16.2", "secret-la", "America/Los_Angeles")       # UTC-8 in December
+KIRITIMATI = (160, "127.0.160.1", "secret-kiritimati", "Pacific/Kiritimati")  # UTC+14
+LOS_ANGELES = (161, "127.0.161.1", "secret-la", "America/Los_Angeles")       # UTC-8 in December
 
 
 def run(stack, *args, input=None):
