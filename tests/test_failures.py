@@ -104,9 +104,12 @@ class TestHostileInput:
 
 
 class TestRadiusdKilled:
-    def test_acknowledged_records_survive_kill_9(self, stack, radiusd, acct, subscriber, redis):
+    def test_acknowledged_records_survive_kill_9(self, stack, radiusd, auth, acct, subscriber, redis):
         """Every answered Accounting-Request survives a kill -9 of radiusd while Redis is down."""
         user = subscriber()
+        # radiusd learns its NAS from the directory in Redis: the client first, then the outage
+        # (a radiusd that never saw the NAS cannot answer it while Redis is down).
+        assert auth(TENANT_A, {"User-Name": user, "User-Password": "pw-123456"}).accepted
         stack.redis.stop(sig=signal.SIGKILL)
         answered = 0
         try:
