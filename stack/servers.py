@@ -43,12 +43,19 @@ def reuseport_library() -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
-        u.bind(("127.0.0.1", port))  # free for both UDP and TCP
-        return port
+    """A loopback port free for both TCP and UDP (another port when the kernel's free TCP
+    port is taken for UDP)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))  # free for both UDP and TCP
+            except OSError:
+                continue
+            return port
+    raise OSError("no loopback port free for both TCP and UDP")
 
 
 def wait_for(check, timeout_s: float, what: str) -> None:
