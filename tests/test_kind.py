@@ -41,22 +41,15 @@ def rejected_as_wrong_service(radiusd, ans, before: float) -> bool:
 
 class TestStrictByDefault:
     @pytest.mark.parametrize("hotspot", [MIKROTIK_HOTSPOT, CHILLI_HOTSPOT], ids=["mikrotik", "chilli"])
-    def test_a_hotspot_subscriber_on_a_pppoe_port(self, auth, subscriber, radiusd, hotspot):
-        """A hotspot subscriber: rejected (wrong_service) from a PPPoE login, accepted from a
-        hotspot one."""
-        user = subscriber(kind="hotspot")
+    @pytest.mark.parametrize("kind", ["hotspot", "pppoe"])
+    def test_a_subscriber_on_the_other_kind_of_port(self, auth, subscriber, radiusd, hotspot, kind):
+        """A hotspot subscriber is rejected (wrong_service) from a PPPoE login and accepted
+        from a hotspot one; a PPPoE subscriber the other way round."""
+        user = subscriber(kind=kind)
+        own, other = (hotspot, PPPOE) if kind == "hotspot" else (PPPOE, hotspot)
         before = wrong_service(radiusd)
-        assert rejected_as_wrong_service(radiusd, pap(auth, TENANT_A, user, **PPPOE), before)
-        assert pap(auth, TENANT_A, user, **hotspot).accepted
-
-    @pytest.mark.parametrize("hotspot", [MIKROTIK_HOTSPOT, CHILLI_HOTSPOT], ids=["mikrotik", "chilli"])
-    def test_a_pppoe_subscriber_on_a_hotspot(self, auth, subscriber, radiusd, hotspot):
-        """A PPPoE subscriber: rejected (wrong_service) from a hotspot login, accepted from a
-        PPPoE one."""
-        user = subscriber(kind="pppoe")
-        before = wrong_service(radiusd)
-        assert rejected_as_wrong_service(radiusd, pap(auth, TENANT_A, user, **hotspot), before)
-        assert pap(auth, TENANT_A, user, **PPPOE).accepted
+        assert rejected_as_wrong_service(radiusd, pap(auth, TENANT_A, user, **other), before)
+        assert pap(auth, TENANT_A, user, **own).accepted
 
     def test_a_request_that_does_not_say_is_accepted(self, auth, subscriber):
         """No NAS-Port-Type, Service-Type or Framed-Protocol (or only Ethernet): either kind is
