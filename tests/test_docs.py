@@ -34,6 +34,12 @@ class TestReadme:
         """.ci/run calls the README's test command."""
         assert "bin/test" in README and "bin/test" in (ROOT / ".ci/run").read_text()
 
+    def test_local_links_resolve(self):
+        """Every relative link of the README names a file or folder of the repository."""
+        links = [m for m in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README) if "://" not in m]
+        assert "docs/citus.md" in links and "docs/capacity.md" in links
+        assert [m for m in links if not (ROOT / m).exists()] == []
+
     def test_performance_section_is_the_last_run(self):
         """The README's performance section is what report.py renders from latest.json."""
         import json
