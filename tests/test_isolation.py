@@ -188,7 +188,9 @@ class TestDeadlinesThroughPgBouncer:
         lane = shards.lanes["shard2"]
         for i in range(lane.WAIT_HISTORY_MIN + 2):  # a healthy history: milliseconds
             assert lane.fetchone("SELECT %s::int", (i,)) == (i,)
-        assert lane.healthy_wait_s() == pytest.approx(lane.WAIT_FLOOR_S)
+        # The premise: 120 ms is above the healthy wait (the 50 ms floor on a quiet
+        # machine; a loaded one answers in tens of ms and raises it, still below 120).
+        assert lane.WAIT_FLOOR_S <= lane.healthy_wait_s() < 0.12, lane.healthy_wait_s()
         waited0 = lane.counts["waited"]
         for i in range(30):  # ~10 cold lookups a second, each answered in 120 ms
             with contextlib.suppress(StoreUnavailable):
