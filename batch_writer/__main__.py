@@ -58,8 +58,8 @@ def check(settings: Settings, consumer: str | None, redis_timeout_ms: int) -> in
     """0 when a fresh heartbeat exists (the named writer's, else any of this host's), else 1."""
     base = Keys(settings.key_prefix).writer_heartbeat
     timeout_s = redis_timeout_ms / 1000
-    client = redis.Redis.from_url(roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s)
+    client = roles.client(roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s,
+                          socket_connect_timeout=timeout_s)
     try:
         if consumer:
             return 0 if client.exists(f"{base}:{consumer}") else 1

@@ -1,5 +1,13 @@
 """The Redis side: the consumer group over every stream partition.
 
+The streams are the buckets' (``wificore.keys``: ``{prefix}:{b<N>}:stream``), and the
+partitions of the layout before 2026-12-01 (``{prefix}:stream:{N}``) while they exist (a
+single Redis upgraded with records in them, or radiusd processes not yet upgraded): read
+and drained like the others, looked for again at each measurement. One Redis: one
+XREADGROUP over all of them. A Redis Cluster: one per stream (each its own slot), none
+blocking; the writer waits between empty rounds instead. Each session's records are in
+one stream (its subscriber's bucket), read in order.
+
 Where an entry comes from, and what that does to its delivery count (the
 count XPENDING reports; since 2026-12-01 the writer no longer dead-letters by
 it -- restarts and claims during an outage raise it, and that is never the
@@ -28,10 +36,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from wificore.keys import Keys
 
 LAG_SCAN_MAX = 10_000  # bound of the fallback lag count when Redis cannot tell the lag
+#: A cluster's reads do not block: the wait between two empty rounds.
+CLUSTER_POLL_S = 0.02
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,20 +89,65 @@ class Streams:
         self.group = group
         self.consumer = consumer
         self.dead_maxlen = dead_maxlen
+        self.partitions = partitions
+        self.cluster = isinstance(client, RedisCluster)
         self.names = [keys.stream(i) for i in range(partitions)]
         self._index = {name.encode(): i for i, name in enumerate(self.names)}
         self._history: dict[int, bytes] | None = None   # partition -> last id read, until done
         self._sweep: dict[int, str] | None = None       # partition -> XPENDING cursor, during a sweep
+        self._legacy_checked = False
+
+    def _add_legacy(self) -> None:
+        """Add the streams of the layout before 2026-12-01 that exist (one Redis only)."""
+        if self.cluster:
+            return
+        for p in range(self.partitions):
+            name = self.keys.legacy_stream(p)
+            if name.encode() in self._index or not self.r.exists(name):
+                continue
+            try:
+                self.r.xgroup_create(name, self.group, id="0")
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._index[name.encode()] = len(self.names)
+            self.names.append(name)
+            if self._history is not None:
+                self._history[len(self.names) - 1] = b"0"
+            if self._sweep is not None:
+                self._sweep[len(self.names) - 1] = "-"
+
+    def dead_stream(self, partition: int) -> str:
+        """The dead-letter stream of a stream's entries: its bucket's."""
+        return self.keys.dead_letter_of(partition % self.partitions)
+
+    def _xreadgroup(self, streams: dict[Any, Any], count: int, block: int | None = None) -> Any:
+        """XREADGROUP over ``streams``: one call (one Redis), or one per stream without
+        blocking (a cluster: each stream its own slot), polled until ``block`` ms passed."""
+        if not self.cluster:
+            return self.r.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+        deadline = time.monotonic() + (block or 0) / 1000
+        while True:
+            out: list[Any] = []
+            for name, cursor in streams.items():
+                resp = self.r.xreadgroup(self.group, self.consumer, {name: cursor}, count=count)
+                for item in (resp.items() if isinstance(resp, dict) else resp or ()):
+                    out.append(list(item))
+            left = deadline - time.monotonic()
+            if out or block is None or left <= 0:
+                return out
+            time.sleep(min(CLUSTER_POLL_S, left))
 
     # -------------------------------------------------------------- set-up
     def ensure_groups(self) -> None:
         """Create the group on every partition (from id 0: entries already there are read too)."""
-        for name in self.names:
+        for name in self.names[:self.partitions]:
             try:
                 self.r.xgroup_create(name, self.group, id="0", mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+        self._add_legacy()
 
     def heartbeat_key(self, consumer: str | None = None) -> str:
         """``{prefix}:writer:heartbeat:{consumer}`` (ours by default)."""
@@ -141,8 +197,7 @@ class Streams:
                     break
             # COUNT is per stream: ask each for its share, so the batch stays near max_rows.
             count = max(1, (max_rows - len(out)) // per_stream)
-            resp = self.r.xreadgroup(self.group, self.consumer, {n: ">" for n in self.names},
-                                     count=count, block=max(1, block_ms))
+            resp = self._xreadgroup({n: ">" for n in self.names}, count, max(1, block_ms))
             got = self._entries(resp)
             if not got:
                 break
@@ -166,8 +221,7 @@ class Streams:
             return []
         cursors = self._history
         count = max(1, max_rows // len(cursors))
-        resp = self.r.xreadgroup(self.group, self.consumer,
-                                 {self.names[p]: cid for p, cid in cursors.items()}, count=count)
+        resp = self._xreadgroup({self.names[p]: cid for p, cid in cursors.items()}, count)
         got = self._entries(resp)
         seen: dict[int, list[Entry]] = {}
         for e in got:
@@ -305,7 +359,7 @@ class Streams:
             return 0
         pipe = self.r.pipeline(transaction=False)
         for e, reason in rejected:
-            pipe.xadd(self.keys.dead_letter,
+            pipe.xadd(self.dead_stream(e.partition),
                       {"d": e.payload or b"", "reason": reason[:1000],
                        "source": f"{self.names[e.partition]}/{e.id.decode()}", "ts": f"{now():.3f}"})
             # Never trimmed: dead letters wait for `wificore-admin deadletter replay`.
@@ -324,6 +378,7 @@ class Streams:
         lets Redis drop whole nodes cheaply. This assumes the writers' group is the
         only group on the streams.
         """
+        self._add_legacy()  # a radiusd not yet upgraded may have created one since
         lag: dict[int, int] = {}
         pending: dict[int, int] = {}
         for p, name in enumerate(self.names):
@@ -345,4 +400,4 @@ class Streams:
             floor = summary["min"] if pending[p] else last
             if floor:
                 self.r.xtrim(name, minid=floor, approximate=True)
-        return lag, pending, int(self.r.xlen(self.keys.dead_letter))
+        return lag, pending, sum(int(self.r.xlen(name)) for name in self.keys.dead_letters)

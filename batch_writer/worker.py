@@ -91,9 +91,9 @@ class Writer:
         self.cfg = cfg
         self.burst = burst
         self.map = shard_map or ShardMap.load(settings.shard_map)
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.stream_partitions)
         timeout_s = cfg.redis_timeout_ms / 1000
-        self.redis = redis_client or redis.Redis.from_url(  # the state Redis (roles.py)
+        self.redis = redis_client or roles.client(  # the state Redis (roles.py; a cluster URL too)
             roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             health_check_interval=30)
         self.streams = Streams(self.redis, self.keys, partitions=settings.stream_partitions,

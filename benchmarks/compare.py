@@ -625,7 +625,7 @@ class Bench:
             # a few seconds; until then no new dynamic client is answered.
             if self.running is not None and self.running[0].startswith("wificore"):
                 deadline = time.monotonic() + 30
-                while not r.exists("wc:nasdir") and time.monotonic() < deadline:
+                while not r.exists("wc:{nasdir}") and time.monotonic() < deadline:
                     time.sleep(0.1)
         finally:
             r.close()

@@ -27,23 +27,26 @@ engine not at all.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 
+from wificore import wire
 from wificore.backoff import Backoff
+from wificore.keys import TAG_ALL, Keys, bucket_of
 from wificore.log import get_logger
 
 from .invalidation import DIRECTORY_REBUILD_S, RELAY_RENEW_S, RelayLock
-from .spool import MAX_RECORD
+from .spool import END, LEN_MASK, MAX_RECORD, TAG_SHIFT, Span
 from .store import DeadlineExceeded, Watchdog, conninfo
 
 if TYPE_CHECKING:
-    from wificore.keys import Keys
     from wificore.settings import Settings
     from wificore.shardmap import ShardMap
 
@@ -82,21 +85,76 @@ FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
 
 
+_U32 = struct.Struct("<I")
 _LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text(encoding="utf-8")
 #: Live-session and per-session keys outlive a session by this much.
 SESSION_TTL_S = 2 * 86400
 USAGE_TTL_S = 90 * 86400
 
 
+def _legacy_tag(payload: bytes, partitions: int) -> int:
+    """The bucket tag of a frame from before 2026-12-01 (none in its length word): decoded."""
+    try:
+        kind, rec = wire.unpack(payload)
+        if kind == wire.KIND_ACCT and rec.get("status") in ("on", "off"):
+            return TAG_ALL
+        return 1 + bucket_of(int(rec.get("tenant_id") or 0), str(rec.get("username") or ""), partitions)
+    except Exception:  # undecodable: live.lua dead-letters it in bucket 0
+        return 1
+
+
+def group_frames(data: bytes, partitions: int) -> tuple[dict[int, list[bytes]], int, int, int]:
+    """The whole frames at the start of ``data`` by bucket (a Redis Cluster: one script
+    call per bucket, one slot each), from the tag in each length word, without decoding
+    (rlm_wificore/spool.py); a NAS-wide record (TAG_ALL) goes to every bucket. Returns
+    (bucket -> frames in spool order, bytes consumed, segment ended, corrupt), live.lua's
+    framing rules."""
+    groups: dict[int, list[bytes]] = {}
+    unpack = _U32.unpack_from
+    off, size, ended, corrupt = 0, len(data), 0, 0
+    while off + 4 <= size:
+        (w,) = unpack(data, off)
+        n = w & LEN_MASK
+        if w == END or n == 0 or n > MAX_RECORD:
+            ended = 1
+            corrupt = int(w not in (0, END))
+            break
+        end = off + 4 + n
+        if end > size:
+            break
+        tag = w >> TAG_SHIFT
+        if tag == 0:
+            tag = _legacy_tag(data[off + 4:end], partitions)
+        if tag == TAG_ALL:
+            frame = data[off:end]
+            for b in range(partitions):
+                groups.setdefault(b, []).append(frame)
+        else:
+            b = (tag - 1) % partitions
+            frames = groups.get(b)
+            if frames is None:
+                groups[b] = [data[off:end]]
+            else:
+                frames.append(data[off:end])
+        off = end
+    return groups, off, ended, corrupt
+
+
 class Forwarder:
-    """Spool -> Redis: one script call per span of raw frames (split in Redis), then a checkpoint."""
+    """Spool -> Redis: one script call per span of raw frames (split in Redis), then a
+    checkpoint; with a Redis Cluster, one call per bucket of the span (one slot each)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.script = engine.redis_bg.register_script(_LIVE_LUA)
+        self.cluster = isinstance(engine.redis_bg, RedisCluster)
+        self.keys = Keys(engine.settings.key_prefix, engine.settings.stream_partitions)
         self.sent = 0
         self._corrupt_at: tuple[int, int] | None = None
         self.full = False  # the last span was as long as a span can be: more is waiting
+        # A cluster: the buckets of the span at (seg, off) already sent, when a later
+        # bucket's call failed (the retry does not send them again).
+        self._done: tuple[tuple[int, int], set[int]] | None = None
 
     def run_once(self) -> int:
         """Forward one span; the number of records forwarded (0: spool empty)."""
@@ -108,10 +166,11 @@ class Forwarder:
             return 0
         span = spool.read_span(FORWARD_BYTES)
         self.full = len(span.data) == FORWARD_BYTES
-        records, consumed, ended, corrupt = self._send(span.data) if span.data else (0, 0, 0, 0)
+        send = self._send_grouped if self.cluster else self._send
+        records, consumed, ended, corrupt = send(span) if span.data else (0, 0, 0, 0)
         if span.data and not (consumed or ended) and len(span.data) == FORWARD_BYTES:
             span = spool.read_span(4 + MAX_RECORD)  # one frame larger than a span
-            records, consumed, ended, corrupt = self._send(span.data)
+            records, consumed, ended, corrupt = send(span)
         if corrupt and (span.seg, span.off + consumed) != self._corrupt_at:
             # Nothing after it in this segment can be framed; once the writer
             # seals the segment the forwarder moves on to the next one.
@@ -122,11 +181,32 @@ class Forwarder:
         self.sent += records
         return records
 
-    def _send(self, data: bytes) -> list[int]:
+    def _args(self, data: bytes, bucket: str, split: bool) -> list[Any]:
         s = self.engine.settings
-        return self.script(args=[s.key_prefix, s.stream_partitions, time.time(),
-                                 s.session_stale_interims, SESSION_TTL_S, USAGE_TTL_S,
-                                 MAX_RECORD, data, 1 if self.engine.redis_roles_split else 0])
+        return [s.key_prefix, s.stream_partitions, time.time(), s.session_stale_interims,
+                SESSION_TTL_S, USAGE_TTL_S, MAX_RECORD, data, 1 if split else 0, bucket]
+
+    def _send(self, span: Span) -> list[int]:
+        """One Redis: the whole span in one call, each record to its bucket's keys."""
+        return self.script(args=self._args(span.data, "", self.engine.redis_roles_split))
+
+    def _send_grouped(self, span: Span) -> list[int]:
+        """A Redis Cluster: the span's frames grouped by bucket, one call per bucket (its
+        stream names the slot). The script never reads the cached profile there (another
+        slot): the accept's interval is kept as with split roles."""
+        groups, consumed, ended, corrupt = group_frames(span.data, self.engine.settings.stream_partitions)
+        at = (span.seg, span.off)
+        done = self._done[1] if self._done is not None and self._done[0] == at else set()
+        self._done = (at, done)
+        records = 0
+        for bucket, frames in groups.items():
+            if bucket in done:
+                continue
+            self.script(keys=[self.keys.stream(bucket)], args=self._args(b"".join(frames), str(bucket), True))
+            done.add(bucket)
+            records += len(frames)
+        self._done = None
+        return [records, consumed, ended, corrupt]
 
 
 def _forward_loop(engine: Engine) -> None:

@@ -57,7 +57,7 @@ class Engine:
 
     def __init__(self, settings: Settings, shard_map: ShardMap | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.stream_partitions)
         self.shard_map = shard_map or ShardMap.load(settings.shard_map)
         self.stats = Stats()
         self._lookup_failed_log = Throttle(1.0)  # one line per tenant and second
@@ -87,7 +87,7 @@ class Engine:
         self.profiles = Profiles(settings, self.keys, self.cache_store, self.shards, self.stats,
                                  generation, self.live)
         self.credentials = VerifiedCredentials(settings)
-        self.sink = Sink(self.stats)
+        self.sink = Sink(self.stats, settings.stream_partitions)
         self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
                                          self.cache_bg, directory=self.directory)
         self.local = self.profiles.local  # the in-process tier (metrics count it)

@@ -17,23 +17,50 @@
 --         (rlm_wificore.spool; the last frame may be cut short)
 -- ARGV[9] '0' when this Redis also holds the cached profiles and plans (one URL for
 --         both roles): an accept's interval is then not kept, the Start reads the
---         plan's; anything else (or absent) keeps it (the roles split)
+--         plan's; anything else (or absent) keeps it (the roles split, a cluster)
+-- ARGV[10] the bucket of every record of the call (a Redis Cluster: KEYS[1] is that
+--         bucket's stream, the forwarder groups the frames by their tag); empty or
+--         absent: one Redis, each record in the bucket of its frame's tag
 -- Returns {records, bytes consumed, segment ended (0/1), corrupt frames (0/1)},
 -- framing as rlm_wificore/spool.py describes it.
 --
--- Keys are built here from the records, so this script needs one Redis node
--- (see docs/decisions.md, "Stream partitions by tenant").
+-- Keys are built here from the records (docs/redis-keys.md): every key of a record is
+-- tagged {b<bucket>}, the bucket of its tenant and username (wificore.keys.bucket_of),
+-- which the frame's length word carries (spool.py); a frame from before 2026-12-01 has
+-- none and its bucket is computed here (crc32). A NAS's Accounting-On/Off (tag TAG_ALL)
+-- concerns every bucket; its stream copy goes to bucket nas_id % parts. See
+-- docs/decisions.md, "Redis Cluster: one slot per call".
 local prefix, parts, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local stale, session_ttl, usage_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local keep_accept_iv = ARGV[9] ~= '0'
+local only = tonumber(ARGV[10] or '')
 local channel = prefix .. ':inval'
-local dead = prefix .. ':dead'
+local TAG_ALL, LEN_SPAN = 2047, 2097152  -- wificore.keys.TAG_ALL; 2^21 (spool.LEN_MASK + 1)
 -- Subscribers whose live sessions a Start or Stop changed: announced in one message
 -- per call ({"L", [[tenant, user], ...]}), not one per record, so that every radiusd
 -- wakes once per call to drop its copies, not once per record.
 local changed = {}
 
 local function int(x) return string.format('%d', x) end
+
+-- crc32 (zlib's), for frames without a tag: the bucket is crc32("<tenant>:<user>") % parts.
+local CRC = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do
+    if bit.band(c, 1) == 1 then c = bit.bxor(bit.rshift(c, 1), 0xEDB88320) else c = bit.rshift(c, 1) end
+  end
+  CRC[i] = c
+end
+local function crc32(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do
+    c = bit.bxor(bit.rshift(c, 8), CRC[bit.band(bit.bxor(c, string.byte(s, i)), 255)])
+  end
+  c = bit.bnot(c)
+  if c < 0 then c = c + 4294967296 end
+  return c
+end
 
 -- Version 2 records carry their fields by position (wificore/wire.py,
 -- ACCT_FIELDS and AUTH_FIELDS); version 1 as a map. The fields used here, by name:
@@ -87,72 +114,100 @@ local function plan_interval(raw)
   return nil
 end
 
-local function one(payload)
+-- The dead-letter stream of a frame: its bucket's (undecodable: the tag's, else 0).
+local function dead_of(tag)
+  local b = only or ((tag >= 1 and tag <= parts) and tag - 1) or 0
+  return prefix .. ':{b' .. int(b) .. '}:dead'
+end
+
+local function one(payload, tag)
   local ok, rec = pcall(cmsgpack.unpack, payload)
   if not ok or type(rec) ~= 'table' or (rec[1] ~= 1 and rec[1] ~= 2) or type(rec[3]) ~= 'table' then
-    redis.call('XADD', dead, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',
+    local dl = dead_of(tag)
+    redis.call('XADD', dl, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',
                'ts', ARGV[3])
     return
   end
   local f = fields(rec)
+  local t = int(tonumber(f.tenant_id) or 0)
+  -- The record's bucket: the call's (a cluster), its frame's tag, or computed (no tag).
+  local b = only
+  if b == nil then
+    if tag >= 1 and tag <= parts then
+      b = tag - 1
+    else
+      b = crc32(t .. ':' .. tostring(f.username or '')) % parts
+    end
+  end
+  local bp = prefix .. ':{b' .. int(b) .. '}:'
+  local stream = bp .. 'stream'
+  -- The keys of the tenant before 2026-12-01 ({tenant} tag): the cached profile and plan
+  -- (one Redis for both roles), the state of a session that started before the upgrade.
+  local tp = prefix .. ':{' .. t .. '}:'
   if rec[2] == 'auth' then
-    redis.call('XADD', prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}', '*', 'd', payload)
+    redis.call('XADD', stream, '*', 'd', payload)
     -- An accept carries its plan's interim interval: kept for the session about to start
     -- (a state Redis of its own cannot read the cached profile and plan below), and the
     -- tenant's largest interval follows it. Not with one Redis for both roles
     -- (ARGV[9] '0'): the Start reads the cached plan, and an accept costs one XADD.
     local aiv = tonumber(f.interim_s)
     if keep_accept_iv and f.result == 'accept' and aiv and aiv >= MIN_INTERIM_S and aiv <= MAX_INTERIM_S and type(f.username) == 'string' then
-      local t = int(f.tenant_id)
-      local tp = prefix .. ':{' .. t .. '}:'
-      redis.call('SET', tp .. 'iv:' .. f.username, int(aiv), 'EX', ACCEPT_IV_TTL_S)
-      local most = redis.call('GET', tp .. 'ivmax')
+      redis.call('SET', bp .. 'iv:' .. t .. ':' .. f.username, int(aiv), 'EX', ACCEPT_IV_TTL_S)
+      local most = redis.call('GET', bp .. 'ivmax:' .. t)
       if aiv > (tonumber(most) or 0) then
-        redis.call('SET', tp .. 'ivmax', int(aiv), 'EX', usage_ttl)
+        redis.call('SET', bp .. 'ivmax:' .. t, int(aiv), 'EX', usage_ttl)
       end
     end
     return
   end
   if f.invalid then
-    redis.call('XADD', dead, '*', 'd', payload, 'reason', tostring(f.invalid), 'source', 'radiusd',
+    redis.call('XADD', bp .. 'dead', '*', 'd', payload, 'reason', tostring(f.invalid), 'source', 'radiusd',
                'ts', ARGV[3])
     return
   end
-  local t = int(f.tenant_id)
-  local tp = prefix .. ':{' .. t .. '}:'
-  local stream = prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}'
-  local naslive = tp .. 'naslive:' .. int(f.nas_id)
   local status, skey, user = f.status, f.session_key, f.username
   local ev = tonumber(f.event_ts) or now
 
   if status == 'on' or status == 'off' then
-    redis.call('XADD', stream, '*', 'd', payload)
     -- The NAS restarted: none of its sessions is live any more, and an Acct-Session-Id
     -- it uses again from now on is a new session (field n: see the generations below).
     -- Only these users' cached copies are stale: they are announced with the
-    -- others of this call ({"L", ...}), not the whole tenant.
+    -- others of this call ({"L", ...}), not the whole tenant. Its sessions are in every
+    -- bucket: each bucket's set (a cluster: this call's bucket; the forwarder sends the
+    -- record to every bucket), the record itself to one stream.
+    local home = math.floor(tonumber(f.nas_id) or 0) % parts
     local on_at = string.format('%.3f', ev)
-    local members = redis.call('ZRANGE', naslive, 0, -1)
-    for _, m in ipairs(members) do
-      local sep = string.find(m, '\n', 1, true)
-      if sep then
-        local skey = string.sub(m, sep + 1)
-        local u = string.sub(m, 1, sep - 1)
-        redis.call('ZREM', tp .. 'live:' .. u, skey)
-        -- Should the session go on all the same, its next record enters it again. A
-        -- member can outlive its session's hash: that one is not created again (it would
-        -- have no expiry), and its next record opens a generation anyway.
-        local base = tp .. 'sess:' .. string.match(skey, '^([^:]*)')
-        if redis.call('EXISTS', base) == 1 then
-          redis.call('HDEL', base, 'r')
-          redis.call('HSET', base, 'n', on_at)
-        end
-        changed[#changed + 1] = {f.tenant_id, u}
+    local first, last_b = 0, parts - 1
+    if only then first, last_b = only, only end
+    for nb = first, last_b do
+      local np = prefix .. ':{b' .. int(nb) .. '}:'
+      if nb == home then
+        redis.call('XADD', np .. 'stream', '*', 'd', payload)
       end
+      local naslive = np .. 'naslive:' .. t .. ':' .. int(f.nas_id)
+      local members = redis.call('ZRANGE', naslive, 0, -1)
+      for _, m in ipairs(members) do
+        local sep = string.find(m, '\n', 1, true)
+        if sep then
+          local skey = string.sub(m, sep + 1)
+          local u = string.sub(m, 1, sep - 1)
+          redis.call('ZREM', np .. 'live:' .. t .. ':' .. u, skey)
+          -- Should the session go on all the same, its next record enters it again. A
+          -- member can outlive its session's hash: that one is not created again (it would
+          -- have no expiry), and its next record opens a generation anyway.
+          local base = np .. 'sess:' .. string.match(skey, '^([^:]*)')
+          if redis.call('EXISTS', base) == 1 then
+            redis.call('HDEL', base, 'r')
+            redis.call('HSET', base, 'n', on_at)
+          end
+          changed[#changed + 1] = {f.tenant_id, u}
+        end
+      end
+      redis.call('DEL', naslive)
     end
-    redis.call('DEL', naslive)
     return
   end
+  local naslive = bp .. 'naslive:' .. t .. ':' .. int(f.nas_id)
 
   -- Counter rules, part 1: a counter above its plausible maximum is refused (taken as
   -- not reported: the last value stays), the record itself is kept.
@@ -162,13 +217,41 @@ local function one(payload)
   if no == nil or no < 0 or no > MAX_OCTETS then no = nil; flags = FLAG_REFUSED end
   if nt == nil or nt < 0 or nt > MAX_SESSION_TIME_S then nt = nil; flags = FLAG_REFUSED end
 
-  local live, usage, sess = tp .. 'live:' .. user, tp .. 'use:' .. user, tp .. 'sess:' .. skey
+  local live, usage, sess = bp .. 'live:' .. t .. ':' .. user, bp .. 'use:' .. t .. ':' .. user, bp .. 'sess:' .. skey
   -- i o t: last counters (the delta base); x: stopped; r: refresh time; I O: totals when
   -- they differ from i o (a counter went backwards); k: the row key; b: when the current
   -- generation started; n: the NAS's last Accounting-On/Off; g: generation; p: the
   -- previous generation's key; v: the interim interval liveness uses.
   local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
   local exists = last[3] ~= false
+  if not exists and only == nil then
+    -- One Redis upgraded with sessions in flight: a session (and its subscriber's live set
+    -- and usage) kept under the tenant's tag before 2026-12-01 moves to the bucket's keys
+    -- at its first record since (RENAME keeps the expiry). Not in a cluster (no such keys:
+    -- the old layout never ran on one).
+    local old, old_live, old_use = tp .. 'sess:' .. skey, tp .. 'live:' .. user, tp .. 'use:' .. user
+    local moved = redis.call('EXISTS', old) == 1
+    if moved then
+      redis.call('RENAME', old, sess)
+    end
+    -- A Start also takes the subscriber's usage of before, even with no session in flight.
+    if moved or status == 'start' then
+      if redis.call('EXISTS', usage) == 0 then
+        if redis.call('EXISTS', old_use) == 1 then
+          redis.call('RENAME', old_use, usage)
+        end
+      end
+    end
+    if moved then
+      if redis.call('EXISTS', live) == 0 then
+        if redis.call('EXISTS', old_live) == 1 then
+          redis.call('RENAME', old_live, live)
+        end
+      end
+      last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
+      exists = last[3] ~= false
+    end
+  end
   -- Generations of one Acct-Session-Id (one row each in PostgreSQL, key k): a Start after
   -- a Stop, a session starting after the NAS's Accounting-On/Off, or after everything
   -- seen of the current one, is a new session. A hash from before 2026-12-01 keeps k =
@@ -226,11 +309,12 @@ local function one(payload)
     -- Redis), else the largest plan interval seen for the tenant, else the record's. Never
     -- the radiusd process's own cache.
     iv = tonumber(f.interim_s) or 300
-    local found = redis.call('GET', tp .. 'iv:' .. user)
+    local found = redis.call('GET', bp .. 'iv:' .. t .. ':' .. user)
     found = tonumber(found)
     if found then
-      redis.call('DEL', tp .. 'iv:' .. user)  -- taken: the session keeps it (v)
-    else
+      redis.call('DEL', bp .. 'iv:' .. t .. ':' .. user)  -- taken: the session keeps it (v)
+    elseif only == nil then
+      -- Not in a cluster: the cached profile and plan are in other slots there.
       local praw = redis.call('GET', tp .. 'u:' .. user)
       local plan_id = praw and profile_plan(praw)
       if plan_id then
@@ -238,11 +322,11 @@ local function one(payload)
         found = plraw and plan_interval(plraw)
       end
     end
-    local most = redis.call('GET', tp .. 'ivmax')
+    local most = redis.call('GET', bp .. 'ivmax:' .. t)
     most = tonumber(most) or 0
     if found then
       if found > most then
-        redis.call('SET', tp .. 'ivmax', int(found), 'EX', usage_ttl)
+        redis.call('SET', bp .. 'ivmax:' .. t, int(found), 'EX', usage_ttl)
       end
       iv = found
     else
@@ -337,8 +421,8 @@ local function one(payload)
       -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS).
       local arrival = tonumber(f.arrival_ts)
       if arrival and arrival > 0 then
-        redis.call('HSET', tp .. 'nasskew', int(f.nas_id), string.format('%.0f', ev - arrival))
-        redis.call('EXPIRE', tp .. 'nasskew', session_ttl)
+        redis.call('HSET', bp .. 'nasskew:' .. t, int(f.nas_id), string.format('%.0f', ev - arrival))
+        redis.call('EXPIRE', bp .. 'nasskew:' .. t, session_ttl)
       end
     end
     if due or fresh then
@@ -353,19 +437,21 @@ end
 local largest, span = tonumber(ARGV[7]), ARGV[8]
 local pos, size, records, ended, corrupt = 1, #span, 0, 0, 0
 while pos + 3 <= size do
-  local n = struct.unpack('<I4', span, pos)
-  if n == 0 or n == 4294967295 or n > largest then
+  local w = struct.unpack('<I4', span, pos)
+  local n, tag = w % LEN_SPAN, math.floor(w / LEN_SPAN)
+  if w == 4294967295 or n == 0 or n > largest then
     -- 0: never written; 4294967295: the writer moved on; else nothing after it can be framed.
     ended = 1
-    if n ~= 0 and n ~= 4294967295 then corrupt = 1 end
+    if w ~= 0 and w ~= 4294967295 then corrupt = 1 end
     break
   end
   if pos + 3 + n > size then break end
   local payload = string.sub(span, pos + 4, pos + 3 + n)
   -- One bad record must not stop the batch (the forwarder would retry it forever).
-  local ok, err = pcall(one, payload)
+  local ok, err = pcall(one, payload, tag)
   if not ok then
-    redis.call('XADD', dead, '*', 'd', payload, 'reason', 'script error: ' .. tostring(err),
+    local dl = dead_of(tag)
+    redis.call('XADD', dl, '*', 'd', payload, 'reason', 'script error: ' .. tostring(err),
                'source', 'radiusd', 'ts', ARGV[3])
   end
   records = records + 1

@@ -35,8 +35,8 @@ MAX_STALE_QUEUE = 100_000
 
 Due = tuple[int, str, Entry]  # (tenant, username, cached entry)
 
-#: The live states of several subscribers of one tenant (their keys share the
-#: tenant's tag: one slot), in one call: a redis-py pipeline of two commands per
+#: The live states of several subscribers of one bucket (their keys share the
+#: bucket's tag: one slot, wificore/keys.py), in one call: a redis-py pipeline of two commands per
 #: subscriber cost ~13 us of Python per subscriber in the state thread, holding the
 #: GIL the hook needs, against ~1.5 us for one call and one array reply.
 #: KEYS: live zset, usage hash, per subscriber; ARGV[1]: now (epoch s).
@@ -126,14 +126,15 @@ class LiveStates:
 
         def read(r: redis.Redis) -> list[Any]:
             now = time.time()
-            by_tenant: dict[int, list[int]] = {}
-            for i, (tenant_id, _u, _e) in enumerate(batch):
-                by_tenant.setdefault(tenant_id, []).append(i)
+            by_bucket: dict[int, list[int]] = {}
+            bucket = self.keys.bucket
+            for i, (tenant_id, username, _e) in enumerate(batch):
+                by_bucket.setdefault(bucket(tenant_id, username), []).append(i)
             out: list[Any] = [None] * (3 * len(batch))
-            for tenant_id, members in by_tenant.items():
+            for members in by_bucket.values():
                 keys: list[str] = []
                 for i in members:
-                    username = batch[i][1]
+                    tenant_id, username = batch[i][0], batch[i][1]
                     keys += (self.keys.live(tenant_id, username), self.keys.usage(tenant_id, username))
                 reply = self._states_script(keys=keys, args=[now], client=r)
                 for j, i in enumerate(members):

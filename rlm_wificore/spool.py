@@ -32,7 +32,10 @@ Layout of ``spool_dir``: ``lock`` (flock: one radiusd per spool),
 ``seg-<n>.wal`` segments (allocated in full before they get that name;
 sizes may differ) holding frames ``<u32 length><payload>``, and
 ``checkpoint`` = ``<segment> <offset>`` (one fixed-width line, rewritten in
-place). The length is stored after the payload, so a frame is either whole
+place). The length word's low 21 bits are the length (``LEN_MASK``), its high 11 bits
+the record's bucket tag (``wificore.keys``: bucket + 1, ``TAG_ALL`` for every bucket, 0
+in frames from before 2026-12-01), so the forwarder groups frames by Redis Cluster slot
+without decoding them. The length is stored after the payload, so a frame is either whole
 or absent; length 0 = nothing written yet, ``END`` = the rest of the segment
 is unused. A prepared segment not yet written to is all zeros.
 """
@@ -64,6 +67,9 @@ RESERVE_BYTES = 256 * 1024
 SEGMENT_FREE_FRACTION = 8
 MAX_RECORD = 1 << 20
 END = 0xFFFFFFFF
+#: The length bits of a frame's length word; the bits above are its bucket tag.
+LEN_MASK = (1 << 21) - 1
+TAG_SHIFT = 21
 #: How often the preparer retries while the disk is full (a commit wakes it sooner).
 PREPARE_RETRY_S = 0.5
 _PAGE = mmap.PAGESIZE
@@ -106,8 +112,9 @@ def _scan_end(m: mmap.mmap) -> int:
     size = len(m)
     off = 0
     while off + 4 <= size:
-        (n,) = _LEN.unpack_from(m, off)
-        if n == 0 or n == END or n > MAX_RECORD or off + 4 + n > size:
+        (w,) = _LEN.unpack_from(m, off)
+        n = w & LEN_MASK
+        if w == END or n == 0 or n > MAX_RECORD or off + 4 + n > size:
             break
         off += 4 + n
     return off
@@ -304,9 +311,9 @@ class Spool:
             pass
 
     # -------------------------------------------------------------- write
-    def append(self, payload: bytes) -> None:
+    def append(self, payload: bytes, tag: int = 0) -> None:
         """Put one record where a crash of this process cannot take it; :class:`SpoolFull`
-        (nothing written) if there is no room for it."""
+        (nothing written) if there is no room for it. ``tag``: its bucket tag (see above)."""
         n = len(payload)
         if n == 0 or n > MAX_RECORD:
             raise ValueError(f"spool record of {n} bytes")
@@ -317,7 +324,7 @@ class Spool:
             m = self._wmap
             assert m is not None  # _switch mapped one, or raised SpoolFull
             m[off + 4:off + 4 + n] = payload
-            m[off:off + 4] = _LEN.pack(n)  # the frame exists once its length does
+            m[off:off + 4] = _LEN.pack(n | tag << TAG_SHIFT)  # the frame exists once its length does
             self.write_off = off + 4 + n
 
     def _switch(self, n: int = 0) -> int:
@@ -505,6 +512,6 @@ def drained(directory: str | Path) -> bool:
         if s < seg:
             continue
         word = _word_at(_segment_path(d, s), off if s == seg else 0)
-        if word is not None and word not in (0, END) and word <= MAX_RECORD:
+        if word is not None and word not in (0, END) and 0 < (word & LEN_MASK) <= MAX_RECORD:
             return False
     return True

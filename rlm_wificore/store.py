@@ -88,7 +88,10 @@ def connect_redis(settings: Settings, *, timeout_s: float | None = None,
     # One immediate retry on a connection error: a pooled connection that
     # Redis closed (a restart) must not look like an outage. Timeouts are not
     # retried: the caller is waiting under the mutex.
-    return redis.Redis.from_url(
+    # A cluster URL (roles.client): a RedisCluster with the same timeouts on every node's
+    # connection; a hung node costs one timeout, and a failed master's slots are looked
+    # up again on the next call (its replica, once promoted).
+    return roles.client(
         roles.redis_url(settings, role), socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=redis_retry(), retry_on_error=[redis.ConnectionError],
         retry_on_timeout=False, health_check_interval=0)

@@ -67,14 +67,24 @@ def test_kind_and_version_literals_are_those_of_wire() -> None:
 # A tiny evaluator for the script's key expressions: concatenations (``..``) of string
 # literals, local variables and a few calls, with each record value replaced by a
 # marker; the results are compared with what Keys builds from the same markers.
-P, TENANT, USER, SKEY, NAS, PART = "PFX", "<tenant>", "<user>", "<skey>", "<nas>", "<part>"
+P, TENANT, USER, SKEY, NAS, BUCKET = "PFX", "<tenant>", "<user>", "<skey>", "<nas>", "<bucket>"
 PLAN = "<plan>"
 CALLS = {
-    "int(f.tenant_id % parts)": PART, "int(f.tenant_id)": TENANT, "int(f.nas_id)": NAS,
+    "int(tonumber(f.tenant_id) or 0)": TENANT, "int(f.nas_id)": NAS,
     "string.sub(m, 1, sep - 1)": USER, "string.sub(m, sep + 1)": SKEY,
     "string.match(skey, '^([^:]*)')": SKEY, "int(plan_id)": PLAN,
     "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P,
+    "int(b)": BUCKET, "int(nb)": BUCKET,
 }
+# dead_of(tag) returns the bucket's dead-letter stream (checked below).
+CALLS["dead_of(tag)"] = f"{P}:{{b{BUCKET}}}:dead"
+
+
+class _BucketKeys(Keys):
+    """Keys with the bucket a marker (the script takes it from the frame, not a hash)."""
+
+    def bucket(self, tenant_id: int, username: str) -> int:
+        return BUCKET  # type: ignore[return-value]
 
 
 def _split(expr: str, sep: str) -> list[str]:
@@ -139,22 +149,34 @@ def _script_keys() -> set[str]:
 
 
 def test_every_key_the_script_touches_is_one_keys_builds() -> None:
-    k = Keys(P)
+    k = _BucketKeys(P)
+    b: int = BUCKET  # type: ignore[assignment]
     layout = {
-        k.live(TENANT, USER): "live", k.usage(TENANT, USER): "usage", k.session(TENANT, SKEY): "session",
-        k.nas_live(TENANT, NAS): "nas_live", k.stream(PART): "stream", k.dead_letter: "dead_letter",
+        k.live(TENANT, USER): "live", k.usage(TENANT, USER): "usage", k.session(TENANT, USER, SKEY): "session",
+        k.nas_live(b, TENANT, NAS): "nas_live", k.stream(b): "stream", k.dead_letter_of(b): "dead_letter",
         k.invalidation_channel: "invalidation_channel",
         k.profile(TENANT, USER): "profile", k.plan(TENANT, PLAN): "plan",
-        k.interim(TENANT, USER): "interim", k.interim_max(TENANT): "interim_max", k.nas_skew(TENANT): "nas_skew",
+        k.interim(TENANT, USER): "interim", k.interim_max(b, TENANT): "interim_max",
+        k.nas_skew(b, TENANT): "nas_skew",
+        # A session of the layout before 2026-12-01, moved at its first record (one Redis).
+        k.legacy(TENANT, "sess", SKEY): "legacy session", k.legacy(TENANT, "live", USER): "legacy live",
+        k.legacy(TENANT, "use", USER): "legacy usage",
     }
     script = _script_keys()
     assert script - set(layout) == set(), "live.lua builds keys that wificore.keys.Keys does not"
     assert set(layout) - script == set(), "keys live.lua should touch are not built as Keys builds them"
 
 
+def test_dead_of_returns_the_buckets_dead_letter_stream() -> None:
+    m = re.search(r"local function dead_of\(tag\)\n(.*?)\nend\n", CODE, re.S)
+    assert m, "live.lua: local function dead_of(tag) not found"
+    ret = re.search(r"return (.+)", m.group(1))
+    assert ret and _eval(ret.group(1), {}) == CALLS["dead_of(tag)"] == _BucketKeys(P).dead_letter_of(BUCKET)  # type: ignore[arg-type]
+
+
 def test_the_evaluator_reads_what_it_should() -> None:
     """The evaluator itself: a key expression of the script's shape, and one that is not."""
     env = {"tp": f"{P}:{{{TENANT}}}:"}
     assert _eval("tp .. 'live:' .. f.username", env) == f"{P}:{{{TENANT}}}:live:{USER}"
-    assert _eval("prefix .. ':stream:{' .. int(f.tenant_id % parts) .. '}'", env) == f"{P}:stream:{{{PART}}}"
+    assert _eval("prefix .. ':{b' .. int(b) .. '}:stream'", env) == f"{P}:{{b{BUCKET}}}:stream"
     assert _eval("math.max(0, ni - li)", env) is None

@@ -13,8 +13,9 @@ import msgpack
 import pytest
 
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
-from rlm_wificore.spool import MAX_RECORD
+from rlm_wificore.spool import MAX_RECORD, TAG_SHIFT
 from wificore import wire
+from wificore.keys import TAG_ALL, Keys, bucket_of
 
 T0 = 1_900_000_000.0
 INTERIM_S = 60
@@ -49,19 +50,23 @@ class Live:
     def __init__(self, redis) -> None:
         self.r = redis
         self.p = f"t{uuid.uuid4().hex[:8]}"
+        self.k = Keys(self.p, 1)  # one bucket: every record's keys in bucket 0
         self.script = redis.register_script(_LIVE_LUA)
 
-    def send(self, now: float, *frames: bytes, roles_split: int = 1) -> None:
+    def send(self, now: float, *frames: bytes, roles_split: int = 1, parts: int = 1,
+             bucket: int | None = None) -> None:
+        """One script call; ``bucket``: a cluster's call (every record of that bucket)."""
         span = b"".join(frames)
-        n, consumed, _ended, corrupt = self.script(args=[self.p, 1, now, STALE, SESSION_TTL_S, USAGE_TTL_S,
-                                                         MAX_RECORD, span, roles_split])
+        n, consumed, _ended, corrupt = self.script(args=[self.p, parts, now, STALE, SESSION_TTL_S, USAGE_TTL_S,
+                                                         MAX_RECORD, span, roles_split,
+                                                         "" if bucket is None else bucket])
         assert (n, consumed, corrupt) == (len(frames), len(span), 0)
 
     def live_count(self, now: float, user: str = "alice") -> int:
-        return self.r.zcount(f"{self.p}:{{1}}:live:{user}", now, "+inf")
+        return self.r.zcount(self.k.live(1, user), now, "+inf")
 
     def nas_members(self, nas_id: int = 7) -> dict[bytes, float]:
-        return dict(self.r.zrange(f"{self.p}:{{1}}:naslive:{nas_id}", 0, -1, withscores=True))
+        return dict(self.r.zrange(self.k.nas_live(0, 1, nas_id), 0, -1, withscores=True))
 
     def cleanup(self) -> None:
         keys = list(self.r.scan_iter(match=f"{self.p}:*"))
@@ -100,7 +105,7 @@ def test_a_session_counts_while_interims_come_and_expires_when_they_stop(live):
     assert live.live_count(last + DEADLINE_S - 1) == 1
     assert live.live_count(last + DEADLINE_S + 1) == 0
     # The key outlives the latest deadline, by at most one refresh interval.
-    ttl_until = live.r.expiretime(f"{live.p}:{{1}}:live:alice")
+    ttl_until = live.r.expiretime(live.k.live(1, "alice"))
     assert last + DEADLINE_S <= ttl_until <= last + DEADLINE_S + REFRESH_S
 
 
@@ -108,8 +113,8 @@ def test_expiries_are_pushed_at_refresh_times_and_never_fall_behind(live):
     """Interims refresh the keys' expiries only when the session's refresh time is due, yet
     over many refresh intervals the live set never expires before its member's deadline,
     and the session hash and usage counters always carry an expiry."""
-    live_key = f"{live.p}:{{1}}:live:alice"
-    sess_key, use_key = f"{live.p}:{{1}}:sess:s1", f"{live.p}:{{1}}:use:alice"
+    live_key = live.k.live(1, "alice")
+    sess_key, use_key = live.k.session(1, "alice", "s1"), live.k.usage(1, "alice")
     live.send(T0, record("start"))
     steps = int(5 * REFRESH_S / INTERIM_S)
     pushed = 0
@@ -128,7 +133,7 @@ def test_expiries_are_pushed_at_refresh_times_and_never_fall_behind(live):
 def test_usage_counters_created_mid_session_get_an_expiry(live):
     """Counters removed by hand while a session goes on are created again by its next
     Interim, with an expiry, though its refresh time is not due."""
-    use_key = f"{live.p}:{{1}}:use:alice"
+    use_key = live.k.usage(1, "alice")
     live.send(T0, record("start"), record("interim", t=60))
     live.r.delete(use_key)
     live.send(T0 + 120, record("interim", t=120))
@@ -170,11 +175,11 @@ def test_accounting_on_never_recreates_an_expired_session_hash(live):
     member waits for the next new member to be dropped): Accounting-On must not create
     the hash again, without an expiry (a key that never goes)."""
     live.send(T0, record("start"), record("start", key="s2", user="bob"))
-    gone = f"{live.p}:{{1}}:sess:s1"
+    gone = live.k.session(1, "alice", "s1")
     live.r.delete(gone)  # expired
     live.send(T0 + 10, record("on", ev=T0 + 10))
     assert not live.r.exists(gone)
-    kept = f"{live.p}:{{1}}:sess:s2"
+    kept = live.k.session(1, "alice", "s2")
     assert live.r.hget(kept, "n") is not None and live.r.ttl(kept) > 0
 
 
@@ -182,10 +187,10 @@ def test_a_stop_is_final(live):
     """After a Stop, a late Interim neither counts the session again nor adds usage."""
     live.send(T0, record("start"), record("interim", t=60), record("stop", t=120))
     assert live.live_count(T0) == 0 and live.nas_members() == {}
-    usage = live.r.hgetall(f"{live.p}:{{1}}:use:alice")
+    usage = live.r.hgetall(live.k.usage(1, "alice"))
     live.send(T0 + 5, record("interim", t=600))
     assert live.live_count(T0 + 5) == 0 and live.nas_members() == {}
-    assert live.r.hgetall(f"{live.p}:{{1}}:use:alice") == usage
+    assert live.r.hgetall(live.k.usage(1, "alice")) == usage
     assert usage[b"octets"] == b"3600" and usage[b"time_s"] == b"120"
 
 
@@ -223,11 +228,11 @@ def test_accounting_on_announces_that_nas_users_only(live):
 # ---------------------------------------------------------------- issue 14: counters, identity
 def stream_records(live) -> list[dict]:
     """What the script put into the stream for batch_writer, decoded."""
-    return [wire.unpack(f[b"d"])[1] for _id, f in live.r.xrange(f"{live.p}:stream:{{0}}")]
+    return [wire.unpack(f[b"d"])[1] for _id, f in live.r.xrange(live.k.stream(0))]
 
 
 def usage(live, user: str = "alice") -> dict[bytes, bytes]:
-    return live.r.hgetall(f"{live.p}:{{1}}:use:{user}")
+    return live.r.hgetall(live.k.usage(1, user))
 
 
 def test_implausible_counters_are_refused_and_the_record_kept(live):
@@ -303,7 +308,7 @@ def test_a_reused_id_without_stop_or_accounting_on_is_a_new_session(live):
     t1 = T0 + 3600
     live.send(t1, record("start", ev=t1))
     assert live.live_count(t1) == 1
-    assert live.r.zrange(f"{live.p}:{{1}}:live:alice", 0, -1) == [row_key(started=t1).encode()]
+    assert live.r.zrange(live.k.live(1, "alice"), 0, -1) == [row_key(started=t1).encode()]
 
 
 def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
@@ -311,9 +316,9 @@ def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
     no usage counted twice."""
     span = [record("start"), record("interim", t=60), record("stop", t=120), record("start", ev=T0 + 500)]
     live.send(T0 + 500, *span)
-    state = (usage(live), live.r.hgetall(f"{live.p}:{{1}}:sess:s1"))
+    state = (usage(live), live.r.hgetall(live.k.session(1, "alice", "s1")))
     live.send(T0 + 501, *span)
-    assert (usage(live), live.r.hgetall(f"{live.p}:{{1}}:sess:s1")) == state
+    assert (usage(live), live.r.hgetall(live.k.session(1, "alice", "s1"))) == state
     keys = {r["live_session_key"] for r in stream_records(live)}
     assert keys == {row_key(), row_key(started=T0 + 500)}
 
@@ -350,11 +355,11 @@ def test_liveness_uses_the_interval_of_the_login_when_the_plan_is_elsewhere(live
     saw the subscriber, says 300 s: the deadline is the plan's (before: 660 s)."""
     live.send(T0 - 1, auth_record(), auth_record("bob", result="reject", interim_s=7200),
               auth_record("carol", interim_s=5))  # implausible: ignored
-    assert live.r.get(f"{live.p}:{{1}}:iv:alice") == b"3600"
-    assert not live.r.exists(f"{live.p}:{{1}}:iv:bob") and not live.r.exists(f"{live.p}:{{1}}:iv:carol")
-    assert 0 < live.r.ttl(f"{live.p}:{{1}}:iv:alice") <= 120
+    assert live.r.get(live.k.interim(1, "alice")) == b"3600"
+    assert not live.r.exists(live.k.interim(1, "bob")) and not live.r.exists(live.k.interim(1, "carol"))
+    assert 0 < live.r.ttl(live.k.interim(1, "alice")) <= 120
     live.send(T0, record("start", interim_s=300))
-    assert not live.r.exists(f"{live.p}:{{1}}:iv:alice")  # taken by the session
+    assert not live.r.exists(live.k.interim(1, "alice"))  # taken by the session
     assert live.live_count(T0 + 1800) == 1
     assert live.live_count(T0 + 3600 * STALE + 61) == 0
     assert stream_records(live)[-1]["live_interim_s"] == 3600
@@ -365,7 +370,7 @@ def test_liveness_uses_the_interval_of_the_login_when_the_plan_is_elsewhere(live
     # Auth records of radiusd before 2026-12-01 (9 fields) still go through.
     old = msgpack.packb([wire.VERSION, wire.KIND_AUTH, [1, 7, T0, "e-old", "erin", None, "accept", "ok", "pap"]])
     live.send(T0, struct.pack("<I", len(old)) + old)
-    assert not live.r.exists(f"{live.p}:{{1}}:iv:erin")
+    assert not live.r.exists(live.k.interim(1, "erin"))
 
 
 def test_with_one_redis_an_accept_is_only_its_stream_entry(live):
@@ -373,15 +378,15 @@ def test_with_one_redis_an_accept_is_only_its_stream_entry(live):
     interval is not kept (the Start reads the cached plan: the test above), so an accept
     costs Redis one XADD; the record still reaches its stream partition."""
     live.send(T0 - 1, auth_record(), auth_record("bob"), roles_split=0)
-    assert not live.r.exists(f"{live.p}:{{1}}:iv:alice", f"{live.p}:{{1}}:iv:bob",
-                             f"{live.p}:{{1}}:ivmax")
+    assert not live.r.exists(live.k.interim(1, "alice"), live.k.interim(1, "bob"),
+                             live.k.interim_max(0, 1))
     assert [r["username"] for r in stream_records(live)] == ["alice", "bob"]
 
 
 def test_each_nas_clock_skew_is_kept_for_the_noc(live):
     """Event time against arrival, one field per NAS."""
     live.send(T0, record("start", arrival_ts=T0 + 7 * 3600))
-    assert live.r.hget(f"{live.p}:{{1}}:nasskew", "7") == str(-7 * 3600).encode()
+    assert live.r.hget(live.k.nas_skew(0, 1), "7") == str(-7 * 3600).encode()
 
 
 def test_live_script_maxima_match_batch_writer():
@@ -423,3 +428,77 @@ def test_an_interim_of_a_new_session_whose_start_was_lost_opens_it(live):
     live.send(t1, record("interim", t=60, ev=t1))
     assert stream_records(live)[-1]["live_session_key"] == row_key(started=t1 - 60)
     assert int(usage(live)[b"octets"]) == 30 * 600 + 30 * 60
+
+
+# ------------------------------------------------------------------ buckets (Redis Cluster layout)
+def tagged(frame: bytes, parts: int) -> bytes:
+    """The frame as the accounting hook spools it since 2026-12-01: its bucket in the length word."""
+    payload = frame[4:]
+    _kind, rec = wire.unpack(payload)
+    tag = TAG_ALL if rec.get("status") in ("on", "off") else 1 + bucket_of(rec["tenant_id"], rec["username"], parts)
+    return struct.pack("<I", len(payload) | tag << TAG_SHIFT) + payload
+
+
+USERS = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "ülla", "李"]
+
+
+def test_each_record_goes_to_its_buckets_keys_tagged_or_not(live):
+    """Eight buckets: a subscriber's live set, usage, session and stream are those of
+    bucket_of(tenant, user), whether the frame carries the tag or (spooled before the
+    upgrade) live.lua computes it (its crc32 is zlib's)."""
+    parts, k = 8, Keys(live.p, 8)
+    live.k = k
+    frames = [record("start", key=f"s{i}", user=u) for i, u in enumerate(USERS)]
+    half = len(frames) // 2
+    live.send(T0, *[tagged(f, parts) for f in frames[:half]], *frames[half:], parts=parts)
+    assert len({k.bucket(1, u) for u in USERS}) > 3
+    for i, u in enumerate(USERS):
+        b = k.bucket(1, u)
+        assert live.r.zcount(k.live(1, u), T0, "+inf") == 1, u
+        assert live.r.exists(k.session(1, u, f"s{i}")), u
+        assert any(wire.unpack(f[b"d"])[1]["username"] == u for _id, f in live.r.xrange(k.stream(b))), u
+    assert sum(live.r.xlen(k.stream(b)) for b in range(parts)) == len(USERS)
+
+
+def stored(live, k: Keys, parts: int, status: str) -> list[int]:
+    """The buckets whose stream holds a record of ``status`` (one entry per record)."""
+    return [b for b in range(parts) for _id, f in live.r.xrange(k.stream(b))
+            if wire.unpack(f[b"d"])[1]["status"] == status]
+
+
+def test_accounting_on_clears_the_nas_in_every_bucket_and_is_stored_once(live):
+    """One Redis: one call clears the NAS's sessions of every bucket; a cluster: the
+    forwarder sends the record to each bucket's call. Either way one stream gets it."""
+    parts, k = 4, Keys(live.p, 4)
+    live.k = k
+    users = USERS[:8]
+    live.send(T0, *[tagged(record("start", key=f"s{i}", user=u), parts) for i, u in enumerate(users)], parts=parts)
+    assert len({k.bucket(1, u) for u in users}) >= 3
+    live.send(T0 + 10, tagged(record("on", ev=T0 + 10), parts), parts=parts)
+    assert all(live.r.zcount(k.live(1, u), T0, "+inf") == 0 for u in users)
+    assert stored(live, k, parts, "on") == [7 % parts]
+    # The cluster's way: one call per bucket, each with the record.
+    live.send(T0 + 20, *[tagged(record("start", key=f"t{i}", user=u, ev=T0 + 20), parts) for i, u in enumerate(users)],
+              parts=parts)
+    off = tagged(record("off", ev=T0 + 30), parts)
+    for b in range(parts):
+        live.send(T0 + 30, off, parts=parts, bucket=b)
+    assert all(live.r.zcount(k.live(1, u), T0 + 30, "+inf") == 0 for u in users)
+    assert stored(live, k, parts, "off") == [7 % parts]
+
+
+def test_a_session_of_the_layout_before_moves_to_its_bucket_and_counts_once(live):
+    """One Redis upgraded mid-session: the session hash, live set and usage under the
+    tenant's tag move at the session's next record; its Interim adds only its delta."""
+    legacy = live.k.legacy
+    live.r.hset(legacy(1, "sess", "s1"), mapping={"i": 600, "o": 1200, "t": 60, "k": row_key(), "b": f"{T0:.3f}",
+                                                 "g": 0, "v": INTERIM_S, "r": int(T0 + 10_000)})
+    live.r.expire(legacy(1, "sess", "s1"), 3600)
+    live.r.zadd(legacy(1, "live", "alice"), {row_key(): T0 + 1000})
+    live.r.hset(legacy(1, "use", "alice"), mapping={"octets": 1800 + 5000, "time_s": 60 + 40})
+    live.send(T0 + 120, tagged(record("interim", t=120), 1))
+    assert not live.r.exists(legacy(1, "sess", "s1"), legacy(1, "live", "alice"), legacy(1, "use", "alice"))
+    assert usage(live) == {b"octets": str(6800 + 1800).encode(), b"time_s": str(100 + 60).encode()}
+    assert live.live_count(T0 + 130) == 1
+    assert stream_records(live)[-1]["live_session_key"] == row_key()
+    assert 0 < live.r.ttl(live.k.session(1, "alice", "s1")) <= SESSION_TTL_S

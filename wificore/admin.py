@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
-from . import lifecycle, nas_admin
+from . import lifecycle, nas_admin, roles
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -126,6 +126,14 @@ def v_positive(value: int | None, field: str) -> int | None:
 
 
 # --------------------------------------------------------------------- helpers
+def _partitions() -> int:
+    raw = os.environ.get("WIFICORE_STREAM_PARTITIONS") or ""
+    try:
+        return int(raw) if raw.strip() else int(Settings.stream_partitions)
+    except ValueError:
+        raise InputError("WIFICORE_STREAM_PARTITIONS: expected an integer") from None
+
+
 class Admin:
     def __init__(self, shard_map: ShardMap, redis_url: str | None, key_prefix: str = "wc", *,
                  cache_redis_url: str | None = None, state_redis_url: str | None = None) -> None:
@@ -134,7 +142,8 @@ class Admin:
         # The two roles (roles.py): each falls back to redis_url.
         self.cache_redis_url = cache_redis_url or redis_url
         self.state_redis_url = state_redis_url or redis_url
-        self.keys = Keys(key_prefix)
+        # The buckets of the state keys (wificore/keys.py): the radiusd's stream_partitions.
+        self.keys = Keys(key_prefix, _partitions())
 
     def connect(self, tenant_id: int) -> psycopg.Connection:
         try:
@@ -388,9 +397,9 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
     live: Any = None
     if a.cache_redis_url and a.state_redis_url:
         import redis
-        r = redis.Redis.from_url(a.cache_redis_url, socket_timeout=2)
+        r = roles.client(a.cache_redis_url, socket_timeout=2)
         state = (r if a.state_redis_url == a.cache_redis_url
-                 else redis.Redis.from_url(a.state_redis_url, socket_timeout=2))
+                 else roles.client(a.state_redis_url, socket_timeout=2))
         try:
             raw = cast(bytes | None, r.get(a.keys.profile(args.tenant, args.username)))
             ttl = r.ttl(a.keys.profile(args.tenant, args.username))

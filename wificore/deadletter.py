@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from . import wire
+from . import roles, wire
 from .errors import DecodeError, InputError, WiFiCoreError
 from .keys import Keys
 from .settings import Settings
@@ -76,35 +76,51 @@ class DeadLetters:
 
     @property
     def name(self) -> str:
-        return self.keys.dead_letter
+        """The first dead-letter stream (bucket 0's); see :attr:`names`."""
+        return self.names[0]
+
+    @property
+    def names(self) -> list[str]:
+        """Every dead-letter stream: the buckets', then the one from before 2026-12-01."""
+        return self.keys.dead_letters
 
     def count(self) -> int:
-        return int(self.r.xlen(self.name))
+        return sum(int(self.r.xlen(name)) for name in self.names)
 
     def entries(self, limit: int | None = None) -> Iterable[tuple[Any, dict[Any, Any]]]:
-        """Oldest first, paged."""
-        start, seen = "-", 0
-        while limit is None or seen < limit:
-            n = PAGE if limit is None else min(PAGE, limit - seen)
-            rows = self.r.xrange(self.name, start, "+", count=n)
-            if not rows:
-                return
-            for entry_id, fields in rows:
-                yield entry_id, fields or {}
-                seen += 1
-            start = "(" + _text(rows[-1][0])
+        """Oldest first within each stream, stream by stream, paged."""
+        seen = 0
+        for name in self.names:
+            start = "-"
+            while limit is None or seen < limit:
+                n = PAGE if limit is None else min(PAGE, limit - seen)
+                rows = self.r.xrange(name, start, "+", count=n)
+                if not rows:
+                    break
+                for entry_id, fields in rows:
+                    yield entry_id, fields or {}
+                    seen += 1
+                start = "(" + _text(rows[-1][0])
+
+    def _find(self, entry_id: str) -> tuple[str, dict[Any, Any]] | None:
+        for name in self.names:
+            rows = self.r.xrange(name, entry_id, entry_id, count=1)
+            if rows:
+                return name, rows[0][1] or {}
+        return None
 
     def get(self, entry_id: str) -> dict[Any, Any] | None:
-        rows = self.r.xrange(self.name, entry_id, entry_id, count=1)
-        return rows[0][1] if rows else None
+        found = self._find(entry_id)
+        return found[1] if found else None
 
     def target(self, fields: dict[bytes, bytes]) -> str:
-        """The stream a dead letter goes back to."""
+        """The stream a dead letter goes back to: its subscriber's bucket's."""
         rec = _decoded(fields.get(b"d", b""))
         if rec is not None and isinstance(rec[1].get("tenant_id"), int) and rec[1]["tenant_id"] >= 0:
-            return self.keys.stream(rec[1]["tenant_id"] % self.partitions)
+            return self.keys.stream(self.keys.bucket(rec[1]["tenant_id"], str(rec[1].get("username") or "")))
         source = _text(fields.get(b"source")).rsplit("/", 1)[0]
-        if source in {self.keys.stream(p) for p in range(self.partitions)}:
+        known = {self.keys.stream(p) for p in range(self.partitions)}
+        if source in known:
             return source
         raise InputError(f"no stream to replay to (source {escape(source)!r}, payload not decodable)")
 
@@ -115,7 +131,9 @@ class DeadLetters:
             raise InputError(f"{entry_id}: empty payload, nothing to replay")
         stream = self.target(fields)
         new_id = self.r.xadd(stream, {"d": payload})
-        self.r.xdel(self.name, entry_id)  # only once the record is back in its stream
+        found = self._find(entry_id)
+        if found:
+            self.r.xdel(found[0], entry_id)  # only once the record is back in its stream
         return f"{stream}/{_text(new_id)}"
 
 
@@ -134,8 +152,8 @@ def _redis_errors(fn: Any) -> Any:
 
 
 def _open(args: argparse.Namespace) -> DeadLetters:
-    client = redis.Redis.from_url(args.redis_url, socket_timeout=10, socket_connect_timeout=5)
-    return DeadLetters(client, Keys(args.key_prefix), args.partitions)
+    client = roles.client(args.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    return DeadLetters(client, Keys(args.key_prefix, args.partitions), args.partitions)
 
 
 def cmd_list(_admin: Any, args: argparse.Namespace) -> None:

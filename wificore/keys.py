@@ -1,19 +1,46 @@
-"""The Redis key layout: one prefix, the tenant in a hash tag.
+"""The Redis key layout: one prefix; state keys tagged by the subscriber's bucket.
 
-``{prefix}:{<tenant>}:…`` keeps a tenant's keys in one Redis Cluster slot.
-Every key that can grow has a TTL or a bound (see docs/redis-keys.md).
+Cache keys (profile, plan, tenant status) are ``{prefix}:{<tenant>}:…``: each is read
+and written on its own. Every state key of a subscriber (live sessions, usage, session
+hashes, the accept's interval) and the stream its records go to carry the tag
+``{b<bucket>}``, ``bucket = crc32("<tenant>:<username>") % stream_partitions``
+(:func:`bucket_of`): one script call or multi-key read touches one Redis Cluster slot,
+and a big tenant's subscribers spread over every bucket. The per-NAS sets and the
+tenant-wide values live.lua uses are kept per bucket. Every key that can grow has a TTL
+or a bound (see docs/redis-keys.md).
 """
 
 from __future__ import annotations
 
+import zlib
+
+#: The spool frame's tag (rlm_wificore/spool.py) of a record for every bucket (a NAS's
+#: Accounting-On/Off: its sessions are in every bucket); others carry bucket + 1, 0 = none.
+TAG_ALL = 0x7FF
+
+
+def bucket_of(tenant_id: int, username: str, partitions: int) -> int:
+    """The subscriber's bucket: the tag of its state keys and its stream partition."""
+    raw = f"{tenant_id}:{username}".encode("utf-8", "surrogateescape")
+    return zlib.crc32(raw) % partitions
+
 
 class Keys:
-    """Builds every key name from the configured prefix."""
+    """Builds every key name from the configured prefix and number of buckets
+    (``stream_partitions``)."""
 
-    __slots__ = ("p",)
+    __slots__ = ("p", "partitions")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, partitions: int = 4) -> None:
         self.p = prefix
+        self.partitions = partitions
+
+    def bucket(self, tenant_id: int, username: str) -> int:
+        return bucket_of(tenant_id, username, self.partitions)
+
+    def tag(self, bucket: int) -> str:
+        """``{prefix}:{b<bucket>}:``, the start of every key of the bucket's slot."""
+        return f"{self.p}:{{b{bucket}}}:"
 
     def profile(self, tenant_id: int, username: str) -> str:
         """msgpack subscriber profile, or the 1-byte 'unknown' marker; TTL."""
@@ -29,33 +56,35 @@ class Keys:
 
     def live(self, tenant_id: int, username: str) -> str:
         """ZSET of the subscriber's live sessions, score = expiry (epoch s)."""
-        return f"{self.p}:{{{tenant_id}}}:live:{username}"
+        return f"{self.tag(self.bucket(tenant_id, username))}live:{tenant_id}:{username}"
 
     def usage(self, tenant_id: int, username: str) -> str:
         """HASH of usage counters: octets, time_s."""
-        return f"{self.p}:{{{tenant_id}}}:use:{username}"
+        return f"{self.tag(self.bucket(tenant_id, username))}use:{tenant_id}:{username}"
 
-    def session(self, tenant_id: int, session_key: str) -> str:
-        """HASH of the last counters seen for one session (delta base); TTL."""
-        return f"{self.p}:{{{tenant_id}}}:sess:{session_key}"
+    def session(self, tenant_id: int, username: str, session_key: str) -> str:
+        """HASH of the last counters seen for one session (delta base); TTL. The session
+        key is unique across tenants (rlm_wificore.records.session_key)."""
+        return f"{self.tag(self.bucket(tenant_id, username))}sess:{session_key}"
 
     def interim(self, tenant_id: int, username: str) -> str:
         """The interim interval of the subscriber's last accepted login (its plan's), kept by
         live.lua from the auth record for the session about to start; TTL."""
-        return f"{self.p}:{{{tenant_id}}}:iv:{username}"
+        return f"{self.tag(self.bucket(tenant_id, username))}iv:{tenant_id}:{username}"
 
-    def interim_max(self, tenant_id: int) -> str:
-        """The largest plan interim interval live.lua has seen for the tenant (liveness of a
-        session whose plan it cannot find); TTL."""
-        return f"{self.p}:{{{tenant_id}}}:ivmax"
+    def interim_max(self, bucket: int, tenant_id: int) -> str:
+        """The largest plan interim interval live.lua has seen for the tenant in the bucket
+        (liveness of a session whose plan it cannot find); TTL."""
+        return f"{self.tag(bucket)}ivmax:{tenant_id}"
 
-    def nas_skew(self, tenant_id: int) -> str:
+    def nas_skew(self, bucket: int, tenant_id: int) -> str:
         """HASH nas_id -> the NAS's clock skew (event time - arrival, s), for the NOC; TTL."""
-        return f"{self.p}:{{{tenant_id}}}:nasskew"
+        return f"{self.tag(bucket)}nasskew:{tenant_id}"
 
-    def nas_live(self, tenant_id: int, nas_id: int) -> str:
-        """ZSET of the NAS's live sessions ("user\\nsession_key"), for Accounting-On/Off."""
-        return f"{self.p}:{{{tenant_id}}}:naslive:{nas_id}"
+    def nas_live(self, bucket: int, tenant_id: int, nas_id: int) -> str:
+        """ZSET of the NAS's live sessions of the bucket ("user\\nsession_key"), for
+        Accounting-On/Off."""
+        return f"{self.tag(bucket)}naslive:{tenant_id}:{nas_id}"
 
     def nas(self, ip: str) -> str:
         """msgpack NAS entry by source address (dynamic clients); TTL."""
@@ -65,18 +94,38 @@ class Keys:
     def nas_directory(self) -> str:
         """HASH source address -> msgpack NAS, every NAS of every shard; kept by the relay
         (see rlm_wificore/directory.py). Bounded by the NAS rows."""
-        return f"{self.p}:nasdir"
+        return f"{self.p}:{{nasdir}}"
 
     def relay(self, slot: int) -> str:
         """The invalidation relay's lock, one per relay slot: holder id, PX TTL."""
         return f"{self.p}:relay:{slot}"
 
-    def stream(self, partition: int) -> str:
-        """Accounting and auth-log records, one stream per partition."""
+    def stream(self, bucket: int) -> str:
+        """Accounting and auth-log records of the bucket's subscribers."""
+        return f"{self.tag(bucket)}stream"
+
+    def dead_letter_of(self, bucket: int) -> str:
+        """Records of the bucket that cannot be stored (live.lua, batch_writer)."""
+        return f"{self.tag(bucket)}dead"
+
+    @property
+    def dead_letters(self) -> list[str]:
+        """Every dead-letter stream: the buckets', then the one from before 2026-12-01."""
+        return [self.dead_letter_of(b) for b in range(self.partitions)] + [self.dead_letter]
+
+    def legacy(self, tenant_id: int, kind: str, name: str) -> str:
+        """A state key of the layout before 2026-12-01 (``sess``, ``live``, ``use``): live.lua
+        moves it to its bucket's name at the session's first record (one Redis)."""
+        return f"{self.p}:{{{tenant_id}}}:{kind}:{name}"
+
+    def legacy_stream(self, partition: int) -> str:
+        """The stream of partition ``tenant % stream_partitions`` before 2026-12-01: read
+        and drained by batch_writer, written by radiusd processes not yet upgraded."""
         return f"{self.p}:stream:{{{partition}}}"
 
     @property
     def dead_letter(self) -> str:
+        """The dead-letter stream before 2026-12-01 (read by the tools, not written)."""
         return f"{self.p}:dead"
 
     @property

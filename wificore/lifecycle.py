@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import wire
+from . import roles, wire
 from .errors import InputError
 from .settings import Settings
 
@@ -40,8 +40,7 @@ LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
 def _redis(url: str | None) -> Any:
     if not url:
         return None
-    import redis
-    return redis.Redis.from_url(url, socket_timeout=2)
+    return roles.client(url, socket_timeout=2)
 
 
 def _forget(a: Admin, keys: list[str]) -> None:
@@ -195,7 +194,9 @@ def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: in
     r = _redis(a.state_redis_url)
     if r is not None:
         try:
-            count = max(count, int(r.zcount(a.keys.nas_live(tenant_id, nas_id), time.time(), "+inf")))
+            now = time.time()
+            count = max(count, sum(int(r.zcount(a.keys.nas_live(b, tenant_id, nas_id), now, "+inf"))
+                                   for b in range(a.keys.partitions)))
         except redis.RedisError:
             pass
         finally:

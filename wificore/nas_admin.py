@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from . import roles
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def forget_cached(a: Admin, ips: list[str]) -> None:
         return
     import redis
     try:
-        r = redis.Redis.from_url(a.redis_url, socket_timeout=2)
+        r = roles.client(a.redis_url, socket_timeout=2)
         r.delete(*(a.keys.nas(ip) for ip in ips))
         r.close()
     except redis.RedisError:

@@ -11,6 +11,10 @@
 Either URL left empty falls back to ``redis_url``, so one Redis still serves both (it
 must then be ``noeviction``). No radiusd, no I/O at import: the module, batch_writer
 and wificore-admin share it.
+
+A URL ``redis+cluster://host:port,host:port`` names a Redis Cluster (any reachable
+nodes of it; the rest are discovered): :func:`client` then builds a
+``redis.cluster.RedisCluster`` with the same timeouts.
 """
 
 from __future__ import annotations
@@ -37,9 +41,53 @@ def redis_url(settings: Any, role: str) -> str:
     return getattr(settings, setting_name(settings, role))
 
 
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://h:p,h:p``)."""
+    return url.strip().lower().startswith(CLUSTER_SCHEME + "://")
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The (host, port) list of a ``redis+cluster://`` URL (ValueError if there is none)."""
+    rest = url.strip()[len(CLUSTER_SCHEME) + 3:]
+    netloc = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    nodes = []
+    for item in filter(None, (n.strip() for n in netloc.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = item, "6379"
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("no host:port")
+    return nodes
+
+
+def client(url: str, **options: Any) -> Any:
+    """A ``redis.Redis`` for a URL, a ``redis.cluster.RedisCluster`` for a cluster URL, with
+    ``options`` (socket timeouts, retry, ...). No I/O for a single Redis; a cluster client
+    reads the slot map from a node at once (a ConnectionError if none answers)."""
+    import redis
+    if not is_cluster(url):
+        return redis.Redis.from_url(url, **options)
+    from redis.cluster import ClusterNode, RedisCluster
+    options.pop("health_check_interval", None)
+    options.pop("retry_on_error", None)
+    options.pop("retry_on_timeout", None)
+    retry = options.pop("retry", None)
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+                        # A failed master: the slot map is read again and the command
+                        # retried on the replica that took over (bounded attempts).
+                        cluster_error_retry_attempts=3, retry=retry, **options)
+
+
 def eviction_policy(client: Any) -> str:
     """``maxmemory_policy`` as INFO reports it (works where CONFIG is renamed away)."""
     info = client.info("memory")
+    if "maxmemory_policy" not in info and info:  # a cluster: {node: info} of every node
+        policies = {str(i.get("maxmemory_policy", "")).strip() for i in info.values() if isinstance(i, dict)}
+        return policies.pop() if len(policies) == 1 else ",".join(sorted(policies))
     return str(info.get("maxmemory_policy", "")).strip()
 
 

@@ -36,8 +36,15 @@ def int_in_range(lo: int, hi: int) -> Callable[[str, str], int]:
 def _redis_url(key: str, raw: str) -> str:
     url = raw.strip()
     scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{key}: invalid scheme {scheme!r} (use redis://, rediss:// or unix://)")
+    if scheme not in ("redis", "rediss", "unix", "redis+cluster"):
+        raise ConfigError(f"{key}: invalid scheme {scheme!r} (use redis://, rediss://, unix:// "
+                          "or redis+cluster://host:port,host:port)")
+    if scheme == "redis+cluster":
+        from .roles import cluster_nodes
+        try:
+            cluster_nodes(url)
+        except ValueError:
+            raise ConfigError(f"{key}: expected redis+cluster://host:port[,host:port...]") from None
     return url
 
 

@@ -23,7 +23,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, cast
 
-from . import tenant_time, wire
+from . import roles, tenant_time, wire
 from .errors import DecodeError, InputError
 from .keys import Keys
 from .settings import Settings
@@ -65,17 +65,17 @@ def pending(a: Admin, tenant_id: int, username: str, scan: int) -> list[dict[str
         return []
     import redis
     env = os.environ
-    keys = Keys(env.get("WIFICORE_KEY_PREFIX") or a.keys.p)
     try:
         partitions = int(env.get("WIFICORE_STREAM_PARTITIONS") or Settings.stream_partitions)
     except ValueError:
         raise InputError("WIFICORE_STREAM_PARTITIONS: expected an integer") from None
     if partitions < 1:
         raise InputError("WIFICORE_STREAM_PARTITIONS: must be at least 1")
-    r = redis.Redis.from_url(a.state_redis_url, socket_timeout=2)
+    keys = Keys(env.get("WIFICORE_KEY_PREFIX") or a.keys.p, partitions)
+    r = roles.client(a.state_redis_url, socket_timeout=2)
     try:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       r.xrevrange(keys.stream(tenant_id % partitions), count=scan))
+                       r.xrevrange(keys.stream(keys.bucket(tenant_id, username)), count=scan))
     except redis.RedisError as exc:
         print(f"# records not yet stored: not read (redis: {exc})", file=sys.stderr)
         return []
