@@ -176,6 +176,8 @@ class Streams:
             for entry_id, fields in rows:
                 if fields is None:
                     out.append(Entry(part, entry_id, None, deliveries, deleted=True))
+                elif isinstance(fields, dict):  # parsed (a cluster's nodes keep redis-py's parser)
+                    out.append(Entry(part, entry_id, fields.get(b"d"), deliveries))
                 elif fields[0] == b"d":  # the one field radiusd writes
                     out.append(Entry(part, entry_id, fields[1], deliveries))
                 else:

@@ -31,14 +31,14 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import psycopg
 import redis
 from redis.cluster import RedisCluster
 
 from wificore import wire
-from wificore.backoff import Backoff
+from wificore.backoff import REDIS_DOWN, Backoff
 from wificore.keys import TAG_ALL, Keys, bucket_of
 from wificore.log import get_logger
 
@@ -80,6 +80,8 @@ class Engine(Protocol):
 
 log = get_logger("rlm_wificore.background")
 
+#: A Redis Cluster: how long a forwarded span waits for its master's replica (WAIT).
+REPLICA_WAIT_MS = 1000
 #: Bytes of spool per script call (a few hundred records).
 FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
@@ -190,6 +192,31 @@ class Forwarder:
         """One Redis: the whole span in one call, each record to its bucket's keys."""
         return self.script(args=self._args(span.data, "", self.engine.redis_roles_split))
 
+    def _call_replicated(self, stream: str, args: list[Any]) -> int:
+        """live.lua on the master of ``stream``'s slot, then ``WAIT 1`` on the same connection
+        (one pipeline to that node): the spool lets go of the records once the master's
+        replica has them too, as a master killed before it replicated would lose them on
+        failover (replication is asynchronous). The number of replicas that have them (0: a
+        master without a live replica, after REPLICA_WAIT_MS; the records are then on the
+        master alone). A moved slot, a dead or demoted master: the slot map is read again
+        and the error raised (the caller retries the span)."""
+        client = cast(RedisCluster, self.engine.redis_bg)
+        for _ in range(2):
+            node = client.get_node_from_key(stream)
+            conn = client.get_redis_connection(node)
+            pipe = conn.pipeline(transaction=False)
+            pipe.evalsha(self.script.sha, 1, stream, *args)
+            pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+            try:
+                _reply, acked = pipe.execute()
+                return int(acked)
+            except redis.exceptions.NoScriptError:
+                conn.script_load(_LIVE_LUA)  # a new master (a promoted replica): load it there
+            except (*REDIS_DOWN, redis.ResponseError):  # type: ignore[misc]
+                client.nodes_manager.initialize()
+                raise
+        raise redis.exceptions.NoScriptError("live.lua: not loaded on the slot's master")
+
     def _send_grouped(self, span: Span) -> list[int]:
         """A Redis Cluster: the span's frames grouped by bucket, one call per bucket (its
         stream names the slot). The script never reads the cached profile there (another
@@ -202,7 +229,10 @@ class Forwarder:
         for bucket, frames in groups.items():
             if bucket in done:
                 continue
-            self.script(keys=[self.keys.stream(bucket)], args=self._args(b"".join(frames), str(bucket), True))
+            acked = self._call_replicated(self.keys.stream(bucket),
+                                          self._args(b"".join(frames), str(bucket), True))
+            if not acked:
+                self.engine.stats.errors["spool_forward_unreplicated"] += 1
             done.add(bucket)
             records += len(frames)
         self._done = None
@@ -220,7 +250,7 @@ def _forward_loop(engine: Engine) -> None:
             if not forwarder.run_once() or not forwarder.full:
                 engine.stopping.wait(FORWARD_IDLE_S)
             backoff.succeeded()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             engine.stats.errors["spool_forward_redis"] += 1
             log.warning("spool_forward_waiting_for_redis", error=str(exc),
                         pending_bytes=engine.spool.pending() if engine.spool else 0)
@@ -279,7 +309,7 @@ def _redis_inval_loop(engine: Engine) -> None:
                         engine.invalidation.apply_channel_message(msg["data"])
                     except (ValueError, IndexError, TypeError) as exc:
                         log.warning("bad_invalidation", error=str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             if not lost:
                 log.warning("invalidation_channel_lost", error=str(exc))
             # Nothing is cleared here: a Redis outage must not send every login to
@@ -390,7 +420,7 @@ def _renew_loop(lock: RelayLock, slot: int, tenure: threading.Event, lost: threa
                     log.warning("relay_lost", slot=slot)
                     return
                 away = False
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 # Redis away: the tenure goes on (its listeners keep hearing the shards and
                 # keep what they cannot announce); the slot is renewed, or found lost,
                 # once Redis is back.
@@ -411,7 +441,7 @@ def _relay_loop(engine: Engine) -> None:
         try:
             engine.invalidation.flush_unsent()  # a tenure that Redis ended left some
             slot = lock.acquire()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_DOWN:
             backoff.failed()
             backoff.wait(engine.stopping)
             continue
@@ -451,7 +481,7 @@ def _relay_loop(engine: Engine) -> None:
                         except psycopg.Error as exc:  # a shard is down: try again soon
                             log.warning("nas_directory_rebuild_failed", error=str(exc).strip())
                             rebuild_at = time.monotonic() + 5.0
-                except (redis.ConnectionError, redis.TimeoutError):
+                except REDIS_DOWN:
                     # Redis away: not the end of the tenure. Ending it stopped the
                     # listeners, and a change committed meanwhile was never heard: after
                     # Redis's return the processes refilled from the stale Redis copy (the
@@ -460,7 +490,7 @@ def _relay_loop(engine: Engine) -> None:
                 if engine.stopping.wait(RELAY_RENEW_S):
                     break
                 engine.invalidation.flush_unsent()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("relay_redis_lost", error=str(exc))
         except Exception as exc:
             log.error("relay_loop_error", error=repr(exc))

@@ -269,8 +269,10 @@ class Directory:
                 if mapping:
                     pipe.hset(tmp, mapping=mapping)
             pipe.hset(tmp, BUILT, str(int(time.time())))
-            pipe.rename(tmp, self.keys.nas_directory)
             pipe.execute()
+            # On its own: a Redis Cluster's pipeline refuses RENAME (both keys share the
+            # {nasdir} tag: one slot).
+            r.rename(tmp, self.keys.nas_directory)
             dirty = self._dirty
         finally:
             self._rebuilding = False

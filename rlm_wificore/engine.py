@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from wificore import roles
+from wificore.backoff import REDIS_DOWN
 from wificore.errors import ConfigError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import Throttle, get_logger
@@ -283,7 +284,7 @@ class Engine:
         (``at_start=False``, the forwarder once Redis answers) an evicting one is logged."""
         try:
             roles.check_state_redis(self.redis_bg, self.settings)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             if at_start:
                 log.warning("state_redis_not_checked", error=str(exc))
             return

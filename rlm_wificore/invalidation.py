@@ -36,7 +36,9 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
+from redis.cluster import RedisCluster
 
+from wificore.backoff import REDIS_DOWN
 from wificore.keys import Keys
 from wificore.log import get_logger
 
@@ -108,7 +110,7 @@ class RelayLock:
         if self.slot is not None:
             try:
                 self._release(keys=[self.keys.relay(self.slot)], args=[self.ident])
-            except (redis.ConnectionError, redis.TimeoutError):
+            except REDIS_DOWN:
                 pass  # it expires by itself
             self.slot = None
 
@@ -185,7 +187,7 @@ class Invalidation:
                     self.directory.address_changed(self.redis_bg, str(message[2]))
                 else:
                     self.directory.load_known(self.redis_bg)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 log.warning("nas_directory_not_followed", error=str(exc))
                 self.directory.known = None  # back to reading the directory itself
 
@@ -205,7 +207,7 @@ class Invalidation:
                 elif kind == "t" and shard is not None:
                     for ip in self.directory.refresh_tenant(query, self.redis_bg, shard, int(msg[1])):
                         announce.append(json.dumps(["n", int(msg[1]), ip]))
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_DOWN as exc:
                 log.warning("nas_directory_not_updated", error=str(exc))
         doomed = []
         if kind == "s":
@@ -238,13 +240,13 @@ class Invalidation:
             pipe = self.redis_bg.pipeline(transaction=False)
             if doomed and self.cache_bg is not self.redis_bg:  # the copies live in the cache Redis
                 self.cache_bg.delete(*doomed)
-            elif doomed:
-                pipe.delete(*doomed)
-            for message in announce:  # the channel: the state Redis
-                pipe.publish(self.keys.invalidation_channel, message)
+            else:
+                for key in doomed:  # one key per command: a cluster's pipeline splits by slot
+                    pipe.delete(key)
             pipe.execute()
+            self._publish(announce)  # the channel: the state Redis
             return True
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             with self._unsent_lock:
                 if len(self._unsent) == 0:
                     log.warning("invalidation_not_announced", error=str(exc), waiting=len(batch))
@@ -257,7 +259,17 @@ class Invalidation:
         its in-process copies (``["R"]``). Redis copies changed meanwhile live out their TTL."""
         if self.directory is not None:
             self.directory.rebuild(query, self.redis_bg)
-        messages = [json.dumps(["D"])] + ([json.dumps(["R"])] if alone else [])
+        self._publish([json.dumps(["D"])] + ([json.dumps(["R"])] if alone else []))
+
+    def _publish(self, messages: list[str]) -> None:
+        """The messages on the channel, in order: one pipeline, or (a Redis Cluster, whose
+        pipelines refuse PUBLISH) one call each."""
+        if not messages:
+            return
+        if isinstance(self.redis_bg, RedisCluster):
+            for message in messages:
+                self.redis_bg.publish(self.keys.invalidation_channel, message)
+            return
         pipe = self.redis_bg.pipeline(transaction=False)
         for message in messages:
             pipe.publish(self.keys.invalidation_channel, message)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.commands.core import Script
 
+from wificore.backoff import REDIS_DOWN
 from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
 from wificore.settings import Settings
@@ -142,7 +143,7 @@ class LiveStates:
             return out
         try:
             replies = self.redis.call(read) if in_hook else read(self.redis_bg)
-        except (StoreUnavailable, redis.ConnectionError, redis.TimeoutError):
+        except (StoreUnavailable, *REDIS_DOWN):  # type: ignore[misc]
             self.stats.errors["redis_state"] += 1
             retry = time.monotonic() + STATE_RETRY_S
             for _t, _u, entry in batch:

@@ -35,7 +35,7 @@ import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from wificore import roles
-from wificore.backoff import Breaker, redis_retry
+from wificore.backoff import REDIS_DOWN, Breaker, redis_retry
 from wificore.errors import StoreUnavailable
 from wificore.log import get_logger
 from wificore.settings import Settings
@@ -67,7 +67,7 @@ class RedisStore:
             raise StoreUnavailable("redis is down (retrying in <1 s)")
         try:
             result = fn(self.client)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             self.breaker.fail()
             self._errors["redis"] += 1
             raise StoreUnavailable(f"redis: {exc}") from exc

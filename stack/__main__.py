@@ -65,8 +65,20 @@ def ports() -> Ports:
         return Ports.free() if with_free == "free" else Ports()
 
 
+def cluster_asked() -> bool:
+    """WIFICORE_REDIS_CLUSTER=1: a Redis Cluster of 3 masters and 3 replicas (stack/rcluster.py)
+    instead of the single Redis."""
+    raw = os.environ.get("WIFICORE_REDIS_CLUSTER", "")
+    if raw not in ("", "0", "1"):
+        raise SystemExit(f"WIFICORE_REDIS_CLUSTER={raw!r}: 1 (a cluster) or 0")
+    return raw == "1"
+
+
 def make_stack() -> Stack:
-    stack = Stack(STATE, ports(), procs=procs())
+    chosen = ports()
+    if cluster_asked():
+        chosen = chosen.with_cluster(fixed=os.environ.get("WIFICORE_STACK_PORTS", "") != "free")
+    stack = Stack(STATE, chosen, procs=procs())
     PORTS_FILE.write_text(json.dumps(dataclasses.asdict(stack.ports)) + "\n")
     return stack
 
@@ -86,9 +98,11 @@ def up() -> int:
         stack.writer.start()
     d = DEMO
     server = "127.0.0.1" if stack.ports.auth == 1812 else f"127.0.0.1:{stack.ports.auth}"
+    redis_line = (f"redis      cluster {stack.redis.url}" if stack.ports.redis_cluster
+                  else f"redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}")
     print(f"""
 rlm_wificore is running (state in {STATE}):
-  redis      127.0.0.1:{stack.ports.redis}   pid {stack.redis.pid}
+  {redis_line}
   shard1     127.0.0.1:{stack.ports.shard1}   pid {stack.pg[0].pid}
   shard2     127.0.0.1:{stack.ports.shard2}   pid {stack.pg[1].pid}
   pgbouncer  127.0.0.1:{stack.ports.bouncer1} (shard1), :{stack.ports.bouncer2} (shard2)

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .rcluster import RedisCluster
 from .servers import (
     ROOT,
     BatchWriter,
@@ -61,10 +62,20 @@ class Ports:
     writer_metrics: int = 9813
     bouncer1: int = 16432
     bouncer2: int = 16433
+    #: The nodes of a Redis Cluster (stack.rcluster), when the stack runs one instead of
+    #: the single Redis; each node's cluster bus is on its port + 10000.
+    redis_cluster: tuple[int, ...] = ()
 
     @classmethod
     def free(cls) -> Ports:
         return cls(*(free_port() for _ in range(9)))
+
+    def with_cluster(self, fixed: bool) -> Ports:
+        """These ports and six for a Redis Cluster (17001-17006, or free ones)."""
+        if self.redis_cluster:
+            return self
+        nodes = tuple(range(17001, 17007)) if fixed else tuple(RedisCluster.free_ports())
+        return dataclasses.replace(self, redis_cluster=nodes)
 
 
 class Stack:
@@ -76,7 +87,7 @@ class Stack:
     (:func:`stack.servers.postgres_home`)."""
 
     def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500,
-                 procs: int = 1) -> None:
+                 procs: int = 1, radiusd_env: dict[str, str] | None = None) -> None:
         self.state = state
         self.ports = ports
         self.split_at = split_at
@@ -84,7 +95,10 @@ class Stack:
         state.mkdir(parents=True, exist_ok=True)
         state.chmod(0o755)
         self.postgres_home = home = postgres_home(state, fresh=fresh)
-        self.redis = RedisServer(state, ports.redis)
+        # A Redis Cluster (3 masters, 1 replica each) when the ports name its nodes.
+        self.redis: RedisServer | RedisCluster = (
+            RedisCluster(state, list(ports.redis_cluster)) if ports.redis_cluster
+            else RedisServer(state, ports.redis))
         self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast, home=home),
                    PostgresServer(state, ports.shard2, "shard2", fast=fast, home=home)]
         # radiusd and batch_writer reach each shard through its PgBouncer; the admin
@@ -96,7 +110,8 @@ class Stack:
             Radiusd(state if i == 0 else state / f"radiusd-{i}", auth_port=ports.auth,
                     acct_port=ports.acct, shard_map=self.shard_map, redis_url=self.redis.url,
                     metrics_port=ports.metrics + 10 * i if ports.metrics else 0,
-                    name="radiusd" if i == 0 else f"radiusd-{i}", reuseport=procs > 1)
+                    name="radiusd" if i == 0 else f"radiusd-{i}", reuseport=procs > 1,
+                    extra_env=radiusd_env)
             for i in range(procs)]
         self.radiusd = self.radiusds[0]
         self.writer = BatchWriter(state, self.writer_env())

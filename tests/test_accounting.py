@@ -78,12 +78,14 @@ class TestAccountingPath:
         assert rec and rec["status"] == "start" and rec["username"] == user
 
     def test_missing_session_id_goes_to_dead_letter(self, acct, redis):
-        """A Start without Acct-Session-Id is answered and dead-lettered with a reason."""
-        before = redis.xlen(K.dead_letter)
+        """A Start without Acct-Session-Id is answered and dead-lettered with a reason (in the
+        dead-letter stream of bucket tenant % stream_partitions: it names no subscriber)."""
+        dead = K.dead_letter_of(TENANT_A[0] % K.partitions)
+        before = redis.xlen(dead)
         ans = acct(TENANT_A, {"User-Name": "x", "Acct-Status-Type": "Start"})
         assert ans.code == "Accounting-Response"
-        assert wait_until(lambda: redis.xlen(K.dead_letter) > before)
-        last = redis.xrevrange(K.dead_letter, count=1)[0][1]
+        assert wait_until(lambda: redis.xlen(dead) > before)
+        last = redis.xrevrange(dead, count=1)[0][1]
         assert b"Acct-Session-Id" in last[b"reason"]
 
     def test_accounting_on_clears_live_sessions(self, acct, subscriber, redis):

@@ -163,7 +163,7 @@ def row(shard_conn, tenant: int, key: str) -> dict[str, Any] | None:
 
 
 def dead_letters(redis, prefix: str) -> list[dict[str, bytes]]:
-    return [fields for _id, fields in redis.xrange(Keys(prefix).dead_letter)]
+    return [fields for name in Keys(prefix, PARTITIONS).dead_letters for _id, fields in redis.xrange(name)]
 
 
 def session_records(tenant: int, key: str, t0: float, *, nas_id: int = 1, steps: int = 3,
@@ -369,7 +369,8 @@ class TestDeadLetters:
         for words in ("undecodable", "version", "'d' field", "session_key",
                       "event_ts", "future", "NUL", "in no shard", f"tenant {T_MISSING} does not exist"):
             assert any(words in r for r in reasons), (words, reasons)
-        assert all(d[b"source"].startswith(f"{prefix}:stream:".encode()) for d in dead)
+        streams = {Keys(prefix, PARTITIONS).stream(b).encode() for b in range(PARTITIONS)}
+        assert all(d[b"source"].rsplit(b"/", 1)[0] in streams for d in dead)
         undecodable = [d for d in dead if d[b"reason"].startswith(b"undecodable")]
         assert undecodable[0][b"d"].startswith(b"\xc1\xc1")  # the payload as received
         assert pending(redis, prefix) == 0
@@ -689,6 +690,6 @@ class TestThroughLiveScript:
             (f"{key}:{int(t0):x}", 4_000_000_900, 3000, 180, "stop", 3),
             (f"{key}:{int(t1):x}", 70, 30, 60, None, 0),
         ]
-        used = redis.hget(f"{prefix}:{{{T1}}}:use:{user}", "octets")
+        used = redis.hget(Keys(prefix, PARTITIONS).usage(T1, user), "octets")
         assert int(used) == sum(r[1] + r[2] for r in rows)
         redis.delete(*redis.keys(f"{prefix}:*"))

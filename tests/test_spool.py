@@ -141,7 +141,8 @@ class TestForwarderFraming:
 
     def _usernames(self, redis, prefix):
         from wificore import wire
-        entries = redis.xrange(f"{prefix}:stream:{{0}}")
+        from wificore.keys import Keys
+        entries = redis.xrange(Keys(prefix, 1).stream(0))
         return [wire.unpack(fields[b"d"])[1]["username"] for _id, fields in entries]
 
     def test_records_across_segments_arrive_once_in_order(self, stack, redis, tmp_path, monkeypatch):

@@ -149,6 +149,14 @@ class Breaker:
             self._probing = False
 
 
+#: What a Redis call raises when its server (or a Redis Cluster's node for the key) is
+#: away: a connection error, a timeout, or a cluster without a master for the slot yet
+#: (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, no node for the slot) while a replica takes over.
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException, redis.exceptions.TryAgainError)
+
+
 def redis_retry() -> Retry:
     """redis-py's ``retry=``: one immediate retry (no delay) on a connection error, and
     none on a timeout. redis-py's ``Retry`` retries timeouts too unless told otherwise

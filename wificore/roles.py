@@ -75,11 +75,14 @@ def client(url: str, **options: Any) -> Any:
     options.pop("health_check_interval", None)
     options.pop("retry_on_error", None)
     options.pop("retry_on_timeout", None)
-    retry = options.pop("retry", None)
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+    options.pop("retry", None)
+    # A failed master: the slot map is read again and the command retried, a bounded
+    # number of times, on the replica once it has taken over (each try within the socket
+    # timeouts; the callers' breakers and backoffs do the rest).
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
-                        # A failed master: the slot map is read again and the command
-                        # retried on the replica that took over (bounded attempts).
-                        cluster_error_retry_attempts=3, retry=retry, **options)
+                        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2), **options)
 
 
 def eviction_policy(client: Any) -> str:
