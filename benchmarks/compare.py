@@ -634,8 +634,9 @@ class Bench:
         """Drop stream entries between runs: no batch_writer drains them here."""
         r = self.redis()
         try:
-            for key in r.scan_iter(match="wc:stream:*", count=1000):
-                r.xtrim(key, maxlen=0, approximate=False)  # exact: "~" trims at most 10,000 a call
+            for match in ("wc:{b*}:stream", "wc:stream:*"):  # the buckets', the layout before
+                for key in r.scan_iter(match=match, count=1000):
+                    r.xtrim(key, maxlen=0, approximate=False)  # exact: "~" trims at most 10,000 a call
         finally:
             r.close()
 
@@ -866,8 +867,9 @@ class Bench:
                 engine.close()
                 shutil.rmtree(self.state / "memory-spool", ignore_errors=True)
             with_streams = used() - before
-            for key in r.scan_iter(match="wc:stream:*", count=1000):
-                r.xtrim(key, maxlen=0, approximate=False)  # exact: "~" trims at most 10,000 a call
+            for match in ("wc:{b*}:stream", "wc:stream:*"):  # the buckets', the layout before
+                for key in r.scan_iter(match=match, count=1000):
+                    r.xtrim(key, maxlen=0, approximate=False)  # exact: "~" trims at most 10,000 a call
             without_streams = used() - before
             r.flushdb()
         finally:

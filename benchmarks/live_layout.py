@@ -7,7 +7,9 @@ A throwaway redis-server on a free loopback port; ``--sessions`` subscribers (te
 the accounting hook does and forwarded by the module's own Forwarder. Memory: INFO
 used_memory after the forward minus before, the streams trimmed to zero (compare.py's
 method). CPU: ``time.thread_time()`` of the forwarder's loop (Redis's own time is not in
-it: the thread waits on the socket), divided by the records forwarded.
+it: the thread waits on the socket), divided by the records forwarded (one Redis: one
+call per span); with a Redis Cluster the forwarder also groups each span's frames by
+bucket, measured on its own (``cluster_grouping_cpu_us_per_record``).
 
     .venv/bin/python -m benchmarks.live_layout --sessions 20000
 """
@@ -56,6 +58,26 @@ def _breakdown(r: redis.Redis) -> None:
         print(f'{kind:30} {counts[kind]:8} keys {total:10} B', file=sys.stderr)
 
 
+def _grouping_cpu(spool: Spool) -> dict[str, float]:
+    """A Redis Cluster's extra forwarder cost: grouping each span's frames by bucket
+    (background.group_frames) over the spool as it stands, per record (absent before it)."""
+    try:
+        from rlm_wificore.background import group_frames
+    except ImportError:
+        return {}
+    records, cpu, position = 0, 0.0, None
+    while True:
+        span = spool.read_span(64 * 1024, position)
+        if not span.data:
+            break
+        cpu0 = time.thread_time()
+        groups, consumed, ended, _corrupt = group_frames(span.data, 4)
+        cpu += time.thread_time() - cpu0
+        records += sum(len(f) for f in groups.values())
+        position = spool.after(span, consumed, bool(ended))
+    return {"cluster_grouping_cpu_us_per_record": round(cpu / max(1, records) * 1e6, 2)}
+
+
 def run(sessions: int, per_tenant: int = 3000, nas_per_tenant: int = 1000, breakdown: bool = False) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="live-layout-"))
     server = RedisServer(work, free_port())
@@ -82,6 +104,7 @@ def run(sessions: int, per_tenant: int = 3000, nas_per_tenant: int = 1000, break
                            "Calling-Station-Id": "02:00:00:00:00:01", "Framed-IP-Address": "100.64.0.1",
                            "NAS-Port": "1"}
                     sink.accounting(req, t, 1 + (n - 1) % nas_per_tenant, 300)
+        grouping = _grouping_cpu(spool)
         engine = _engine(server.url, spool)
         r.ping()
         before = int(r.info("memory")["used_memory"])
@@ -103,7 +126,8 @@ def run(sessions: int, per_tenant: int = 3000, nas_per_tenant: int = 1000, break
         return {"sessions": n, "records": forwarder.sent,
                 "bytes_per_live_session": round(without / n, 1),
                 "bytes_per_stream_record": round((with_streams - without) / forwarder.sent, 1),
-                "forwarder_cpu_us_per_record": round(cpu / forwarder.sent * 1e6, 2)}
+                "forwarder_cpu_us_per_record": round(cpu / forwarder.sent * 1e6, 2),
+                **grouping}
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

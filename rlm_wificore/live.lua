@@ -418,9 +418,10 @@ local function one(payload, tag)
       end
       redis.call('EXPIRE', naslive, session_ttl)
       redis.call('HSET', sess, 'r', int(now + every))
-      -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS).
+      -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS),
+      -- kept by the sessions of the NAS's home bucket (nas_id % parts) only: once per NAS.
       local arrival = tonumber(f.arrival_ts)
-      if arrival and arrival > 0 then
+      if arrival and arrival > 0 and b == math.floor(tonumber(f.nas_id) or 0) % parts then
         redis.call('HSET', bp .. 'nasskew:' .. t, int(f.nas_id), string.format('%.0f', ev - arrival))
         redis.call('EXPIRE', bp .. 'nasskew:' .. t, session_ttl)
       end

@@ -84,6 +84,7 @@ class TestTenantDelete:
         sid = uuid.uuid4().hex[:12]
         assert acct(DELETED, acct_packet(user, sid, "Start")).code == "Accounting-Response"
         assert wait_until(lambda: redis.keys(f"wc:{{{tid}}}:*"), 5)
+        assert wait_until(lambda: redis.exists(K.live(tid, user)), 5)  # its bucket's state keys too
         conn = shard_conn(tid)
         conn.execute("INSERT INTO sessions (tenant_id, session_key, nas_id, username, acct_session_id,"
                      " started_at, updated_at) VALUES (%s, %s, 1, %s, %s, now(), now())",
@@ -99,6 +100,7 @@ class TestTenantDelete:
             n = conn.execute(f"SELECT count(*) FROM {table} WHERE tenant_id = %s", (tid,)).fetchone()[0]
             assert n == 0, table
         assert redis.keys(f"wc:{{{tid}}}:*") == []
+        assert redis.keys(f"wc:{{b*}}:*:{tid}:*") == [] and redis.keys(f"wc:{{b*}}:*:{tid}") == []
         assert wait_until(lambda: not redis.hexists(K.nas_directory, DELETED[1]), BOUND_S)
         assert redis.hexists(K.nas_directory, TENANT_A[1])  # the other tenants' stay
 

@@ -502,3 +502,14 @@ def test_a_session_of_the_layout_before_moves_to_its_bucket_and_counts_once(live
     assert live.live_count(T0 + 130) == 1
     assert stream_records(live)[-1]["live_session_key"] == row_key()
     assert 0 < live.r.ttl(live.k.session(1, "alice", "s1")) <= SESSION_TTL_S
+
+
+def test_a_nas_clock_skew_is_kept_once_in_its_home_bucket(live):
+    """Sessions of one NAS in several buckets: its skew field is in bucket nas_id % parts only."""
+    parts, k = 4, Keys(live.p, 4)
+    live.k = k
+    live.send(T0, *[tagged(record("start", key=f"s{i}", user=u, nas_id=7, arrival_ts=T0 + 5), parts)
+                    for i, u in enumerate(USERS[:8])], parts=parts)
+    assert len({k.bucket(1, u) for u in USERS[:8]}) > 1
+    assert {b: live.r.hget(k.nas_skew(b, 1), "7") for b in range(parts)} == {
+        b: (b"-5" if b == 7 % parts else None) for b in range(parts)}

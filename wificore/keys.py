@@ -78,7 +78,8 @@ class Keys:
         return f"{self.tag(bucket)}ivmax:{tenant_id}"
 
     def nas_skew(self, bucket: int, tenant_id: int) -> str:
-        """HASH nas_id -> the NAS's clock skew (event time - arrival, s), for the NOC; TTL."""
+        """HASH nas_id -> the NAS's clock skew (event time - arrival, s), for the NOC; TTL.
+        A NAS's field is in its home bucket's hash: ``nas_skew(nas_id % partitions, T)``."""
         return f"{self.tag(bucket)}nasskew:{tenant_id}"
 
     def nas_live(self, bucket: int, tenant_id: int, nas_id: int) -> str:

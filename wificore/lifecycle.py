@@ -59,7 +59,10 @@ def _forget(a: Admin, keys: list[str]) -> None:
 
 
 def _tenant_keys(url: str | None, prefix: str, tenant_id: int) -> int:
-    """Delete every key of the tenant (``{prefix}:{<tenant>}:…``) in one Redis; how many."""
+    """Delete every key of the tenant in one Redis; how many: its cache keys
+    (``{prefix}:{<tenant>}:…``) and its state keys in every bucket
+    (``{prefix}:{b<N>}:<kind>:<tenant>[:…]``, wificore/keys.py). Session hashes
+    (``…:sess:<session key>``) name no tenant: they expire on their own (2 days)."""
     import redis
     r = _redis(url)
     if r is None:
@@ -67,11 +70,13 @@ def _tenant_keys(url: str | None, prefix: str, tenant_id: int) -> int:
     deleted = 0
     try:
         batch: list[bytes] = []
-        for key in r.scan_iter(match=f"{prefix}:{{{tenant_id}}}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(r.delete(*batch))
-                batch = []
+        for match in (f"{prefix}:{{{tenant_id}}}:*", f"{prefix}:{{b*}}:*:{tenant_id}:*",
+                      f"{prefix}:{{b*}}:*:{tenant_id}"):
+            for key in r.scan_iter(match=match, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += int(r.delete(*batch))
+                    batch = []
         if batch:
             deleted += int(r.delete(*batch))
     except redis.RedisError as exc:
