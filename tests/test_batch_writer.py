@@ -83,7 +83,9 @@ def new_key(tag: str = "s") -> str:
 
 def writer_env(stack, prefix: str, **knobs: Any) -> dict[str, str]:
     """The stack's writer environment, with this test's prefix and knobs (WIFICORE_WRITER_<KNOB>)."""
-    env = {**stack.writer_env(), "WIFICORE_KEY_PREFIX": prefix, "WIFICORE_WRITER_CONSUMER": f"c-{prefix}",
+    # PYTHONPATH: this tree's code (the venv's entry point imports the checkout it was installed from).
+    env = {**stack.writer_env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "WIFICORE_KEY_PREFIX": prefix, "WIFICORE_WRITER_CONSUMER": f"c-{prefix}",
            "WIFICORE_WRITER_METRICS_PORT": "0", "WIFICORE_WRITER_BATCH_MAX_AGE_MS": "20",
            "WIFICORE_STREAM_PARTITIONS": str(PARTITIONS)}
     for k, v in knobs.items():

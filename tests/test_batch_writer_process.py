@@ -49,10 +49,9 @@ TENANTS = [T1, T2, T3, T4]
 
 def remaining(redis, prefix: str) -> int:
     """Entries not yet acknowledged by the group: never delivered (lag) plus pending."""
-    keys = Keys(prefix)
+    keys = Keys(prefix, PARTITIONS)
     total = 0
-    for p in range(PARTITIONS):
-        name = keys.stream(p)
+    for name in [keys.stream(p) for p in range(PARTITIONS)] + [keys.legacy_stream(p) for p in range(PARTITIONS)]:
         groups = redis.xinfo_groups(name) if redis.exists(name) else []
         group = next((g for g in groups if g["name"] == b"writers"), None)
         if group is None:

@@ -190,7 +190,7 @@ class TestNas:
         assert "nas-43" not in world.admin("nas", "list", "--tenant", tenant).stdout
         assert wait_until(lambda: not redis.hexists(K.nas_directory, nas[1]), BOUND_S)
         assert redis.zcount(K.live(TENANT_A[0], user), time.time(), "+inf") == 0
-        assert not redis.exists(K.nas_live(TENANT_A[0], nas_id))
+        assert not any(redis.exists(K.nas_live(b, TENANT_A[0], nas_id)) for b in range(K.partitions))
         off = records(redis, "acct", lambda r: r["status"] == "off" and r["nas_id"] == nas_id
                       and r["tenant_id"] == TENANT_A[0])
         assert len(off) == 1

@@ -114,14 +114,15 @@ class DeadLetters:
         return found[1] if found else None
 
     def target(self, fields: dict[bytes, bytes]) -> str:
-        """The stream a dead letter goes back to: its subscriber's bucket's."""
-        rec = _decoded(fields.get(b"d", b""))
-        if rec is not None and isinstance(rec[1].get("tenant_id"), int) and rec[1]["tenant_id"] >= 0:
-            return self.keys.stream(self.keys.bucket(rec[1]["tenant_id"], str(rec[1].get("username") or "")))
+        """The stream a dead letter goes back to: the bucket stream it came from (batch_writer's),
+        else its subscriber's bucket's (live.lua's, or one from a stream before 2026-12-01)."""
         source = _text(fields.get(b"source")).rsplit("/", 1)[0]
         known = {self.keys.stream(p) for p in range(self.partitions)}
         if source in known:
             return source
+        rec = _decoded(fields.get(b"d", b""))
+        if rec is not None and isinstance(rec[1].get("tenant_id"), int) and rec[1]["tenant_id"] >= 0:
+            return self.keys.stream(self.keys.bucket(rec[1]["tenant_id"], str(rec[1].get("username") or "")))
         raise InputError(f"no stream to replay to (source {escape(source)!r}, payload not decodable)")
 
     def replay(self, entry_id: str, fields: dict[bytes, bytes]) -> str:
