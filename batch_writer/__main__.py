@@ -66,6 +66,9 @@ def check(settings: Settings, consumer: str | None, redis_timeout_ms: int) -> in
         # No name: any writer of this host (default names are <hostname>-<pid>).
         # SCAN walks the whole keyspace, so the walk is bounded.
         match = f"{base}:{socket.gethostname()}-*"
+        if roles.is_cluster(roles.redis_url(settings, roles.STATE)):
+            # A cluster: every master's keyspace (redis-py walks the nodes), until one is found.
+            return 0 if next(iter(client.scan_iter(match=match, count=1000)), None) is not None else 1
         cursor = 0
         for _ in range(SCAN_MAX_CALLS):
             cursor, keys = client.scan(cursor=cursor, match=match, count=1000)
