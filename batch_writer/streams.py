@@ -117,6 +117,16 @@ class Streams:
             if self._sweep is not None:
                 self._sweep[len(self.names) - 1] = "-"
 
+    def refresh_topology(self) -> None:
+        """A Redis Cluster: read the slot map again after an error (a master that died is
+        replaced by its replica; redis-py keeps asking the dead one otherwise)."""
+        if not self.cluster:
+            return
+        try:
+            cast(RedisCluster, self.r).nodes_manager.initialize()
+        except Exception:  # every node away: the next error asks again
+            pass
+
     def dead_stream(self, partition: int) -> str:
         """The dead-letter stream of a stream's entries: its bucket's."""
         return self.keys.dead_letter_of(partition % self.partitions)

@@ -155,6 +155,7 @@ class Writer:
                     if "NOGROUP" in str(exc):
                         self._ready = False  # the stream or group was deleted: create it again
                     log.warning("redis_failed", error=str(exc), retry_in_s=round(backoff.failed(), 2))
+                    self.streams.refresh_topology()
                     backoff.wait(self.stopping)
                     continue
                 except Exception as exc:  # a failing batch never kills the loop

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
+from redis.cluster import RedisCluster
 
 from wificore import roles
 from wificore.backoff import REDIS_DOWN, Breaker, redis_retry
@@ -58,7 +59,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, errors: Counter[str], *, name: str = "redis",
                  probe: bool = True) -> None:
         self.client = client
-        self.breaker = Breaker(name, probe=client.ping if probe else None)
+        self.breaker = Breaker(name, probe=_probe_of(client) if probe else None)
         self._errors = errors  # the engine's Stats.errors: a failure is counted as "redis"
 
     def call(self, fn: Callable[[redis.Redis], T]) -> T:
@@ -73,6 +74,19 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         self.breaker.ok()
         return result
+
+
+def _probe_of(client: Any) -> Callable[[], Any]:
+    """The breaker's probe (its own thread, never a hook): PING; for a Redis Cluster, read
+    the slot map first and PING every master, so that a master replaced by its replica
+    is found (redis-py would keep asking the dead one) before the breaker closes."""
+    if not isinstance(client, RedisCluster):
+        return client.ping
+
+    def probe() -> Any:
+        client.nodes_manager.initialize()
+        return client.ping(target_nodes=RedisCluster.PRIMARIES)
+    return probe
 
 
 def connect_redis(settings: Settings, *, timeout_s: float | None = None,
