@@ -70,7 +70,7 @@ def cwriter(world, cluster):
     consumer = f"rc-{uuid.uuid4().hex[:6]}"
     env = {**world.writer_env(), "WIFICORE_REDIS_URL": cluster.url, "WIFICORE_WRITER_CONSUMER": consumer,
            "WIFICORE_WRITER_METRICS_PORT": "0", "WIFICORE_WRITER_BATCH_MAX_AGE_MS": "20",
-           "WIFICORE_STREAM_PARTITIONS": str(PARTS)}
+           "WIFICORE_STREAM_PARTITIONS": str(PARTS), "WIFICORE_WRITER_BACKOFF_MAX_S": "1"}
     w = BatchWriter(world.state, env, name=f"writer-{consumer}")
     w.start()
     try:
