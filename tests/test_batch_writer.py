@@ -695,3 +695,31 @@ class TestThroughLiveScript:
         used = redis.hget(Keys(prefix, PARTITIONS).usage(T1, user), "octets")
         assert int(used) == sum(r[1] + r[2] for r in rows)
         redis.delete(*redis.keys(f"{prefix}:*"))
+
+
+class TestStreamsBeforeTheBuckets:
+    def test_entries_of_the_old_partitions_are_drained(self, make_writer, redis, shard_conn):
+        """One Redis upgraded with records in the partitions of before 2026-12-01
+        (``{prefix}:stream:{N}``): the writer reads them beside the buckets' streams, and one
+        that a radiusd not yet upgraded creates later is found at the next measurement."""
+        prefix, now = new_prefix(), time.time()
+        keys = Keys(prefix, PARTITIONS)
+        k1, k2 = new_key(), new_key()
+        try:
+            redis.xadd(keys.legacy_stream(partition_of(T1, PARTITIONS)),
+                       {"d": wire.pack("acct", acct(T1, k1, "interim", now - 60, session_time_s=60, in_octets=5))})
+            w = make_writer(prefix)
+            drain(w)
+            r1 = row(shard_conn, T1, k1)
+            assert r1 is not None and r1["input_octets"] == 5
+            redis.xadd(keys.legacy_stream(partition_of(T2, PARTITIONS)),
+                       {"d": wire.pack("acct", acct(T2, k2, "interim", now - 30, session_time_s=30, in_octets=7))})
+            w._next_measure = 0.0  # measure now: the new old stream is found
+            w._housekeeping()
+            drain(w)
+            r2 = row(shard_conn, T2, k2)
+            assert r2 is not None and r2["input_octets"] == 7
+            assert all(int(redis.xpending(keys.legacy_stream(p), "writers")["pending"]) == 0
+                       for p in {partition_of(T1, PARTITIONS), partition_of(T2, PARTITIONS)})
+        finally:
+            redis.delete(*[keys.legacy_stream(p) for p in range(PARTITIONS)])
