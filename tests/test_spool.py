@@ -187,3 +187,47 @@ class TestForwarderFraming:
             assert self._usernames(redis, prefix) == names
         finally:
             e.close()  # closes the spool too
+
+
+class TestClusterGrouping:
+    """background.group_frames: a span's frames by bucket, from the tag in their length word."""
+
+    @staticmethod
+    def frame(rec: dict, tag: int | None, parts: int = 4) -> bytes:
+        import struct
+
+        from wificore import wire
+        payload = wire.pack(wire.KIND_ACCT, rec)
+        return struct.pack("<I", len(payload) | (tag or 0) << 21) + payload
+
+    def test_tagged_untagged_and_nas_wide_frames(self):
+        from rlm_wificore.background import group_frames
+        from wificore.keys import TAG_ALL, bucket_of
+
+        def rec(user: str, status: str = "interim") -> dict:
+            return {"tenant_id": 7, "nas_id": 3, "session_key": "k", "username": user, "status": status}
+        users = ["alice", "bob", "carol", "dave", "erin"]
+        tagged = [self.frame(rec(u), 1 + bucket_of(7, u, 4)) for u in users]
+        untagged = [self.frame(rec(u), None) for u in users]  # spooled before the tag existed
+        on = self.frame(rec("", "on"), TAG_ALL)
+        data = b"".join(tagged[:2] + [on] + untagged + tagged[2:]) + b"\x00\x00\x00\x00" + b"junk"
+        groups, consumed, ended, corrupt = group_frames(data, 4)
+        assert consumed == len(data) - 8 and ended == 1 and corrupt == 0
+        assert sorted(groups) == [0, 1, 2, 3]  # the Accounting-On goes to every bucket
+        for b, frames in groups.items():
+            assert on in frames
+            mine = [u for u in users if bucket_of(7, u, 4) == b]
+            expected = ([t for t, u in zip(tagged[:2], users[:2], strict=True) if u in mine] + [on]
+                        + [f for f, u in zip(untagged, users, strict=True) if u in mine]
+                        + [t for t, u in zip(tagged[2:], users[2:], strict=True) if u in mine])
+            assert frames == expected  # in spool order within the bucket
+
+    def test_a_cut_frame_waits_and_a_corrupt_length_ends_the_segment(self):
+        import struct
+
+        from rlm_wificore.background import group_frames
+        f = self.frame({"tenant_id": 1, "username": "u", "status": "interim"}, 1)
+        groups, consumed, ended, corrupt = group_frames(f + f[:-3], 4)
+        assert consumed == len(f) and not ended and sum(map(len, groups.values())) == 1
+        bad = struct.pack("<I", (1 << 20) + 5)
+        assert group_frames(f + bad + f, 4)[1:] == (len(f), 1, 1)
