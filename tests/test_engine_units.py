@@ -16,6 +16,7 @@ PLAN = Plan(1, None, None, None, None, 60, None, 100, 1, None)
 def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
     e = Engine(Settings(), MAP)
     e.profiles.plan = lambda t, p: PLAN  # plans are not what is tested here
+    e._tenant_status = lambda t: "active"  # nor the tenant's status (its own Redis read)
 
     def fake_call(fn):
         if invalidate_during_read:
