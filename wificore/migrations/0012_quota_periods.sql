@@ -50,3 +50,5 @@ LANGUAGE sql STABLE AS $$
            COALESCE(sum(upto.s - COALESCE(before.s, 0)), 0)::bigint
       FROM upto LEFT JOIN before USING (session_key)
 $$;
+
+GRANT SELECT, INSERT, UPDATE ON session_days TO wificore_writer;
