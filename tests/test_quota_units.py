@@ -180,3 +180,22 @@ return out
         got = redis.eval(script, 0, *chunk)
         want = [x for d in chunk for x in (quota.period_start("monthly", d), quota.period_start("weekly", d))]
         assert got == want
+
+
+def test_the_writers_day_rows_are_the_greatest_totals_per_session_and_day():
+    """batch_writer's session_days rows of a batch: per (session row, local day) the
+    greatest totals, in any order and with duplicates (a replay changes nothing);
+    records live.lua named no day for (late ones) make none."""
+    import random
+
+    from batch_writer.records import Acct, usage_days
+
+    def rec(day, octets, t, key="k:1"):
+        return Acct(7, 1, "interim", 1.9e9, key, "s", "bob", t, octets, 10, live_day=day)
+    recs = [rec(20787, 1000, 300), rec(20788, 5000, 1200), rec(20788, 9000, 3000),
+            rec(None, 9500, 100), rec(20788, 50, 30, key="k:2")]
+    want = [(7, "k:1", 20787, "bob", 1010, 300), (7, "k:1", 20788, "bob", 9010, 3000),
+            (7, "k:2", 20788, "bob", 60, 30)]
+    assert usage_days(recs) == want
+    for seed in range(5):
+        assert usage_days(random.Random(seed).sample(recs + recs[:2], len(recs) + 2)) == want

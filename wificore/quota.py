@@ -160,8 +160,9 @@ class ZoneClock:
                 else:
                     b = mid
             hi = float(b)
-        # And back: the instants since the last transition within a day share it too.
-        lo_t = int(ts) - _DAY
+        # And back: the instants since the last transition within two days share it too
+        # (records' event times lag arrival by up to a day: rlm_wificore.records).
+        lo_t = int(ts) - 2 * _DAY
         if _offset(self.zone, lo_t) == off:
             lo = float(lo_t)
         else:
