@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from wificore import quota
 from wificore.errors import DecodeError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import get_logger
@@ -104,7 +105,7 @@ class Profiles:
                                        status)
             clock = self.zones.get(tenant_id)
             if zone is not None and (clock is None or clock.name != zone):
-                self.zones[tenant_id] = ZoneClock(zone)
+                self.zones[tenant_id] = quota.clock(zone)
         return status
 
     def zone(self, tenant_id: int) -> ZoneClock | None:

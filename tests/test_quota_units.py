@@ -109,6 +109,7 @@ class TestPeriods:
         assert clock.current("daily", now + 60)[2] == ends_at
         assert clock.current("none", now) is None
         assert quota.ZoneClock("Mars/Olympus").name == "UTC"
+        assert quota.clock("Europe/Berlin") is quota.clock("Europe/Berlin")  # one per zone
 
 
 class TestReader:
