@@ -37,7 +37,7 @@ import psycopg
 import redis
 from redis.cluster import RedisCluster
 
-from wificore import wire
+from wificore import quota, wire
 from wificore.backoff import REDIS_DOWN, Backoff
 from wificore.keys import TAG_ALL, Keys, bucket_of
 from wificore.log import get_logger
@@ -91,7 +91,8 @@ _U32 = struct.Struct("<I")
 _LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text(encoding="utf-8")
 #: Live-session and per-session keys outlive a session by this much.
 SESSION_TTL_S = 2 * 86400
-USAGE_TTL_S = 90 * 86400
+#: The usage hash's sliding expiry (lifetime totals and period counters): wificore/quota.py's.
+USAGE_TTL_S = quota.USAGE_TTL_S
 
 
 def _legacy_tag(payload: bytes, partitions: int) -> int:

@@ -12,6 +12,7 @@ import itertools
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 
 from wificore import wire
 from wificore.errors import InputError, StoreUnavailable
@@ -35,8 +36,10 @@ class Sink:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_seq = itertools.count()
 
-    def accounting(self, req: dict[str, str], tenant_id: int, nas_id: int, interim_s: int) -> str:
+    def accounting(self, req: dict[str, str], tenant_id: int, nas_id: int, interim_s: int,
+                   day_of: Callable[[float], int] | None = None) -> str:
         """Spool the accounting record of ``req``; its kind (start, interim, ..., invalid).
+        ``day_of``: the tenant's local day of an instant (see records.acct_record).
 
         :class:`SpoolFull` (nothing written) if the spool's disk has no room."""
         if self.spool is None:
@@ -47,7 +50,7 @@ class Sink:
                 raise InputError(problem)
             kind, values = records.acct_record(
                 req, tenant_id=tenant_id, nas_id=nas_id, interim_s=interim_s, arrival_ts=time.time(),
-                record_id=f"{self._event_prefix}{next(self._event_seq):x}")
+                record_id=f"{self._event_prefix}{next(self._event_seq):x}", day_of=day_of)
             payload = wire.pack_values(wire.KIND_ACCT, values)
             # The frame's bucket tag (wificore.keys.bucket_of, inlined: one call less in the
             # hook); a NAS's Accounting-On/Off concerns every bucket.

@@ -496,10 +496,10 @@ def venv_bin(name: str) -> str:
 class BatchWriter(Process):
     def __init__(self, state: Path, env: dict[str, str], name: str = "batch_writer") -> None:
         super().__init__(name, state)
-        # This tree's code: the venv's entry point imports the package it was installed
-        # from, which may be another checkout.
-        path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH", ""))))
-        self.env = {**os.environ, "PYTHONPATH": path, **env}
+        self.env = {**os.environ, **env}
+        # This tree's batch_writer, not the one the venv's editable install points at (a
+        # worktree shares its venv with the main tree); radiusd's python_path is ROOT too.
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
 
     def start(self) -> None:
         self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
