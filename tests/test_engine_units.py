@@ -197,7 +197,7 @@ def test_an_accounting_record_carries_the_tenants_local_day(tmp_path):
     import struct
     import zoneinfo
 
-    from rlm_wificore.spool import Spool
+    from rlm_wificore.spool import LEN_MASK, Spool
     from wificore import quota, wire
 
     e = Engine(Settings(), MAP)
@@ -220,6 +220,7 @@ def test_an_accounting_record_carries_the_tenants_local_day(tmp_path):
         data, days = e.spool.read_span(1 << 16).data, []
         while data:
             (n,) = struct.unpack_from("<I", data)
+            n &= LEN_MASK  # the bits above are the frame's bucket tag
             days.append(wire.unpack(data[4:4 + n])[1]["local_day"])
             data = data[4 + n:]
     finally:
