@@ -41,7 +41,7 @@ from wificore.backoff import Backoff
 from wificore.shardmap import Shard
 
 from .config import WriterConfig
-from .records import NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse
+from .records import DAY_COLUMNS, NAS_STATUSES, SESSION_COLUMNS, Acct, Auth, NasEvent, Record, collapse, usage_days
 from .stats import DEAD_ATTEMPTS, DEAD_REJECTED_BY_DB, DEAD_UNKNOWN_TENANT
 
 APPLICATION_NAME = "wificore-batch-writer"
@@ -54,6 +54,7 @@ RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailur
 
 STAGE_SESSIONS = sql.Identifier("wc_stage_sessions")
 STAGE_AUTH = sql.Identifier("wc_stage_auth")
+STAGE_DAYS = sql.Identifier("wc_stage_days")
 AUTH_COLUMNS = (
     ("tenant_id", "integer"), ("logged", "float8"), ("event_id", "text"), ("username", "text"),
     ("nas_id", "bigint"), ("calling_station_id", "text"), ("result", "text"), ("reason", "text"),
@@ -134,6 +135,17 @@ ON CONFLICT (tenant_id, session_key) DO UPDATE SET
         WHEN EXCLUDED.close_reason = 'stop' THEN 'stop'
         WHEN s.close_reason = 'stale' AND EXCLUDED.updated_at > s.stopped_at THEN NULL
         ELSE s.close_reason END
+""")
+
+# A session's totals per local day (quota periods, migration 0012): only forward.
+MERGE_DAYS = sql.SQL("""
+INSERT INTO session_days AS d (tenant_id, session_key, day, username, octets, time_s)
+SELECT tenant_id, session_key, date '1970-01-01' + day, username, octets, time_s
+FROM {stage}
+ORDER BY tenant_id, session_key, day
+ON CONFLICT (tenant_id, session_key, day) DO UPDATE SET
+    octets = GREATEST(d.octets, EXCLUDED.octets),
+    time_s = GREATEST(d.time_s, EXCLUDED.time_s)
 """)
 
 INSERT_AUTH = sql.SQL("""
@@ -460,6 +472,13 @@ class ShardWriter:
                         for row in rows:
                             cp.write_row(row)
                     cur.execute(MERGE_SESSIONS.format(stage=STAGE_SESSIONS))
+                    days = usage_days(acct)
+                    if days:
+                        cur.execute(_create_stage(STAGE_DAYS, DAY_COLUMNS))
+                        with cur.copy(_copy(STAGE_DAYS, DAY_COLUMNS)) as cp:
+                            for day in days:
+                                cp.write_row(day)
+                        cur.execute(MERGE_DAYS.format(stage=STAGE_DAYS))
                 if auth:
                     cur.execute(_create_stage(STAGE_AUTH, AUTH_COLUMNS))
                     with cur.copy(_copy(STAGE_AUTH, AUTH_COLUMNS)) as cp:

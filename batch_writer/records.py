@@ -46,6 +46,7 @@ FLAG_BACKWARDS = 2               # counter_flags: a counter went backwards (live
 MIN_EVENT_TS = 946_684_800.0     # 2000-01-01: anything earlier is a NAS without a clock
 MAX_TEXT = 253                   # the longest RADIUS string attribute
 MAX_SESSION_KEY = 256
+MIN_DAY, MAX_DAY = 10_957, 2_932_896  # local days: 2000-01-01 .. 9999-12-31 (PostgreSQL dates)
 #: "No address yet" (Huawei BRAS Starts): never stored, so the Interim's real address is.
 NO_ADDRESS = ("0.0.0.0", "::")
 INTERIM_RANGE_S = (10, 7 * 86_400)
@@ -99,6 +100,8 @@ class Acct:
     framed_ipv6_prefix: str | None = None
     delegated_ipv6_prefix: str | None = None
     framed_interface_id: str | None = None
+    #: The local day live.lua counted the record's usage in (quota periods; None: none).
+    live_day: int | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -305,7 +308,7 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     well-formed session record, or None (then the field-by-field checks run and name what
     is wrong). Same rules, a third of the cost."""
     (tenant_id, nas_id, key, asid, user, status, ev, arrival, st, io, oo, ip, op, csid, framed_ip,
-     cause, interim, port_id, called, nas_ident, lkey, lt, li, lo, flags, liv, pfx6, dpfx6,
+     cause, interim, port_id, called, nas_ident, lkey, lt, li, lo, flags, liv, lday, pfx6, dpfx6,
      ifid) = _pick_fast(v)
     if type(lt) is int and 0 <= lt <= MAX_SESSION_TIME_S:
         st = lt  # the session time after the counter rules (a refused one is not checked)
@@ -343,7 +346,14 @@ def _fast_acct_values(v: list[Any], limits: Limits) -> Acct | None:
     if pfx6 is not None or dpfx6 is not None or ifid is not None:  # IPv6: most records carry none
         r.framed_ipv6_prefix, r.delegated_ipv6_prefix = _prefix6(pfx6), _prefix6(dpfx6)
         r.framed_interface_id = _interface_id(ifid)
+    if lday is not None and key is lkey:
+        r.live_day = _day(lday)
     return r
+
+
+def _day(value: Any) -> int | None:
+    """A local day (days since 1970-01-01) as live.lua wrote it, or None."""
+    return value if type(value) is int and MIN_DAY <= value <= MAX_DAY else None
 
 
 def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
@@ -364,7 +374,7 @@ def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
         session_time_s = _counter(fields, "session_time_s")
     if 0 <= session_time_s <= MAX_SESSION_TIME_S and event_ts - session_time_s < MIN_EVENT_TS:
         raise Rejected(f"session_time_s: {session_time_s} puts the session start before 2000")
-    return _live(Acct(
+    r = _live(Acct(
         tenant_id=tenant_id,
         nas_id=_nas(fields),
         status=status,
@@ -391,6 +401,9 @@ def parse_acct(fields: dict[str, Any], limits: Limits) -> Acct:
     ), fields.get("live_session_key"), fields.get("live_session_time_s"), fields.get("live_input_octets"),
         fields.get("live_output_octets"), fields.get("counter_flags"), fields.get("live_interim_s"),
         limits.default_interim_s)
+    if r.session_key == fields.get("live_session_key"):
+        r.live_day = _day(fields.get("live_day"))
+    return r
 
 
 def parse_auth(fields: dict[str, Any], limits: Limits) -> Auth:
@@ -537,6 +550,32 @@ def _single(r: Acct) -> tuple[Any, ...]:
             r.input_packets, r.output_packets, r.terminate_cause if stop else None,
             _alive_at(r), r.nas_port_id, r.called_station_id, r.nas_identifier, r.counter_flags,
             r.framed_ipv6_prefix, r.delegated_ipv6_prefix, r.framed_interface_id)
+
+
+#: The staging columns of session_days rows (migration 0012): (tenant, session row,
+#: local day, username, octets in + out, session time) after the day's last record.
+DAY_COLUMNS = (
+    ("tenant_id", "integer"), ("session_key", "text"), ("day", "integer"), ("username", "text"),
+    ("octets", "bigint"), ("time_s", "bigint"),
+)
+
+
+def usage_days(records: Iterable[Acct]) -> list[tuple[Any, ...]]:
+    """The session_days rows of a batch: per (session row, local day live.lua counted in)
+    the greatest totals (commutative, idempotent: a replay changes nothing), key order."""
+    days: dict[tuple[int, str, int], list[Any]] = {}
+    for r in records:
+        if r.live_day is None:
+            continue
+        key = (r.tenant_id, r.session_key, r.live_day)
+        octets = r.input_octets + r.output_octets
+        row = days.get(key)
+        if row is None:
+            days[key] = [r.username, octets, r.session_time_s]
+        else:
+            row[0] = row[0] or r.username
+            row[1], row[2] = max(row[1], octets), max(row[2], r.session_time_s)
+    return [(t, k, d, *row) for (t, k, d), row in sorted(days.items())]
 
 
 def collapse(records: Iterable[Acct]) -> tuple[list[tuple[Any, ...]], list[NasEvent]]:

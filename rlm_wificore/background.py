@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 import redis
 
+from wificore import quota
 from wificore.backoff import Backoff
 from wificore.log import get_logger
 
@@ -85,7 +86,8 @@ FORWARD_IDLE_S = 0.02
 _LIVE_LUA = (Path(__file__).resolve().parent / "live.lua").read_text(encoding="utf-8")
 #: Live-session and per-session keys outlive a session by this much.
 SESSION_TTL_S = 2 * 86400
-USAGE_TTL_S = 90 * 86400
+#: The usage hash's sliding expiry (lifetime totals and period counters): wificore/quota.py's.
+USAGE_TTL_S = quota.USAGE_TTL_S
 
 
 class Forwarder:

@@ -36,11 +36,23 @@ from wificore.profile import Plan, Profile
 
 @dataclasses.dataclass(slots=True)
 class LiveState:
-    """What the accounting path keeps in Redis for one subscriber (never mutated)."""
+    """What the accounting path keeps in Redis for one subscriber (never mutated).
+
+    ``octets`` and ``time_s`` are the usage that counts against the plan's quotas: over
+    the plan's quota period current when read (wificore/quota.py), or the lifetime
+    totals for a plan without one. ``resets_at``: when that period ends (epoch s; None:
+    lifetime); from then on the usage counts as 0 (:meth:`used`) until re-read."""
 
     sessions: int = 0
     octets: int = 0
     time_s: int = 0
+    resets_at: float | None = None
+
+    def used(self, now: float) -> tuple[int, int]:
+        """(octets, seconds) counting against the quotas at ``now``."""
+        if self.resets_at is not None and now >= self.resets_at:
+            return 0, 0
+        return self.octets, self.time_s
 
 
 #: The live state of a subscriber with no session and no usage (shared: most are).

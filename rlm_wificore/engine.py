@@ -100,6 +100,7 @@ class Engine:
         self._client = self.directory.lookup
         self._entry = self.profiles.entry
         self._tenant_status = self.profiles.tenant_status
+        self._zones = self.profiles.zones
         self._is_verified = self.credentials.is_verified
         self._log_auth = self.sink.log_auth
 
@@ -251,8 +252,12 @@ class Engine:
         entry = self.local.peek((tenant_id, username))
         interim_s = (entry.plan.interim_interval_s if entry is not None and entry.plan is not None
                      else self.settings.default_interim_s)
+        # The tenant's zone: the record's local day (quota periods). Known from the
+        # tenant's status; read once per tenant and process otherwise (with deadlines).
+        zone = self._zones.get(tenant_id) or self.profiles.zone_now(tenant_id)
         try:
-            kind = self.sink.accounting(req, tenant_id, nas_id, interim_s)  # raises if no spool
+            kind = self.sink.accounting(req, tenant_id, nas_id, interim_s,
+                                        zone.day if zone is not None else None)  # raises if no spool
         except SpoolFull:  # no room on the spool's disk: no response, the NAS retries
             self.stats.errors["spool_full"] += 1
             # noop, not fail: the same for radiusd (no Accounting-Response), and the

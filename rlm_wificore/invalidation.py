@@ -215,7 +215,7 @@ class Invalidation:
         elif kind == "n":
             doomed.append(keys.nas(str(msg[2])))
         elif kind == "t":
-            doomed.append(keys.tenant(int(msg[1])))
+            doomed += (keys.tenant(int(msg[1])), keys.tenant_zone(int(msg[1])))
         with self._unsent_lock:
             self._unsent.append((doomed, announce))
         self.flush_unsent()

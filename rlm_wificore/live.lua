@@ -43,7 +43,7 @@ local function fields(rec)
   if rec[2] == 'auth' then return {tenant_id = v[1], username = v[5], result = v[7], interim_s = v[10]} end
   return {tenant_id = v[1], nas_id = v[2], session_key = v[3], username = v[5], status = v[6],
           event_ts = v[7], arrival_ts = v[8], session_time_s = v[9], input_octets = v[10],
-          output_octets = v[11], interim_s = v[18]}
+          output_octets = v[11], interim_s = v[18], local_day = v[26]}
 end
 
 -- Counter rules (docs/batch-writer.md, "Counter rules"; batch_writer/records.py applies the
@@ -59,7 +59,8 @@ local ACCEPT_IV_TTL_S = 120
 -- A record "started" (event time - session time) more than this before or after the
 -- generation's start belongs to another generation of the Acct-Session-Id.
 local SLACK_S = 60
-local ACCT_BODY = 25                    -- wire.ACCT_FIELDS (radiusd's part of the body)
+local ACCT_BODY = 26                    -- wire.ACCT_FIELDS (radiusd's part of the body)
+local LIVE_N = 7                        -- wire.LIVE_FIELDS
 
 -- The stream's copy of a version 2 record gets wire.LIVE_FIELDS appended to its body
 -- (no re-encoding: the body is the last element, so the array header's count is
@@ -68,7 +69,7 @@ local function extend(payload, rec, ...)
   if rec[1] ~= 2 or string.byte(payload, 8) ~= 0xdc then return payload end
   local n = string.byte(payload, 9) * 256 + string.byte(payload, 10)
   if n > ACCT_BODY then return payload end
-  return string.sub(payload, 1, 7) .. struct.pack('>BI2', 0xdc, ACCT_BODY + 6)
+  return string.sub(payload, 1, 7) .. struct.pack('>BI2', 0xdc, ACCT_BODY + LIVE_N)
          .. string.sub(payload, 11) .. string.rep(string.char(0xc0), ACCT_BODY - n)
          .. cmsgpack.pack(...)
 end
@@ -85,6 +86,45 @@ local function plan_interval(raw)
   local ok, plan = pcall(cmsgpack.unpack, raw)
   if ok and type(plan) == 'table' and type(plan[6]) == 'number' and plan[6] > 0 then return plan[6] end
   return nil
+end
+
+-- Quota periods (wificore/quota.py): a record's usage counts in its local day (the
+-- tenant's calendar, the record's local_day), in the ISO week (from its Monday) and in
+-- the month (from its 1st) of that day. The usage hash keeps each period's id (its
+-- first local day) and counters: d do dt, w wo wt, m mo mt. A newer id starts the
+-- period's counters again; a record of an older period counts in the totals only.
+local function month_start(z)
+  -- days from 1970-01-01 -> the day of the 1st of its month (civil_from_days, H. Hinnant)
+  local zz = z + 719468
+  local era = math.floor(zz / 146097)
+  local doe = zz - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  return z - (doy - math.floor((153 * mp + 2) / 5))
+end
+
+-- The HSET arguments that count d octets and dt seconds of local day `day` into the
+-- periods, from the stored fields `cur` (PERIOD_FIELDS, in order).
+local PERIOD_FIELDS = {'d', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt'}
+local function period_fields(cur, day, d, dt)
+  local ids = {day, day - (day + 3) % 7, month_start(day)}
+  local names, args = {'d', 'w', 'm'}, {}
+  for i = 1, 3 do
+    local c = tonumber(cur[3 * i - 2])
+    local o, t = d, dt
+    if c == ids[i] then
+      o, t = o + (tonumber(cur[3 * i - 1]) or 0), t + (tonumber(cur[3 * i]) or 0)
+    end
+    if c == nil or ids[i] >= c then
+      local n = names[i]
+      args[#args + 1] = n; args[#args + 1] = int(ids[i])
+      args[#args + 1] = n .. 'o'; args[#args + 1] = int(o)
+      args[#args + 1] = n .. 't'; args[#args + 1] = int(t)
+    end
+  end
+  return args
 end
 
 local function one(payload)
@@ -187,7 +227,7 @@ local function one(payload)
   if exists then
     if prev and born and rs < born - SLACK_S then
       -- A late record of the previous generation: to its row, nothing live or counted.
-      redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil))
+      redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil, nil))
       return
     elseif status == 'start' and x == '1' then
       newgen = true
@@ -198,7 +238,7 @@ local function one(payload)
     elseif x == '1' then
       -- A Stop was final: nothing after it counts or revives the session.
       redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tonumber(last[3]),
-                 tonumber(last[6] or last[1]), tonumber(last[7] or last[2]), flags, tonumber(last[13])))
+                 tonumber(last[6] or last[1]), tonumber(last[7] or last[2]), flags, tonumber(last[13]), nil))
       return
     end
   end
@@ -291,12 +331,23 @@ local function one(payload)
       redis.call('HSET', sess, 'b', string.format('%.3f', rs))
     end
   end
-  redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tt, LI, LO, flags, iv))
+  -- The local day this record's usage counts in (quota periods), for the stream too:
+  -- batch_writer keeps the session's totals per such day (session_days). A late record
+  -- counts nothing and names no day (its totals are those of a later one).
+  local day = tonumber(f.local_day)
+  if day then day = math.floor(day) end
+  redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tt, LI, LO, flags, iv,
+                                               (not late) and day or nil))
   if di + dout > 0 or dt > 0 then
     local d = di + dout
     -- The value equals the increment: the key (or field) is new and has no expiry yet.
     local total = redis.call('HINCRBY', usage, 'octets', int(d))
     redis.call('HINCRBY', usage, 'time_s', int(dt))
+    if day then
+      local cur = redis.call('HMGET', usage, unpack(PERIOD_FIELDS))
+      local args = period_fields(cur, day, d, dt)
+      if #args > 0 then redis.call('HSET', usage, unpack(args)) end
+    end
     if due or total == d then
       redis.call('EXPIRE', usage, usage_ttl)
     end

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.commands.core import Script
 
+from wificore import quota
 from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
+from wificore.profile import Plan
 from wificore.settings import Settings
 
 from .cache import NO_STATE, Entry, LiveState, ttl_with_jitter
@@ -40,17 +42,26 @@ Due = tuple[int, str, Entry]  # (tenant, username, cached entry)
 #: subscriber cost ~13 us of Python per subscriber in the state thread, holding the
 #: GIL the hook needs, against ~1.5 us for one call and one array reply.
 #: KEYS: live zset, usage hash, per subscriber; ARGV[1]: now (epoch s).
-#: Reply: session count, octets, time_s per subscriber (nil where absent).
+#: Reply: session count, then the USAGE_FIELDS per subscriber (nil where absent).
 _STATES_LUA = """
 local out, now = {}, ARGV[1]
 for i = 1, #KEYS, 2 do
   out[#out + 1] = redis.call('ZCOUNT', KEYS[i], now, '+inf')
-  local u = redis.call('HMGET', KEYS[i + 1], 'octets', 'time_s')
-  out[#out + 1] = u[1]
-  out[#out + 1] = u[2]
+  local u = redis.call('HMGET', KEYS[i + 1], %s)
+  for j = 1, %d do out[#out + 1] = u[j] end
 end
 return out
 """
+#: The usage hash's fields a live state reads: the lifetime totals, then each quota
+#: period's id and counters (wificore/quota.py FIELDS), in PERIOD_ORDER.
+PERIOD_ORDER = ("daily", "weekly", "monthly")
+USAGE_FIELDS = ("octets", "time_s", *(f"{quota.FIELDS[p]}{x}" for p in PERIOD_ORDER for x in ("", "o", "t")))
+_STATES_LUA = _STATES_LUA % (", ".join(f"'{f}'" for f in USAGE_FIELDS), len(USAGE_FIELDS))
+_WIDTH = 1 + len(USAGE_FIELDS)
+#: The idle live states of periods ending at one instant, shared (see NO_STATE).
+_IDLE: dict[float, LiveState] = {}
+#: A tenant whose zone is not known yet (its status not read in this process): UTC.
+_UTC = quota.ZoneClock("UTC")
 
 
 class LiveStates:
@@ -70,6 +81,8 @@ class LiveStates:
         self.stale_wake = threading.Event()
         self.refresher = False
         self._states_script = Script(redis_bg, _STATES_LUA.encode())  # bytes: no encoder asked
+        #: tenant -> its zone (quota periods); Profiles fills it with the tenant's status.
+        self.zones: dict[int, quota.ZoneClock] = {}
 
     # ------------------------------------------------ the state thread's side
     def refresher_started(self) -> None:
@@ -107,15 +120,41 @@ class LiveStates:
     def read_into(self, pipe: Any, tenant_id: int, username: str, now: float) -> None:
         """Queue the two reads of a live state on ``pipe`` (see :meth:`state`)."""
         pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
-        pipe.hmget(self.keys.usage(tenant_id, username), "octets", "time_s")
+        pipe.hmget(self.keys.usage(tenant_id, username), *USAGE_FIELDS)
 
     @staticmethod
-    def state(live: Any, usage: list[Any]) -> LiveState:
-        """The live state from the replies of the two reads :meth:`read_into` queued."""
-        sessions, octets, time_s = int(live), int(usage[0] or 0), int(usage[1] or 0)
+    def state(live: Any, usage: list[Any], plan: Plan | None, clock: quota.ZoneClock | None,
+              now: float) -> LiveState:
+        """The live state from the replies of the two reads :meth:`read_into` queued: the
+        usage of the plan's quota period current at ``now`` in the tenant's zone (``clock``;
+        None: not known yet, UTC), or the lifetime totals. A period id other than the
+        current one means nothing was counted in the current period yet."""
+        sessions = int(live)
+        period = plan.quota_period if plan is not None else "none"
+        resets_at = None
+        if period in quota.FIELDS:
+            current = (clock or _UTC).current(period, now)
+            assert current is not None
+            i = 2 + 3 * PERIOD_ORDER.index(period)
+            stored = usage[i]
+            if stored is not None and int(stored) == current[0]:
+                octets, time_s = int(usage[i + 1] or 0), int(usage[i + 2] or 0)
+            else:
+                octets = time_s = 0
+            resets_at = current[2]
+        else:
+            octets, time_s = int(usage[0] or 0), int(usage[1] or 0)
         if not (sessions or octets or time_s):
-            return NO_STATE  # shared: the in-process tier holds one per idle subscriber otherwise
-        return LiveState(sessions, octets, time_s)
+            # Shared: the in-process tier holds one per idle subscriber otherwise.
+            if resets_at is None:
+                return NO_STATE
+            idle = _IDLE.get(resets_at)
+            if idle is None:
+                if len(_IDLE) > 1000:
+                    _IDLE.clear()
+                idle = _IDLE[resets_at] = LiveState(0, 0, 0, resets_at)
+            return idle
+        return LiveState(sessions, octets, time_s, resets_at)
 
     def refresh(self, batch: list[Due], *, in_hook: bool = False) -> None:
         """Re-read the live state of cached entries in one round trip: the state thread's
@@ -129,7 +168,7 @@ class LiveStates:
             by_tenant: dict[int, list[int]] = {}
             for i, (tenant_id, _u, _e) in enumerate(batch):
                 by_tenant.setdefault(tenant_id, []).append(i)
-            out: list[Any] = [None] * (3 * len(batch))
+            out: list[Any] = [None] * (_WIDTH * len(batch))
             for tenant_id, members in by_tenant.items():
                 keys: list[str] = []
                 for i in members:
@@ -137,7 +176,7 @@ class LiveStates:
                     keys += (self.keys.live(tenant_id, username), self.keys.usage(tenant_id, username))
                 reply = self._states_script(keys=keys, args=[now], client=r)
                 for j, i in enumerate(members):
-                    out[3 * i:3 * i + 3] = reply[3 * j:3 * j + 3]
+                    out[_WIDTH * i:_WIDTH * (i + 1)] = reply[_WIDTH * j:_WIDTH * (j + 1)]
             return out
         try:
             replies = self.redis.call(read) if in_hook else read(self.redis_bg)
@@ -152,7 +191,9 @@ class LiveStates:
         now = time.monotonic()
         ttl, jitter = self.settings.live_state_ttl_s, self.settings.ttl_jitter_pct
         current = generation == self.generation.value
-        for i, (_t, _u, entry) in enumerate(batch):
-            entry.state = self.state(replies[3 * i], replies[3 * i + 1:3 * i + 3])
+        wall = time.time()
+        for i, (tenant_id, _u, entry) in enumerate(batch):
+            entry.state = self.state(replies[_WIDTH * i], replies[_WIDTH * i + 1:_WIDTH * (i + 1)],
+                                     entry.plan, self.zones.get(tenant_id), wall)
             entry.state_expires = now + ttl_with_jitter(ttl, jitter) if current else 0.0
         self.stats.tiers["redis_state"] += len(batch)

@@ -90,9 +90,10 @@ def check(profile: Profile, plan: Plan, state: LiveState | None, *,
     if state is not None:  # None: Redis is down; counters unknown, fail open
         if state.sessions >= plan.simultaneous_use:
             return "session_limit"
-        if plan.data_quota_bytes is not None and state.octets >= plan.data_quota_bytes:
+        octets, time_s = state.used(now)  # in the plan's quota period current now
+        if plan.data_quota_bytes is not None and octets >= plan.data_quota_bytes:
             return "data_quota"
-        if plan.time_quota_s is not None and state.time_s >= plan.time_quota_s:
+        if plan.time_quota_s is not None and time_s >= plan.time_quota_s:
             return "time_quota"
     return None
 
@@ -112,7 +113,11 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
     if plan.session_timeout_s:
         limits.append(plan.session_timeout_s)
     if plan.time_quota_s and state is not None:
-        limits.append(max(1, plan.time_quota_s - state.time_s))
+        # The time left in the quota's period, and never past the period's end: the reset
+        # changes the answer (docs/decisions.md, "Quota periods").
+        limits.append(max(1, plan.time_quota_s - state.used(now)[1]))
+        if state.resets_at is not None and now < state.resets_at:
+            limits.append(max(1, int(state.resets_at - now)))
     if profile.expires_at is not None:
         limits.append(max(1, int(profile.expires_at - now)))
     if limits:

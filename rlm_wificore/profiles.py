@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from wificore import quota
 from wificore.errors import DecodeError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.profile import PLAN_SQL, PROFILE_SQL, TENANT_SQL, TENANT_UNKNOWN, UNKNOWN, Plan, Profile, from_row
+from wificore.quota import ZoneClock
 from wificore.settings import Settings
 
 from .cache import Entry, LiveState, LocalCache, ttl_with_jitter
@@ -55,20 +57,26 @@ class Profiles:
         self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
         #: tenant -> (until, status): 'active', 'suspended', or TENANT_UNKNOWN.
         self.tenants: dict[int, tuple[float, str]] = {}
+        #: tenant -> its time zone (quota periods), kept across status re-reads: a clock
+        #: caches the zone's offset until its next transition.
+        self.zones: dict[int, ZoneClock] = live.zones  # one dict: the state thread reads it
 
     def tenant_status(self, tenant_id: int) -> str:
         """The tenant's status: in-process, else Redis, else the shard (filling both).
         With neither Redis nor the shard answering, the last status known, else
-        'active' for a second (the subscriber's own lookup decides then)."""
+        'active' for a second (the subscriber's own lookup decides then). The tenant's
+        time zone comes with it (:meth:`zone`)."""
         cached = self.tenants.get(tenant_id)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         generation = self.generation.value
-        key = self.keys.tenant(tenant_id)
+        key, zkey = self.keys.tenant(tenant_id), self.keys.tenant_zone(tenant_id)
         status: str | None = None
+        zone: str | None = None
         try:
-            raw = self.redis.call(lambda r: r.get(key))
-            status = raw.decode("ascii", "replace") if isinstance(raw, bytes) else None
+            raw, zraw = self.redis.call(lambda r: r.mget(key, zkey))
+            if isinstance(raw, bytes) and isinstance(zraw, bytes):  # both, or the shard
+                status, zone = raw.decode("ascii", "replace"), zraw.decode("ascii", "replace")
         except StoreUnavailable:
             pass
         ttl = self.settings.profile_ttl_s
@@ -80,15 +88,41 @@ class Profiles:
                 self.tenants[tenant_id] = (time.monotonic() + 1.0, status)
                 return status
             status = str(row[0]) if row is not None else TENANT_UNKNOWN
+            zone = str(row[1]) if row is not None else "UTC"
             redis_ttl = int(ttl_with_jitter(ttl, self.settings.ttl_jitter_pct))
+
+            def fill(r: redis.Redis) -> None:
+                pipe = r.pipeline(transaction=False)
+                pipe.set(key, status, ex=redis_ttl)
+                pipe.set(zkey, zone, ex=redis_ttl)
+                pipe.execute()
             try:
-                self.redis.call(lambda r: r.set(key, status, ex=redis_ttl))
+                self.redis.call(fill)
             except StoreUnavailable:
                 pass
         if generation == self.generation.value:
             self.tenants[tenant_id] = (time.monotonic() + ttl_with_jitter(ttl, self.settings.ttl_jitter_pct),
                                        status)
+            clock = self.zones.get(tenant_id)
+            if zone is not None and (clock is None or clock.name != zone):
+                self.zones[tenant_id] = quota.clock(zone)
         return status
+
+    def zone(self, tenant_id: int) -> ZoneClock | None:
+        """The tenant's time zone as last read with its status (None: not read yet)."""
+        return self.zones.get(tenant_id)
+
+    def zone_now(self, tenant_id: int) -> ZoneClock | None:
+        """The tenant's time zone, read with its status if not known yet (the accounting
+        hook, once per tenant and process: Redis, else the shard, both with deadlines)."""
+        clock = self.zones.get(tenant_id)
+        if clock is None:
+            try:
+                self.tenant_status(tenant_id)
+            except Exception:  # the record is spooled all the same, without its local day
+                return None
+            clock = self.zones.get(tenant_id)
+        return clock
 
     def entry(self, tenant_id: int, username: str) -> Entry:
         """Profile, plan and live state: in-process, else Redis, else the shard."""
@@ -105,9 +139,9 @@ class Profiles:
         profile: Profile | None = None
         state: LiveState | None = None
         known = False
+        live = usage = None
         try:
             raw, live, usage = self._read_redis(tenant_id, username)
-            state = self.live.state(live, usage) if usage is not None else None
             if raw == UNKNOWN:
                 known = True
             elif raw is not None:
@@ -141,6 +175,8 @@ class Profiles:
                 self.redis.call(fill)
             except StoreUnavailable:
                 pass
+        if usage is not None:  # read with the profile; the period is the plan's
+            state = self.live.state(live, usage, plan, self.zones.get(tenant_id), time.time())
         # Without Redis the live state is unknown (policy fails open): the entry is
         # kept for its whole lifetime (a Redis outage must not send the next login
         # to the shard again), its live state is due again at once, re-read by the
@@ -214,6 +250,7 @@ class Profiles:
     def drop_tenant(self, tenant_id: int) -> None:
         """Forget every in-process subscriber of a tenant (O(1): its epoch ends), and its status."""
         self.tenants.pop(tenant_id, None)
+        self.zones.pop(tenant_id, None)
         self.local.drop_tenant(tenant_id)
 
     def revalidate(self) -> None:

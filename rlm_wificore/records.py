@@ -17,6 +17,7 @@ counters going backwards) the same way.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from wificore import wire
@@ -36,7 +37,7 @@ _VALUES = ("tenant_id", "nas_id", "session_key", "acct_session_id", "username", 
            "arrival_ts", "session_time_s", "input_octets", "output_octets", "input_packets",
            "output_packets", "calling_station_id", "framed_ip", "terminate_cause", "nas_port",
            "interim_s", "record_id", "nas_port_id", "called_station_id", "nas_identifier",
-           "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id")
+           "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id", "local_day")
 _to_wire = wire.arranger(wire.KIND_ACCT, _VALUES)
 
 
@@ -74,9 +75,12 @@ NO_ADDRESS = ("0.0.0.0", "::")
 
 
 def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: int,
-                arrival_ts: float, record_id: str) -> tuple[str, tuple[Any, ...]]:
+                arrival_ts: float, record_id: str,
+                day_of: Callable[[float], int] | None = None) -> tuple[str, tuple[Any, ...]]:
     """The status and the wire values (``wire.ACCT_FIELDS`` order) of one
-    Accounting-Request; InputError names the bad field."""
+    Accounting-Request; InputError names the bad field. ``day_of``: the tenant's local
+    day of an instant (quota periods, :meth:`wificore.quota.ZoneClock.day`); None: the
+    zone is not known, the record carries no local day."""
     status_raw = req.get("Acct-Status-Type")
     status = STATUS.get(status_raw or "")
     if status is None:
@@ -117,5 +121,5 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         _text(req, "NAS-Port-Id"), _text(req, "Called-Station-Id"), _text(req, "NAS-Identifier"),
         # As radiusd prints them ('2001:db8::/64', '0011:22ff:fe33:4455'); the writer checks.
         _text(req, "Framed-IPv6-Prefix"), _text(req, "Delegated-IPv6-Prefix"),
-        _text(req, "Framed-Interface-Id"),
+        _text(req, "Framed-Interface-Id"), day_of(event_ts) if day_of is not None else None,
     ))

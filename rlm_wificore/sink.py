@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from collections.abc import Callable
 
 from wificore import wire
 from wificore.errors import InputError, StoreUnavailable
@@ -32,8 +33,10 @@ class Sink:
         self._event_prefix = uuid.uuid4().hex[:16]
         self._event_seq = itertools.count()
 
-    def accounting(self, req: dict[str, str], tenant_id: int, nas_id: int, interim_s: int) -> str:
+    def accounting(self, req: dict[str, str], tenant_id: int, nas_id: int, interim_s: int,
+                   day_of: Callable[[float], int] | None = None) -> str:
         """Spool the accounting record of ``req``; its kind (start, interim, ..., invalid).
+        ``day_of``: the tenant's local day of an instant (see records.acct_record).
 
         :class:`SpoolFull` (nothing written) if the spool's disk has no room."""
         if self.spool is None:
@@ -44,7 +47,7 @@ class Sink:
                 raise InputError(problem)
             kind, values = records.acct_record(
                 req, tenant_id=tenant_id, nas_id=nas_id, interim_s=interim_s, arrival_ts=time.time(),
-                record_id=f"{self._event_prefix}{next(self._event_seq):x}")
+                record_id=f"{self._event_prefix}{next(self._event_seq):x}", day_of=day_of)
             payload = wire.pack_values(wire.KIND_ACCT, values)
         except InputError as exc:
             # Answered (the NAS must not retry it forever) and kept for the NOC.

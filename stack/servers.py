@@ -497,6 +497,9 @@ class BatchWriter(Process):
     def __init__(self, state: Path, env: dict[str, str], name: str = "batch_writer") -> None:
         super().__init__(name, state)
         self.env = {**os.environ, **env}
+        # This tree's batch_writer, not the one the venv's editable install points at (a
+        # worktree shares its venv with the main tree); radiusd's python_path is ROOT too.
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
 
     def start(self) -> None:
         self.spawn([venv_bin("wificore-batch-writer")], env=self.env)

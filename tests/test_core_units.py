@@ -72,15 +72,21 @@ class TestFieldPositions:
         _kind, fields = wire.unpack(msgpack.packb([wire.VERSION, wire.KIND_ACCT, body]))
         assert fields["nas_identifier"] == "v21" and fields["framed_ipv6_prefix"] is None
         assert (fields["live_session_key"], fields["live_interim_s"]) == ("lkey", 60)
-        now = [f"n{i}" for i in range(len(wire.ACCT_FIELDS))] + ["lkey", 1, 2, 3, 0, 60]
+        before_days = [f"v{i}" for i in range(25)] + ["lkey", 1, 2, 3, 0, 60]  # before local_day
+        _kind, fields = wire.unpack(msgpack.packb([wire.VERSION, wire.KIND_ACCT, before_days]))
+        assert fields["framed_interface_id"] == "v24" and fields["local_day"] is None
+        assert (fields["live_session_key"], fields["live_interim_s"], fields["live_day"]) == ("lkey", 60, None)
+        now = [f"n{i}" for i in range(len(wire.ACCT_FIELDS))] + ["lkey", 1, 2, 3, 0, 60, 20788]
         _kind, fields = wire.unpack(msgpack.packb([wire.VERSION, wire.KIND_ACCT, now]))
-        assert fields["framed_interface_id"] == "n24" and fields["live_session_key"] == "lkey"
+        assert fields["framed_interface_id"] == "n24" and fields["local_day"] == "n25"
+        assert fields["live_session_key"] == "lkey" and fields["live_day"] == 20788
 
     def test_live_lua_pads_to_the_acct_fields(self):
         import re
         from pathlib import Path
         lua = (Path(records.__file__).parent / "live.lua").read_text()
         assert int(re.search(r"local ACCT_BODY = (\d+)", lua).group(1)) == len(wire.ACCT_FIELDS)
+        assert int(re.search(r"local LIVE_N = (\d+)", lua).group(1)) == len(wire.LIVE_FIELDS)
 
 
 class TestRetryVocabulary:

@@ -16,6 +16,7 @@ PLAN = Plan(1, None, None, None, None, 60, None, 100, 1, None)
 def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
     e = Engine(Settings(), MAP)
     e.profiles.plan = lambda t, p: PLAN  # plans are not what is tested here
+    e._tenant_status = lambda t: "active"  # nor the tenant's status (its own Redis read)
 
     def fake_call(fn):
         if invalidate_during_read:
@@ -186,6 +187,47 @@ def test_hook_records_go_on_the_wire_in_field_order(tmp_path):
     assert (f["tenant_id"], f["nas_id"], f["username"], f["calling_station_id"]) == (7, 3, "bob", "CC-DD")
     assert (f["result"], f["reason"], f["method"]) == ("reject", "bad_password", "pap")
     assert f["event_id"] and f["ts"] > 1.7e9
+
+
+def test_an_accounting_record_carries_the_tenants_local_day(tmp_path):
+    """The accounting hook puts the local day of the record's event time in the tenant's
+    zone in the record (quota periods); a tenant it has not seen is looked up once (its
+    status and zone), and a record whose zone cannot be had carries none."""
+    import datetime as dt
+    import struct
+    import zoneinfo
+
+    from rlm_wificore.spool import Spool
+    from wificore import quota, wire
+
+    e = Engine(Settings(), MAP)
+    looked_up = []
+
+    def tenant_status(t):
+        looked_up.append(t)
+        if t == 5:
+            e.profiles.zones[t] = quota.clock("Pacific/Kiritimati")
+        return "active"
+    e.profiles.tenant_status = tenant_status
+    e.spool = Spool(tmp_path)
+    import time
+    ev = int(time.time()) - 3600  # an hour ago (within the skew a NAS's clock may have)
+    req = {"Acct-Status-Type": "Interim-Update", "Acct-Session-Id": "abc", "User-Name": "bob",
+           "Acct-Session-Time": "60", "Event-Timestamp": str(ev), "WiFiCore-Event-Time": str(ev)}
+    try:
+        for client in ("5:1:generic", "5:1:generic", "6:1:generic"):
+            assert e.accounting({**req, "WiFiCore-Client": client}).rcode == "ok"
+        data, days = e.spool.read_span(1 << 16).data, []
+        while data:
+            (n,) = struct.unpack_from("<I", data)
+            days.append(wire.unpack(data[4:4 + n])[1]["local_day"])
+            data = data[4 + n:]
+    finally:
+        e.spool.close()
+    want = quota.date_day(dt.datetime.fromtimestamp(ev, zoneinfo.ZoneInfo("Pacific/Kiritimati")).date())
+    assert want == quota.date_day(dt.datetime.fromtimestamp(ev + 14 * 3600, dt.UTC).date())  # UTC+14
+    assert days == [want, want, None]
+    assert looked_up == [5, 6]  # once for tenant 5: its zone is kept
 
 
 def test_config_check_is_read_from_radiusd_command_line():

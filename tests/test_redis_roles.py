@@ -151,7 +151,7 @@ class TestRadiusd:
                 return {k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)}
             in_cache, in_state = names(cache), names(redis)
             t = TENANT_A[0]
-            cache_kinds = (":u:", ":plan:", ":tenant", f"{prefix}:nas:")
+            cache_kinds = (":u:", ":plan:", ":tenant", ":tz", f"{prefix}:nas:")
             assert {keys.profile(t, user), keys.profile(t, f"nobody-{prefix}")} <= in_cache
             # The NAS directory is bounded state (an evicted one answers no new client).
             assert keys.nas_directory in in_state, in_state

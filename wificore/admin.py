@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
-from . import lifecycle, nas_admin
+from . import lifecycle, nas_admin, quota
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -196,9 +196,10 @@ def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
     rows = []
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
-            for r in conn.execute("SELECT tenant_id, name, status FROM tenants ORDER BY tenant_id"):
+            for r in conn.execute("SELECT tenant_id, name, status, time_zone FROM tenants "
+                                  "ORDER BY tenant_id"):
                 rows.append((*r, shard.name))
-    _print_rows(sorted(rows), ("tenant_id", "name", "status", "shard"))
+    _print_rows(sorted(rows), ("tenant_id", "name", "status", "time_zone", "shard"))
 
 
 def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
@@ -240,6 +241,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
     if args.interim_interval_s < 60:
         raise InputError("interim_interval_s: must be at least 60")
     ipv6_pool = v_pool(args.framed_ipv6_pool, "framed_ipv6_pool")
+    period = v_choice(args.quota_period, "quota_period", quota.PERIODS)
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # Create only: an existing plan is changed with `plan set`, which keeps the
@@ -247,11 +249,12 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
         row = conn.execute(
             "INSERT INTO plans (tenant_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s,"
             " idle_timeout_s, interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use,"
-            " framed_pool, framed_ipv6_pool) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " framed_pool, framed_ipv6_pool, quota_period)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (tenant_id, name) DO NOTHING RETURNING plan_id",
             (args.tenant, args.name, args.rate_up_kbps, args.rate_down_kbps, args.session_timeout_s,
              args.idle_timeout_s, args.interim_interval_s, args.data_quota_bytes, args.time_quota_s,
-             args.simultaneous_use or 1, args.framed_pool, ipv6_pool)).fetchone()
+             args.simultaneous_use or 1, args.framed_pool, ipv6_pool, period)).fetchone()
         if row is None:
             raise InputError(f"name: plan {args.name!r} already exists in tenant {args.tenant}; "
                              "change it with `wificore-admin plan set` (only the options given)")
@@ -264,10 +267,11 @@ def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
         rows = conn.execute(
             "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
             " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,"
-            " framed_ipv6_pool FROM plans WHERE tenant_id = %s ORDER BY plan_id", (args.tenant,)).fetchall()
+            " framed_ipv6_pool, quota_period FROM plans WHERE tenant_id = %s ORDER BY plan_id",
+            (args.tenant,)).fetchall()
     _print_rows(rows, ("plan_id", "name", "rate_up_kbps", "rate_down_kbps", "session_timeout_s",
                        "idle_timeout_s", "interim_interval_s", "data_quota_bytes", "time_quota_s",
-                       "simultaneous_use", "framed_pool", "framed_ipv6_pool"))
+                       "simultaneous_use", "framed_pool", "framed_ipv6_pool", "quota_period"))
 
 
 def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
@@ -372,10 +376,20 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
         row = conn.execute(
             "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
             " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at,"
-            " s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text"
+            " s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text,"
+            " p.quota_period, p.data_quota_bytes, p.time_quota_s"
             " FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
             " WHERE s.tenant_id = %s AND s.username = %s", (args.tenant, args.username)).fetchone()
         tz = tenant_zone(conn, args.tenant)
+        now = time.time()
+        periods = {per: quota.period_at(per, now, tz) for per in quota.PERIODS}
+        pg_usage = {"none": conn.execute(quota.PG_LIFETIME_SQL, (args.tenant, args.username)).fetchone()}
+        for per, span in periods.items():
+            if span is not None:
+                pg_usage[per] = conn.execute(quota.PG_PERIOD_SQL, (args.tenant, args.username,
+                                                                 span.first_date, span.last_date)).fetchone()
+    quota_row = row[12:] if row else None
+    row = row[:12] if row else None
     stored = None
     if row:
         stored = dict(zip(("subscriber_id", "username", "kind", "password_type", "plan", "status",
@@ -403,11 +417,11 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                           "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
                           "framed_ip": p.framed_ip, "framed_ipv6_prefix": p.framed_ipv6_prefix,
                           "delegated_ipv6_prefix": p.delegated_ipv6_prefix, "ttl_s": ttl}
-            now = time.time()
             live = {
                 "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
                 "usage": {k.decode(): int(v) for k, v in
                           cast(dict[bytes, bytes], state.hgetall(a.keys.usage(args.tenant, args.username))).items()},
+                "usage_ttl_s": state.ttl(a.keys.usage(args.tenant, args.username)),
             }
         except redis.RedisError as exc:
             cached = {"error": f"redis: {exc}"}
@@ -416,7 +430,40 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
             state.close()
     if stored is None and cached is None:
         raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
-    print(json.dumps({"stored": stored, "cached": cached, "live": live}, default=str, indent=2))
+    usage = _quota_usage(quota_row, periods, pg_usage, live, tz)
+    print(json.dumps({"stored": stored, "cached": cached, "live": live, "quota": usage},
+                     default=str, indent=2))
+
+
+def _quota_usage(quota_row: Sequence[Any] | None, periods: dict[str, quota.Period | None],
+                 pg_usage: dict[str, Any], live: Any, tz: Any) -> dict[str, Any]:
+    """subscriber show's quota part: per period (lifetime, daily, weekly, monthly) the usage
+    live.lua counted in Redis and the usage PostgreSQL's accounting rows give, its start
+    and next reset in the tenant's zone; for the plan's period, the quotas and what remains."""
+    plan_period, data_q, time_q = quota_row if quota_row else (None, None, None)
+    hashed = live["usage"] if live else None
+    out: dict[str, Any] = {"plan_period": plan_period, "time_zone": tz.key,
+                           "data_quota_bytes": data_q, "time_quota_s": time_q, "periods": {}}
+    for p, span in periods.items():
+        entry: dict[str, Any] = {}
+        if span is not None:
+            entry["starts"] = show_instant(span.starts_at, tz)
+            entry["next_reset"] = show_instant(span.ends_at, tz)
+        else:
+            entry["next_reset"] = None  # the lifetime: the Redis totals expire 90 days after the last use
+        sources: dict[str, tuple[int, int] | None] = {
+            "redis": quota.redis_usage(hashed, p, span.start if span else None) if hashed is not None else None,
+            "postgresql": (int(pg_usage[p][0]), int(pg_usage[p][1])) if pg_usage.get(p) else None}
+        for name, used in sources.items():
+            if used is None:
+                entry[name] = None
+                continue
+            entry[name] = {"octets": used[0], "time_s": used[1]}
+            if p == plan_period:
+                entry[name]["data_remaining_bytes"] = None if data_q is None else max(0, data_q - used[0])
+                entry[name]["time_remaining_s"] = None if time_q is None else max(0, time_q - used[1])
+        out["periods"]["lifetime" if p == "none" else p] = entry
+    return out
 
 
 def read_csv_rows(path: str) -> Iterable[tuple[int, dict[str, str]]]:
@@ -542,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int, default=300)
     x.add_argument("--framed-pool")
     x.add_argument("--framed-ipv6-pool", help="the NAS's IPv6 pool name (Framed-IPv6-Pool)")
+    x.add_argument("--quota-period", default=quota.DEFAULT_PERIOD, help=lifecycle.QUOTA_PERIOD_HELP
+                   + f" (default {quota.DEFAULT_PERIOD})")
     x.set_defaults(fn=cmd_plan_add)
     x = pl.add_parser("list")
     x.add_argument("--tenant", type=int, required=True)

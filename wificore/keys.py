@@ -27,12 +27,17 @@ class Keys:
         """The tenant's status ('active', 'suspended'; 'unknown': no such tenant); TTL."""
         return f"{self.p}:{{{tenant_id}}}:tenant"
 
+    def tenant_zone(self, tenant_id: int) -> str:
+        """The tenant's time zone (an IANA name: quota periods); TTL, with the status."""
+        return f"{self.p}:{{{tenant_id}}}:tz"
+
     def live(self, tenant_id: int, username: str) -> str:
         """ZSET of the subscriber's live sessions, score = expiry (epoch s)."""
         return f"{self.p}:{{{tenant_id}}}:live:{username}"
 
     def usage(self, tenant_id: int, username: str) -> str:
-        """HASH of usage counters: octets, time_s."""
+        """HASH of usage counters: octets, time_s (lifetime), and per quota period (wificore/
+        quota.py) its id and counters: d do dt, w wo wt, m mo mt; 90-day TTL."""
         return f"{self.p}:{{{tenant_id}}}:use:{username}"
 
     def session(self, tenant_id: int, session_key: str) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import wire
+from . import quota, wire
 from .errors import InputError
 from .settings import Settings
 
@@ -31,8 +31,10 @@ if TYPE_CHECKING:
 #: Plan options `plan add` and `plan set` take (integers; framed_pool is text).
 PLAN_INTS = ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
              "data_quota_bytes", "time_quota_s", "simultaneous_use")
+QUOTA_PERIOD_HELP = ("what the data and time quotas count over: none (the lifetime), daily, weekly "
+                     "(from Monday 00:00) or monthly (from the 1st 00:00), in the tenant's time zone")
 #: The tenant's rows on its shard, deleted in this order (children first).
-TENANT_TABLES = ("sessions", "auth_log", "subscribers", "plans", "nas")
+TENANT_TABLES = ("session_days", "sessions", "auth_log", "subscribers", "plans", "nas")
 #: The script radiusd's forwarder runs for each span of its spool (records into Redis).
 LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
 
@@ -89,7 +91,7 @@ def _set_status(a: Admin, tenant_id: int, status: str) -> None:
         cur = conn.execute("UPDATE tenants SET status = %s WHERE tenant_id = %s", (status, tenant_id))
         if cur.rowcount != 1:
             raise InputError(f"tenant: {tenant_id} does not exist (wificore-admin tenant add)")
-    _forget(a, [a.keys.tenant(tenant_id)])
+    _forget(a, [a.keys.tenant(tenant_id), a.keys.tenant_zone(tenant_id)])
 
 
 def cmd_tenant_suspend(a: Admin, args: argparse.Namespace) -> None:
@@ -148,6 +150,9 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
         from .admin import v_pool
         changes["framed_ipv6_pool"] = (None if args.framed_ipv6_pool in ("", "none")
                                        else v_pool(args.framed_ipv6_pool, "framed_ipv6_pool"))
+    if args.quota_period is not None:
+        from .admin import v_choice
+        changes["quota_period"] = v_choice(args.quota_period, "quota_period", quota.PERIODS)
     for f in args.clear or ():
         if f not in PLAN_INTS or f == "simultaneous_use":
             raise InputError(f"clear: {f!r} is not one of "
@@ -159,7 +164,7 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("plan set: nothing to change (--rate-up-kbps, --rate-down-kbps, "
                          "--session-timeout-s, --idle-timeout-s, --interim-interval-s, "
                          "--data-quota-bytes, --time-quota-s, --simultaneous-use, --framed-pool, "
-                         "--framed-ipv6-pool, --clear)")
+                         "--framed-ipv6-pool, --quota-period, --clear)")
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         sets = ", ".join(f"{c} = %s" for c in changes)
@@ -278,6 +283,7 @@ def register(tenant: argparse._SubParsersAction, nas: argparse._SubParsersAction
     x.add_argument("--interim-interval-s", dest="interim_interval_s", type=int)
     x.add_argument("--framed-pool", help="a pool name, or 'none'")
     x.add_argument("--framed-ipv6-pool", help="an IPv6 pool name (Framed-IPv6-Pool), or 'none'")
+    x.add_argument("--quota-period", help=QUOTA_PERIOD_HELP)
     x.add_argument("--clear", action="append", metavar="OPTION",
                    help="unset an option (e.g. --clear data_quota_bytes); repeatable")
     x.set_defaults(fn=cmd_plan_set)

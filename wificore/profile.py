@@ -57,9 +57,13 @@ class Plan:
     framed_pool: str | None
     #: Framed-IPv6-Pool (2026-12-01, appended: a cached plan of 10 fields still reads).
     framed_ipv6_pool: str | None = None
+    #: What the quotas count over (wificore/quota.py; 2026-12-01, appended and left out
+    #: when 'none', so a cached plan of 11 fields reads and an older module reads ours).
+    quota_period: str = "none"
 
     def pack(self) -> bytes:
-        return msgpack.packb(dataclasses.astuple(self))
+        values = dataclasses.astuple(self)
+        return msgpack.packb(values[:-1] if self.quota_period == "none" else values)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Plan:
@@ -110,7 +114,7 @@ SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
        extract(epoch FROM s.expires_at)::bigint, s.mac_binding::text, host(s.framed_ip),
        p.plan_id, p.rate_up_kbps, p.rate_down_kbps, p.session_timeout_s, p.idle_timeout_s,
        p.interim_interval_s, p.data_quota_bytes, p.time_quota_s, p.simultaneous_use,
-       p.framed_pool, p.framed_ipv6_pool,
+       p.framed_pool, p.framed_ipv6_pool, p.quota_period,
        s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text
   FROM subscribers s JOIN plans p USING (tenant_id, plan_id)
  WHERE s.tenant_id = %s AND s.username = %s
@@ -119,7 +123,7 @@ SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
 PLAN_SQL = """
 SELECT plan_id, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,
        interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,
-       framed_ipv6_pool
+       framed_ipv6_pool, quota_period
   FROM plans WHERE tenant_id = %s AND plan_id = %s
 """
 
@@ -176,7 +180,7 @@ SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_
  WHERE n.ip = %s::inet
 """
 
-#: The tenant's status ('active' or 'suspended').
-TENANT_SQL = "SELECT status FROM tenants WHERE tenant_id = %s"
+#: The tenant's status ('active' or 'suspended') and time zone (quota periods).
+TENANT_SQL = "SELECT status, time_zone FROM tenants WHERE tenant_id = %s"
 #: Cached for a tenant the shard does not hold (deleted): its logins find no subscriber.
 TENANT_UNKNOWN = "unknown"

@@ -33,7 +33,9 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
   then (added 2026-12-01 at the end, see below) nas_port_id str|None,
   called_station_id str|None, nas_identifier str|None, then (added later on
   2026-12-01) framed_ipv6_prefix str|None, delegated_ipv6_prefix str|None,
-  framed_interface_id str|None (as radiusd prints them).
+  framed_interface_id str|None (as radiusd prints them), then (added with the
+  quota periods) local_day int|None (the record's event time as a day of the
+  tenant's calendar, wificore/quota.py; None: the zone was not known).
 
   Fields live.lua appends on the way into the stream (``LIVE_FIELDS``; absent
   in records that entered the stream before 2026-12-01, and in the spool):
@@ -41,16 +43,20 @@ stream ``{prefix}:dead`` with fields ``d`` (the payload as received),
   Acct-Session-Id, see docs/batch-writer.md), live_session_time_s,
   live_input_octets, live_output_octets int (the session's totals after the
   counter rules), counter_flags int (1: a counter was implausible and refused,
-  2: a counter went backwards), live_interim_s int (the interval liveness uses).
+  2: a counter went backwards), live_interim_s int (the interval liveness uses),
+  live_day int|None (the local day live.lua counted the record's usage in: its
+  local_day, None for a late record or one that counted nothing; batch_writer
+  keeps the session's totals per such day, ``session_days``).
 
 Adding fields: version 2 bodies grow at the end only. A reader takes a body of
 ``V2_BASE`` .. any length: missing trailing fields are None, unknown trailing
 ones are dropped, so records spooled or queued by an older (or newer) radiusd
 stay readable by position. In the stream live.lua pads radiusd's part to
 ``len(ACCT_FIELDS)`` before it appends ``LIVE_FIELDS``, so growing ACCT_FIELDS
-moves the live fields: a stream body of exactly 22 + ``len(LIVE_FIELDS)``
-values (live.lua before the three IPv6 fields) is read with its live fields moved
-to their place (:func:`unpack_body`); live.lua never writes that length now. Upgrade batch_writer before radiusd:
+moves the live fields: a stream body of exactly 22 + 6 values (live.lua before the
+three IPv6 fields) or 25 + 6 (before local_day and live_day) is read with its live
+fields moved to their place (:func:`unpack_body`); live.lua never writes those
+lengths now. Upgrade batch_writer before radiusd:
 an older writer reads the new positions as live fields.
 
 ``auth`` fields:
@@ -90,12 +96,17 @@ ACCT_FIELDS = ("tenant_id", "nas_id", "session_key", "acct_session_id", "usernam
                # 2026-12-01: appended (older records have only the 19 above)
                "nas_port_id", "called_station_id", "nas_identifier",
                # 2026-12-01, IPv6: appended (older records have only the 22 above)
-               "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id")
-#: The stream body live.lua wrote before the IPv6 fields: 22 + the live fields.
-_STREAM_BODY_22 = 22 + 6
+               "framed_ipv6_prefix", "delegated_ipv6_prefix", "framed_interface_id",
+               # 2026-12-01, quota periods: appended (older records have only the 25 above)
+               "local_day")
+#: Stream bodies live.lua wrote before: length -> radiusd's part (then 6 live fields):
+#: 22 + 6 before the IPv6 fields, 25 + 6 before local_day and live_day.
+_OLD_STREAM_BODIES = {22 + 6: 22, 25 + 6: 25}
 #: Appended by live.lua to records it puts into the stream (never in the spool).
 LIVE_FIELDS = ("live_session_key", "live_session_time_s", "live_input_octets", "live_output_octets",
-               "counter_flags", "live_interim_s")
+               "counter_flags", "live_interim_s",
+               # 2026-12-01, quota periods
+               "live_day")
 #: Every field a reader of the stream may find, in order.
 STREAM_ACCT_FIELDS = ACCT_FIELDS + LIVE_FIELDS
 #: The fields of the first version 2 bodies (2026-11-27): the shortest body read.
@@ -177,8 +188,9 @@ def unpack_body(payload: bytes) -> tuple[str, list[Any] | dict[str, Any]]:
         if not isinstance(body, list) or len(body) < V2_BASE[kind]:
             raise DecodeError(f"record body is not the {V2_BASE[kind]}..{want} {kind} fields")
         if len(body) != want:
-            if kind == KIND_ACCT and len(body) == _STREAM_BODY_22:  # live fields after the 22
-                body = body[:22] + [None] * (len(ACCT_FIELDS) - 22) + body[22:]
+            old = _OLD_STREAM_BODIES.get(len(body)) if kind == KIND_ACCT else None
+            if old is not None:  # an older live.lua's live fields, after its radiusd part
+                body = body[:old] + [None] * (len(ACCT_FIELDS) - old) + body[old:]
             body = (body + [None] * (want - len(body)))[:want]
     elif version == MAP_VERSION:
         if not isinstance(body, dict):
