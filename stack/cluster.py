@@ -34,23 +34,26 @@ from pathlib import Path
 from .local import Ports, Stack
 from .servers import ROOT, Radiusd, StackError, pid_alive
 
-#: The balancer's pool: keyed-balance, so a subscriber's requests stay on one host.
+#: The balancer's pools (``_auth``, ``_acct``): keyed-balance, so that a subscriber's
+#: requests stay on one host.
 POOL = "wificore_hosts"
 #: The hosts' client for the balancer (raddb/policy.d/wificore, wificore_client).
 BALANCER_SHORTNAME = "wificore-balancer"
-#: Health checks (raddb home_server; docs/cluster.md "Detection time"): a host that does
-#: not answer a proxied request within RESPONSE_WINDOW_S is a zombie; Status-Server
-#: every CHECK_INTERVAL_S, each given CHECK_TIMEOUT_S; a zombie that answers none for
-#: ZOMBIE_PERIOD_S is dead and its subscribers go to the next live host of the pool;
-#: NUM_ANSWERS_TO_ALIVE answered checks in a row bring it back.
+#: Health checks (the balancer's home_server sections; docs/cluster.md "Detection"). A
+#: host that leaves a proxied request unanswered for RESPONSE_WINDOW_S (its last answer
+#: as old) is a zombie: the keyed-balance pool passes it over from then on, its
+#: subscribers go to the next host of the pool, and the balancer sends it Status-Server
+#: every CHECK_INTERVAL_S (radiusd's least: it forces a smaller one up to 6), each given
+#: CHECK_TIMEOUT_S; a zombie that answers none for ZOMBIE_PERIOD_S is marked dead; it is
+#: back in the pool after NUM_ANSWERS_TO_ALIVE answered checks in a row (12-18 s).
 RESPONSE_WINDOW_S = 1
 ZOMBIE_PERIOD_S = 2
-CHECK_INTERVAL_S = 6  # radiusd's least (it forces a smaller one up to 6)
+CHECK_INTERVAL_S = 6
 CHECK_TIMEOUT_S = 1
 NUM_ANSWERS_TO_ALIVE = 3
-#: From the first unanswered request to the host's subscribers answered by another host:
-#: the response window, the zombie period, and one check interval for the timers' rounding.
-DETECTION_S = RESPONSE_WINDOW_S + ZOMBIE_PERIOD_S + CHECK_INTERVAL_S
+#: The detection time: from a host's death to its subscribers' requests going to another
+#: host under load: the response window and one second for the balancer's timers.
+DETECTION_S = RESPONSE_WINDOW_S + 1
 
 STATE = ROOT / ".cluster"
 CONFIG_FILE = STATE / "cluster.json"
@@ -244,30 +247,35 @@ class Cluster:
 
     # ------------------------------------------------------------------ files
     def home_servers_conf(self, hosts: list[Host] | None = None) -> str:
-        lines = ["# Written by stack/cluster.py: the RADIUS hosts and their pool (docs/cluster.md)."]
+        """Two home servers per host (auth on 1812, acct on 1813; each checked with
+        Status-Server on its own port) and two keyed-balance pools with the hosts in the
+        same order: a subscriber's logins and accounting go to the same host."""
+        lines = ["# Written by stack/cluster.py: the RADIUS hosts and their pools (docs/cluster.md)."]
         members = hosts if hosts is not None else self.hosts
         for h in members:
-            lines += [
-                f"home_server {h.name} {{",
-                "\ttype = auth+acct",
-                f"\tipaddr = {h.addr}",
-                "\tport = 1812",
-                f"\tsrc_ipaddr = {self.net.balancer_addr}",
-                "\tproto = udp",
-                f"\tsecret = {self.secret}",
-                "\trequire_message_authenticator = yes",
-                f"\tresponse_window = {RESPONSE_WINDOW_S}",
-                f"\tzombie_period = {ZOMBIE_PERIOD_S}",
-                "\tstatus_check = status-server",
-                f"\tcheck_interval = {CHECK_INTERVAL_S}",
-                f"\tcheck_timeout = {CHECK_TIMEOUT_S}",
-                f"\tnum_answers_to_alive = {NUM_ANSWERS_TO_ALIVE}",
-                "\tmax_outstanding = 65536",
-                "}"]
-        lines += [f"home_server_pool {POOL} {{", "\ttype = keyed-balance"]
-        lines += [f"\thome_server = {h.name}" for h in members]
-        lines += ["}", ""]
-        return "\n".join(lines)
+            for kind, port in (("auth", 1812), ("acct", 1813)):
+                lines += [
+                    f"home_server {h.name}-{kind} {{",
+                    f"\ttype = {kind}",
+                    f"\tipaddr = {h.addr}",
+                    f"\tport = {port}",
+                    f"\tsrc_ipaddr = {self.net.balancer_addr}",
+                    "\tproto = udp",
+                    f"\tsecret = {self.secret}",
+                    *(["\trequire_message_authenticator = yes"] if kind == "auth" else []),
+                    f"\tresponse_window = {RESPONSE_WINDOW_S}",
+                    f"\tzombie_period = {ZOMBIE_PERIOD_S}",
+                    "\tstatus_check = status-server",
+                    f"\tcheck_interval = {CHECK_INTERVAL_S}",
+                    f"\tcheck_timeout = {CHECK_TIMEOUT_S}",
+                    f"\tnum_answers_to_alive = {NUM_ANSWERS_TO_ALIVE}",
+                    "\tmax_outstanding = 65536",
+                    "}"]
+        for kind in ("auth", "acct"):
+            lines += [f"home_server_pool {POOL}_{kind} {{", "\ttype = keyed-balance"]
+            lines += [f"\thome_server = {h.name}-{kind}" for h in members]
+            lines += ["}"]
+        return "\n".join(lines) + "\n"
 
     def write_balancer_files(self, hosts: list[Host] | None = None) -> None:
         self.balancer.state.mkdir(parents=True, exist_ok=True)
