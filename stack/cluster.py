@@ -355,7 +355,9 @@ def cmd_up(hosts: int) -> int:
         print(f"bin/cluster: {why}", file=sys.stderr)
         return 1
     STATE.mkdir(parents=True, exist_ok=True)
-    c = Cluster(STATE, Ports(), hosts=hosts, tag="0", prefix="10.231.0")
+    # WIFICORE_STACK_PORTS=free, as for bin/stack: free ports beside another stack.
+    ports = Ports.free() if os.environ.get("WIFICORE_STACK_PORTS") == "free" else Ports()
+    c = Cluster(STATE, ports, hosts=hosts, tag="0", prefix="10.231.0")
     CONFIG_FILE.write_text(json.dumps({"ports": dataclasses.asdict(c.stack.ports), "hosts": hosts,
                                        "tag": c.net.tag, "prefix": c.net.prefix,
                                        "secret": c.secret}) + "\n")
@@ -374,7 +376,8 @@ def cmd_up(hosts: int) -> int:
     print(f"  redis      127.0.0.1 and {c.net.data_addr}:{c.stack.ports.redis}  pid {c.stack.redis.pid}")
     print(f"  writer     pid {c.stack.writer.pid}")
     print(f"\nTry it:\n  radtest {d['user']} {d['password']} {server} 0 {d['secret']}\n"
-          f"Kill a host:  ip netns pids {c.net.netns(1)}  (then kill -9 the radiusd)\n"
+          f"Kill a host:  kill -9 {c.hosts[0].pid}; start it again (drains its spool): "
+          "bin/cluster start-host 1\n"
           "Stop everything:\n  bin/cluster down")
     return 0
 
@@ -384,6 +387,20 @@ def cmd_down() -> int:
     c.down()
     CONFIG_FILE.unlink(missing_ok=True)
     print("stopped")
+    return 0
+
+
+def cmd_start_host(i: int) -> int:
+    """radiusd of host ``i`` again on its state folder (after a crash: this drains its
+    spool, docs/cluster.md); a running one is stopped first."""
+    c = _cluster(_saved())
+    if not 1 <= i <= len(c.hosts):
+        print(f"bin/cluster: no host {i} (1..{len(c.hosts)})", file=sys.stderr)
+        return 1
+    h = c.hosts[i - 1]
+    h.stop()
+    h.start()
+    print(f"{h.name} running, pid {h.pid} (state {h.state})")
     return 0
 
 
@@ -399,12 +416,17 @@ def cmd_status() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bin/cluster", description="the RADIUS tier (docs/cluster.md)")
-    p.add_argument("command", choices=("up", "down", "status"))
-    p.add_argument("--hosts", type=int, default=3, help="RADIUS hosts (namespaces), default 3")
+    p.add_argument("command", choices=("up", "down", "status", "start-host"))
+    p.add_argument("host", nargs="?", type=int, help="start-host: which host (1..N)")
+    p.add_argument("--hosts", type=int, default=3, help="up: RADIUS hosts (namespaces), default 3")
     a = p.parse_args(argv)
     try:
         if a.command == "up":
             return cmd_up(a.hosts)
+        if a.command == "start-host":
+            if a.host is None:
+                p.error("start-host needs the host's number")
+            return cmd_start_host(a.host)
         return cmd_down() if a.command == "down" else cmd_status()
     except StackError as e:
         print(f"bin/cluster: {e}", file=sys.stderr)
