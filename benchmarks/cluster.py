@@ -215,7 +215,7 @@ def failover(c: tier.Cluster, args: argparse.Namespace) -> dict[str, Any]:
     tenant = TENANTS[0]
     users = [f"u{tenant[0]}-{i}" for i in range(60)]
     load = Load(("127.0.0.1", c.stack.ports.auth), tenant, users, rate=args.failover_rate,
-                duration_s=tier.DETECTION_S + 6, password=PASSWORD)
+                duration_s=tier.DETECTION_S + 5.5, password=PASSWORD)
     victim = c.hosts[1]
     # Which users the victim serves: those unanswered right after the kill.
     load.start()

@@ -6,6 +6,7 @@ loopback address, as on a single host. One tier for the whole module (~10 s to s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -210,7 +211,7 @@ class TestTier:
             assert pending > 0, "the records went to Redis: the test would prove nothing"
             # 2. A bounded login load over every user; the host dies in the middle of it.
             load = Load(("127.0.0.1", c.stack.ports.auth), TENANT_A, sorted(placement), rate=150,
-                        duration_s=tier.DETECTION_S + 6, password=PASSWORD)
+                        duration_s=tier.DETECTION_S + 5.5, password=PASSWORD)
             load.start()
             time.sleep(2.0)
             t_kill = time.monotonic()
@@ -224,7 +225,7 @@ class TestTier:
         assert before and all(r[2] for r in before), "the victim's users were not served before the kill"
         gap = failover_gap(load.results, set(theirs), t_kill)
         print(f"failover: the victim's share moved after {gap:.2f} s (detection bound {tier.DETECTION_S} s)")
-        assert gap <= tier.DETECTION_S + 0.5, f"the share moved after {gap:.1f} s"
+        assert gap <= tier.DETECTION_S, f"the share moved after {gap:.1f} s"
         late = [r for r in mine if r[0] > t_kill + gap + 0.1]
         assert late and all(r[2] for r in late), "the victim's users not answered after the move"
         answered_others = sum(1 for r in others if r[2]) / max(1, len(others))
@@ -249,3 +250,17 @@ class TestTier:
         finally:
             r.close()
 
+
+
+def test_results_keep_every_other_key(tmp_path):
+    """benchmarks/cluster.py writes ``cluster`` only: the other keys of latest.json, and the
+    Redis master's failover gap measured elsewhere, stay as they are."""
+    from benchmarks.cluster import write
+    (tmp_path / "latest.json").write_text(json.dumps({
+        "configurations": [1, 2], "cluster": {"failover_s": {"redis_master": 4.2}, "old": 1}}))
+    write(tmp_path, {"rps_by_hosts": {"1": 1.0, "2": 2.0, "3": 3.0}, "balancer_cpu_us_per_request": 50.0,
+                     "failover_s": {"host": 1.5}})
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["configurations"] == [1, 2]
+    assert doc["cluster"]["failover_s"] == {"redis_master": 4.2, "host": 1.5}
+    assert doc["cluster"]["rps_by_hosts"] == {"1": 1.0, "2": 2.0, "3": 3.0}
