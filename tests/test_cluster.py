@@ -237,11 +237,12 @@ class TestTier:
         def booked():
             with psycopg.connect(dsn) as conn:
                 rows = conn.execute(
-                    "SELECT acct_session_id, count(*), max(input_octets), bool_and(stopped_at IS NOT NULL) "
-                    "FROM sessions WHERE tenant_id = %s AND acct_session_id = ANY(%s) GROUP BY 1",
+                    "SELECT acct_session_id, count(*), max(input_octets), bool_and(stopped_at IS NOT NULL), "
+                    "max(nas_id) FROM sessions WHERE tenant_id = %s AND acct_session_id = ANY(%s) GROUP BY 1",
                     (TENANT_A[0], [sid for _u, sid, _o in answered])).fetchall()
-            return {sid: (n, octets, stopped) for sid, n, octets, stopped in rows}
-        want = {sid: (1, octets, True) for _u, sid, octets in answered}
+            return {sid: (n, octets, stopped, nas) for sid, n, octets, stopped, nas in rows}
+        nas_a = int(shortname(c, TENANT_A).split(":")[1])  # the NAS it came from, as on one host
+        want = {sid: (1, octets, True, nas_a) for _u, sid, octets in answered}
         assert wait_until(lambda: booked() == want, timeout_s=30), (booked(), want, host.radiusd.log_tail())
         r = redis_lib.Redis.from_url(c.stack.redis.url)
         try:
