@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .local import Ports, Stack
@@ -327,15 +326,6 @@ class Cluster:
             self.stack.stop_all()
         finally:
             self.net.down()
-
-    def wait_routed(self, send, timeout_s: float = 30.0) -> bool:
-        """Until ``send()`` (an Access-Request through the balancer) is answered."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if send():
-                return True
-            time.sleep(0.2)
-        return False
 
 
 # ---------------------------------------------------------------- bin/cluster
