@@ -218,6 +218,16 @@ class TestTier:
             host.kill()
         finally:
             c.net.cut_data(host.i, False)
+        # Accounting of the dead host's subscribers across the gap, sent as a NAS does
+        # (a new packet after each unanswered one): answered only by a live host.
+        for n, user in enumerate(theirs[:4]):
+            sid = f"c3{n:06d}"
+            for status, inp, t in (("Start", 0, 0), ("Stop", 2000 + n, 30)):
+                packet = acct_packet(user, sid, status, inp=inp, t=t)
+                ok = any(send(c.stack.ports.acct, "acct", TENANT_A[2], packet, source=TENANT_A[1],
+                              timeout_s=1.0, retries=1).code == "Accounting-Response" for _ in range(6))
+                assert ok, f"{user} {status}: never answered after the kill"
+            answered.append((user, sid, 2000 + n))
         load.join()
         mine = [r for r in load.results if r[1] in theirs]
         others = [r for r in load.results if r[1] not in theirs]
@@ -246,7 +256,10 @@ class TestTier:
         assert wait_until(lambda: booked() == want, timeout_s=30), (booked(), want, host.radiusd.log_tail())
         r = redis_lib.Redis.from_url(c.stack.redis.url)
         try:
-            for user, _sid, octets in answered:  # counted once, not twice
+            per_user: dict[str, int] = {}
+            for user, _sid, octets in answered:
+                per_user[user] = per_user.get(user, 0) + octets
+            for user, octets in per_user.items():  # counted once, not twice
                 assert r.hget(K.usage(TENANT_A[0], user), "octets") == str(octets).encode(), user
         finally:
             r.close()
