@@ -244,9 +244,9 @@ class Engine:
     def accounting(self, req: dict[str, str]) -> Result:
         """Normalise, then make the record durable in the spool; ok = send the response."""
         parsed = self._client(req)
-        if parsed is None:
+        if parsed is None:  # no NAS to book it under (e.g. the tier's balancer named none)
             self.stats.requests["accounting:unknown_client"] += 1
-            return Result("noop", reason="unknown_client")
+            return Result("fail", reason="unknown_client")  # no response: nothing answered is lost
         tenant_id, nas_id, _vendor, _kind_check = parsed
         username = req.get("User-Name") or ""
         entry = self.local.peek((tenant_id, username))

@@ -31,6 +31,8 @@ MESSAGES = {
     "two_methods": "Invalid request",
     "malformed_credentials": "Invalid request",
     "unknown_client": "Invalid request",
+    # WiFiCore-Proxy-Client from a client that is not the balancer (policy.d/wificore).
+    "forged_identity": "Invalid request",
     "backend_unavailable": "Service temporarily unavailable, please try again",
     "internal_error": "Service temporarily unavailable, please try again",
 }

@@ -76,7 +76,7 @@ class Stack:
     (:func:`stack.servers.postgres_home`)."""
 
     def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500,
-                 procs: int = 1) -> None:
+                 procs: int = 1, also_on: tuple[str, ...] = (), networks: tuple[str, ...] = ()) -> None:
         self.state = state
         self.ports = ports
         self.split_at = split_at
@@ -84,13 +84,16 @@ class Stack:
         state.mkdir(parents=True, exist_ok=True)
         state.chmod(0o755)
         self.postgres_home = home = postgres_home(state, fresh=fresh)
-        self.redis = RedisServer(state, ports.redis)
-        self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast, home=home),
-                   PostgresServer(state, ports.shard2, "shard2", fast=fast, home=home)]
+        # ``also_on``/``networks``: the RADIUS tier's link (stack/cluster.py), besides loopback.
+        self.redis = RedisServer(state, ports.redis, also_on=also_on)
+        self.pg = [PostgresServer(state, ports.shard1, "shard1", fast=fast, home=home, also_on=also_on,
+                                  networks=networks),
+                   PostgresServer(state, ports.shard2, "shard2", fast=fast, home=home, also_on=also_on,
+                                  networks=networks)]
         # radiusd and batch_writer reach each shard through its PgBouncer; the admin
         # CLI, migrations and LISTEN connect directly.
-        self.bouncers = [PgBouncer(state, ports.bouncer1, self.pg[0]),
-                         PgBouncer(state, ports.bouncer2, self.pg[1])]
+        self.bouncers = [PgBouncer(state, ports.bouncer1, self.pg[0], also_on=also_on),
+                         PgBouncer(state, ports.bouncer2, self.pg[1], also_on=also_on)]
         self.shard_map = state / "shards.toml"
         self.radiusds = [
             Radiusd(state if i == 0 else state / f"radiusd-{i}", auth_port=ports.auth,
