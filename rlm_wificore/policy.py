@@ -90,10 +90,20 @@ def check(profile: Profile, plan: Plan, state: LiveState | None, *,
     if state is not None:  # None: Redis is down; counters unknown, fail open
         if state.sessions >= plan.simultaneous_use:
             return "session_limit"
-        if plan.data_quota_bytes is not None and state.octets >= plan.data_quota_bytes:
-            return "data_quota"
-        if plan.time_quota_s is not None and state.time_s >= plan.time_quota_s:
-            return "time_quota"
+        return quota_used_up(plan, state)
+    return None
+
+
+def quota_used_up(plan: Plan, state: LiveState | None) -> str | None:
+    """``data_quota`` or ``time_quota`` when the usage in ``state`` has reached the plan's
+    quota; None otherwise (or when the usage is unknown). The login check above and the
+    CoA sidecar's mid-session check (coa_sender/quota.py) both ask this."""
+    if state is None:
+        return None
+    if plan.data_quota_bytes is not None and state.octets >= plan.data_quota_bytes:
+        return "data_quota"
+    if plan.time_quota_s is not None and state.time_s >= plan.time_quota_s:
+        return "time_quota"
     return None
 
 

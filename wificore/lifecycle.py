@@ -96,6 +96,9 @@ def cmd_tenant_suspend(a: Admin, args: argparse.Namespace) -> None:
     """Its logins are rejected (tenant_suspended); its accounting is still answered and stored."""
     _set_status(a, args.tenant, "suspended")
     print(f"tenant {args.tenant} suspended: its logins are rejected (tenant_suspended)")
+    from . import session_admin
+    if session_admin.queue_job(a, "disconnect_tenant", tenant=args.tenant, reason="tenant_suspended"):
+        print("disconnect of its live sessions queued")
 
 
 def cmd_tenant_resume(a: Admin, args: argparse.Namespace) -> None:
@@ -170,6 +173,11 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
                              "(wificore-admin plan add)")
     _forget(a, [a.keys.plan(args.tenant, row[0])])
     print(f"plan {row[0]} {args.name} updated: {', '.join(sorted(changes))}")
+    if {"rate_up_kbps", "rate_down_kbps"} & set(changes):
+        # The new rate for the plan's live sessions: CoA-Requests from the CoA sidecar.
+        from . import session_admin
+        if session_admin.queue_job(a, "coa", tenant=args.tenant, plan=row[0], reason="plan_change"):
+            print("CoA of the plan's live sessions queued")
 
 
 # -------------------------------------------------------------------------- NAS
@@ -180,10 +188,11 @@ def cmd_nas_list_all(a: Admin) -> None:
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
             for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, CASE "
-                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
+                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END, coa_port "
+                                  "FROM nas"):
                 rows.append((*r[:5], shard.name, *r[5:]))
     _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard", "kind_check",
-                               "require_message_authenticator"))
+                               "require_message_authenticator", "coa_port"))
 
 
 def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: int) -> int:
