@@ -67,7 +67,9 @@ class Shards:
         conns: dict[str, psycopg.Connection] = self.local.__dict__.setdefault("conns", {})
         conn = conns.get(shard.name)
         if conn is None or conn.closed:
-            conn = psycopg.connect(shard.writer_dsn or shard.dsn, autocommit=True,
+            # prepare_threshold=None: PgBouncer (transaction pooling) hands each transaction
+            # any server connection, where a prepared statement may exist or not.
+            conn = psycopg.connect(shard.writer_dsn or shard.dsn, autocommit=True, prepare_threshold=None,
                                    connect_timeout=max(2, self.timeout_ms // 1000))
             conns[shard.name] = conn
         try:
