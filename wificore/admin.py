@@ -229,11 +229,11 @@ def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
         lifecycle.cmd_nas_list_all(a)
         return
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, CASE WHEN "
-                            "require_message_authenticator THEN 'yes' ELSE 'no' END, coa_port FROM nas "
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, coa_port, CASE WHEN "
+                            "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
                             "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "require_message_authenticator",
-                       "coa_port"))
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "coa_port",
+                       "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:

@@ -187,12 +187,11 @@ def cmd_nas_list_all(a: Admin) -> None:
     rows = []
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
-            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, CASE "
-                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END, coa_port "
-                                  "FROM nas"):
+            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, coa_port, "
+                                  "CASE WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
                 rows.append((*r[:5], shard.name, *r[5:]))
     _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard", "kind_check",
-                               "require_message_authenticator", "coa_port"))
+                               "coa_port", "require_message_authenticator"))
 
 
 def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: int) -> int:
