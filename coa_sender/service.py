@@ -256,8 +256,14 @@ class Sidecar:
                 log.info("coa_nothing_to_send", tenant=tenant_id, user=s.username, vendor=s.vendor)
                 continue
             futures.append(self.sends.submit(self.send, job_id, tenant_id, s, kind, reason, extra))
+        pending = set(futures)  # each bounded: timeout_ms x max_attempts
+        while pending:
+            _done, pending = concurrent.futures.wait(pending, timeout=CLAIM_EVERY_S)
+            if pending:  # a long job: still ours (its idle time reset, so no other sidecar claims it)
+                self.redis.xclaim(self.keys.coa_jobs, self.cfg.group, self.cfg.consumer, 0, [job_id],
+                                  justid=True)
         for f in futures:
-            f.result()  # each bounded: timeout_ms x max_attempts
+            f.result()
 
     # ---------------------------------------------------------------- sending
     def send(self, job_id: str, tenant_id: int, s: LiveSession, kind: str, reason: str,
