@@ -280,7 +280,7 @@ class TestOperator:
         started = time.monotonic()
         out = coa_world.admin("session", "disconnect", "--tenant", str(COA_T[0]), user)
         assert "queued" in out.stdout
-        assert time.monotonic() - started < 5  # the CLI waits for no NAS
+        assert time.monotonic() - started < 15  # bounded: the CLI queues and returns (loaded CI: generous)
         assert wait_until(lambda: attempts(shard_conn, COA_T, user), 10), sidecar.log_tail()
         [req] = listener.of(user)
         assert req["code"] == 40 and req["to"] == COA_T[1]
@@ -323,7 +323,7 @@ class TestOperator:
         coa_jobs.queue(redis, K, "disconnect", tenant=COA_T[0], user=other, reason="operator")
         assert wait_until(lambda: attempts(shard_conn, COA_T, other), 5)
         assert wait_until(lambda: len(attempts(shard_conn, COA_T, silent)) == ATTEMPTS, 10), sidecar.log_tail()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10
         rows = attempts(shard_conn, COA_T, silent)
         assert [(r[2], r[3]) for r in rows] == [(1, "timeout"), (2, "timeout"), (3, "timeout")]
         sent = listener.of(silent)
