@@ -118,10 +118,13 @@ class Sidecar:
             self.quota = QuotaWatcher(self)
             self.quota.start()
         backlog = True  # first this consumer's own unfinished jobs (a restart), then new ones
+        grouped = False
         last_claim = 0.0
         while not self.stopping.is_set():
             try:
-                self.ensure_group() if backlog else None
+                if not grouped:
+                    self.ensure_group()
+                    grouped = True
                 room = self.cfg.workers * INFLIGHT_PER_WORKER - len(self.inflight)
                 if room <= 0:
                     time.sleep(0.05)
@@ -146,6 +149,11 @@ class Sidecar:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.stats.errors["redis"] += 1
                 log.warning("coa_redis_unavailable", error=str(exc))
+                self.stopping.wait(1.0)
+            except redis.ResponseError as exc:  # NOGROUP: the stream was deleted (a flush)
+                grouped, backlog = False, True
+                self.stats.errors["redis"] += 1
+                log.warning("coa_group_lost", error=str(exc))
                 self.stopping.wait(1.0)
             except Exception as exc:  # noqa: BLE001 - the loop must go on
                 self.stats.errors["loop"] += 1

@@ -451,6 +451,20 @@ class TestUnits:
         assert pkt.VerifyCoARequest()
         assert pkt.verify_message_authenticator()
 
+    def test_directory_entry_carries_the_coa_port(self):
+        """A NAS on another CoA port is packed with it; one on 3799 keeps the short entry an
+        older module reads (6 fields strict, 7 with the kind check off)."""
+        import dataclasses
+
+        import msgpack
+        strict = Nas(7, 3, "10.0.0.1", "s", "mikrotik", True)
+        moved = dataclasses.replace(strict, coa_port=1700)
+        off = dataclasses.replace(strict, kind_check="off")
+        assert len(msgpack.unpackb(strict.pack())) == 6 and len(msgpack.unpackb(off.pack())) == 7
+        assert len(msgpack.unpackb(moved.pack())) == 8
+        for nas in (strict, moved, off, dataclasses.replace(off, coa_port=1)):
+            assert Nas.unpack(nas.pack()) == nas
+
     def test_a_bad_answer_is_ignored(self):
         from coa_sender import radius
         secret = b"s"

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 PLAN_INTS = ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
              "data_quota_bytes", "time_quota_s", "simultaneous_use")
 #: The tenant's rows on its shard, deleted in this order (children first).
-TENANT_TABLES = ("sessions", "auth_log", "subscribers", "plans", "nas")
+TENANT_TABLES = ("sessions", "auth_log", "coa_attempts", "subscribers", "plans", "nas")
 #: The script radiusd's forwarder runs for each span of its spool (records into Redis).
 LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
 
@@ -268,7 +268,7 @@ def register(tenant: argparse._SubParsersAction, nas: argparse._SubParsersAction
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_tenant_resume)
     x = tenant.add_parser("delete", help="delete the tenant with its subscribers, plans, NAS, "
-                          "sessions, auth log and Redis keys")
+                          "sessions, auth log, CoA attempts and Redis keys")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("--yes", action="store_true", help="really (refused without)")
     x.set_defaults(fn=cmd_tenant_delete)
