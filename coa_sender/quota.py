@@ -29,13 +29,14 @@ from rlm_wificore import live, policy
 from wificore import coa_jobs, wire
 from wificore.errors import DecodeError
 from wificore.log import get_logger
-from wificore.profile import PROFILE_SQL, Plan, from_row
+from wificore.profile import PLAN_SQL, Plan
 
 if TYPE_CHECKING:
     from .service import Sidecar
 
 log = get_logger("coa_sender")
 
+SUBSCRIBER_PLAN_SQL = "SELECT plan_id FROM subscribers WHERE tenant_id = %s AND username = %s"
 PLAN_TTL_S = 30.0
 REQUEUE_S = 60.0
 READ_COUNT = 1000
@@ -116,8 +117,12 @@ class QuotaWatcher:
         cached = self.plans.get((tenant_id, username))
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = self.s.shards.run(tenant_id, lambda c: c.execute(PROFILE_SQL, (tenant_id, username)).fetchone())
-        plan = from_row(row)[1] if row else None
+        def read(c: Any) -> Plan | None:
+            # The subscriber's plan id, then the plan as radiusd reads it (PLAN_SQL).
+            found = c.execute(SUBSCRIBER_PLAN_SQL, (tenant_id, username)).fetchone()
+            row = found and c.execute(PLAN_SQL, (tenant_id, found[0])).fetchone()
+            return Plan(*row) if row else None
+        plan = self.s.shards.run(tenant_id, read)
         if len(self.plans) >= MEMORY_MAX:
             self.plans.clear()
         self.plans[(tenant_id, username)] = (now + PLAN_TTL_S, plan)

@@ -36,6 +36,8 @@ _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
 _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
                 "local midnight), a date-time (local), or one with an offset")
+#: A shard that does not answer fails the command instead of hanging it.
+CONNECT_TIMEOUT_S = 10
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
               "mac_binding", "framed_ip", "framed_ipv6_prefix", "delegated_ipv6_prefix")
 
@@ -141,7 +143,7 @@ class Admin:
             shard = self.map.shard_for(tenant_id)
         except UnknownTenant as exc:
             raise InputError(f"tenant: {exc}") from None
-        return psycopg.connect(shard.dsn)
+        return psycopg.connect(shard.dsn, connect_timeout=CONNECT_TIMEOUT_S)
 
     def tenant_exists(self, conn: psycopg.Connection, tenant_id: int) -> None:
         if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone():

@@ -77,17 +77,19 @@ def cmd_session_disconnect(a: Admin, args: argparse.Namespace) -> None:
         if not conn.execute("SELECT 1 FROM subscribers WHERE tenant_id = %s AND username = %s",
                             (args.tenant, args.username)).fetchone():
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
+        rows = coa_jobs.open_sessions(conn, args.tenant, username=args.username, acct_session_id=args.session)
     import redis
     r = _state(a)
     try:
+        seen = len(coa_jobs.live_only(r, a.keys, args.tenant, rows))
         job = coa_jobs.queue(r, a.keys, "disconnect", tenant=args.tenant, user=args.username,
                              session=args.session, reason="operator")
     except redis.RedisError as exc:
         raise InputError(f"redis: the Disconnect could not be queued ({exc})") from None
     finally:
         r.close()
-    print(f"disconnect of {args.username} queued (job {job}); the CoA sidecar sends it, "
-          f"`session attempts --tenant {args.tenant} {args.username}` shows the NAS's answers")
+    print(f"disconnect of {args.username} queued (job {job}; {seen} live session(s) seen now); the CoA "
+          f"sidecar sends it, `session attempts --tenant {args.tenant} {args.username}` shows the NAS's answers")
 
 
 def cmd_session_attempts(a: Admin, args: argparse.Namespace) -> None:

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS coa_attempts (
 );
 CREATE INDEX IF NOT EXISTS coa_attempts_by_user ON coa_attempts (tenant_id, username, attempted_at);
 
--- The sidecar connects as the writer does (the shard map's writer_dsn).
+-- The sidecar connects as the writer does (the shard map's writer_dsn): it writes
+-- attempts and reads which plan a subscriber is on and the plan (never a password).
 GRANT SELECT, INSERT ON coa_attempts TO wificore_writer;
-GRANT SELECT ON subscribers, plans TO wificore_writer;
+GRANT SELECT (tenant_id, username, plan_id) ON subscribers TO wificore_writer;
+GRANT SELECT ON plans TO wificore_writer;
