@@ -395,6 +395,12 @@ class TestTriggers:
         assert vsas(req)[(14988, 8)] == b"1000k/20000k"
         assert attempts(shard_conn, COA_T, user)[0][:4] == ("coa", "plan_change", 1, "ack")
 
+        # Moved to another plan: its live session gets that plan's rate.
+        coa_world.admin("subscriber", "set", "--tenant", str(COA_T[0]), user, "--plan", "basic")
+        assert wait_until(lambda: len(listener.of(user)) == 2, 10), sidecar.log_tail()
+        moved = listener.of(user)[1]
+        assert moved["code"] == 43 and vsas(moved)[(14988, 8)] == b"1000k/5000k"
+
     def test_subscriber_and_tenant_suspended_are_disconnected(self, coa_world, sidecar, listener, acct,
                                                               shard_conn):
         """`subscriber set --status suspended` disconnects that subscriber's live sessions;
@@ -480,6 +486,34 @@ class TestUnits:
         assert len(msgpack.unpackb(moved.pack())) == 8
         for nas in (strict, moved, off, dataclasses.replace(off, coa_port=1)):
             assert Nas.unpack(nas.pack()) == nas
+
+    def test_rate_attributes_as_freeradius_defines_them(self):
+        """Every attribute a dialect renders has, in coa_sender.radius, the vendor, number
+        and type of FreeRADIUS's own dictionaries (the ones radiusd sends the Accept with)."""
+        import re
+        from pathlib import Path
+
+        from coa_sender import radius
+        from rlm_wificore.policy import rate_pairs
+        from wificore.vendors import VENDORS
+
+        defined: dict[str, tuple[int, int, str]] = {}
+        for path in sorted(Path("/usr/share/freeradius").glob("dictionary.*")):
+            vendor = 0
+            for line in path.read_text(errors="replace").splitlines():
+                m = re.match(r"^VENDOR\s+\S+\s+(\d+)", line)
+                if m:
+                    vendor = int(m.group(1))
+                m = re.match(r"^ATTRIBUTE\s+(\S+)\s+(\d+)\s+(\w+)(.*)$", line)
+                if m and m.group(1) in radius.ATTRIBUTES and m.group(1) not in defined:
+                    kind = "tagged" if "has_tag" in m.group(4) else m.group(3)
+                    defined[m.group(1)] = (vendor, int(m.group(2)), kind)
+        assert defined == radius.ATTRIBUTES
+        for vendor in VENDORS:
+            pairs = rate_pairs(vendor, 2000, 10000)
+            attrs = radius.rendered(pairs)
+            assert len(attrs) == len(pairs), vendor
+            assert (vendor == "generic") == (not attrs), vendor
 
     def test_a_bad_answer_is_ignored(self):
         from coa_sender import radius
