@@ -117,7 +117,8 @@ class Sidecar:
             from .quota import QuotaWatcher
             self.quota = QuotaWatcher(self)
             self.quota.start()
-        backlog = True  # first this consumer's own unfinished jobs (a restart), then new ones
+        # First this consumer's own unfinished jobs (a restart), paged once from "0", then new ones.
+        backlog: str | None = "0"
         grouped = False
         last_claim = 0.0
         while not self.stopping.is_set():
@@ -135,23 +136,21 @@ class Sidecar:
                     claimed = self.redis.xautoclaim(self.keys.coa_jobs, self.cfg.group, self.cfg.consumer,
                                                     self.cfg.claim_min_idle_ms, "0-0", count=room)
                     entries += claimed[1] if claimed else []
-                start = "0" if backlog else ">"
-                reply: Any = self.redis.xreadgroup(self.cfg.group, self.cfg.consumer, {self.keys.coa_jobs: start},
-                                              count=room, block=None if backlog else self.cfg.block_ms)
+                reply: Any = self.redis.xreadgroup(self.cfg.group, self.cfg.consumer,
+                                                   {self.keys.coa_jobs: backlog or ">"}, count=room,
+                                                   block=None if backlog else self.cfg.block_ms)
                 got = reply[0][1] if reply else []
-                if backlog and not got:
-                    backlog = False
+                if backlog is not None:
+                    backlog = got[-1][0] if got else None  # the next page, or done
                 entries += got
                 for entry_id, fields in entries:
                     self.dispatch(entry_id, fields)
-                if backlog and got:
-                    time.sleep(0.05)  # the backlog's jobs are in flight; read it again after them
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.stats.errors["redis"] += 1
                 log.warning("coa_redis_unavailable", error=str(exc))
                 self.stopping.wait(1.0)
             except redis.ResponseError as exc:  # NOGROUP: the stream was deleted (a flush)
-                grouped, backlog = False, True
+                grouped, backlog = False, "0"
                 self.stats.errors["redis"] += 1
                 log.warning("coa_group_lost", error=str(exc))
                 self.stopping.wait(1.0)

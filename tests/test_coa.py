@@ -343,16 +343,18 @@ class TestDurability:
             self, coa_world, sidecar, listener, acct, shard_conn, redis):
         """A job queued while the sidecar is stopped is sent once it runs; a job it had
         taken and not finished when it was killed (-9) is taken again by the restarted
-        sidecar (same consumer) and finished."""
-        queued, inflight = new_user(coa_world), new_user(coa_world)
-        online(acct, shard_conn, COA_T, queued)
-        online(acct, shard_conn, COA_T, inflight)
+        sidecar (same consumer) and finished; one of those that still waits for a silent
+        NAS does not hold back the new job."""
+        queued, inflight, stuck = new_user(coa_world), new_user(coa_world), new_user(coa_world)
+        for user in (queued, inflight, stuck):
+            online(acct, shard_conn, COA_T, user)
 
-        # In flight at a kill -9: the NAS silent, killed after the first timeout.
-        listener.modes[inflight] = ("silent",)
-        coa_world.admin("session", "disconnect", "--tenant", str(COA_T[0]), inflight)
-        # Killed while its first attempt waits for the NAS (the listener has the request).
-        assert wait_until(lambda: listener.of(inflight), 5), sidecar.log_tail()
+        # In flight at a kill -9: the NAS silent, killed while it is waited for.
+        listener.modes[inflight] = listener.modes[stuck] = ("silent",)
+        for user in (inflight, stuck):  # as `session disconnect` queues them
+            coa_jobs.queue(redis, K, "disconnect", tenant=COA_T[0], user=user, reason="operator")
+        # Killed while their first attempts wait for the NAS (the listener has the requests).
+        assert wait_until(lambda: listener.of(inflight) and listener.of(stuck), 5), sidecar.log_tail()
         sidecar.stop(sig=9)
         killed_rows = len(attempts(shard_conn, COA_T, inflight))
         assert killed_rows < ATTEMPTS
@@ -371,6 +373,8 @@ class TestDurability:
             sidecar.log_tail()
         jobs = {r[6] for r in attempts(shard_conn, COA_T, inflight)}
         assert len(jobs) == 1  # the same job, taken again
+        assert wait_until(lambda: len(attempts(shard_conn, COA_T, stuck)) >= ATTEMPTS, 10)
+        assert listener.of(queued)[0]["at"] < listener.of(stuck)[-1]["at"]  # not held back
         assert wait_until(lambda: _scrape(sidecar.metrics_port), 10)
         # Finished jobs leave the stream and the group's pending list.
         assert wait_until(lambda: redis.xpending(K.coa_jobs, "coa")["pending"] == 0, 5)
