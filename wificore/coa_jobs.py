@@ -80,13 +80,14 @@ def open_sessions(conn: Any, tenant_id: int, *, username: str | None = None,
                   limit: int = MAX_SESSIONS) -> list[LiveSession]:
     """The tenant's open session rows (optionally of one subscriber, one Acct-Session-Id,
     or the subscribers of one plan), with their NAS."""
-    where, params = "", [tenant_id]
+    where = ""
+    params: list[Any] = [tenant_id]
     if username is not None:
         where += " AND s.username = %s"
-        params.append(username)  # type: ignore[arg-type]
+        params.append(username)
     if acct_session_id is not None:
         where += " AND s.acct_session_id = %s"
-        params.append(acct_session_id)  # type: ignore[arg-type]
+        params.append(acct_session_id)
     if plan_id is not None:
         where += " AND s.username IN (SELECT username FROM subscribers WHERE tenant_id = %s AND plan_id = %s)"
         params += [tenant_id, plan_id]
