@@ -84,6 +84,8 @@ def up() -> int:
             r.start()
     if not stack.writer.running():
         stack.writer.start()
+    if not stack.coa.running():
+        stack.coa.start()
     d = DEMO
     server = "127.0.0.1" if stack.ports.auth == 1812 else f"127.0.0.1:{stack.ports.auth}"
     print(f"""
@@ -94,6 +96,7 @@ rlm_wificore is running (state in {STATE}):
   pgbouncer  127.0.0.1:{stack.ports.bouncer1} (shard1), :{stack.ports.bouncer2} (shard2)
 {radiusd_lines(stack)}
   writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
+  coa        pid {stack.coa.pid}  (metrics :{stack.ports.coa_metrics}; Disconnect / CoA to each NAS's CoA port)
   logs       {STATE}/log/{postgres_line(stack)}
 
 Try it:
@@ -137,7 +140,8 @@ def status() -> int:
     radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
     for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
                        *((b.name, b) for b in stack.bouncers),
-                       *((r.name, r) for r in radiusds), ("batch_writer", stack.writer)):
+                       *((r.name, r) for r in radiusds), ("batch_writer", stack.writer),
+                       ("coa_sender", stack.coa)):
         print(f"{name:13} {'running, pid ' + str(proc.pid) if proc.running() else 'stopped'}")
     return 0
 

@@ -1,4 +1,5 @@
-"""The whole stack on loopback: Redis, two PostgreSQL shards, radiusd, batch_writer.
+"""The whole stack on loopback: Redis, two PostgreSQL shards, radiusd, batch_writer, the
+CoA sidecar.
 
 Used by ``bin/stack`` (fixed ports, state in ``.state/``) and by the test
 suite (free ports, a temporary state folder).
@@ -19,6 +20,7 @@ from pathlib import Path
 from .servers import (
     ROOT,
     BatchWriter,
+    CoaSidecar,
     PgBouncer,
     PostgresServer,
     Radiusd,
@@ -61,10 +63,11 @@ class Ports:
     writer_metrics: int = 9813
     bouncer1: int = 16432
     bouncer2: int = 16433
+    coa_metrics: int = 9814
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(9)))
+        return cls(*(free_port() for _ in dataclasses.fields(cls)))
 
 
 class Stack:
@@ -103,6 +106,8 @@ class Stack:
             for i in range(procs)]
         self.radiusd = self.radiusds[0]
         self.writer = BatchWriter(state, self.writer_env())
+        self.coa = CoaSidecar(state, {**self.writer_env(), "WIFICORE_COA_CONSUMER": "coa-1",
+                                      "WIFICORE_COA_METRICS_PORT": str(ports.coa_metrics)})
 
     def writer_env(self) -> dict[str, str]:
         return {"WIFICORE_SHARD_MAP": str(self.shard_map), "WIFICORE_REDIS_URL": self.redis.url,
@@ -147,7 +152,7 @@ class Stack:
             bouncer.start()
 
     def stop_all(self) -> None:
-        for proc in (self.writer, *self.radiusds, *self.bouncers):
+        for proc in (self.coa, self.writer, *self.radiusds, *self.bouncers):
             proc.stop()
         for pg in self.pg:
             pg.stop()

@@ -543,6 +543,20 @@ class BatchWriter(Process):
         self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
 
 
+class CoaSidecar(Process):
+    """The CoA sidecar (coa_sender, docs/coa.md), run as ``python -m coa_sender`` from
+    this tree (the working directory comes first on sys.path)."""
+
+    def __init__(self, state: Path, env: dict[str, str], name: str = "coa_sender") -> None:
+        super().__init__(name, state)
+        self.env = {**os.environ, **env}
+
+    def start(self) -> None:
+        python = VENV / "bin" / "python"
+        self.spawn([str(python) if python.exists() else sys.executable, "-m", "coa_sender"], env=self.env,
+                   cwd=ROOT)
+
+
 class PgBouncer(Process):
     """PgBouncer (Debian's 1.18) in front of one shard, transaction pooling, as the
     compose file deploys it. Runs as the postgres user when started as root (PgBouncer

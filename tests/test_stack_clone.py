@@ -74,7 +74,7 @@ def test_bin_stack_up_and_down_from_a_clone_in_a_0700_folder():
         status = bin_stack(repo, "status", timeout_s=60)
         pids = status_pids(status.stdout)
         assert set(pids) == {"redis", "shard1", "shard2", "pgbouncer-shard1", "pgbouncer-shard2",
-                             "radiusd", "batch_writer"}, status.stdout
+                             "radiusd", "batch_writer", "coa_sender"}, status.stdout
         ports = json.loads((state / "ports.json").read_text())
         ans = send(ports["auth"], "auth", "testing123",
                    {"User-Name": "demo", "User-Password": "demo-password"}, timeout_s=3, retries=3)

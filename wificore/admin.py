@@ -36,6 +36,8 @@ _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
 _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
                 "local midnight), a date-time (local), or one with an offset")
+#: A shard that does not answer fails the command instead of hanging it.
+CONNECT_TIMEOUT_S = 10
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
               "mac_binding", "framed_ip", "framed_ipv6_prefix", "delegated_ipv6_prefix")
 
@@ -141,7 +143,7 @@ class Admin:
             shard = self.map.shard_for(tenant_id)
         except UnknownTenant as exc:
             raise InputError(f"tenant: {exc}") from None
-        return psycopg.connect(shard.dsn)
+        return psycopg.connect(shard.dsn, connect_timeout=CONNECT_TIMEOUT_S)
 
     def tenant_exists(self, conn: psycopg.Connection, tenant_id: int) -> None:
         if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone():
@@ -212,15 +214,17 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
     require_ma = args.require_message_authenticator == "yes"
     v_choice(args.kind_check, "kind_check", KIND_CHECKS)
+    coa_port = nas_admin.v_port(args.coa_port)
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
         nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
                                vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma,
-                               kind_check=args.kind_check)
+                               kind_check=args.kind_check, coa_port=coa_port)
     nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
-          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}")
+          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}, "
+          f"coa_port {coa_port}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
@@ -228,10 +232,11 @@ def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
         lifecycle.cmd_nas_list_all(a)
         return
     with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, CASE WHEN "
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, coa_port, CASE WHEN "
                             "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
                             "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "require_message_authenticator"))
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "coa_port",
+                       "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -348,6 +353,16 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         if cur.rowcount != 1:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
+    from . import session_admin
+    if changes.get("status") in ("suspended", "expired"):
+        # Its live sessions are cut off (the CoA sidecar sends the Disconnect-Requests).
+        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username,
+                                   reason=changes["status"]):
+            print(f"disconnect of {args.username}'s live sessions queued")
+    elif "plan_id" in changes:
+        # The new plan's rate for its live sessions (CoA-Request).
+        if session_admin.queue_job(a, "coa", tenant=args.tenant, user=args.username, reason="plan_change"):
+            print(f"CoA of {args.username}'s live sessions queued")
 
 
 def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
@@ -573,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind-check", default="strict", metavar="strict|off",
                    help="strict (default): reject a login whose request says it is for the other "
                         "subscriber kind (wrong_service; one that does not say is accepted); off: never")
+    x.add_argument("--coa-port", type=int, default=3799,
+                   help="the NAS's CoA / Disconnect port (RFC 5176; default 3799)")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
     x = n.add_parser("list", help="the tenant's NAS; without --tenant, every tenant's")
@@ -650,8 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind", default="pppoe")
     x.add_argument("--password-type", default="cleartext")
     x.set_defaults(fn=cmd_sub_import)
-    from . import deadletter
+    from . import deadletter, session_admin
     deadletter.register(sub)
+    session_admin.register(sub)
     return p
 
 
