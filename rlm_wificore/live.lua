@@ -127,7 +127,34 @@ local function period_fields(cur, day, d, dt)
   return args
 end
 
+-- A version 2 auth-log record, as wire.pack_values writes it: [2, "auth", [tenant_id, ...]]
+-- (0x93 0x02 0xa4 "auth", then a fixarray). With one Redis for both roles nothing
+-- but the tenant id (its stream partition) is read of it: taken from the bytes, not
+-- decoded (cmsgpack.unpack of the whole record was half of this script's work per
+-- login). Anything else, a tenant id in another form included, is decoded below; a
+-- body that does not decode after all is dead-lettered by batch_writer.
+local AUTH_HEAD = string.char(0x93, 0x02, 0xa4) .. 'auth'
+local function auth_tenant(payload)
+  if string.sub(payload, 1, 7) ~= AUTH_HEAD then return nil end
+  local n = string.byte(payload, 8)
+  if not n or n < 0x91 or n > 0x9f then return nil end
+  local b = string.byte(payload, 9)
+  if not b then return nil end
+  if b < 0x80 then return b end                                 -- positive fixint
+  if b == 0xcc and #payload >= 10 then return string.byte(payload, 10) end
+  if b == 0xcd and #payload >= 11 then return struct.unpack('>I2', payload, 10) end
+  if b == 0xce and #payload >= 13 then return struct.unpack('>I4', payload, 10) end
+  return nil
+end
+
 local function one(payload)
+  if not keep_accept_iv then
+    local tenant = auth_tenant(payload)
+    if tenant then
+      redis.call('XADD', prefix .. ':stream:{' .. int(tenant % parts) .. '}', '*', 'd', payload)
+      return
+    end
+  end
   local ok, rec = pcall(cmsgpack.unpack, payload)
   if not ok or type(rec) ~= 'table' or (rec[1] ~= 1 and rec[1] ~= 2) or type(rec[3]) ~= 'table' then
     redis.call('XADD', dead, '*', 'd', payload, 'reason', 'undecodable record', 'source', 'radiusd',

@@ -70,7 +70,7 @@ def test_kind_and_version_literals_are_those_of_wire() -> None:
 P, TENANT, USER, SKEY, NAS, PART = "PFX", "<tenant>", "<user>", "<skey>", "<nas>", "<part>"
 PLAN = "<plan>"
 CALLS = {
-    "int(f.tenant_id % parts)": PART, "int(f.tenant_id)": TENANT, "int(f.nas_id)": NAS,
+    "int(f.tenant_id % parts)": PART, "int(tenant % parts)": PART, "int(f.tenant_id)": TENANT, "int(f.nas_id)": NAS,
     "string.sub(m, 1, sep - 1)": USER, "string.sub(m, sep + 1)": SKEY,
     "string.match(skey, '^([^:]*)')": SKEY, "int(plan_id)": PLAN,
     "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P,

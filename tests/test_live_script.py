@@ -378,6 +378,32 @@ def test_with_one_redis_an_accept_is_only_its_stream_entry(live):
     assert [r["username"] for r in stream_records(live)] == ["alice", "bob"]
 
 
+def test_with_one_redis_an_auth_record_goes_to_its_partition_as_written(live):
+    """One Redis: live.lua reads an auth record's tenant id from its bytes (no decoding),
+    in each form msgpack gives an id; the stream gets the payload unchanged, in the
+    tenant's partition. A form it does not read (a negative id) is decoded as before."""
+    parts = 16
+    payloads = [wire.pack_values(wire.KIND_AUTH, [tenant, 7, T0, f"e{tenant}", f"u{tenant}", None,
+                                                  "accept", "ok", "pap", 300])
+                for tenant in (1, 127, 200, 1000, 70_000, -3)]
+    assert [p[8] for p in payloads] == [1, 127, 0xcc, 0xcd, 0xce, 0xfd]  # fixint, u8, u16, u32, negative
+    span = b"".join(struct.pack("<I", len(p)) + p for p in payloads)
+    n, consumed, _ended, corrupt = live.script(args=[live.p, parts, T0, STALE, SESSION_TTL_S, USAGE_TTL_S,
+                                                     MAX_RECORD, span, 0])
+    assert (n, consumed, corrupt) == (len(payloads), len(span), 0)
+    for tenant, payload in zip((1, 127, 200, 1000, 70_000, -3), payloads, strict=True):
+        entries = live.r.xrange(f"{live.p}:stream:{{{tenant % parts}}}")
+        assert payload in [f[b"d"] for _id, f in entries], tenant
+    assert not live.r.exists(f"{live.p}:dead")
+    # Not decoded: a body cut after the tenant id reaches the stream too (batch_writer
+    # dead-letters what it cannot decode, DEAD_DECODE), not live.lua's dead letters.
+    cut = payloads[0][:10]
+    live.script(args=[live.p, parts, T0, STALE, SESSION_TTL_S, USAGE_TTL_S, MAX_RECORD,
+                      struct.pack("<I", len(cut)) + cut, 0])
+    assert cut in [f[b"d"] for _id, f in live.r.xrange(f"{live.p}:stream:{{1}}")]
+    assert not live.r.exists(f"{live.p}:dead")
+
+
 def test_each_nas_clock_skew_is_kept_for_the_noc(live):
     """Event time against arrival, one field per NAS."""
     live.send(T0, record("start", arrival_ts=T0 + 7 * 3600))
