@@ -18,6 +18,8 @@ import pytest
 from stack.local import temporary_stack
 from stack.servers import free_port
 from tests import rawradius as R
+from wificore import move
+from wificore.shardmap import ShardMap
 
 MOVED = (10, "127.0.18.1", "secret-moved")      # shard1 -> shard3
 STAYS = (11, "127.0.18.2", "secret-stays")      # shard1, untouched
@@ -169,6 +171,7 @@ def test_tenant_moves_online_under_load(shards):
     refused = {code for _, code in load.logins if code != "Access-Accept"}
     assert refused <= {None, "reject:Service temporarily unavailable, please try again"}, refused
     gap = load.longest_gap()
+    print(f"move {move_s:.2f} s, longest login gap {gap:.3f} s, {len(load.logins)} logins")
     assert gap <= LOGIN_GAP_BOUND_S, f"logins of the moved tenant stopped for {gap:.2f} s (move {move_s:.1f} s)"
     accepted = sum(1 for _, c in load.logins if c == "Access-Accept")
     assert accepted > 100, f"only {accepted} logins answered"
@@ -215,6 +218,37 @@ def test_tenant_moves_online_under_load(shards):
     # A second run has nothing to do.
     again = s.admin("tenant", "move", "--tenant", str(MOVED[0]), "--to", "shard3")
     assert "is on shard3" in again.stdout
+
+
+def test_an_interrupted_move_is_resumed(shards):
+    """A move stopped after its fence and copy (a crash): the tenant's accounting is
+    answered and waits in the streams, its admin changes are refused, its logins go on
+    from the source; the same command finishes the move and the records land once."""
+    s = shards
+    shard1, shard2 = s.pg[0], s.pg[1]
+    sessions_before = rows(shard1, "SELECT count(*) FROM sessions WHERE tenant_id = %s", STAYS[0])[0][0]
+    smap = ShardMap.load(s.shard_map)
+    source, target = smap.by_name("shard1"), smap.by_name("shard2")
+    move.fence(source, target, STAYS[0])
+    sid = f"resume-{os.getpid()}"
+    assert accounting(s, STAYS, "acct0", sid, 1, 0)
+    assert accounting(s, STAYS, "acct0", sid, 3, 777)
+    refused = s.admin("subscriber", "add", "--tenant", str(STAYS[0]), "--username", "during-move",
+                      "--password", "x", "--plan", "basic", check=False)
+    assert refused.returncode == 2 and "is being moved" in refused.stderr, refused.stderr
+    move.copy(source, target, STAYS[0], say=lambda _m: None)
+    assert login(s, STAYS, "cold3") == "Access-Accept"
+    time.sleep(1.5)  # the writer had time: the records wait, on no shard
+    for pg in (shard1, shard2):
+        assert rows(pg, "SELECT count(*) FROM sessions WHERE acct_session_id = %s", sid) == [(0,)]
+    out = s.admin("tenant", "move", "--tenant", str(STAYS[0]), "--to", "shard2", "--settle-s", "1.5")
+    assert "moved to shard2" in out.stdout, out.stdout
+    wait_until(lambda: rows(shard2, "SELECT input_octets FROM sessions WHERE acct_session_id = %s", sid)
+               == [(777,)], 30, "the waiting record on shard2")
+    assert rows(shard1, "SELECT count(*) FROM sessions WHERE tenant_id = %s", STAYS[0]) == [(0,)]
+    assert rows(shard2, "SELECT count(*) FROM sessions WHERE tenant_id = %s", STAYS[0]) == \
+        [(sessions_before + 1,)]
+    assert login(s, STAYS, "cold4") == "Access-Accept"
 
 
 def test_lookups_from_the_replica_while_the_primary_is_down(shards):
