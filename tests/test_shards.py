@@ -35,7 +35,6 @@ LOGIN_GAP_BOUND_S = 2.0
 def shards():
     with temporary_stack("wificore-shards-", keep=bool(os.environ.get("WIFICORE_TEST_KEEP")),
                          shards=3) as s:
-        s.start_replica("shard2", free_port())
         for tenant, ip, secret in (MOVED, STAYS, REPLICATED):
             t = str(tenant)
             s.admin("tenant", "add", "--id", t, "--name", f"tenant {tenant}")
@@ -50,6 +49,11 @@ def shards():
             s.admin("subscriber", "import", "--tenant", str(tenant), "-", input=csv)
         s.radiusd.start()
         s.writer.start()
+        # The replica, and its replica_dsn in the map, come while radiusd runs: the
+        # changed shard entry is followed without a restart (a lane and pools for it).
+        s.start_replica("shard2", free_port())
+        wait_until(lambda: "shard_map_followed" in s.radiusd.logfile.read_text(), 10,
+                   "radiusd following the map with the replica")
         try:
             yield s
         finally:
@@ -157,6 +161,7 @@ def test_tenant_moves_online_under_load(shards):
     s = shards
     shard1, _shard2, shard3 = s.pg
     radiusd_pid, writer_pid = s.radiusd.pid, s.writer.pid
+    followed = [p.logfile.read_text().count("shard_map_followed") for p in (s.radiusd, s.writer)]
     before_stays = rows(shard1, "SELECT count(*) FROM subscribers WHERE tenant_id = %s", STAYS[0])
     with Load(s) as load:
         time.sleep(2.0)
@@ -208,13 +213,20 @@ def test_tenant_moves_online_under_load(shards):
     # Followed without a restart; a cold login and a new subscriber are served from shard3.
     assert (s.radiusd.pid, s.writer.pid) == (radiusd_pid, writer_pid)
     assert s.radiusd.running() and s.writer.running()
-    assert "shard_map_followed" in s.radiusd.logfile.read_text()
-    assert "shard_map_followed" in s.writer.logfile.read_text()
+    assert [p.logfile.read_text().count("shard_map_followed") for p in (s.radiusd, s.writer)] == \
+        [n + 1 for n in followed], "radiusd and the writer each took the new map once"
     assert login(s, MOVED, "cold7") == "Access-Accept"
     s.admin("subscriber", "add", "--tenant", str(MOVED[0]), "--username", "after-move", "--password",
             PASSWORD.decode(), "--plan", "basic")
     assert rows(shard3, "SELECT count(*) FROM subscribers WHERE username = 'after-move'") == [(1,)]
     assert login(s, MOVED, "after-move") == "Access-Accept"
+    # The NAS directory still knows the moved tenant's NAS (read again from shard3).
+    import redis as redis_lib
+    r = redis_lib.Redis.from_url(s.redis.url)
+    try:
+        assert r.hexists("wc:nasdir", MOVED[1])
+    finally:
+        r.close()
     # A second run has nothing to do.
     again = s.admin("tenant", "move", "--tenant", str(MOVED[0]), "--to", "shard3")
     assert "is on shard3" in again.stdout
