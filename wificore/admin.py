@@ -221,6 +221,11 @@ def cmd_tenant_move(a: Admin, args: argparse.Namespace) -> None:
     from . import move
     if args.settle_s is not None and not 0 <= args.settle_s <= 600:
         raise InputError("settle-s: 0..600")
+    if args.abort:
+        move.abort(args.shard_map, args.tenant)
+        return
+    if not args.to:
+        raise InputError("to: which shard (or --abort)")
     move.move(a, args.shard_map, args.tenant, args.to,
               settle_s=move.SETTLE_S if args.settle_s is None else args.settle_s)
 
@@ -537,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = t.add_parser("move", help="move a tenant to another shard, online (copy, catch up, flip "
                                   "the map, clean up); run it again to resume")
     x.add_argument("--tenant", type=int, required=True)
-    x.add_argument("--to", required=True, help="the target shard's name in the map")
+    x.add_argument("--to", help="the target shard's name in the map")
+    x.add_argument("--abort", action="store_true",
+                   help="undo a move that has not flipped the map yet (the tenant stays)")
     x.add_argument("--settle-s", type=float, default=None,
                    help="wait after the flip before the source is cleaned up (default: "
                         "longer than radiusd and batch_writer take to follow the map)")

@@ -226,6 +226,40 @@ def announce(admin: Any, tenant_id: int) -> None:
         cache.close()
 
 
+def abort(map_path: str | Path, tenant_id: int, *, say: Say = print) -> None:
+    """Undo a move that has not flipped the map: the target's copy deleted, the source
+    writable again (its waiting records are then written there). After the flip a move
+    is finished (or moved back), not aborted."""
+    shard_map = ShardMap.load(map_path)
+    source = shard_map.shard_for(tenant_id)
+    with psycopg.connect(source.dsn) as conn:
+        journal = _journal(conn, tenant_id)
+    if journal is None or journal[0] != "source" or journal[2] not in ("fenced", "copied", "flipped"):
+        with psycopg.connect(source.dsn) as conn:
+            target_row = _journal(conn, tenant_id)
+        if target_row is not None and target_row[0] == "target" and target_row[2] != "done":
+            raise InputError(f"tenant: the map names {source.name} already: finish the move "
+                             f"(tenant move --tenant {tenant_id} --to {source.name})")
+        raise InputError(f"tenant: no move of {tenant_id} to abort on {source.name}")
+    target = shard_map.by_name(journal[1])
+    with psycopg.connect(target.dsn) as conn:
+        _fence_lock(conn, tenant_id)
+        row = conn.execute("SELECT moving FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+        theirs = _journal(conn, tenant_id)
+        if row is not None and row[0] == f"from {source.name}" and theirs is not None \
+                and theirs[0] == "target":
+            for table, _, _ in reversed(tenant_tables(conn)):
+                conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),
+                             (tenant_id,))
+        if theirs is not None and theirs[0] == "target":
+            conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))
+    with psycopg.connect(source.dsn) as conn:
+        _fence_lock(conn, tenant_id)
+        conn.execute("UPDATE tenants SET moving = NULL WHERE tenant_id = %s", (tenant_id,))
+        conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))
+    say(f"move of tenant {tenant_id} to {target.name} aborted; it stays on {source.name}")
+
+
 def move(admin: Any, map_path: str | Path, tenant_id: int, to: str, *, settle_s: float = SETTLE_S,
          say: Say = print) -> None:
     """Move ``tenant_id`` to the shard named ``to`` (see the module); idempotent.
