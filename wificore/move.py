@@ -234,12 +234,10 @@ def abort(map_path: str | Path, tenant_id: int, *, say: Say = print) -> None:
     source = shard_map.shard_for(tenant_id)
     with psycopg.connect(source.dsn) as conn:
         journal = _journal(conn, tenant_id)
-    if journal is None or journal[0] != "source" or journal[2] not in ("fenced", "copied", "flipped"):
-        with psycopg.connect(source.dsn) as conn:
-            target_row = _journal(conn, tenant_id)
-        if target_row is not None and target_row[0] == "target" and target_row[2] != "done":
-            raise InputError(f"tenant: the map names {source.name} already: finish the move "
-                             f"(tenant move --tenant {tenant_id} --to {source.name})")
+    if journal is not None and journal[0] == "target" and journal[2] != "done":
+        raise InputError(f"tenant: the map names {source.name} already: finish the move "
+                         f"(tenant move --tenant {tenant_id} --to {source.name})")
+    if journal is None or journal[0] != "source" or journal[2] == "cleaned":
         raise InputError(f"tenant: no move of {tenant_id} to abort on {source.name}")
     target = shard_map.by_name(journal[1])
     with psycopg.connect(target.dsn) as conn:
