@@ -458,6 +458,8 @@ class Writer:
                 ages.observe(now - received)
                 recent.append(now - received)
         self.stats.sessions_merged[name] += out.merged_rows
+        if out.fenced:
+            self.stats.fenced[name] += out.fenced
         if out.closed:
             self.stats.sessions_closed["nas-restart"] += out.closed
         was_down = self.stats.shards_down.get(name, False)

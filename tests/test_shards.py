@@ -84,6 +84,14 @@ def rows(pg, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
+def metric(port: int, name: str) -> float:
+    """The sum of a metric's samples from a /metrics page."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
 def wait_until(check, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -211,6 +219,7 @@ def test_tenant_moves_online_under_load(shards):
     assert rows(shard1, "SELECT count(*) FROM subscribers WHERE tenant_id = %s", STAYS[0]) == before_stays
 
     # Followed without a restart; a cold login and a new subscriber are served from shard3.
+    assert metric(s.ports.writer_metrics, "wificore_writer_fenced_records_total") > 0
     assert (s.radiusd.pid, s.writer.pid) == (radiusd_pid, writer_pid)
     assert s.radiusd.running() and s.writer.running()
     now = [p.logfile.read_text().count("shard_map_followed") for p in (s.radiusd, s.writer)]
@@ -307,6 +316,9 @@ def test_lookups_from_the_replica_while_the_primary_is_down(shards):
         first = min(answered.values())
         assert first < 5.0, f"the first cold login took {first:.1f} s to be answered"
         assert "shard_primary_unreachable" in s.radiusd.logfile.read_text()
+        port = int(s.radiusd.env["WIFICORE_METRICS_PORT"])
+        assert metric(port, "wificore_shard_replica_lookups_total") >= 10
+        assert metric(port, "wificore_shard_primary_down") == 1
         # Accounting meanwhile: answered (the spool), written once the primary is back.
         sid = f"rep-{os.getpid()}"
         assert accounting(s, tenant, "acct1", sid, 1, 0)
