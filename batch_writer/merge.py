@@ -76,9 +76,12 @@ SET_LOCAL = "SELECT set_config('statement_timeout', %s, true), set_config('TimeZ
 
 #: The shared form of the fence lock of each tenant written (wificore/migrations/0012):
 #: a tenant move's fence waits for this transaction, and the statement after it sees
-#: a fence committed while it waited.
+#: a fence committed while it waited. One lock per bucket of tenants (tenant % 32), not
+#: per tenant: a batch of thousands of tenants must not fill the shared lock table.
 FENCE_KEY = 871017
-FENCE_LOCK = "SELECT count(pg_advisory_xact_lock_shared(871017, t)) FROM unnest(%s::integer[]) AS t"
+FENCE_BUCKETS = 32
+FENCE_LOCK = ("SELECT count(pg_advisory_xact_lock_shared(871017, b)) FROM "
+              "(SELECT DISTINCT t %% 32 AS b FROM unnest(%s::integer[]) AS t ORDER BY 1) x")
 KNOWN_TENANTS = "SELECT tenant_id, moving IS NOT NULL FROM tenants WHERE tenant_id = ANY(%s::integer[])"
 #: Tenants moved away from this shard (the tombstone of a move): a writer on the old map.
 MOVED_AWAY = "SELECT tenant_id FROM tenant_moves WHERE tenant_id = ANY(%s::integer[]) AND role = 'source'"

@@ -147,7 +147,7 @@ class Admin:
         conn = psycopg.connect(shard.dsn)
         if writing:
             try:
-                conn.execute("SELECT pg_advisory_xact_lock_shared(871017, %s)", (tenant_id,))
+                conn.execute("SELECT pg_advisory_xact_lock_shared(871017, %s)", (tenant_id % 32,))
                 row = conn.execute("SELECT moving FROM tenants WHERE tenant_id = %s",
                                    (tenant_id,)).fetchone()
             except BaseException:

@@ -3,7 +3,7 @@
 The steps (each recorded in ``tenant_moves`` on both shards; a second run picks up
 where the first stopped, see :func:`move`):
 
-1. **fence** the source: under the fence lock (``pg_advisory_xact_lock(871017, T)``,
+1. **fence** the source: under the fence lock (``pg_advisory_xact_lock(871017, T % 32)``,
    which waits for every batch_writer transaction writing T and every admin change of
    T in flight), ``tenants.moving = 'to D'``. From its commit on batch_writer leaves
    T's records pending in its streams (nothing of T changes on the source) and
@@ -36,6 +36,7 @@ from .errors import InputError
 from .shardmap import MapFollower, Shard, ShardMap, write_placement
 
 FENCE_KEY = 871017
+FENCE_BUCKETS = 32  # batch_writer/merge.py FENCE_LOCK: one lock per bucket of tenants
 #: Longer than a process takes to follow a new map: its check every CHECK_S, batch_writer's
 #: read that blocks at most batch_max_age_ms (200 ms by default), a margin.
 SETTLE_S = 4 * MapFollower.CHECK_S + 1.0
@@ -102,7 +103,7 @@ def _record(conn: psycopg.Connection, tenant_id: int, role: str, peer: str, step
 
 def _fence_lock(conn: psycopg.Connection, tenant_id: int) -> None:
     conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (FENCE_KEY, tenant_id))
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (FENCE_KEY, tenant_id % FENCE_BUCKETS))
 
 
 def fence(source: Shard, target: Shard, tenant_id: int) -> None:
@@ -135,7 +136,7 @@ def copy(source: Shard, target: Shard, tenant_id: int, say: Say) -> dict[str, in
         missing = [t for t, _, _ in tables if t not in dst_tables]
         if missing:
             raise InputError(f"to: {target.name} has no table {missing[0]!r} (wificore-admin migrate)")
-        _fence_lock(dst, tenant_id)
+        dst.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         row = dst.execute("SELECT moving FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
         journal = _journal(dst, tenant_id)
         if row is not None and not (row[0] == f"from {source.name}" and journal is not None
@@ -195,10 +196,12 @@ def open_target(target: Shard, tenant_id: int) -> None:
 
 
 def clean_source(source: Shard, target: Shard, tenant_id: int) -> dict[str, int]:
-    """The tenant's rows deleted from the source, under the fence lock; its journal row
-    stays (the tombstone). The rows deleted per table."""
+    """The tenant's rows deleted from the source; its journal row stays (the tombstone).
+    No lock: the tenant stays fenced until its row goes, in the same transaction as the
+    tombstone's update, so a writer on an old map defers at every moment. The rows
+    deleted per table."""
     with psycopg.connect(source.dsn) as conn:
-        _fence_lock(conn, tenant_id)
+        conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         deleted = {}
         for table, _, _ in reversed(tenant_tables(conn)):
             deleted[table] = conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(
@@ -241,7 +244,6 @@ def abort(map_path: str | Path, tenant_id: int, *, say: Say = print) -> None:
         raise InputError(f"tenant: no move of {tenant_id} to abort on {source.name}")
     target = shard_map.by_name(journal[1])
     with psycopg.connect(target.dsn) as conn:
-        _fence_lock(conn, tenant_id)
         row = conn.execute("SELECT moving FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
         theirs = _journal(conn, tenant_id)
         if row is not None and row[0] == f"from {source.name}" and theirs is not None \
@@ -252,7 +254,6 @@ def abort(map_path: str | Path, tenant_id: int, *, say: Say = print) -> None:
         if theirs is not None and theirs[0] == "target":
             conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))
     with psycopg.connect(source.dsn) as conn:
-        _fence_lock(conn, tenant_id)
         conn.execute("UPDATE tenants SET moving = NULL WHERE tenant_id = %s", (tenant_id,))
         conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))
     say(f"move of tenant {tenant_id} to {target.name} aborted; it stays on {source.name}")

@@ -5,9 +5,9 @@
 -- 'from shard1' on the target until the map names the target). batch_writer leaves
 -- such a tenant's records pending in its streams (they are written once the tenant
 -- is writable on the shard the map names); wificore-admin refuses changes to it.
--- The fence is taken under pg_advisory_xact_lock(871017, tenant): batch_writer holds
--- the shared form of that lock in every transaction that writes the tenant's rows,
--- so the fence waits for a write in flight, and a write after it sees the fence.
+-- The fence is taken under pg_advisory_xact_lock(871017, tenant % 32): batch_writer
+-- holds the shared form of that lock in every transaction that writes the tenant's
+-- rows, so the fence waits for a write in flight, and a write after it sees the fence.
 ALTER TABLE tenants ADD COLUMN moving text;
 
 -- The journal of a move, one row per tenant on each of the two shards: the source's
