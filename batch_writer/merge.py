@@ -85,8 +85,11 @@ FENCE_LOCK = ("SELECT count(pg_advisory_xact_lock_shared(871017, b)) FROM "
 KNOWN_TENANTS = "SELECT tenant_id, moving IS NOT NULL FROM tenants WHERE tenant_id = ANY(%s::integer[])"
 #: Tenants moved away from this shard (the tombstone of a move): a writer on the old map.
 MOVED_AWAY = "SELECT tenant_id FROM tenant_moves WHERE tenant_id = ANY(%s::integer[]) AND role = 'source'"
-#: A fenced tenant's records are tried again after this (the move is copying it).
+#: A fenced tenant's records are tried again after this (the move is copying it),
+#: doubled while the fence stays (a move left unfinished) up to FENCE_RETRY_MAX_S: a
+#: sweep re-reads every pending entry of ours.
 FENCE_RETRY_S = 0.25
+FENCE_RETRY_MAX_S = 5.0
 
 # The merge. EXCLUDED is the collapsed batch row; s the stored row.
 # close_reason 'stop' in EXCLUDED means "the batch holds a Stop".
@@ -235,8 +238,9 @@ class ShardWriter:
         # Failures of one record written alone that are neither a data error nor
         # the shard's (see _write_split); keyed by the entry's source.
         self._record_failures: dict[Any, int] = {}
-        #: Until then a sweep for this shard waits: a tenant of it is fenced by a move.
-        self.fenced_until = 0.0
+        #: A sweep for this shard waits while this is not ready: a tenant of it is fenced.
+        self.fence_backoff = Backoff(first_s=FENCE_RETRY_S, max_s=FENCE_RETRY_MAX_S)
+        self.fenced_tenants: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -366,8 +370,7 @@ class ShardWriter:
 
     def retry_ready(self) -> bool:
         """True when neither the shard's nor the auth log's backoff is waiting (nor a fence)."""
-        return (self.backoff.ready() and self.auth_backoff.ready()
-                and time.monotonic() >= self.fenced_until)
+        return self.backoff.ready() and self.auth_backoff.ready() and self.fence_backoff.ready()
 
     def _write_auth(self, items: list[Item], out: Outcome) -> None:
         """The auth-log part, after accounting committed; on failure its entries stay pending."""
@@ -500,7 +503,12 @@ class ShardWriter:
         if held:
             out.deferred += held
             out.fenced += len(held)
-            self.fenced_until = time.monotonic() + FENCE_RETRY_S
+            self.fence_backoff.failed()
+            self.fenced_tenants |= fenced
+        elif self.fenced_tenants:
+            self.fenced_tenants -= set(tenants)  # written now: no longer fenced
+            if not self.fenced_tenants:
+                self.fence_backoff.succeeded()
         out.merged_rows += len(rows)
 
     def _ensure_auth_days(self, items: list[Item]) -> None:

@@ -259,6 +259,8 @@ class Writer:
             self.stats.shards_down.setdefault(shard.name, False)
         self.map.replace(new)
         self._needs_sweep |= {s.name for s in new}  # fenced records: routed again now
+        for w in self.shards.values():
+            w.fence_backoff.succeeded()
         log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed))
         return True
 
