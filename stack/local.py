@@ -213,11 +213,11 @@ class Stack:
 
 @contextlib.contextmanager
 def temporary_stack(prefix: str = "wificore-", *, keep: bool = False,
-                    shards: int = 2) -> Iterator[Stack]:
+                    shards: int = 2, procs: int = 1) -> Iterator[Stack]:
     """Redis and ``shards`` migrated shards on free loopback ports in a new folder under /tmp
     (readable by the postgres user); stopped by PID and removed at the end."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    s = Stack(state, Ports.free(shards), fast=True, shards=shards)
+    s = Stack(state, Ports.free(shards), fast=True, shards=shards, procs=procs)
     try:
         s.start_data()
         yield s
