@@ -9,7 +9,7 @@ import os
 import sys
 
 from .local import Ports, Stack
-from .servers import ROOT, StackError
+from .servers import ROOT, StackError, shared_home_of
 
 STATE = ROOT / ".state"
 #: The ports `up` used, for the commands after it; removed by `down`.
@@ -64,11 +64,19 @@ def shards() -> int:
 
 
 def shards_on_disk() -> int:
-    """How many shards the last `up` started (its ports file), else shards()."""
+    """How many shards the last `up` started (its ports file), else the shards whose data
+    is in the state folder (a stack from before `down`: its tenants' ranges depend on
+    the count), else shards()."""
     try:
         return 2 + len(json.loads(PORTS_FILE.read_text()).get("more_shards", []))
     except (FileNotFoundError, ValueError):
-        return shards()
+        pass
+    if not os.environ.get("WIFICORE_SHARDS"):
+        for home in (STATE, shared_home_of(STATE)):
+            found = [p for p in home.glob("shard*/PG_VERSION") if p.parent.name[5:].isdigit()]
+            if found:
+                return len(found)
+    return shards()
 
 
 def ports() -> Ports:
@@ -84,8 +92,7 @@ def ports() -> Ports:
 
 
 def make_stack() -> Stack:
-    n = shards_on_disk() if PORTS_FILE.exists() else shards()
-    stack = Stack(STATE, ports(), procs=procs(), shards=n)
+    stack = Stack(STATE, ports(), procs=procs(), shards=shards_on_disk())
     PORTS_FILE.write_text(json.dumps(dataclasses.asdict(stack.ports)) + "\n")
     return stack
 
