@@ -297,8 +297,10 @@ class PostgresServer(Process):
 
     def __init__(self, state: Path, port: int, name: str, fast: bool = False,
                  home: Path | None = None, also_on: tuple[str, ...] = (),
-                 networks: tuple[str, ...] = ()) -> None:
+                 networks: tuple[str, ...] = (), standby_of: PostgresServer | None = None) -> None:
         super().__init__(name, state)
+        #: A streaming replica of that primary (pg_basebackup -R), read-only.
+        self.standby_of = standby_of
         self.port = port
         #: Addresses besides 127.0.0.1 to listen on, and the networks (CIDR) let in
         #: from them (pg_hba.conf, trust as on loopback): the RADIUS tier's link.
@@ -344,6 +346,12 @@ class PostgresServer(Process):
         self.sockdir.mkdir(parents=True, exist_ok=True)
         self.sockdir.chmod(0o777 | 0o1000)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.datadir / "PG_VERSION").exists() and self.standby_of is not None:
+            self.datadir.mkdir(parents=True, exist_ok=True)
+            self.datadir.chmod(0o700)
+            self._chown(self.datadir)
+            self._pg("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.standby_of.port), "-U",
+                     "postgres", "-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast")
         if not (self.datadir / "PG_VERSION").exists():
             self.datadir.mkdir(parents=True, exist_ok=True)
             self.datadir.chmod(0o700)
@@ -364,6 +372,8 @@ class PostgresServer(Process):
                  "-l", str(self.logfile))
         self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
                  "-v", "ON_ERROR_STOP=1", "-qAtc", "SELECT 1")
+        if self.standby_of is not None:
+            return  # read-only: its database is the primary's
         exists = self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
                           "postgres", "-qAtc", "SELECT 1 FROM pg_database WHERE datname='wificore'")
         if exists.stdout.strip() != "1":
@@ -540,7 +550,9 @@ class BatchWriter(Process):
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
 
     def start(self) -> None:
-        self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
+        # This checkout's batch_writer (python -m from ROOT), not the one the virtualenv's
+        # console script imports (an editable install may point at another checkout).
+        self.spawn([sys.executable, "-m", "batch_writer"], env=self.env, cwd=ROOT)
 
 
 class CoaSidecar(Process):

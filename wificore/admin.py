@@ -138,12 +138,28 @@ class Admin:
         self.state_redis_url = state_redis_url or redis_url
         self.keys = Keys(key_prefix)
 
-    def connect(self, tenant_id: int) -> psycopg.Connection:
+    def connect(self, tenant_id: int, *, writing: bool = True) -> psycopg.Connection:
+        """A connection to the tenant's shard, in a transaction. ``writing``: refused while
+        the tenant is being moved (tenant move): the transaction holds the shared form of
+        the move's fence lock, so a move waits for it and it sees a move's fence."""
         try:
             shard = self.map.shard_for(tenant_id)
         except UnknownTenant as exc:
             raise InputError(f"tenant: {exc}") from None
-        return psycopg.connect(shard.dsn, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(shard.dsn, connect_timeout=CONNECT_TIMEOUT_S)
+        if writing:
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock_shared(871017, %s)", (tenant_id % 32,))
+                row = conn.execute("SELECT moving FROM tenants WHERE tenant_id = %s",
+                                   (tenant_id,)).fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            if row is not None and row[0] is not None:
+                conn.close()
+                raise InputError(f"tenant: {tenant_id} is being moved ({row[0]}; wificore-admin "
+                                 f"tenant move): try again once the move is done")
+        return conn
 
     def tenant_exists(self, conn: psycopg.Connection, tenant_id: int) -> None:
         if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone():
@@ -204,6 +220,19 @@ def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
     _print_rows(sorted(rows), ("tenant_id", "name", "status", "time_zone", "shard"))
 
 
+def cmd_tenant_move(a: Admin, args: argparse.Namespace) -> None:
+    from . import move
+    if args.settle_s is not None and not 0 <= args.settle_s <= 600:
+        raise InputError("settle-s: 0..600")
+    if args.abort:
+        move.abort(args.shard_map, args.tenant)
+        return
+    if not args.to:
+        raise InputError("to: which shard (or --abort)")
+    move.move(a, args.shard_map, args.tenant, args.to,
+              settle_s=move.SETTLE_S if args.settle_s is None else args.settle_s)
+
+
 def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     ip = v_ip(args.ip, "ip")
     if ip is None:
@@ -231,7 +260,7 @@ def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
     if args.tenant is None:  # every tenant on every shard
         lifecycle.cmd_nas_list_all(a)
         return
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, coa_port, CASE WHEN "
                             "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
                             "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
@@ -268,7 +297,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         rows = conn.execute(
             "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
             " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,"
@@ -375,7 +404,7 @@ def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         rows = conn.execute(
             "SELECT s.username, s.kind, s.password_type, p.name, s.status, s.expires_at,"
             " s.mac_binding, host(s.framed_ip) FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
@@ -387,7 +416,7 @@ def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         row = conn.execute(
             "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
             " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at,"
@@ -572,6 +601,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "the CLI for this tenant are read in it. On an existing id: changed only when given")
     x.set_defaults(fn=cmd_tenant_add)
     t.add_parser("list").set_defaults(fn=cmd_tenant_list)
+    x = t.add_parser("move", help="move a tenant to another shard, online (copy, catch up, flip "
+                                  "the map, clean up); run it again to resume")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--to", help="the target shard's name in the map")
+    x.add_argument("--abort", action="store_true",
+                   help="undo a move that has not flipped the map yet (the tenant stays)")
+    x.add_argument("--settle-s", type=float, default=None,
+                   help="wait after the flip before the source is cleaned up (default: "
+                        "longer than radiusd and batch_writer take to follow the map)")
+    x.set_defaults(fn=cmd_tenant_move)
 
     n = sub.add_parser("nas").add_subparsers(dest="action", required=True)
     x = n.add_parser("add")

@@ -123,6 +123,7 @@ def cmd_tenant_delete(a: Admin, args: argparse.Namespace) -> None:
         for table in TENANT_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant_id,))  # noqa: S608
         conn.execute("DELETE FROM tenants WHERE tenant_id = %s", (tenant_id,))
+        conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))  # a move's journal
     from . import nas_admin
     nas_admin.forget_cached(a, ips)
     keys = _tenant_keys(a.cache_redis_url, a.keys.p, tenant_id)
