@@ -40,6 +40,9 @@ SUBSCRIBER_PLAN_SQL = "SELECT plan_id FROM subscribers WHERE tenant_id = %s AND 
 #: The tenant's time zone: the calendar its plans' quota periods follow.
 TENANT_ZONE_SQL = "SELECT time_zone FROM tenants WHERE tenant_id = %s"
 PLAN_TTL_S = 30.0
+#: A tenant whose shard did not answer a plan read is not asked again for this long:
+#: one tenant's hung shard costs one deadline, not one per subscriber of it.
+TENANT_RETRY_S = 5.0
 REQUEUE_S = 60.0
 READ_COUNT = 1000
 #: Most subscribers remembered (plans, queued disconnects) before the oldest are dropped.
@@ -54,6 +57,8 @@ class QuotaWatcher:
         #: tenant -> (until, its zone's clock), read with a plan (the quota period's calendar).
         self.zones: dict[int, tuple[float, quota.ZoneClock]] = {}
         self.queued: dict[tuple[int, str], float] = {}
+        #: tenant -> until when its shard is not asked (a plan read failed).
+        self.failed: dict[int, float] = {}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="coa-quota", daemon=True)
 
@@ -150,7 +155,7 @@ class QuotaWatcher:
         now = time.monotonic()
         candidates: list[tuple[tuple[int, str], Plan, quota.ZoneClock]] = []
         for sub in subscribers:
-            if self.queued.get(sub, 0.0) > now:
+            if self.queued.get(sub, 0.0) > now or self.failed.get(sub[0], 0.0) > time.monotonic():
                 continue
             try:
                 plan = self.plan_of(*sub)
@@ -158,6 +163,9 @@ class QuotaWatcher:
             except Exception as exc:  # noqa: BLE001 - that tenant's shard: the others go on
                 self.s.stats.errors["quota"] += 1
                 log.warning("coa_quota_plan_unread", tenant=sub[0], error=repr(exc))
+                if len(self.failed) >= MEMORY_MAX:
+                    self.failed.clear()
+                self.failed[sub[0]] = time.monotonic() + TENANT_RETRY_S
                 continue
             if plan is not None and zone is not None and (plan.data_quota_bytes is not None
                                                           or plan.time_quota_s is not None):

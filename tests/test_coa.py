@@ -530,6 +530,40 @@ class TestUnits:
         assert radius.check_response(good[:1] + b"\x08" + good[2:], req, secret) is None  # another id
 
 
+    def test_a_hung_shard_costs_the_quota_watcher_one_deadline(self):
+        """The quota watcher's plan reads of a tenant whose shard accepts connections and
+        never answers: one deadline for all its subscribers in a read, and none again
+        right after (one thread checks every tenant: it must not stall per subscriber)."""
+        import types
+
+        from coa_sender.quota import QuotaWatcher
+        from coa_sender.service import Shards
+        from coa_sender.stats import CoaStats
+        from wificore.shardmap import Shard, ShardMap
+
+        silent = socket.socket()  # the kernel completes the handshakes; nothing is said
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        try:
+            dsn = f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=x user=x"
+            sidecar = types.SimpleNamespace(
+                shards=Shards(ShardMap([Shard("hung", 1, 1000, dsn, dsn, dsn, dsn)]), 1000),
+                stats=CoaStats(), keys=K, settings=types.SimpleNamespace(stream_partitions=1),
+                redis=None, cfg=None)
+            watcher = QuotaWatcher(sidecar)  # type: ignore[arg-type]
+            subs = [(7, f"u{i}") for i in range(4)]
+            t0 = time.monotonic()
+            watcher.check(subs)
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            watcher.check(subs)
+            again = time.monotonic() - t0
+        finally:
+            silent.close()
+        assert first < 3.5, first  # one connect deadline (2 s), not one per subscriber
+        assert again < 0.5, again
+        assert sidecar.stats.errors["quota"] == 1
+
 def test_the_sidecar_role_reads_plans_not_passwords(coa_world):
     """The writer's role (the sidecar's DSN) may insert attempt rows, read plans and a
     subscriber's plan id, and no password."""
