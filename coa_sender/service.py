@@ -39,7 +39,7 @@ from wificore.errors import UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.settings import Settings
-from wificore.shardmap import ShardMap
+from wificore.shardmap import MapFollower, ShardMap
 
 from . import radius
 from .config import CoaConfig
@@ -64,20 +64,21 @@ class Shards:
 
     def run(self, tenant_id: int, fn: Callable[[psycopg.Connection], Any]) -> Any:
         shard = self.map.shard_for(tenant_id)
-        conns: dict[str, psycopg.Connection] = self.local.__dict__.setdefault("conns", {})
-        conn = conns.get(shard.name)
+        conns: dict[tuple[str, str], psycopg.Connection] = self.local.__dict__.setdefault("conns", {})
+        key = (shard.name, shard.writer_dsn or shard.dsn)  # a new map may give a shard another DSN
+        conn = conns.get(key)
         if conn is None or conn.closed:
             # prepare_threshold=None: PgBouncer (transaction pooling) hands each transaction
             # any server connection, where a prepared statement may exist or not.
             conn = psycopg.connect(shard.writer_dsn or shard.dsn, autocommit=True, prepare_threshold=None,
                                    connect_timeout=max(2, self.timeout_ms // 1000))
-            conns[shard.name] = conn
+            conns[key] = conn
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL statement_timeout = {int(self.timeout_ms)}")
                 return fn(conn)
         except psycopg.OperationalError:
-            conns.pop(shard.name, None)
+            conns.pop(key, None)
             conn.close()
             raise
 
@@ -91,6 +92,11 @@ class Sidecar:
         self.redis = redis.Redis.from_url(roles.redis_url(settings, roles.STATE), socket_timeout=timeout_s,
                                           socket_connect_timeout=timeout_s)
         self.shards = Shards(shard_map or ShardMap.load(settings.shard_map), cfg.db_timeout_ms)
+        # A new map written to the file (a tenant move) is followed without a restart, as
+        # radiusd and the writer follow it (a map given by the caller is not).
+        self._follower = (MapFollower(settings.shard_map, self.shards.map)
+                          if shard_map is None and self.shards.map.signature is not None else None)
+        self._next_map_check = 0.0
         self.stats = CoaStats()
         self.jobs = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="coa-job")
         self.sends = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="coa-send")
@@ -123,6 +129,7 @@ class Sidecar:
         last_claim = 0.0
         while not self.stopping.is_set():
             try:
+                self.follow_map()
                 if not grouped:
                     self.ensure_group()
                     grouped = True
@@ -163,6 +170,21 @@ class Sidecar:
         self.jobs.shutdown(wait=True)
         self.sends.shutdown(wait=True)
         return 0
+
+    def follow_map(self) -> bool:
+        """Take a new shard map from the file, at most every MapFollower.CHECK_S; True if taken."""
+        if self._follower is None or time.monotonic() < self._next_map_check:
+            return False
+        self._next_map_check = time.monotonic() + MapFollower.CHECK_S
+        new = self._follower.check()
+        if new is None:
+            if self._follower.error:
+                log.warning("shard_map_not_followed", error=self._follower.error)
+                self._follower.error = None
+            return False
+        self.shards.map.replace(new)
+        log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed))
+        return True
 
     def dispatch(self, entry_id: Any, fields: Any) -> None:
         job_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
