@@ -39,8 +39,10 @@ class CoaConfig:
                                     "NAS's ACK or NAK.")
     max_attempts: int = setting_field(3, int_in_range(1, 10), "Attempts per session (a timeout is tried "
                                       "again, an ACK or NAK is final).")
-    workers: int = setting_field(16, int_in_range(1, 256), "Requests in flight at once (a silent NAS holds "
-                                 "one for timeout_ms x max_attempts, the others go on).")
+    workers: int = setting_field(16, int_in_range(1, 256), "Jobs running at once; a tenant runs at most "
+                                 "workers/4 of them, each with at most workers/4 requests in flight (a "
+                                 "silent NAS holds its tenant's turn for timeout_ms x max_attempts, not "
+                                 "the other tenants').")
     resolve_wait_ms: int = setting_field(5000, int_in_range(0, 600_000), "How long a job waits for a live "
                                          "session's row to reach the shard (the writer's lag) before it "
                                          "is sent without that session.")

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import random
 import socket
@@ -47,8 +48,10 @@ from .stats import CoaStats
 
 log = get_logger("coa_sender")
 
-#: Jobs taken and not finished at once, per worker.
-INFLIGHT_PER_WORKER = 4
+#: Jobs taken from the stream and not finished (running or waiting for their tenant's
+#: turn), at most: a tenant's flood of jobs must not keep the others' from being read.
+QUEUED_MAX = 10_000
+READ_COUNT = 500
 CLAIM_EVERY_S = 10.0
 RESOLVE_POLL_S = 0.2
 
@@ -98,9 +101,21 @@ class Sidecar:
                           if shard_map is None and self.shards.map.signature is not None else None)
         self._next_map_check = 0.0
         self.stats = CoaStats()
+        # One tenant's trouble (a silent NAS behind thousands of sessions, a flood of jobs)
+        # costs that tenant's turn only: a tenant has at most `share` jobs running, a job at
+        # most `share` requests in flight, and the sending threads are enough for every
+        # running job's requests, so a request never queues behind another tenant's.
+        self.share = max(1, cfg.workers // 4)
         self.jobs = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="coa-job")
-        self.sends = concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="coa-send")
+        self.sends = concurrent.futures.ThreadPoolExecutor(cfg.workers * self.share,
+                                                           thread_name_prefix="coa-send")
         self.inflight: set[str] = set()
+        #: Jobs taken, by tenant, waiting for a turn; the tenants with waiting jobs in turn
+        #: order; jobs running by tenant, and in all.
+        self.waiting: dict[int, collections.deque[tuple[str, dict[str, str]]]] = {}
+        self.turns: collections.deque[int] = collections.deque()
+        self.running: collections.Counter[int] = collections.Counter()
+        self.running_total = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.quota: Any = None
@@ -133,7 +148,7 @@ class Sidecar:
                 if not grouped:
                     self.ensure_group()
                     grouped = True
-                room = self.cfg.workers * INFLIGHT_PER_WORKER - len(self.inflight)
+                room = min(READ_COUNT, QUEUED_MAX - len(self.inflight))
                 if room <= 0:
                     time.sleep(0.05)
                     continue
@@ -197,9 +212,45 @@ class Sidecar:
             self.inflight.add(job_id)
         job = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                for k, v in fields.items()}
-        self.jobs.submit(self._job_task, job_id, job)
+        try:
+            tenant_id = int(job.get("tenant", ""))
+        except ValueError:
+            tenant_id = -1  # a bad job: handle() says so
+        with self.lock:
+            queue = self.waiting.get(tenant_id)
+            if queue is None:
+                queue = self.waiting[tenant_id] = collections.deque()
+                self.turns.append(tenant_id)
+            queue.append((job_id, job))
+        self._start_ready()
 
-    def _job_task(self, job_id: str, job: dict[str, str]) -> None:
+    def _start_ready(self) -> None:
+        """Start waiting jobs, tenants in turn, while threads are free and each tenant
+        has fewer than ``share`` running."""
+        ready: list[tuple[int, str, dict[str, str]]] = []
+        with self.lock:
+            progress = True
+            while progress and self.running_total < self.cfg.workers:
+                progress = False
+                for _ in range(len(self.turns)):
+                    if self.running_total >= self.cfg.workers:
+                        break
+                    tenant_id = self.turns.popleft()
+                    queue = self.waiting[tenant_id]
+                    if self.running[tenant_id] < self.share:
+                        job_id, job = queue.popleft()
+                        self.running[tenant_id] += 1
+                        self.running_total += 1
+                        ready.append((tenant_id, job_id, job))
+                        progress = True
+                    if queue:
+                        self.turns.append(tenant_id)
+                    else:
+                        del self.waiting[tenant_id]
+        for tenant_id, job_id, job in ready:
+            self.jobs.submit(self._job_task, job_id, job, tenant_id)
+
+    def _job_task(self, job_id: str, job: dict[str, str], tenant_id: int) -> None:
         try:
             self.handle(job_id, job)
             self.redis.xack(self.keys.coa_jobs, self.cfg.group, job_id)
@@ -220,6 +271,12 @@ class Sidecar:
         finally:
             with self.lock:
                 self.inflight.discard(job_id)
+                self.running[tenant_id] -= 1
+                if self.running[tenant_id] <= 0:
+                    del self.running[tenant_id]
+                self.running_total -= 1
+            if not self.stopping.is_set():
+                self._start_ready()
 
     # ------------------------------------------------------------------- jobs
     def handle(self, job_id: str, job: dict[str, str]) -> None:
@@ -277,18 +334,35 @@ class Sidecar:
 
     def send_all(self, job_id: str, tenant_id: int, sessions: list[LiveSession], kind: str, reason: str,
                  attrs: Callable[[LiveSession], list[radius.Attr]]) -> None:
-        futures = []
+        work = []
         for s in sessions:
             extra = attrs(s)
             if kind == "coa" and not extra:
                 self.stats.skipped[kind] += 1  # a generic NAS: no rate attribute to send
                 log.info("coa_nothing_to_send", tenant=tenant_id, user=s.username, vendor=s.vendor)
                 continue
-            futures.append(self.sends.submit(self.send, job_id, tenant_id, s, kind, reason, extra))
-        pending = set(futures)  # each bounded: timeout_ms x max_attempts
-        while pending:
-            _done, pending = concurrent.futures.wait(pending, timeout=CLAIM_EVERY_S)
-            if pending:  # a long job: still ours (its idle time reset, so no other sidecar claims it)
+            work.append((s, extra))
+        # At most `share` requests of this job in flight (each bounded: timeout_ms x
+        # max_attempts), the next one sent as one ends.
+        futures: list[concurrent.futures.Future[str]] = []
+        pending: set[concurrent.futures.Future[str]] = set()
+        todo = iter(work)
+        claimed = time.monotonic()
+        while True:
+            while len(pending) < self.share:
+                item = next(todo, None)
+                if item is None:
+                    break
+                f = self.sends.submit(self.send, job_id, tenant_id, item[0], kind, reason, item[1])
+                futures.append(f)
+                pending.add(f)
+            if not pending:
+                break
+            _done, pending = concurrent.futures.wait(pending, timeout=CLAIM_EVERY_S,
+                                                     return_when=concurrent.futures.FIRST_COMPLETED)
+            if time.monotonic() - claimed >= CLAIM_EVERY_S:
+                # A long job: still ours (its idle time reset, so no other sidecar claims it).
+                claimed = time.monotonic()
                 self.redis.xclaim(self.keys.coa_jobs, self.cfg.group, self.cfg.consumer, 0, [job_id],
                                   justid=True)
         for f in futures:

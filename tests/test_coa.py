@@ -338,6 +338,36 @@ class TestOperator:
         assert after == before + 1
 
 
+    def test_a_silent_nas_of_one_tenant_does_not_hold_back_another_tenants_request(
+            self, coa_world, sidecar, listener, acct, shard_conn, redis):
+        """Tenant A's Disconnect of 40 sessions behind a NAS that never answers, then
+        tenant B's of one: B's request goes out at once. A job has at most workers/4
+        requests in flight and the sending threads suffice for every running job's, so
+        A's sessions wait for A's turn only (before: B's request queued behind A's in
+        one pool of 16 threads, 2 x 3 x 300 ms)."""
+        a_user, b_user = new_user(coa_world), new_user(coa_world, tenant=COA_T2)
+        listener.modes[a_user] = ("silent",)
+        sids = ["c" + uuid.uuid4().hex[:11] for _ in range(40)]
+        for sid in sids:
+            ans = acct(COA_T, acct_packet(a_user, sid, "Start"))
+            assert ans.code == "Accounting-Response", ans.output
+        online(acct, shard_conn, COA_T2, b_user)
+        conn = shard_conn(COA_T[0])
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM sessions WHERE tenant_id = %s AND username = %s",
+            (COA_T[0], a_user)).fetchone()[0] == len(sids), 15)
+        coa_jobs.queue(redis, K, "disconnect", tenant=COA_T[0], user=a_user, reason="operator")
+        assert wait_until(lambda: listener.of(a_user), 5), sidecar.log_tail()
+        queued = time.monotonic()
+        coa_jobs.queue(redis, K, "disconnect", tenant=COA_T2[0], user=b_user, reason="operator")
+        assert wait_until(lambda: listener.of(b_user), 5), sidecar.log_tail()
+        waited = listener.of(b_user)[0]["at"] - queued
+        assert waited < 1.0, f"tenant B's request went out {waited:.2f} s after it was queued"
+        assert len(listener.of(a_user)) < len(sids) * ATTEMPTS  # A's still going on
+        listener.modes[a_user] = ("ack",)  # A's NAS answers again: its job ends
+        assert wait_until(lambda: redis.xpending(K.coa_jobs, "coa")["pending"] == 0, 15)
+
+
 class TestDurability:
     def test_queued_while_stopped_and_in_flight_at_kill_are_sent_after_restart(
             self, coa_world, sidecar, listener, acct, shard_conn, redis):
@@ -529,6 +559,43 @@ class TestUnits:
         assert radius.check_response(good, req, b"other") is None
         assert radius.check_response(good[:1] + b"\x08" + good[2:], req, secret) is None  # another id
 
+
+    def test_one_tenants_jobs_take_their_turn(self):
+        """Ten long jobs of one tenant, then one of another: with 4 workers a tenant runs
+        at most one job at a time (workers / 4), so the other tenant's job starts at once
+        instead of behind the ten (the job threads are not one first-in-first-out queue)."""
+        import collections
+        import concurrent.futures
+        import types
+
+        from coa_sender.service import Sidecar
+        from coa_sender.stats import CoaStats
+
+        started: dict[str, float] = {}
+        sc = object.__new__(Sidecar)
+        sc.cfg = types.SimpleNamespace(workers=4)
+        sc.share = 1
+        sc.jobs = concurrent.futures.ThreadPoolExecutor(4)
+        sc.lock, sc.stopping, sc.stats, sc.keys = threading.Lock(), threading.Event(), CoaStats(), K
+        sc.inflight, sc.waiting, sc.turns = set(), {}, collections.deque()
+        sc.running, sc.running_total = collections.Counter(), 0
+        sc.redis = types.SimpleNamespace(xack=lambda *a: None, xdel=lambda *a: None)
+
+        def handle(job_id, job):
+            started[job_id] = time.monotonic()
+            if job["tenant"] == "1":
+                time.sleep(0.3)
+        sc.handle = handle
+        t0 = time.monotonic()
+        for i in range(10):
+            sc.dispatch(f"1-{i}", {b"op": b"disconnect", b"tenant": b"1", b"user": b"u"})
+        sc.dispatch("2-0", {b"op": b"disconnect", b"tenant": b"2", b"user": b"v"})
+        assert wait_until(lambda: len(started) == 11 and sc.running_total == 0, 10), started
+        sc.jobs.shutdown(wait=True)
+        assert started["2-0"] - t0 < 0.2, started["2-0"] - t0
+        firsts = sorted(started[f"1-{i}"] - t0 for i in range(10))
+        assert all(b - a >= 0.25 for a, b in zip(firsts, firsts[1:], strict=False))  # one at a time
+        assert sc.running_total == 0 and not sc.waiting and not sc.inflight
 
     def test_a_hung_shard_costs_the_quota_watcher_one_deadline(self):
         """The quota watcher's plan reads of a tenant whose shard accepts connections and
