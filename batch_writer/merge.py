@@ -75,7 +75,22 @@ def _copy(name: sql.Identifier, columns: Sequence[tuple[str, str]]) -> sql.Compo
 
 SET_LOCAL = "SELECT set_config('statement_timeout', %s, true), set_config('TimeZone', 'UTC', true)"
 
-KNOWN_TENANTS = "SELECT tenant_id FROM tenants WHERE tenant_id = ANY(%s::integer[])"
+#: The shared form of the fence lock of each tenant written (wificore/migrations/0014):
+#: a tenant move's fence waits for this transaction, and the statement after it sees
+#: a fence committed while it waited. One lock per bucket of tenants (tenant % 32), not
+#: per tenant: a batch of thousands of tenants must not fill the shared lock table.
+FENCE_KEY = 871017
+FENCE_BUCKETS = 32
+FENCE_LOCK = ("SELECT count(pg_advisory_xact_lock_shared(871017, b)) FROM "
+              "(SELECT DISTINCT t %% 32 AS b FROM unnest(%s::integer[]) AS t ORDER BY 1) x")
+KNOWN_TENANTS = "SELECT tenant_id, moving IS NOT NULL FROM tenants WHERE tenant_id = ANY(%s::integer[])"
+#: Tenants moved away from this shard (the tombstone of a move): a writer on the old map.
+MOVED_AWAY = "SELECT tenant_id FROM tenant_moves WHERE tenant_id = ANY(%s::integer[]) AND role = 'source'"
+#: A fenced tenant's records are tried again after this (the move is copying it),
+#: doubled while the fence stays (a move left unfinished) up to FENCE_RETRY_MAX_S: a
+#: sweep re-reads every pending entry of ours.
+FENCE_RETRY_S = 0.25
+FENCE_RETRY_MAX_S = 5.0
 
 # The merge. EXCLUDED is the collapsed batch row; s the stored row.
 # close_reason 'stop' in EXCLUDED means "the batch holds a Stop".
@@ -176,6 +191,7 @@ CLOSE_STALE = """
 UPDATE sessions s SET stopped_at = s.updated_at, close_reason = 'stale'
 FROM (SELECT tenant_id, session_key FROM sessions
       WHERE stopped_at IS NULL AND stale_at < now() - make_interval(secs => %(grace)s)
+        AND tenant_id NOT IN (SELECT tenant_id FROM tenants WHERE moving IS NOT NULL)
       LIMIT %(limit)s FOR UPDATE SKIP LOCKED) v
 WHERE s.tenant_id = v.tenant_id AND s.session_key = v.session_key
 """
@@ -203,6 +219,7 @@ class Outcome:
     error: str | None = None
     auth_error: str | None = None  # the auth-log part failed (accounting went on); it stays pending
     attempted: bool = False  # False: the shard's backoff was not over, nothing was tried
+    fenced: int = 0  # of deferred: a tenant being moved (or moved away): not the shard's fault
     merged_rows: int = 0
     auth_rows: int = 0
     closed: int = 0
@@ -233,6 +250,9 @@ class ShardWriter:
         # Failures of one record written alone that are neither a data error nor
         # the shard's (see _write_split); keyed by the entry's source.
         self._record_failures: dict[Any, int] = {}
+        #: A sweep for this shard waits while this is not ready: a tenant of it is fenced.
+        self.fence_backoff = Backoff(first_s=FENCE_RETRY_S, max_s=FENCE_RETRY_MAX_S)
+        self.fenced_tenants: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -361,8 +381,8 @@ class ShardWriter:
         return out
 
     def retry_ready(self) -> bool:
-        """True when neither the shard's nor the auth log's backoff is waiting."""
-        return self.backoff.ready() and self.auth_backoff.ready()
+        """True when neither the shard's nor the auth log's backoff is waiting (nor a fence)."""
+        return self.backoff.ready() and self.auth_backoff.ready() and self.fence_backoff.ready()
 
     def _write_auth(self, items: list[Item], out: Outcome) -> None:
         """The auth-log part, after accounting committed; on failure its entries stay pending."""
@@ -448,13 +468,22 @@ class ShardWriter:
         tenants = sorted({it.record.tenant_id for it in items})
         with self._io(), conn.transaction():
             self._begin(conn)
-            known = {row[0] for row in conn.execute(KNOWN_TENANTS, (tenants,))}
+            conn.execute(FENCE_LOCK, (tenants,))
+            known: dict[int, bool] = dict(conn.execute(KNOWN_TENANTS, (tenants,)).fetchall())
+            fenced = {t for t, moving in known.items() if moving}
+            missing = [t for t in tenants if t not in known]
+            if missing:
+                fenced |= {row[0] for row in conn.execute(MOVED_AWAY, (missing,))}
             acct: list[Acct] = []
             auth: list[Auth] = []
             good: list[Item] = []
             unknown: list[tuple[Item, str, str]] = []
+            held: list[Item] = []
             for it in items:
                 rec = it.record
+                if rec.tenant_id in fenced:
+                    held.append(it)  # pending until the map names a shard that takes it
+                    continue
                 if rec.tenant_id not in known:
                     unknown.append((it, DEAD_UNKNOWN_TENANT,
                                     f"tenant {rec.tenant_id} does not exist on shard {self.name!r}"))
@@ -490,6 +519,15 @@ class ShardWriter:
         # Committed.
         out.done += good
         out.rejected += unknown
+        if held:
+            out.deferred += held
+            out.fenced += len(held)
+            self.fence_backoff.failed()
+            self.fenced_tenants |= fenced
+        elif self.fenced_tenants:
+            self.fenced_tenants -= set(tenants)  # written now: no longer fenced
+            if not self.fenced_tenants:
+                self.fence_backoff.succeeded()
         out.merged_rows += len(rows)
 
     def _ensure_auth_days(self, items: list[Item]) -> None:

@@ -47,6 +47,9 @@ class WriterCollector:
         yield _labelled_counter("wificore_writer_shard_errors",
                                 "Failed writes (batch left pending), by shard",
                                 "shard", dict(st.shard_errors))
+        yield _labelled_counter("wificore_writer_fenced_records",
+                                "Records left pending because a tenant move fenced their tenant, by shard",
+                                "shard", dict(st.fenced))
         yield _labelled_counter("wificore_writer_sessions_merged", "Session rows merged (after collapse), "
                                 "by shard", "shard", dict(st.sessions_merged))
         yield _labelled_counter("wificore_writer_sessions_closed", "Sessions closed by the writer, by reason",

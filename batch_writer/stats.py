@@ -36,6 +36,8 @@ class WriterStats:
     records: Counter[str] = dataclasses.field(default_factory=Counter)        # by kind
     dead_letters: Counter[str] = dataclasses.field(default_factory=Counter)   # by reason class
     shard_errors: Counter[str] = dataclasses.field(default_factory=Counter)   # by shard name
+    #: Records left pending because their tenant was fenced by a move, by shard name.
+    fenced: Counter[str] = dataclasses.field(default_factory=Counter)
     sessions_merged: Counter[str] = dataclasses.field(default_factory=Counter)  # rows, by shard
     sessions_closed: Counter[str] = dataclasses.field(default_factory=Counter)  # by close reason
     redis_errors: int = 0

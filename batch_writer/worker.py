@@ -31,7 +31,7 @@ from wificore.errors import DecodeError, UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
 from wificore.settings import Settings
-from wificore.shardmap import ShardMap
+from wificore.shardmap import MapFollower, ShardMap
 
 from . import stats as st
 from .config import WriterConfig
@@ -91,6 +91,11 @@ class Writer:
         self.cfg = cfg
         self.burst = burst
         self.map = shard_map or ShardMap.load(settings.shard_map)
+        # A new map written to the file is followed without a restart (a map given
+        # by the caller, not read from a file, is not).
+        self._follower = (MapFollower(settings.shard_map, self.map)
+                          if self.map.signature is not None else None)
+        self._next_map_check = time.monotonic() + MapFollower.CHECK_S
         self.keys = Keys(settings.key_prefix, settings.stream_partitions)
         timeout_s = cfg.redis_timeout_ms / 1000
         self.redis = redis_client or roles.client(  # the state Redis (roles.py; a cluster URL too)
@@ -101,7 +106,8 @@ class Writer:
         self.shards = {s.name: ShardWriter(s, cfg) for s in self.map}
         self.stats = st.WriterStats(shards_down={name: False for name in self.shards})
         self.stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.shards)),
+        # Threads are started as needed; shards added by a new map get theirs.
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.shards)) + 16,
                                         thread_name_prefix="wificore-shard")
         self._ready = False
         self._needs_sweep: set[str] = set()
@@ -211,6 +217,9 @@ class Writer:
         """
         self.setup()
         self._watch_busy()
+        if self._follower is not None and time.monotonic() >= self._next_map_check:
+            self._next_map_check = time.monotonic() + MapFollower.CHECK_S
+            self.follow_map()
         if self._housekeeping_due():
             self.flush()  # housekeeping uses the shard connections
             self._housekeeping()
@@ -222,6 +231,39 @@ class Writer:
             if not self.cfg.pipeline:
                 self.flush()
         return len(entries)
+
+    def follow_map(self) -> bool:
+        """Take a new shard map from the file (MapFollower); True if one was taken.
+
+        Shards new to the map get a ShardWriter; a shard whose writer DSN changed gets a
+        new one once its last job has returned. Routing uses the new map from the next
+        batch on; records of a tenant that moved and were deferred by its fence are
+        swept again and routed by it."""
+        assert self._follower is not None
+        new = self._follower.check()
+        if new is None:
+            if self._follower.error:
+                log.warning("shard_map_not_followed", error=self._follower.error)
+                self._follower.error = None
+            return False
+        for shard in new:
+            old = self.shards.get(shard.name)
+            if old is not None and old.shard.writer_dsn == shard.writer_dsn:
+                old.shard = shard
+                continue
+            if old is not None:
+                if self._busy(shard.name):
+                    self._follower.seen = None  # again at the next check
+                    return False
+                old.close()
+            self.shards[shard.name] = ShardWriter(shard, self.cfg)
+            self.stats.shards_down.setdefault(shard.name, False)
+        self.map.replace(new)
+        self._needs_sweep |= {s.name for s in new}  # fenced records: routed again now
+        for w in self.shards.values():
+            w.fence_backoff.succeeded()
+        log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed))
+        return True
 
     def process(self, entries: list[Entry]) -> None:
         """Decode, route, write, dead-letter and acknowledge ``entries``; done on return."""
@@ -419,6 +461,8 @@ class Writer:
                 ages.observe(now - received)
                 recent.append(now - received)
         self.stats.sessions_merged[name] += out.merged_rows
+        if out.fenced:
+            self.stats.fenced[name] += out.fenced
         if out.closed:
             self.stats.sessions_closed["nas-restart"] += out.closed
         was_down = self.stats.shards_down.get(name, False)
@@ -430,7 +474,7 @@ class Writer:
             self._needs_sweep.add(name)
             self._sweep_failed.add(name)
             self.stats.shards_down[name] = self.shards[name].down
-            if out.attempted:
+            if out.attempted and len(out.deferred) > out.fenced:
                 self.stats.shard_errors[name] += 1
             if not was_down and self.shards[name].down:
                 log.warning("shard_down", shard=name, error=out.error, pending=len(out.deferred))

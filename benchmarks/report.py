@@ -220,6 +220,16 @@ def _robustness_lines(results: dict[str, Any]) -> list[str]:
     cache = results.get("local_cache") or {}
     if cache.get("bytes_per_profile") is not None:
         lines += ["", f"In-process cache: {_fmt(cache['bytes_per_profile'], 0)} bytes per profile."]
+    cluster = results.get("cluster") or {}
+    if cluster.get("rps_by_hosts"):
+        by_hosts = ", ".join(f"{n} host{'s' if n != '1' else ''} {_fmt(v, 0)}"
+                             for n, v in sorted(cluster["rps_by_hosts"].items()))
+        failover = cluster.get("failover_s") or {}
+        gaps = ", ".join(f"{k} {_fmt(v)} s" for k, v in failover.items())
+        lines += ["", f"RADIUS tier behind the balancer (benchmarks/cluster.py, every host on these "
+                      f"cores): warm PAP req/s with {by_hosts}; balancer CPU "
+                      f"{_fmt(cluster.get('balancer_cpu_us_per_request'), 1)} µs per request"
+                      + (f"; failover gap: {gaps}" if gaps else "") + "."]
     soak = results.get("fault_soak") or {}
     if soak:
         lines += ["", "Fault soak (accounting through shard and Redis outages, writer and radiusd "

@@ -12,6 +12,8 @@
   in-process tier are re-read and the profiles kept; a relay that takes over
   alone announces ``R`` (drop every in-process copy, changes may have gone
   unannounced), so the tier refills from Redis, not from the shards.
+* ``shardmap``: follows the shard map file (wificore/shardmap.py MapFollower, every
+  half second): a new valid map is taken without a restart (``engine.follow_map``).
 * ``relay``: tries to take a relay slot (invalidation.RelayLock) and, while it
   holds one, runs ``inval-<shard>``: LISTENs on each shard; a committed change
   of a subscriber, plan, NAS or tenant deletes the Redis copy (updates the NAS
@@ -72,9 +74,12 @@ class Engine(Protocol):
     stopping: threading.Event
     state_redis_checked: bool
     redis_roles_split: bool
+    map_epoch: int
 
     @property
     def spool(self) -> Spool | None: ...
+
+    def follow_map(self, new: ShardMap) -> None: ...
 
     def check_state_redis(self, *, at_start: bool = True) -> None: ...
 
@@ -458,6 +463,7 @@ def _relay_loop(engine: Engine) -> None:
         listeners = []
         try:
             alone = not lock.others_alive()
+            epoch = engine.map_epoch  # a map with other shards: listen again
             log.info("relay_taken", slot=slot, alone=alone)
             readies = []
             for shard in engine.shard_map:
@@ -472,7 +478,7 @@ def _relay_loop(engine: Engine) -> None:
             for ready in readies:  # listening before the directory is read: nothing missed
                 ready.wait(max(0.0, ready_by - time.monotonic()))
             rebuild_at = 0.0
-            while not (engine.stopping.is_set() or lost.is_set()):
+            while not (engine.stopping.is_set() or lost.is_set() or engine.map_epoch != epoch):
                 due = (slot == 0 or alone) and time.monotonic() >= rebuild_at
                 try:
                     if due or not engine.redis_bg.exists(engine.keys.nas_directory):  # evicted, flushed
@@ -506,6 +512,25 @@ def _relay_loop(engine: Engine) -> None:
         backoff.wait(engine.stopping)
 
 
+def _map_loop(engine: Engine) -> None:
+    """Follow the shard map file: a new valid map is taken within MapFollower.CHECK_S."""
+    from wificore.shardmap import MapFollower
+
+    if engine.shard_map.signature is None:
+        return  # a map given by the caller, not read from a file
+    follower = MapFollower(engine.settings.shard_map, engine.shard_map)
+    while not engine.stopping.wait(MapFollower.CHECK_S):
+        try:
+            new = follower.check()
+            if new is not None:
+                engine.follow_map(new)
+            elif follower.error:
+                log.error("shard_map_not_followed", error=follower.error, kept="the map in use")
+                follower.error = None
+        except Exception as exc:  # logged; the map in use is kept
+            log.error("shard_map_loop_error", error=repr(exc))
+
+
 def start_background(engine: Engine) -> list[threading.Thread]:
     threads = [
         threading.Thread(target=_forward_loop, args=(engine,), name="wificore-spool", daemon=True),
@@ -513,6 +538,7 @@ def start_background(engine: Engine) -> list[threading.Thread]:
                          daemon=True),
         threading.Thread(target=_state_loop, args=(engine,), name="wificore-state", daemon=True),
         threading.Thread(target=_relay_loop, args=(engine,), name="wificore-relay", daemon=True),
+        threading.Thread(target=_map_loop, args=(engine,), name="wificore-shardmap", daemon=True),
     ]
     engine.live.refresher_started()
     for t in threads:

@@ -61,7 +61,7 @@ LOG_EVERY_S = 10.0
 #: NAS are in it: its accounting is answered, its logins rejected (engine.py).
 NAS_ALL_SQL = """
 SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator,
-       n.kind_check
+       n.kind_check, n.coa_port
   FROM nas n JOIN tenants t USING (tenant_id)
 """
 #: The addresses of a tenant's NAS, whatever its status (a tenant change).

@@ -92,6 +92,8 @@ class Engine:
         self.invalidation = Invalidation(generation, self.profiles, self.keys, self.redis_bg,
                                          self.cache_bg, directory=self.directory)
         self.local = self.profiles.local  # the in-process tier (metrics count it)
+        #: Bumped when a new map changes the set of shards (the relay listens again).
+        self.map_epoch = 0
         #: Set by close(): every module thread stops.
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -245,9 +247,9 @@ class Engine:
     def accounting(self, req: dict[str, str]) -> Result:
         """Normalise, then make the record durable in the spool; ok = send the response."""
         parsed = self._client(req)
-        if parsed is None:
+        if parsed is None:  # no NAS to book it under (e.g. the tier's balancer named none)
             self.stats.requests["accounting:unknown_client"] += 1
-            return Result("noop", reason="unknown_client")
+            return Result("fail", reason="unknown_client")  # no response: nothing answered is lost
         tenant_id, nas_id, _vendor, _kind_check = parsed
         username = req.get("User-Name") or ""
         entry = self.local.peek((tenant_id, username))
@@ -267,6 +269,27 @@ class Engine:
             return Result("noop", reason="spool_full")
         self.stats.requests[f"accounting:{kind}"] += 1
         return Result("ok")
+
+    # ------------------------------------------------------------ shard map
+    def follow_map(self, new: ShardMap) -> None:
+        """A new shard map from the file (the map thread): lookups use it at once; the
+        in-process copies of the tenants it moved are dropped (all of them when the
+        ranges changed); the relay listens again when the set of shards changed."""
+        moved = self.shard_map.moved_tenants(new)
+        listen = [(s.name, s.listen_dsn) for s in self.shard_map]
+        self.shards.set_map(new)
+        if moved is None:
+            self.invalidation.reset_all()
+        else:
+            self.invalidation.generation.bump()
+            for tenant_id in moved:
+                self.profiles.drop_tenant(tenant_id)
+                for key in [k for k in self.profiles.plans if k[0] == tenant_id]:
+                    self.profiles.plans.pop(key, None)
+        if listen != [(s.name, s.listen_dsn) for s in new]:
+            self.map_epoch += 1
+        log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed),
+                 moved=sorted(moved) if moved is not None else "ranges")
 
     # ---------------------------------------------------------- invalidation
     def invalidate(self, message: list[Any]) -> None:

@@ -160,7 +160,29 @@ local function dead_of(tag)
   return prefix .. ':{b' .. int(b) .. '}:dead'
 end
 
+-- A version 2 auth-log record, as wire.pack_values writes it: [2, "auth", [tenant_id, ...]]
+-- (0x93 0x02 0xa4 "auth", then a fixarray). With one Redis for both roles nothing of it
+-- is read when its bucket is known (the call's, or its frame's tag): it is appended to
+-- that bucket's stream as it is, not decoded (cmsgpack.unpack of the whole record was
+-- half of this script's work per login). Anything else, an untagged frame included, is
+-- decoded below; a body that does not decode after all is dead-lettered by batch_writer.
+local AUTH_HEAD = string.char(0x93, 0x02, 0xa4) .. 'auth'
+local function auth_bucket(payload, tag)
+  if string.sub(payload, 1, 7) ~= AUTH_HEAD then return nil end
+  local n = string.byte(payload, 8)
+  if not n or n < 0x91 or n > 0x9f then return nil end
+  return only or ((tag >= 1 and tag <= parts) and tag - 1) or nil
+end
+
 local function one(payload, tag)
+  if not keep_accept_iv then
+    local b = auth_bucket(payload, tag)
+    if b then
+      local bp = prefix .. ':{b' .. int(b) .. '}:'
+      redis.call('XADD', bp .. 'stream', '*', 'd', payload)
+      return
+    end
+  end
   local ok, rec = pcall(cmsgpack.unpack, payload)
   if not ok or type(rec) ~= 'table' or (rec[1] ~= 1 and rec[1] ~= 2) or type(rec[3]) ~= 'table' then
     local dl = dead_of(tag)

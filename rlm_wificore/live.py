@@ -65,6 +65,27 @@ _IDLE: dict[float, LiveState] = {}
 _UTC = quota.ZoneClock("UTC")
 
 
+def queue_reads(pipe: Any, keys: Keys, tenant_id: int, username: str, now: float) -> None:
+    """The two reads of one subscriber's live state, queued on ``pipe``; their replies
+    make the state (:meth:`LiveStates.state`)."""
+    pipe.zcount(keys.live(tenant_id, username), now, "+inf")
+    pipe.hmget(keys.usage(tenant_id, username), *USAGE_FIELDS)
+
+
+def read_states(r: redis.Redis, keys: Keys,
+                subscribers: list[tuple[int, str, Plan | None, quota.ZoneClock | None]]) -> list[LiveState]:
+    """The live states of (tenant, username, plan, tenant's zone) in one round trip, outside
+    the hooks (the CoA sidecar's mid-session quota check); the same reads and the same
+    reading of them as the hooks': the usage of the plan's quota period current now."""
+    now = time.time()
+    pipe = r.pipeline(transaction=False)
+    for tenant_id, username, _plan, _clock in subscribers:
+        queue_reads(pipe, keys, tenant_id, username, now)
+    replies = pipe.execute()
+    return [LiveStates.state(replies[2 * i], replies[2 * i + 1], plan, clock, now)
+            for i, (_t, _u, plan, clock) in enumerate(subscribers)]
+
+
 class LiveStates:
     """Reads and refreshes of live states; the queue of those due for the state thread."""
 
@@ -120,8 +141,7 @@ class LiveStates:
 
     def read_into(self, pipe: Any, tenant_id: int, username: str, now: float) -> None:
         """Queue the two reads of a live state on ``pipe`` (see :meth:`state`)."""
-        pipe.zcount(self.keys.live(tenant_id, username), now, "+inf")
-        pipe.hmget(self.keys.usage(tenant_id, username), *USAGE_FIELDS)
+        queue_reads(pipe, self.keys, tenant_id, username, now)
 
     @staticmethod
     def state(live: Any, usage: list[Any], plan: Plan | None, clock: quota.ZoneClock | None,

@@ -87,6 +87,19 @@ class EngineCollector:
             for event, n in list(lane.counts.items()):
                 lanes.add_metric([name, event], n)
         yield lanes
+        replica = CounterMetricFamily(
+            "wificore_shard_replica_lookups", "Shard lookups answered by the shard's replica "
+            "(replica_dsn) while its primary did not answer", labels=["shard"])
+        down = GaugeMetricFamily("wificore_shard_primary_down",
+                                 "1 while a shard's lookups go to its replica", labels=["shard"])
+        if shards is not None:
+            for name, n in list(shards.replica_lookups.items()):
+                replica.add_metric([name], n)
+            for shard in list(shards.map):
+                if shard.replica_dsn:
+                    down.add_metric([shard.name], int(shard.name in shards.primary_down))
+        yield replica
+        yield down
         hist = HistogramMetricFamily("wificore_hook_seconds", "Hook latency", labels=["hook"])
         for hook, h in list(self.latency.hooks.items()):
             hist.add_metric([hook], h.cumulative(), sum_value=h.sum)

@@ -31,6 +31,8 @@ MESSAGES = {
     "two_methods": "Invalid request",
     "malformed_credentials": "Invalid request",
     "unknown_client": "Invalid request",
+    # WiFiCore-Proxy-Client from a client that is not the balancer (policy.d/wificore).
+    "forged_identity": "Invalid request",
     "backend_unavailable": "Service temporarily unavailable, please try again",
     "internal_error": "Service temporarily unavailable, please try again",
 }
@@ -90,11 +92,22 @@ def check(profile: Profile, plan: Plan, state: LiveState | None, *,
     if state is not None:  # None: Redis is down; counters unknown, fail open
         if state.sessions >= plan.simultaneous_use:
             return "session_limit"
-        octets, time_s = state.used(now)  # in the plan's quota period current now
-        if plan.data_quota_bytes is not None and octets >= plan.data_quota_bytes:
-            return "data_quota"
-        if plan.time_quota_s is not None and time_s >= plan.time_quota_s:
-            return "time_quota"
+        return quota_used_up(plan, state, now)
+    return None
+
+
+def quota_used_up(plan: Plan, state: LiveState | None, now: float) -> str | None:
+    """``data_quota`` or ``time_quota`` when the usage in ``state`` (in the plan's quota
+    period current at ``now``) has reached the plan's quota; None otherwise (or when the
+    usage is unknown). The login check above and the CoA sidecar's mid-session check
+    (coa_sender/quota.py) both ask this."""
+    if state is None:
+        return None
+    octets, time_s = state.used(now)
+    if plan.data_quota_bytes is not None and octets >= plan.data_quota_bytes:
+        return "data_quota"
+    if plan.time_quota_s is not None and time_s >= plan.time_quota_s:
+        return "time_quota"
     return None
 
 

@@ -350,7 +350,7 @@ class Lane:
             limit = self.healthy_wait_s()
             started = time.monotonic()
             try:
-                job.row = self.shards.execute(self.shard, _fetchone(job.sql, job.params))
+                job.row = self.shards.lookup(self.shard, _fetchone(job.sql, job.params))
             except StoreUnavailable as exc:
                 job.error = exc
             except Exception as exc:  # a bug must not kill the lane
@@ -375,7 +375,7 @@ class Lane:
         # An idle lane probes RECOVER_STREAK times in a row before hooks wait again
         # (a restarted shard serves the next login); a slow lookup resets the streak.
         try:
-            self.shards.execute(self.shard, lambda c: c.execute("SELECT 1").fetchone())
+            self.shards.lookup(self.shard, lambda c: c.execute("SELECT 1").fetchone())
             ok = True
         except StoreUnavailable:
             ok = False
@@ -408,7 +408,15 @@ class Lane:
 
 
 class Shards:
-    """One small connection pool and one :class:`Lane` per shard, opened on demand."""
+    """One small connection pool and one :class:`Lane` per shard, opened on demand.
+
+    A shard with a ``replica_dsn`` (a streaming replica) answers the lookups from it
+    while its primary does not: the first lookup that fails on the primary marks it
+    unreachable, the lookups go to the replica from then on (its own pool), and a
+    thread tries the primary every ``PRIMARY_PROBE_S``; once it answers, lookups go
+    back to it. What the replica answers is as old as its replay lag."""
+
+    PRIMARY_PROBE_S = 1.0
 
     def __init__(self, shard_map: ShardMap, *, timeout_ms: int, pool_max: int,
                  role: str = "radius", application_name: str = "rlm_wificore",
@@ -426,31 +434,98 @@ class Shards:
                       for s in shard_map}
         self.watchdog = Watchdog()
         self._lock = threading.Lock()
+        #: Shard name -> when its primary is tried next (present: lookups go to the replica).
+        self.primary_down: dict[str, float] = {}
+        self.replica_lookups: Counter[str] = Counter()
 
     def _dsn(self, shard: Shard) -> str:
         return {"radius": shard.radius_dsn, "writer": shard.writer_dsn}.get(self.role, shard.dsn)
 
-    def pool(self, shard: Shard) -> ConnectionPool:
-        pool = self._pools.get(shard.name)
+    def pool(self, shard: Shard, *, replica: bool = False) -> ConnectionPool:
+        key = f"{shard.name}/replica" if replica else shard.name
+        pool = self._pools.get(key)
         if pool is None:
             with self._lock:
-                pool = self._pools.get(shard.name)
+                pool = self._pools.get(key)
                 if pool is None:
                     pool = ConnectionPool(
-                        conninfo(self._dsn(shard), self.timeout_ms, self.application_name),
-                        min_size=1, max_size=self.pool_max, name=f"wificore-{shard.name}",
+                        conninfo(shard.replica_dsn if replica else self._dsn(shard), self.timeout_ms,
+                                 self.application_name),
+                        min_size=1, max_size=self.pool_max, name=f"wificore-{key}",
                         kwargs={"autocommit": True, "prepare_threshold": None},
                         reconnect_timeout=0, open=True)
-                    self._pools[shard.name] = pool
+                    self._pools[key] = pool
         return pool
 
-    def execute(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
+    def lookup(self, shard: Shard, fn: Callable[[psycopg.Connection], T]) -> T:
+        """:meth:`execute` on the shard's primary, or on its replica while the primary
+        does not answer (see the class); the lanes' threads call it."""
+        if not shard.replica_dsn:
+            return self.execute(shard, fn)
+        name = shard.name
+        next_try = self.primary_down.get(name)
+        if next_try is None:
+            try:
+                return self.execute(shard, fn)
+            except StoreUnavailable as exc:
+                self.primary_down[name] = time.monotonic() + self.PRIMARY_PROBE_S
+                log.warning("shard_primary_unreachable", shard=name, error=str(exc),
+                            lookups_to="replica")
+        elif time.monotonic() >= next_try:
+            self._probe_primary(shard)
+        self.replica_lookups[name] += 1
+        return self.execute(shard, fn, replica=True)
+
+    def _probe_primary(self, shard: Shard) -> None:
+        self.primary_down[shard.name] = time.monotonic() + 3600.0  # one probe at a time
+
+        def probe() -> None:
+            try:
+                self.execute(shard, lambda c: c.execute("SELECT 1").fetchone())
+            except StoreUnavailable:
+                self.primary_down[shard.name] = time.monotonic() + self.PRIMARY_PROBE_S
+                return
+            except Exception:  # a bug must not leave the primary unprobed
+                self.primary_down[shard.name] = time.monotonic() + self.PRIMARY_PROBE_S
+                raise
+            self.primary_down.pop(shard.name, None)
+            log.info("shard_primary_back", shard=shard.name)
+        threading.Thread(target=probe, name=f"wificore-primary-{shard.name}", daemon=True).start()
+
+    def set_map(self, new: ShardMap) -> None:
+        """Take a new shard map (the map thread): a lane, breaker and pools for each shard
+        new to it or whose DSNs changed (the old ones closed), then the map itself (one
+        attribute: a hook sees the old map or the new one)."""
+        retired: list[tuple[Lane, list[ConnectionPool]]] = []
+        for shard in new:
+            lane = self.lanes.get(shard.name)
+            if lane is not None and (lane.shard.radius_dsn, lane.shard.dsn, lane.shard.replica_dsn) == \
+                    (shard.radius_dsn, shard.dsn, shard.replica_dsn):
+                lane.shard = shard
+                continue
+            with self._lock:
+                pools = [p for p in (self._pools.pop(shard.name, None),
+                                     self._pools.pop(f"{shard.name}/replica", None)) if p is not None]
+            self.breakers[shard.name] = Breaker(shard.name, probe=False)
+            self.primary_down.pop(shard.name, None)
+            self.lanes[shard.name] = Lane(self, shard, wait_s=self.wait_s,
+                                          threads=max(1, min(2, self.pool_max)))
+            if lane is not None:
+                retired.append((lane, pools))
+        self.map.replace(new)
+        for lane, pools in retired:
+            lane.stop()
+            for pool in pools:
+                pool.close(timeout=1.0)
+
+    def execute(self, shard: Shard, fn: Callable[[psycopg.Connection], T], *,
+                replica: bool = False) -> T:
         """``fn(conn)`` on a pooled connection within ``timeout_ms`` (pool wait and
         query, each), or :class:`StoreUnavailable`; the breaker is not consulted.
 
         A connection the server closed (a restart) is dropped by the pool and
-        the call is tried once more on a fresh one."""
-        pool = self.pool(shard)
+        the call is tried once more on a fresh one. ``replica``: on the shard's replica."""
+        pool = self.pool(shard, replica=replica)
         for attempt in (1, 2):
             conn = None
             try:
@@ -462,7 +537,8 @@ class Shards:
                         if self.watchdog.disarm(token):
                             raise DeadlineExceeded(f"no answer within {self.timeout_ms} ms")
             except DeadlineExceeded as exc:
-                raise StoreUnavailable(f"shard {shard.name!r}: {exc}") from exc
+                raise StoreUnavailable(f"shard {shard.name!r}{' replica' if replica else ''}: "
+                                       f"{exc}") from exc
             except psycopg.OperationalError as exc:
                 if attempt == 1 and conn is not None and conn.broken:
                     continue

@@ -9,7 +9,7 @@ import os
 import sys
 
 from .local import Ports, Stack
-from .servers import ROOT, StackError
+from .servers import ROOT, StackError, shared_home_of
 
 STATE = ROOT / ".state"
 #: The ports `up` used, for the commands after it; removed by `down`.
@@ -53,6 +53,32 @@ def procs_on_disk() -> int:
     return 1 + sum(1 for p in STATE.glob("radiusd-*") if p.is_dir())
 
 
+def shards() -> int:
+    """Shards of `up`: WIFICORE_SHARDS, else 4 (the running stack's own count otherwise)."""
+    raw = os.environ.get("WIFICORE_SHARDS", "")
+    if raw:
+        if not raw.isdigit() or not 1 <= int(raw) <= 16:
+            raise SystemExit(f"WIFICORE_SHARDS={raw!r}: a number from 1 to 16")
+        return int(raw)
+    return 4
+
+
+def shards_on_disk() -> int:
+    """How many shards the last `up` started (its ports file), else the shards whose data
+    is in the state folder (a stack from before `down`: its tenants' ranges depend on
+    the count), else shards()."""
+    try:
+        return 2 + len(json.loads(PORTS_FILE.read_text()).get("more_shards", []))
+    except (FileNotFoundError, ValueError):
+        pass
+    if not os.environ.get("WIFICORE_SHARDS"):
+        for home in (STATE, shared_home_of(STATE)):
+            found = [p for p in home.glob("shard*/PG_VERSION") if p.parent.name[5:].isdigit()]
+            if found:
+                return len(found)
+    return shards()
+
+
 def ports() -> Ports:
     """The ports of the running stack (.state/ports.json), else the fixed ones, or with
     WIFICORE_STACK_PORTS=free, free ports chosen now (e.g. beside another stack)."""
@@ -62,7 +88,7 @@ def ports() -> Ports:
     try:
         return Ports(**json.loads(PORTS_FILE.read_text()))
     except FileNotFoundError:
-        return Ports.free() if with_free == "free" else Ports()
+        return Ports.free(shards()) if with_free == "free" else Ports()
 
 
 def cluster_asked() -> bool:
@@ -78,7 +104,7 @@ def make_stack() -> Stack:
     chosen = ports()
     if cluster_asked():
         chosen = chosen.with_cluster(fixed=os.environ.get("WIFICORE_STACK_PORTS", "") != "free")
-    stack = Stack(STATE, chosen, procs=procs())
+    stack = Stack(STATE, chosen, procs=procs(), shards=shards_on_disk())
     PORTS_FILE.write_text(json.dumps(dataclasses.asdict(stack.ports)) + "\n")
     return stack
 
@@ -96,6 +122,8 @@ def up() -> int:
             r.start()
     if not stack.writer.running():
         stack.writer.start()
+    if not stack.coa.running():
+        stack.coa.start()
     d = DEMO
     server = "127.0.0.1" if stack.ports.auth == 1812 else f"127.0.0.1:{stack.ports.auth}"
     redis_line = (f"redis      cluster {stack.redis.url}" if stack.ports.redis_cluster
@@ -103,11 +131,10 @@ def up() -> int:
     print(f"""
 rlm_wificore is running (state in {STATE}):
   {redis_line}
-  shard1     127.0.0.1:{stack.ports.shard1}   pid {stack.pg[0].pid}
-  shard2     127.0.0.1:{stack.ports.shard2}   pid {stack.pg[1].pid}
-  pgbouncer  127.0.0.1:{stack.ports.bouncer1} (shard1), :{stack.ports.bouncer2} (shard2)
+{shard_lines(stack)}
 {radiusd_lines(stack)}
   writer     pid {stack.writer.pid}  (metrics :{stack.ports.writer_metrics})
+  coa        pid {stack.coa.pid}  (metrics :{stack.ports.coa_metrics}; Disconnect / CoA to each NAS's CoA port)
   logs       {STATE}/log/{postgres_line(stack)}
 
 Try it:
@@ -125,6 +152,13 @@ Stop everything:
     return 0
 
 
+def shard_lines(stack: Stack) -> str:
+    return "\n".join(
+        f"  {pg.name:10} 127.0.0.1:{pg.port}   pid {pg.pid}  tenants {first}-{last}, "
+        f"pgbouncer :{b.port}" for pg, b, (first, last) in zip(stack.pg, stack.bouncers, stack.ranges(),
+                                                              strict=True))
+
+
 def radiusd_lines(stack: Stack) -> str:
     return "\n".join(
         f"  {r.name:10} 127.0.0.1:{stack.ports.auth}/{stack.ports.acct} pid {r.pid}  "
@@ -139,7 +173,7 @@ def postgres_line(stack: Stack) -> str:
 
 
 def down() -> int:
-    stack = Stack(STATE, ports(), procs=procs_on_disk())
+    stack = Stack(STATE, ports(), procs=procs_on_disk(), shards=shards_on_disk())
     stack.stop_all()
     PORTS_FILE.unlink(missing_ok=True)
     print("stopped")
@@ -147,11 +181,12 @@ def down() -> int:
 
 
 def status() -> int:
-    stack = Stack(STATE, ports(), procs=procs_on_disk())
+    stack = Stack(STATE, ports(), procs=procs_on_disk(), shards=shards_on_disk())
     radiusds = [r for r in stack.radiusds if r is stack.radiusd or r.running()]
-    for name, proc in (("redis", stack.redis), ("shard1", stack.pg[0]), ("shard2", stack.pg[1]),
+    for name, proc in (("redis", stack.redis), *((pg.name, pg) for pg in stack.pg),
                        *((b.name, b) for b in stack.bouncers),
-                       *((r.name, r) for r in radiusds), ("batch_writer", stack.writer)):
+                       *((r.name, r) for r in radiusds), ("batch_writer", stack.writer),
+                       ("coa_sender", stack.coa)):
         print(f"{name:13} {'running, pid ' + str(proc.pid) if proc.running() else 'stopped'}")
     return 0
 

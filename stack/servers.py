@@ -170,10 +170,15 @@ class Process:
 
 
 class RedisServer(Process):
-    def __init__(self, state: Path, port: int, name: str = "redis") -> None:
+    """``also_on``: addresses besides 127.0.0.1 to listen on (the RADIUS tier's own
+    namespace link, stack/cluster.py); never a public interface."""
+
+    def __init__(self, state: Path, port: int, name: str = "redis",
+                 also_on: tuple[str, ...] = ()) -> None:
         super().__init__(name, state)
         self.port = port
         self.dir = state / name
+        self.also_on = also_on
 
     @property
     def url(self) -> str:
@@ -183,9 +188,12 @@ class RedisServer(Process):
         if self.running() and self.ready():
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.spawn(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+        self.spawn(["redis-server", "--bind", "127.0.0.1", *self.also_on, "--port", str(self.port),
                     "--dir", str(self.dir), "--save", "", "--appendonly", "yes",
-                    "--appendfsync", "everysec", "--protected-mode", "yes",
+                    "--appendfsync", "everysec",
+                    # Protected mode lets in loopback only; with ``also_on`` (a namespace
+                    # link of this machine, no public interface) the hosts there must reach it.
+                    "--protected-mode", "no" if self.also_on else "yes",
                     "--daemonize", "no", "--loglevel", "warning"])
         wait_for(self.ready, 30, f"redis on port {self.port}")
 
@@ -288,9 +296,16 @@ class PostgresServer(Process):
     user can reach (:func:`postgres_home`), ``state`` unless given."""
 
     def __init__(self, state: Path, port: int, name: str, fast: bool = False,
-                 home: Path | None = None) -> None:
+                 home: Path | None = None, also_on: tuple[str, ...] = (),
+                 networks: tuple[str, ...] = (), standby_of: PostgresServer | None = None) -> None:
         super().__init__(name, state)
+        #: A streaming replica of that primary (pg_basebackup -R), read-only.
+        self.standby_of = standby_of
         self.port = port
+        #: Addresses besides 127.0.0.1 to listen on, and the networks (CIDR) let in
+        #: from them (pg_hba.conf, trust as on loopback): the RADIUS tier's link.
+        self.also_on = also_on
+        self.networks = networks
         self.home = home or state
         self.datadir = self.home / name
         self.sockdir = self.home / "run"
@@ -331,15 +346,23 @@ class PostgresServer(Process):
         self.sockdir.mkdir(parents=True, exist_ok=True)
         self.sockdir.chmod(0o777 | 0o1000)
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        if not (self.datadir / "PG_VERSION").exists() and self.standby_of is not None:
+            self.datadir.mkdir(parents=True, exist_ok=True)
+            self.datadir.chmod(0o700)
+            self._chown(self.datadir)
+            self._pg("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.standby_of.port), "-U",
+                     "postgres", "-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast")
         if not (self.datadir / "PG_VERSION").exists():
             self.datadir.mkdir(parents=True, exist_ok=True)
             self.datadir.chmod(0o700)
             self._chown(self.datadir)
             self._pg("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
                      "-E", "UTF8", "--locale=C.UTF-8")
+        self._allow_networks()
         if self._pg("pg_ctl", "status", "-D", str(self.datadir), check=False).returncode == 0:
             return
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.sockdir} "
+        listen = ",".join(("127.0.0.1", *self.also_on))
+        opts = (f"-p {self.port} -c listen_addresses={listen} -k {self.sockdir} "
                 f"-c max_connections=200 -c shared_buffers=256MB")
         if self.fast:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -349,10 +372,22 @@ class PostgresServer(Process):
                  "-l", str(self.logfile))
         self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
                  "-v", "ON_ERROR_STOP=1", "-qAtc", "SELECT 1")
+        if self.standby_of is not None:
+            return  # read-only: its database is the primary's
         exists = self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
                           "postgres", "-qAtc", "SELECT 1 FROM pg_database WHERE datname='wificore'")
         if exists.stdout.strip() != "1":
             self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "wificore")
+
+    def _allow_networks(self) -> None:
+        hba = self.datadir / "pg_hba.conf"
+        if not self.networks or not hba.exists():
+            return
+        text = hba.read_text()
+        lines = [f"host all all {net} trust" for net in self.networks]
+        missing = [ln for ln in lines if ln not in text.splitlines()]
+        if missing:
+            hba.write_text(text.rstrip("\n") + "\n" + "\n".join(missing) + "\n")
 
     def running(self) -> bool:
         return (self.datadir / "postmaster.pid").exists() and \
@@ -381,14 +416,23 @@ class PostgresServer(Process):
         self._pg("pg_ctl", "stop", "-w", "-m", "immediate", "-D", str(self.datadir), check=False)
 
 
+def in_netns(netns: str | None, cmd: list[str]) -> list[str]:
+    """``cmd`` run in network namespace ``netns`` (``ip netns exec`` execs it: the PID is
+    the command's own), or as it is for None."""
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
 def start_radiusd(proc: Process, raddb: Path, env: dict[str, str], timeout_s: float,
-                  threaded: bool = True) -> None:
-    """Spawn radiusd (foreground; ``threaded=False``: ``-t``, no thread pool) with ``raddb``;
-    wait for 'Ready to process requests'."""
+                  threaded: bool = True, args: tuple[str, ...] = (),
+                  netns: str | None = None) -> None:
+    """Spawn radiusd (foreground; ``threaded=False``: ``-t``, no thread pool) with ``raddb``
+    (and ``args``, e.g. ``-n balancer``), in ``netns`` if given; wait for 'Ready to process
+    requests'."""
     proc.logfile.parent.mkdir(parents=True, exist_ok=True)
     mark = proc.logfile.stat().st_size if proc.logfile.exists() else 0
     fr = freeradius.build(env.get("WIFICORE_FREERADIUS"))
-    proc.spawn(fr.command("-f", *([] if threaded else ["-t"]), "-d", str(raddb), "-l", "stdout"),
+    proc.spawn(in_netns(netns, fr.command("-f", *([] if threaded else ["-t"]), "-d", str(raddb),
+                                          *args, "-l", "stdout")),
                env=fr.env(env))
 
     def ready() -> bool:
@@ -408,9 +452,12 @@ class Radiusd(Process):
                  redis_url: str, metrics_port: int = 0, reject_delay: int = 0,
                  client_lifetime_s: int = 300, name: str = "radiusd", raddb: Path = RADDB,
                  extra_env: dict[str, str] | None = None, reuseport: bool = False,
-                 threaded: bool = False) -> None:
+                 threaded: bool = False, args: tuple[str, ...] = (),
+                 netns: str | None = None) -> None:
         super().__init__(name, state)
         self.threaded = threaded
+        self.args = args  # e.g. ("-n", "balancer"): raddb/balancer.conf
+        self.netns = netns  # a RADIUS host of the tier (stack/cluster.py)
         self.auth_port = auth_port
         self.acct_port = acct_port
         self.raddb = raddb
@@ -441,14 +488,15 @@ class Radiusd(Process):
     def check_config(self) -> subprocess.CompletedProcess:
         self._dirs()
         fr = freeradius.build(self.env.get("WIFICORE_FREERADIUS"))
-        return subprocess.run(fr.command("-XC", "-d", str(self.raddb)), env=fr.env(self.env),
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(in_netns(self.netns, fr.command("-XC", "-d", str(self.raddb), *self.args)),
+                              env=fr.env(self.env), capture_output=True, text=True, timeout=60)
 
     def start(self, timeout_s: float = 30) -> None:
         self._dirs()
         if self.reuseport:
             self.env["LD_PRELOAD"] = str(reuseport_library())
-        start_radiusd(self, self.raddb, self.env, timeout_s, threaded=self.threaded)
+        start_radiusd(self, self.raddb, self.env, timeout_s, threaded=self.threaded, args=self.args,
+                      netns=self.netns)
 
 
 class RadiusdGroup:
@@ -502,7 +550,23 @@ class BatchWriter(Process):
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
 
     def start(self) -> None:
-        self.spawn([venv_bin("wificore-batch-writer")], env=self.env)
+        # This checkout's batch_writer (python -m from ROOT), not the one the virtualenv's
+        # console script imports (an editable install may point at another checkout).
+        self.spawn([sys.executable, "-m", "batch_writer"], env=self.env, cwd=ROOT)
+
+
+class CoaSidecar(Process):
+    """The CoA sidecar (coa_sender, docs/coa.md), run as ``python -m coa_sender`` from
+    this tree (the working directory comes first on sys.path)."""
+
+    def __init__(self, state: Path, env: dict[str, str], name: str = "coa_sender") -> None:
+        super().__init__(name, state)
+        self.env = {**os.environ, **env}
+
+    def start(self) -> None:
+        python = VENV / "bin" / "python"
+        self.spawn([str(python) if python.exists() else sys.executable, "-m", "coa_sender"], env=self.env,
+                   cwd=ROOT)
 
 
 class PgBouncer(Process):
@@ -512,10 +576,12 @@ class PgBouncer(Process):
 
     USERS = ("postgres", "wificore_radiusd", "wificore_batch")
 
-    def __init__(self, state: Path, port: int, pg: PostgresServer, name: str | None = None) -> None:
+    def __init__(self, state: Path, port: int, pg: PostgresServer, name: str | None = None,
+                 also_on: tuple[str, ...] = ()) -> None:
         super().__init__(name or f"pgbouncer-{pg.name}", state)
         self.port = port
         self.pg = pg
+        self.also_on = also_on  # addresses besides 127.0.0.1 (stack/cluster.py)
         self.dir = pg.home / self.name  # its files, read and written as the postgres user
 
     def dsn(self, user: str = "postgres") -> str:
@@ -533,7 +599,7 @@ class PgBouncer(Process):
             "[databases]\n"
             f"wificore = host=127.0.0.1 port={self.pg.port} dbname=wificore\n"
             "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"listen_addr = {','.join(('127.0.0.1', *self.also_on))}\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {users}\n"
             "pool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 1000\n"
             "ignore_startup_parameters = extra_float_digits,options\n"

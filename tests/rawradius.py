@@ -84,10 +84,11 @@ def decode_attrs(data: bytes) -> list[tuple[int, bytes]]:
 
 def send(port: int, code: int, secret: str, attrs: list[tuple[int, bytes]], *,
          source: str = "127.0.0.1", timeout_s: float = 2.0, tries: int = 2,
-         message_authenticator: bool | None = None) -> tuple[str | None, list[tuple[int, bytes]]]:
-    """One request (retransmitted once, same packet, after ``timeout_s``); the answer.
-    An Access-Request carries a Message-Authenticator unless told otherwise (NAS
-    require one by default: BlastRADIUS)."""
+         message_authenticator: bool | None = None,
+         server: str = "127.0.0.1") -> tuple[str | None, list[tuple[int, bytes]]]:
+    """One request to ``server:port`` (retransmitted once, same packet, after
+    ``timeout_s``); the answer. An Access-Request carries a Message-Authenticator
+    unless told otherwise (NAS require one by default: BlastRADIUS)."""
     if message_authenticator is None:
         message_authenticator = code == ACCESS_REQUEST
     ident = os.urandom(1)[0]
@@ -96,7 +97,7 @@ def send(port: int, code: int, secret: str, attrs: list[tuple[int, bytes]], *,
         s.bind((source, 0))
         s.settimeout(timeout_s)
         for _ in range(tries):
-            s.sendto(packet, ("127.0.0.1", port))
+            s.sendto(packet, (server, port))
             try:
                 while True:
                     data, _addr = s.recvfrom(65535)

@@ -30,14 +30,16 @@ RULE_TESTS = PROM / "wificore-rules.test.yml"
 PROM_CONFIG = PROM / "prometheus.yml"
 DASHBOARD = ROOT / "contrib/grafana/wificore.json"
 EXPORTER_SOURCES = {"wificore-radiusd": ROOT / "rlm_wificore/metrics.py",
-                    "wificore-writer": ROOT / "batch_writer/metrics.py"}
+                    "wificore-writer": ROOT / "batch_writer/metrics.py",
+                    "wificore-coa": ROOT / "coa_sender/metrics.py"}
 #: Prometheus's own series, not an exporter's.
 PROMETHEUS_SERIES = {"up"}
 #: Labels Prometheus attaches to every scraped series, and the histogram bucket label.
 TARGET_LABELS = {"job", "instance"}
 #: What the dashboard's variables stand for, to turn its queries into plain PromQL.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$radiusd_job": "wificore-radiusd",
-                "$writer_job": "wificore-writer", "$radiusd_instance": ".*", "$writer_instance": ".*"}
+                "$writer_job": "wificore-writer", "$radiusd_instance": ".*", "$writer_instance": ".*",
+                "$coa_job": "wificore-coa", "$coa_instance": ".*"}
 
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -105,11 +107,11 @@ def families_in_code(source: Path) -> dict[str, str]:
     """{family: type} of every metric family the exporter module defines."""
     text = source.read_text()
     kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram",
-             "_labelled_counter": "counter", "_histogram": "histogram"}
+             "_labelled_counter": "counter", "_histogram": "histogram", "_kind_outcome": "counter"}
     found = {}
     for call, name in re.findall(r"\b(Counter|Gauge|Histogram)MetricFamily\(\s*\"(\w+)\"", text):
         found[name] = kinds[call]
-    for call, name in re.findall(r"\b(_labelled_counter|_histogram)\(\s*\"(\w+)\"", text):
+    for call, name in re.findall(r"\b(_labelled_counter|_histogram|_kind_outcome)\(\s*\"(\w+)\"", text):
         found[name] = kinds[call]
     return found
 
@@ -128,7 +130,7 @@ def unknown_names(exprs: list[tuple[str, str]], served: dict[str, set[str]]) -> 
                 continue
             job = matchers.get("job", ("", ""))[1]
             if job not in served:
-                bad.append(f"{where}: {name} without job=wificore-radiusd|wificore-writer")
+                bad.append(f"{where}: {name} without job=wificore-radiusd|wificore-writer|wificore-coa")
             elif name not in served[job]:
                 bad.append(f"{where}: {name} is not served by {job}")
     return bad
@@ -193,7 +195,7 @@ class TestRules:
         rules = load_rules()
         assert {r["alert"] for r in rules} >= {
             "WificoreRadiusdDown", "WificoreBackendUnavailable", "WificoreSpoolGrowing",
-            "WificoreWriterLag", "WificoreDeadLetters"}
+            "WificoreWriterLag", "WificoreDeadLetters", "WificoreCoaFailures"}
         for r in rules:
             assert r.get("for"), r["alert"]
             assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
@@ -236,17 +238,15 @@ class TestDashboard:
                 assert p.get("targets"), p["title"]
 
     def test_sections(self):
-        """Rows for requests, cache tiers, hook latency, spool, writer, dead letters; the
-        CoA row is a placeholder without queries (no CoA metric exists yet)."""
+        """Rows for requests, cache tiers, hook latency, spool, writer, dead letters and CoA
+        (its outcomes from the CoA sidecar's exporter)."""
         dash = json.loads(DASHBOARD.read_text())
         rows = {p["title"]: p for p in dash["panels"] if p["type"] == "row"}
-        for word in ("Requests", "Cache tiers", "Hook latency", "Spool", "batch_writer", "Dead letters"):
+        for word in ("Requests", "Cache tiers", "Hook latency", "Spool", "batch_writer", "Dead letters", "CoA"):
             assert any(word in t for t in rows), word
-        coa = next(p for t, p in rows.items() if t.startswith("CoA"))
-        assert "placeholder" in coa["title"]
-        assert not [t for p in dashboard_panels(coa["panels"]) for t in p.get("targets", [])]
-        text = DASHBOARD.read_text().lower()
-        assert "wificore_coa" not in text
+        assert not any("placeholder" in t for t in rows)
+        exprs = dashboard_exprs(dash)
+        assert any("wificore_coa_requests_total" in e and "outcome" in e for e in exprs)
         quantiles = [e for e in dashboard_exprs(dash) if "wificore_hook_seconds_bucket" in e]
         assert quantiles and all("histogram_quantile(" in e for e in quantiles)
 
@@ -262,6 +262,7 @@ class TestNamesInCode:
                 "wificore_spool_pending_bytes"} <= names["wificore-radiusd"]
         assert {"wificore_writer_acked_total", "wificore_writer_dead_letter_length",
                 "wificore_writer_record_age_seconds_bucket"} <= names["wificore-writer"]
+        assert {"wificore_coa_requests_total", "wificore_coa_deduped_total"} <= names["wificore-coa"]
 
     def test_every_name_defined_by_its_exporter(self):
         """Every metric in the rules and the dashboard is defined by the exporter of its job."""
@@ -291,6 +292,30 @@ def writer_metrics(world):
         writer.stop()
 
 
+@pytest.fixture(scope="module")
+def coa_metrics(world):
+    """A real CoA sidecar with its exporter on a free loopback port (its own key prefix)."""
+    from stack.servers import CoaSidecar
+
+    prefix = "ac" + uuid.uuid4().hex[:8]
+    port = free_port()
+    sidecar = CoaSidecar(world.state, {"WIFICORE_SHARD_MAP": str(world.shard_map),
+                                       "WIFICORE_REDIS_URL": world.redis.url, "WIFICORE_KEY_PREFIX": prefix,
+                                       "WIFICORE_COA_METRICS_PORT": str(port)}, name=f"coa-{prefix}")
+    sidecar.start()
+    try:
+        def served():
+            try:
+                text = metrics.scrape(port)
+            except OSError:
+                return None
+            return text if "wificore_coa_requests_total{" in text else None
+        assert wait_until(served, timeout_s=30), sidecar.log_tail()
+        yield sidecar, port
+    finally:
+        sidecar.stop()
+
+
 def scraped(text: str) -> tuple[set[str], dict[str, dict[str, set[str]]]]:
     """(sample names served, {sample name: {label: values seen}})."""
     names: set[str] = set()
@@ -306,7 +331,7 @@ def scraped(text: str) -> tuple[set[str], dict[str, dict[str, set[str]]]]:
 
 
 class TestNamesScraped:
-    def test_every_name_and_label_served(self, auth, acct, subscriber, radiusd, writer_metrics):
+    def test_every_name_and_label_served(self, auth, acct, subscriber, radiusd, writer_metrics, coa_metrics):
         """Scrape a real radiusd (after logins and accounting) and a real batch_writer: every
         metric the rules and the dashboard name is served by the exporter of its job, every
         label they match on is one its samples carry, and every value they match exactly is
@@ -325,7 +350,8 @@ class TestNamesScraped:
         assert ans.code == "Accounting-Response"
         _writer, port = writer_metrics
         served = {"wificore-radiusd": scraped(metrics.scrape(radiusd.env["WIFICORE_METRICS_PORT"])),
-                  "wificore-writer": scraped(metrics.scrape(port))}
+                  "wificore-writer": scraped(metrics.scrape(port)),
+                  "wificore-coa": scraped(metrics.scrape(coa_metrics[1]))}
         assert unknown_names(all_exprs(), {job: s[0] for job, s in served.items()}) == []
         reasons = set(MESSAGES) | {"ok", "accept", "reject"}
         bad = []
@@ -346,10 +372,10 @@ class TestNamesScraped:
                         bad.append(f"{where}: {name}{{{label}={value!r}}} is never served")
         assert bad == []
 
-    def test_local_exporters_on_loopback(self, radiusd, writer_metrics):
+    def test_local_exporters_on_loopback(self, radiusd, writer_metrics, coa_metrics):
         """The local stack's exporters listen on 127.0.0.1 only."""
         _writer, port = writer_metrics
-        for p in (radiusd.env["WIFICORE_METRICS_PORT"], port):
+        for p in (radiusd.env["WIFICORE_METRICS_PORT"], port, coa_metrics[1]):
             out = subprocess.run(["ss", "-ltnH", f"sport = :{p}"], capture_output=True, text=True,
                                  check=True).stdout
             addrs = {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}

@@ -115,6 +115,16 @@ class TestScriptsSmoke:
         assert result["rows"]["users_file"] == 40
         assert result["seconds"]["total"] > 0
 
+    def test_hook_cost_smoke(self):
+        """hook_cost.py answers every warm-up login and reports the hook's CPU per login and
+        the forwarder's (its records did reach Redis)."""
+        out = _run(["benchmarks/hook_cost.py", "--rounds", "1", "--subscribers", "20",
+                    "--iterations", "500"], timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        this = json.loads(out.stdout.strip().splitlines()[-1])["this"]
+        assert this["hook_us"]["median"] > 0
+        assert this["per_thread_us"]["wificore-spool"]["median"] > 0, this
+
     def test_compare_smoke(self, tmp_path):
         """compare.py --smoke measures every configuration and writes the report files."""
         out = _run(["benchmarks/compare.py", "--smoke", "--out", str(tmp_path)], timeout=280)

@@ -62,7 +62,8 @@ class TestCompose:
         assert 'metrics_addr = "$ENV{WIFICORE_METRICS_ADDR}"' in module
         for name, addr_var, port_var in (("freeradius", "WIFICORE_METRICS_ADDR", "WIFICORE_METRICS_PORT"),
                                          ("batch-writer", "WIFICORE_WRITER_METRICS_ADDR",
-                                          "WIFICORE_WRITER_METRICS_PORT")):
+                                          "WIFICORE_WRITER_METRICS_PORT"),
+                                         ("coa-sender", "WIFICORE_COA_METRICS_ADDR", "WIFICORE_COA_METRICS_PORT")):
             env = compose["services"][name]["environment"]
             assert env[addr_var] == "0.0.0.0", name
             port = env[port_var]
@@ -79,6 +80,8 @@ class TestCompose:
             f"freeradius:{svc['freeradius']['environment']['WIFICORE_METRICS_PORT']}"]
         assert targets["wificore-writer"] == [
             f"batch-writer:{svc['batch-writer']['environment']['WIFICORE_WRITER_METRICS_PORT']}"]
+        assert targets["wificore-coa"] == [
+            f"coa-sender:{svc['coa-sender']['environment']['WIFICORE_COA_METRICS_PORT']}"]
         assert svc["prometheus"]["profiles"] == ["monitoring"] == svc["grafana"]["profiles"]
         mounted = " ".join(svc["prometheus"]["volumes"] + svc["grafana"]["volumes"])
         for f in ("contrib/prometheus/prometheus.yml", "contrib/prometheus/wificore-rules.yml",

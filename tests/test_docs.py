@@ -19,6 +19,16 @@ class TestReadme:
         for key, default, _doc in Settings.describe():
             assert f"| `{key}` | `{default}` |" in README, key
 
+    def test_every_coa_setting_with_default(self):
+        """The CoA sidecar's table lists every WIFICORE_COA_* setting with its default, and
+        only those."""
+        from coa_sender.config import CoaConfig
+
+        table = README.split("<!-- coa-settings:start -->", 1)[1].split("<!-- coa-settings:end -->", 1)[0]
+        for var, default, _doc in CoaConfig.describe():
+            assert f"| `{var}` | `{default}` |" in table, var
+        assert table.count("| `WIFICORE_COA_") == len(CoaConfig.describe())
+
     def test_module_config_block_has_every_setting(self):
         """mods-available/wificore sets every key of Settings, and only those."""
         block = MODULE.split("\n\tconfig {", 1)[1]

@@ -102,6 +102,28 @@ class TestHostileInput:
                          source="127.0.0.99", timeout_s=1.0)
         assert ans.code is None
 
+    def test_proxy_client_from_a_nas_is_refused(self, radiusd, subscriber, shard_conn, redis):
+        """WiFiCore-Proxy-Client (the RADIUS tier's balancer names a NAS with it,
+        docs/cluster.md) from a NAS is a forgery: its Access-Request is rejected (and logged
+        as forged_identity); in accounting it is ignored, the record is the NAS's own."""
+        from tests import rawradius as raw
+        user = subscriber()
+        nas_c = shard_conn(TENANT_C[0]).execute("SELECT nas_id FROM nas WHERE tenant_id = %s",
+                                                (TENANT_C[0],)).fetchone()[0]
+        forged = (raw.VENDOR_SPECIFIC, raw.vsa(64999, 1, f"{TENANT_C[0]}:{nas_c}:generic".encode()))
+        base = [(raw.USER_NAME, user.encode()), (raw.USER_PASSWORD, b"pw-123456")]
+        code, attrs = raw.send(radiusd.auth_port, raw.ACCESS_REQUEST, TENANT_A[2], base + [forged],
+                               source=TENANT_A[1])
+        assert code == "Access-Reject" and raw.values(attrs, raw.REPLY_MESSAGE) == [b"Invalid request"]
+        assert raw.send(radiusd.auth_port, raw.ACCESS_REQUEST, TENANT_A[2], base, source=TENANT_A[1])[0] \
+            == "Access-Accept"
+        start = [(raw.USER_NAME, user.encode()), (raw.ACCT_STATUS_TYPE, raw.u32(1)),
+                 (raw.ACCT_SESSION_ID, b"84000001"), forged]
+        assert raw.send(radiusd.acct_port, raw.ACCOUNTING_REQUEST, TENANT_A[2], start,
+                        source=TENANT_A[1])[0] == "Accounting-Response"
+        assert wait_until(lambda: redis.zcard(K.live(TENANT_A[0], user)) == 1)
+        assert redis.zcard(K.live(TENANT_C[0], user)) == 0
+
 
 class TestRadiusdKilled:
     def test_acknowledged_records_survive_kill_9(self, stack, radiusd, auth, acct, subscriber, redis):

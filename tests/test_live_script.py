@@ -383,6 +383,37 @@ def test_with_one_redis_an_accept_is_only_its_stream_entry(live):
     assert [r["username"] for r in stream_records(live)] == ["alice", "bob"]
 
 
+def test_with_one_redis_an_auth_record_goes_to_its_bucket_as_written(live):
+    """One Redis: an auth record in a tagged frame is appended to its bucket's stream as
+    it is, not decoded (the tag names the bucket); an untagged one (a frame from before
+    the tags) is decoded and its bucket computed, as before."""
+    parts = 16
+    users = [(1, "u1"), (127, "u127"), (70_000, "u70000")]
+    payloads = [wire.pack_values(wire.KIND_AUTH, [tenant, 7, T0, f"e{tenant}", user, None,
+                                                  "accept", "ok", "pap", 300])
+                for tenant, user in users]
+    buckets = [bucket_of(t, u, parts) for t, u in users]
+    span = b"".join(struct.pack("<I", len(p) | (b + 1) << TAG_SHIFT) + p
+                    for p, b in zip(payloads, buckets, strict=True))
+    untagged = wire.pack_values(wire.KIND_AUTH, [5, 7, T0, "e5", "u5", None, "accept", "ok", "pap", 300])
+    span += struct.pack("<I", len(untagged)) + untagged
+    n, consumed, _ended, corrupt = live.script(args=[live.p, parts, T0, STALE, SESSION_TTL_S, USAGE_TTL_S,
+                                                     MAX_RECORD, span, 0])
+    assert (n, consumed, corrupt) == (len(payloads) + 1, len(span), 0)
+    for payload, b in zip(payloads, buckets, strict=True):
+        assert payload in [f[b"d"] for _id, f in live.r.xrange(f"{live.p}:{{b{b}}}:stream")], b
+    b5 = bucket_of(5, "u5", parts)
+    assert untagged in [f[b"d"] for _id, f in live.r.xrange(f"{live.p}:{{b{b5}}}:stream")]
+    assert not any(live.r.exists(f"{live.p}:{{b{b}}}:dead") for b in range(parts))
+    # Not decoded: a body cut after its header reaches the stream too (batch_writer
+    # dead-letters what it cannot decode, DEAD_DECODE), not live.lua's dead letters.
+    cut = payloads[0][:10]
+    live.script(args=[live.p, parts, T0, STALE, SESSION_TTL_S, USAGE_TTL_S, MAX_RECORD,
+                      struct.pack("<I", len(cut) | (buckets[0] + 1) << TAG_SHIFT) + cut, 0])
+    assert cut in [f[b"d"] for _id, f in live.r.xrange(f"{live.p}:{{b{buckets[0]}}}:stream")]
+    assert not any(live.r.exists(f"{live.p}:{{b{b}}}:dead") for b in range(parts))
+
+
 def test_each_nas_clock_skew_is_kept_for_the_noc(live):
     """Event time against arrival, one field per NAS."""
     live.send(T0, record("start", arrival_ts=T0 + 7 * 3600))

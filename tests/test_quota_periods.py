@@ -185,3 +185,25 @@ def test_the_admin_commands(zoned):
     assert any(line.split("\t")[0] == str(T) and line.split("\t")[3] in (BEHIND, AHEAD, "Europe/Berlin",
                                                                          "Asia/Tokyo", "America/New_York")
                for line in tenants[1:])
+
+
+def test_a_nas_clock_ahead_does_not_move_usage_into_a_later_period(zoned, auth, acct, subscriber, redis):
+    """A NAS whose Event-Timestamp is ahead of the server's clock (within the day's skew
+    accepted) past the tenant's midnight: its usage is today's, not tomorrow's, and the
+    usage of the subscriber's other sessions today still counts against today's quota."""
+    zone = next(z for z in (BEHIND, "Europe/Berlin", "Asia/Tokyo", "America/New_York")
+                if 1 <= dt.datetime.now(zoneinfo.ZoneInfo(z)).hour < 22)
+    set_zone(zoned, auth, redis, zone)
+    user = subscriber(tenant=TENANT, plan="daily-data")  # 1000 bytes a day
+    now = int(time.time())
+    ahead = now + int(seconds_to_local_midnight(zone, now)) + 600  # tomorrow by the NAS's clock
+    for status, inp in (("Start", 0), ("Interim-Update", 10)):
+        assert acct(TENANT, acct_packet(user, "q3000001", status, inp=inp, t=60 if inp else 0,
+                                        **{"Event-Timestamp": ahead})).code == "Accounting-Response"
+    acct(TENANT, acct_packet(user, "q3000002", "Start"))
+    acct(TENANT, acct_packet(user, "q3000002", "Interim-Update", inp=2000, t=60))
+    # Today's 2010 bytes are over the quota: the next login is refused.
+    assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
+    today = quota.date_day(dt.datetime.now(zoneinfo.ZoneInfo(zone)).date())
+    usage = {k.decode(): int(v) for k, v in redis.hgetall(K.usage(T, user)).items()}
+    assert quota.redis_usage(usage, "daily", today) == (2010, 120), usage

@@ -46,6 +46,7 @@ def clone_into(base: Path) -> Path:
 
 def bin_stack(repo: Path, command: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "WIFICORE_STACK_PORTS": "free", "WIFICORE_RADIUSD_PROCS": "1"}
+    env.pop("WIFICORE_SHARDS", None)  # the default: four shards
     return subprocess.run([str(repo / "bin" / "stack"), command], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=timeout_s)
 
@@ -67,14 +68,15 @@ def test_bin_stack_up_and_down_from_a_clone_in_a_0700_folder():
         assert "rlm_wificore is running" in up.stdout
         if os.geteuid() == 0:
             home = shared_home_of(state)
-            assert (home / "shard1" / "PG_VERSION").exists() and (home / "shard2" / "PG_VERSION").exists()
+            assert all((home / f"shard{i}" / "PG_VERSION").exists() for i in (1, 2, 3, 4))
             assert (home / "pgbouncer-shard1" / "pgbouncer.ini").exists()
             assert not (state / "shard1").exists()
             assert str(home) in up.stdout
         status = bin_stack(repo, "status", timeout_s=60)
         pids = status_pids(status.stdout)
-        assert set(pids) == {"redis", "shard1", "shard2", "pgbouncer-shard1", "pgbouncer-shard2",
-                             "radiusd", "batch_writer"}, status.stdout
+        assert set(pids) == {"redis", "radiusd", "batch_writer", "coa_sender",
+                             *(f"shard{i}" for i in (1, 2, 3, 4)),
+                             *(f"pgbouncer-shard{i}" for i in (1, 2, 3, 4))}, status.stdout
         ports = json.loads((state / "ports.json").read_text())
         ans = send(ports["auth"], "auth", "testing123",
                    {"User-Name": "demo", "User-Password": "demo-password"}, timeout_s=3, retries=3)

@@ -36,6 +36,8 @@ _BCRYPT = re.compile(r"^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$")
 _NTHASH = re.compile(r"^[0-9a-fA-F]{32}$")
 EXPIRES_HELP = ("in the tenant's time zone: a date (valid through that day: until the next "
                 "local midnight), a date-time (local), or one with an offset")
+#: A shard that does not answer fails the command instead of hanging it.
+CONNECT_TIMEOUT_S = 10
 CSV_FIELDS = ("username", "password", "password_type", "kind", "plan", "status", "expires_at",
               "mac_binding", "framed_ip", "framed_ipv6_prefix", "delegated_ipv6_prefix")
 
@@ -145,12 +147,28 @@ class Admin:
         # The buckets of the state keys (wificore/keys.py): the radiusd's stream_partitions.
         self.keys = Keys(key_prefix, _partitions())
 
-    def connect(self, tenant_id: int) -> psycopg.Connection:
+    def connect(self, tenant_id: int, *, writing: bool = True) -> psycopg.Connection:
+        """A connection to the tenant's shard, in a transaction. ``writing``: refused while
+        the tenant is being moved (tenant move): the transaction holds the shared form of
+        the move's fence lock, so a move waits for it and it sees a move's fence."""
         try:
             shard = self.map.shard_for(tenant_id)
         except UnknownTenant as exc:
             raise InputError(f"tenant: {exc}") from None
-        return psycopg.connect(shard.dsn)
+        conn = psycopg.connect(shard.dsn, connect_timeout=CONNECT_TIMEOUT_S)
+        if writing:
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock_shared(871017, %s)", (tenant_id % 32,))
+                row = conn.execute("SELECT moving FROM tenants WHERE tenant_id = %s",
+                                   (tenant_id,)).fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            if row is not None and row[0] is not None:
+                conn.close()
+                raise InputError(f"tenant: {tenant_id} is being moved ({row[0]}; wificore-admin "
+                                 f"tenant move): try again once the move is done")
+        return conn
 
     def tenant_exists(self, conn: psycopg.Connection, tenant_id: int) -> None:
         if not conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s", (tenant_id,)).fetchone():
@@ -211,6 +229,19 @@ def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
     _print_rows(sorted(rows), ("tenant_id", "name", "status", "time_zone", "shard"))
 
 
+def cmd_tenant_move(a: Admin, args: argparse.Namespace) -> None:
+    from . import move
+    if args.settle_s is not None and not 0 <= args.settle_s <= 600:
+        raise InputError("settle-s: 0..600")
+    if args.abort:
+        move.abort(args.shard_map, args.tenant)
+        return
+    if not args.to:
+        raise InputError("to: which shard (or --abort)")
+    move.move(a, args.shard_map, args.tenant, args.to,
+              settle_s=move.SETTLE_S if args.settle_s is None else args.settle_s)
+
+
 def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     ip = v_ip(args.ip, "ip")
     if ip is None:
@@ -221,26 +252,29 @@ def cmd_nas_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.require_message_authenticator, "require_message_authenticator", ("yes", "no"))
     require_ma = args.require_message_authenticator == "yes"
     v_choice(args.kind_check, "kind_check", KIND_CHECKS)
+    coa_port = nas_admin.v_port(args.coa_port)
     with a.connect(args.tenant) as conn:
         a.tenant_exists(conn, args.tenant)
         # --replace updates the NAS in place: its nas_id (part of its session keys) stays.
         nas_id = nas_admin.add(a, conn, tenant_id=args.tenant, name=args.name, ip=ip, secret=args.secret,
                                vendor=args.vendor, replace=args.replace, require_message_authenticator=require_ma,
-                               kind_check=args.kind_check)
+                               kind_check=args.kind_check, coa_port=coa_port)
     nas_admin.forget_cached(a, [ip])
     print(f"nas {nas_id} {args.name} {ip} ({args.vendor}) in tenant {args.tenant}, "
-          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}")
+          f"require_message_authenticator {'yes' if require_ma else 'no'}, kind_check {args.kind_check}, "
+          f"coa_port {coa_port}")
 
 
 def cmd_nas_list(a: Admin, args: argparse.Namespace) -> None:
     if args.tenant is None:  # every tenant on every shard
         lifecycle.cmd_nas_list_all(a)
         return
-    with a.connect(args.tenant) as conn:
-        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, CASE WHEN "
+    with a.connect(args.tenant, writing=False) as conn:
+        rows = conn.execute("SELECT nas_id, name, host(ip), vendor, kind_check, coa_port, CASE WHEN "
                             "require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas "
                             "WHERE tenant_id = %s ORDER BY nas_id", (args.tenant,)).fetchall()
-    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "require_message_authenticator"))
+    _print_rows(rows, ("nas_id", "name", "ip", "vendor", "kind_check", "coa_port",
+                       "require_message_authenticator"))
 
 
 def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
@@ -272,7 +306,7 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_plan_list(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         rows = conn.execute(
             "SELECT plan_id, name, rate_up_kbps, rate_down_kbps, session_timeout_s, idle_timeout_s,"
             " interim_interval_s, data_quota_bytes, time_quota_s, simultaneous_use, framed_pool,"
@@ -357,6 +391,16 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
         if cur.rowcount != 1:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
+    from . import session_admin
+    if changes.get("status") in ("suspended", "expired"):
+        # Its live sessions are cut off (the CoA sidecar sends the Disconnect-Requests).
+        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username,
+                                   reason=changes["status"]):
+            print(f"disconnect of {args.username}'s live sessions queued")
+    elif "plan_id" in changes:
+        # The new plan's rate for its live sessions (CoA-Request).
+        if session_admin.queue_job(a, "coa", tenant=args.tenant, user=args.username, reason="plan_change"):
+            print(f"CoA of {args.username}'s live sessions queued")
 
 
 def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
@@ -369,7 +413,7 @@ def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         rows = conn.execute(
             "SELECT s.username, s.kind, s.password_type, p.name, s.status, s.expires_at,"
             " s.mac_binding, host(s.framed_ip) FROM subscribers s JOIN plans p USING (tenant_id, plan_id)"
@@ -381,7 +425,7 @@ def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
 
 
 def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         row = conn.execute(
             "SELECT s.subscriber_id, s.username, s.kind, s.password_type, p.name, s.status,"
             " s.expires_at, s.mac_binding::text, host(s.framed_ip), s.updated_at,"
@@ -566,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "the CLI for this tenant are read in it. On an existing id: changed only when given")
     x.set_defaults(fn=cmd_tenant_add)
     t.add_parser("list").set_defaults(fn=cmd_tenant_list)
+    x = t.add_parser("move", help="move a tenant to another shard, online (copy, catch up, flip "
+                                  "the map, clean up); run it again to resume")
+    x.add_argument("--tenant", type=int, required=True)
+    x.add_argument("--to", help="the target shard's name in the map")
+    x.add_argument("--abort", action="store_true",
+                   help="undo a move that has not flipped the map yet (the tenant stays)")
+    x.add_argument("--settle-s", type=float, default=None,
+                   help="wait after the flip before the source is cleaned up (default: "
+                        "longer than radiusd and batch_writer take to follow the map)")
+    x.set_defaults(fn=cmd_tenant_move)
 
     n = sub.add_parser("nas").add_subparsers(dest="action", required=True)
     x = n.add_parser("add")
@@ -582,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind-check", default="strict", metavar="strict|off",
                    help="strict (default): reject a login whose request says it is for the other "
                         "subscriber kind (wrong_service; one that does not say is accepted); off: never")
+    x.add_argument("--coa-port", type=int, default=3799,
+                   help="the NAS's CoA / Disconnect port (RFC 5176; default 3799)")
     x.set_defaults(fn=cmd_nas_add)
     nas_admin.add_set_parser(n)
     x = n.add_parser("list", help="the tenant's NAS; without --tenant, every tenant's")
@@ -659,8 +715,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--kind", default="pppoe")
     x.add_argument("--password-type", default="cleartext")
     x.set_defaults(fn=cmd_sub_import)
-    from . import deadletter
+    from . import deadletter, session_admin
     deadletter.register(sub)
+    session_admin.register(sub)
     return p
 
 

@@ -37,7 +37,8 @@ COLOCATE_WITH = "tenants"
 
 #: Distributed by tenant_id, co-located with tenants, in the order they are
 #: distributed (a table after every table its foreign keys reference).
-DISTRIBUTED: tuple[str, ...] = ("tenants", "plans", "nas", "subscribers", "sessions", "auth_log")
+DISTRIBUTED: tuple[str, ...] = ("tenants", "plans", "nas", "subscribers", "sessions", "session_days",
+                                "auth_log", "coa_attempts", "tenant_moves")
 
 #: Reference tables (one copy on every node). None today: every table belongs to a tenant.
 REFERENCE: tuple[str, ...] = ()

@@ -139,5 +139,16 @@ class Keys:
         return f"{self.p}:inval"
 
     @property
+    def coa_jobs(self) -> str:
+        """Stream of CoA / Disconnect jobs (wificore/coa_jobs.py) for the CoA sidecar's
+        consumer group; bounded (``MAXLEN ~``), finished jobs deleted."""
+        return f"{self.p}:coa:jobs"
+
+    def coa_done(self, tenant_id: int, session_key: str) -> str:
+        """A Disconnect of this session is in flight or was acknowledged: no second one
+        (the CoA sidecar's dedupe); TTL."""
+        return f"{self.p}:{{{tenant_id}}}:coadis:{session_key}"
+
+    @property
     def writer_heartbeat(self) -> str:
         return f"{self.p}:writer:heartbeat"

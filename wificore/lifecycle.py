@@ -34,7 +34,7 @@ PLAN_INTS = ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeou
 QUOTA_PERIOD_HELP = ("what the data and time quotas count over: none (the lifetime), daily, weekly "
                      "(from Monday 00:00) or monthly (from the 1st 00:00), in the tenant's time zone")
 #: The tenant's rows on its shard, deleted in this order (children first).
-TENANT_TABLES = ("session_days", "sessions", "auth_log", "subscribers", "plans", "nas")
+TENANT_TABLES = ("session_days", "sessions", "auth_log", "coa_attempts", "subscribers", "plans", "nas")
 #: The script radiusd's forwarder runs for each span of its spool (records into Redis).
 LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
 
@@ -102,6 +102,9 @@ def cmd_tenant_suspend(a: Admin, args: argparse.Namespace) -> None:
     """Its logins are rejected (tenant_suspended); its accounting is still answered and stored."""
     _set_status(a, args.tenant, "suspended")
     print(f"tenant {args.tenant} suspended: its logins are rejected (tenant_suspended)")
+    from . import session_admin
+    if session_admin.queue_job(a, "disconnect_tenant", tenant=args.tenant, reason="tenant_suspended"):
+        print("disconnect of its live sessions queued")
 
 
 def cmd_tenant_resume(a: Admin, args: argparse.Namespace) -> None:
@@ -124,6 +127,7 @@ def cmd_tenant_delete(a: Admin, args: argparse.Namespace) -> None:
         for table in TENANT_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant_id,))  # noqa: S608
         conn.execute("DELETE FROM tenants WHERE tenant_id = %s", (tenant_id,))
+        conn.execute("DELETE FROM tenant_moves WHERE tenant_id = %s", (tenant_id,))  # a move's journal
     from . import nas_admin
     nas_admin.forget_cached(a, ips)
     keys = _tenant_keys(a.cache_redis_url, a.keys.p, tenant_id)
@@ -179,6 +183,11 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
                              "(wificore-admin plan add)")
     _forget(a, [a.keys.plan(args.tenant, row[0])])
     print(f"plan {row[0]} {args.name} updated: {', '.join(sorted(changes))}")
+    if {"rate_up_kbps", "rate_down_kbps"} & set(changes):
+        # The new rate for the plan's live sessions: CoA-Requests from the CoA sidecar.
+        from . import session_admin
+        if session_admin.queue_job(a, "coa", tenant=args.tenant, plan=row[0], reason="plan_change"):
+            print("CoA of the plan's live sessions queued")
 
 
 # -------------------------------------------------------------------------- NAS
@@ -188,11 +197,11 @@ def cmd_nas_list_all(a: Admin) -> None:
     rows = []
     for shard in a.map:
         with psycopg.connect(shard.dsn) as conn:
-            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, CASE "
-                                  "WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
+            for r in conn.execute("SELECT tenant_id, nas_id, name, host(ip), vendor, kind_check, coa_port, "
+                                  "CASE WHEN require_message_authenticator THEN 'yes' ELSE 'no' END FROM nas"):
                 rows.append((*r[:5], shard.name, *r[5:]))
     _print_rows(sorted(rows), ("tenant_id", "nas_id", "name", "ip", "vendor", "shard", "kind_check",
-                               "require_message_authenticator"))
+                               "coa_port", "require_message_authenticator"))
 
 
 def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: int) -> int:
@@ -271,7 +280,7 @@ def register(tenant: argparse._SubParsersAction, nas: argparse._SubParsersAction
     x.add_argument("--tenant", type=int, required=True)
     x.set_defaults(fn=cmd_tenant_resume)
     x = tenant.add_parser("delete", help="delete the tenant with its subscribers, plans, NAS, "
-                          "sessions, auth log and Redis keys")
+                          "sessions, auth log, CoA attempts and Redis keys")
     x.add_argument("--tenant", type=int, required=True)
     x.add_argument("--yes", action="store_true", help="really (refused without)")
     x.set_defaults(fn=cmd_tenant_delete)

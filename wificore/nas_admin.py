@@ -39,7 +39,8 @@ def matching(conn: psycopg.Connection, tenant_id: int, ip: str | None, name: str
 
 
 def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: str, secret: str, vendor: str,
-        replace: bool, require_message_authenticator: bool = True, kind_check: str = "strict") -> int:
+        replace: bool, require_message_authenticator: bool = True, kind_check: str = "strict",
+        coa_port: int = 3799) -> int:
     """Insert a NAS, or with ``replace`` update the one with that ip or name in place (same
     nas_id). Two different NAS matching (one by ip, one by name) is an error."""
     ids = matching(conn, tenant_id, ip, name) if replace else []
@@ -49,16 +50,23 @@ def add(a: Admin, conn: psycopg.Connection, *, tenant_id: int, name: str, ip: st
     check_ip_free(a, ip, tenant_id, ids[0] if ids else None)
     if ids:
         conn.execute("UPDATE nas SET name = %s, ip = %s::inet, secret = %s, vendor = %s, "
-                     "require_message_authenticator = %s, kind_check = %s "
+                     "require_message_authenticator = %s, kind_check = %s, coa_port = %s "
                      "WHERE tenant_id = %s AND nas_id = %s",
-                     (name, ip, secret, vendor, require_message_authenticator, kind_check, tenant_id,
-                      ids[0]))
+                     (name, ip, secret, vendor, require_message_authenticator, kind_check, coa_port,
+                      tenant_id, ids[0]))
         return ids[0]
     from .admin import returned
     return int(returned(conn.execute(
-        "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING nas_id",
-        (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check))))
+        "INSERT INTO nas (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check, "
+        "coa_port) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING nas_id",
+        (tenant_id, name, ip, secret, vendor, require_message_authenticator, kind_check, coa_port))))
+
+
+def v_port(value: int, field: str = "coa_port") -> int:
+    """A UDP port, 1..65535 (the NAS's CoA / Disconnect port, RFC 5176: 3799 by default)."""
+    if not 1 <= value <= 65535:
+        raise InputError(f"{field}: {value} is not a port (1..65535)")
+    return value
 
 
 def forget_cached(a: Admin, ips: list[str]) -> None:
@@ -83,7 +91,7 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
     if (args.ip is None) == (args.name is None):
         raise InputError("nas: name it by exactly one of --ip or --name")
     ip = v_ip(args.ip, "ip") if args.ip is not None else None
-    changes: dict[str, str | bool] = {}
+    changes: dict[str, str | bool | int] = {}
     if args.secret is not None:
         if not 1 <= len(args.secret) <= 128:
             raise InputError("secret: must be 1..128 characters")
@@ -105,9 +113,12 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
     if args.kind_check is not None:
         # Like the flag above, it reaches a running radiusd with the client's next lookup.
         changes["kind_check"] = v_choice(args.kind_check, "kind_check", KIND_CHECKS)
+    if args.coa_port is not None:
+        # Read by the CoA sidecar from the NAS directory: no dynamic-client lookup needed.
+        changes["coa_port"] = v_port(args.coa_port)
     if not changes:
         raise InputError("nas set: nothing to change (--secret, --vendor, --new-name, --new-ip, "
-                         "--require-message-authenticator, --kind-check)")
+                         "--require-message-authenticator, --kind-check, --coa-port)")
     with a.connect(args.tenant) as conn:
         row = conn.execute("SELECT nas_id, host(ip) FROM nas WHERE tenant_id = %s AND "
                            + ("ip = %s::inet" if ip else "name = %s"), (args.tenant, ip or args.name)).fetchone()
@@ -137,4 +148,5 @@ def add_set_parser(n: argparse._SubParsersAction) -> None:
     x.add_argument("--kind-check", metavar="strict|off",
                    help="strict: reject a login whose request is for the other subscriber kind "
                         "(wrong_service); off: never")
+    x.add_argument("--coa-port", type=int, help="the NAS's CoA / Disconnect port (RFC 5176)")
     x.set_defaults(fn=cmd_nas_set)

@@ -22,6 +22,8 @@ KINDS = ("pppoe", "hotspot")
 KIND_CHECKS = ("strict", "off")
 #: The client shortname's suffix of a NAS whose kind check is off.
 KIND_OFF = "kind-off"
+#: RFC 5176 §3.1: the CoA / Disconnect port a NAS listens on unless told otherwise.
+COA_PORT = 3799
 
 #: Redis value of a negatively cached (unknown) user.
 UNKNOWN = b"\x00"
@@ -149,6 +151,8 @@ class Nas:
     require_message_authenticator: bool = False
     #: The subscriber-kind check: 'strict' (the default) or 'off' (KIND_CHECKS).
     kind_check: str = "strict"
+    #: The UDP port of the NAS's CoA / Disconnect server (RFC 5176; the CoA sidecar).
+    coa_port: int = COA_PORT
 
     @property
     def shortname(self) -> str:
@@ -158,10 +162,14 @@ class Nas:
         return base if self.kind_check != "off" else f"{base}:{KIND_OFF}"
 
     def pack(self) -> bytes:
-        values = dataclasses.astuple(self)
-        # The default is left out: a directory entry of a strict NAS stays the 6 fields
-        # an older module reads.
-        return msgpack.packb(values[:-1] if self.kind_check == "strict" else values)
+        values = list(dataclasses.astuple(self))
+        # Trailing defaults are left out: a directory entry of a strict NAS on the default
+        # CoA port stays the 6 fields an older module reads.
+        if values[-1] == COA_PORT:
+            values.pop()
+            if values[-1] == "strict":
+                values.pop()
+        return msgpack.packb(values)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Nas:
@@ -175,7 +183,7 @@ class Nas:
 #: (``tenant_suspended``), its accounting is still answered and stored.
 NAS_SQL = """
 SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_authenticator,
-       n.kind_check
+       n.kind_check, n.coa_port
   FROM nas n JOIN tenants t USING (tenant_id)
  WHERE n.ip = %s::inet
 """

@@ -94,7 +94,8 @@ class Settings:
     """Every setting of rlm_wificore, with units in the names."""
 
     shard_map: str = setting_field("/etc/freeradius/3.0/mods-config/wificore/shards.toml", _path,
-                                   "Shard map file: tenant ranges to PostgreSQL DSNs.")
+                                   "Shard map file: tenant ranges (and tenants placed by `tenant move`) "
+                                   "to PostgreSQL DSNs; followed without a restart (below).")
     redis_url: str = setting_field("redis://127.0.0.1:6379/0", _redis_url,
                                    "Redis for each role without a URL of its own (the two below).")
     cache_redis_url: str = setting_field("", _optional_redis_url,

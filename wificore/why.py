@@ -103,7 +103,7 @@ def pending(a: Admin, tenant_id: int, username: str, scan: int) -> list[dict[str
 def cmd_why(a: Admin, args: argparse.Namespace) -> None:
     if args.limit <= 0:
         raise InputError("limit: must be greater than 0")
-    with a.connect(args.tenant) as conn:
+    with a.connect(args.tenant, writing=False) as conn:
         a.tenant_exists(conn, args.tenant)
         tz = tenant_time.tenant_zone(conn, args.tenant)
         rows = stored(conn, args.tenant, args.username, args.limit)

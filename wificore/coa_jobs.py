@@ -1,0 +1,115 @@
+"""CoA / Disconnect jobs (RFC 5176): what wificore-admin queues, what the CoA sidecar
+(coa_sender/) takes, and how both find a subscriber's live sessions.
+
+A job is one entry of the stream :attr:`Keys.coa_jobs` in the state Redis (fields
+below, all text). The admin CLI and the sidecar's quota watcher only queue (one
+``XADD``, bounded wait); the sidecar's consumer group sends the requests, so a job
+queued while the sidecar is down, or delivered and not finished when it stopped, is
+sent when it runs again.
+
+``op``:
+
+* ``disconnect``: ``tenant``, ``user``, optional ``session`` (an Acct-Session-Id:
+  that session only), ``reason`` (``operator``, ``suspended``, ``data_quota``,
+  ``time_quota``, ...).
+* ``disconnect_tenant``: every live session of ``tenant`` (``reason``
+  ``tenant_suspended``).
+* ``coa``: a CoA-Request with the plan's current rate to every live session of
+  ``user``, or of every subscriber of ``plan`` (a plan id), ``reason`` ``plan_change``.
+
+Live sessions are the open rows of the tenant's shard (``sessions``, where the NAS's
+Acct-Session-Id, Framed-IP-Address and NAS are) that the live state in Redis still
+holds (the row key in ``{p}:{T}:live:{user}`` with a deadline ahead): a row the
+writer has not closed yet but whose session live.lua ended (a Stop, an
+Accounting-Off, missed interims) is not live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from .keys import Keys
+
+#: The stream's bound (``XADD MAXLEN ~``): a backlog past it loses its oldest jobs.
+JOBS_MAXLEN = 100_000
+OPS = ("disconnect", "disconnect_tenant", "coa")
+#: Most sessions one listing or one job resolves.
+MAX_SESSIONS = 10_000
+
+_SESSIONS_SQL = """
+SELECT s.session_key, s.username, s.acct_session_id, host(s.framed_ip), s.nas_id, host(n.ip),
+       n.secret, n.coa_port, n.vendor, s.started_at, s.calling_station_id
+  FROM sessions s JOIN nas n USING (tenant_id, nas_id)
+ WHERE s.tenant_id = %s AND s.stopped_at IS NULL {where}
+ ORDER BY s.username, s.started_at
+ LIMIT %s
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSession:
+    """One live session, with what a Disconnect- or CoA-Request to its NAS needs."""
+
+    session_key: str
+    username: str
+    acct_session_id: str
+    framed_ip: str | None
+    nas_id: int
+    nas_ip: str
+    secret: str
+    coa_port: int
+    vendor: str
+    started_at: Any
+    calling_station_id: str | None
+
+
+def queue(r: Any, keys: Keys, op: str, **fields: Any) -> str:
+    """Queue one job (one XADD; ``r``'s socket timeout bounds the wait); its id."""
+    if op not in OPS:
+        raise ValueError(f"op: {op!r}")
+    entry = {"op": op, "ts": f"{time.time():.3f}"}
+    entry.update({k: str(v) for k, v in fields.items() if v is not None})
+    job_id = r.xadd(keys.coa_jobs, entry, maxlen=JOBS_MAXLEN, approximate=True)
+    return job_id.decode() if isinstance(job_id, bytes) else str(job_id)
+
+
+def open_sessions(conn: Any, tenant_id: int, *, username: str | None = None,
+                  acct_session_id: str | None = None, plan_id: int | None = None,
+                  limit: int = MAX_SESSIONS) -> list[LiveSession]:
+    """The tenant's open session rows (optionally of one subscriber, one Acct-Session-Id,
+    or the subscribers of one plan), with their NAS."""
+    where = ""
+    params: list[Any] = [tenant_id]
+    if username is not None:
+        where += " AND s.username = %s"
+        params.append(username)
+    if acct_session_id is not None:
+        where += " AND s.acct_session_id = %s"
+        params.append(acct_session_id)
+    if plan_id is not None:
+        where += " AND s.username IN (SELECT username FROM subscribers WHERE tenant_id = %s AND plan_id = %s)"
+        params += [tenant_id, plan_id]
+    rows = conn.execute(_SESSIONS_SQL.format(where=where), (*params, limit)).fetchall()
+    return [LiveSession(*row) for row in rows]
+
+
+def live_only(r: Any, keys: Keys, tenant_id: int, sessions: list[LiveSession],
+              now: float | None = None) -> list[LiveSession]:
+    """The sessions the live state still holds (one pipelined ZSCORE each)."""
+    if not sessions:
+        return []
+    now = time.time() if now is None else now
+    pipe = r.pipeline(transaction=False)
+    for s in sessions:
+        pipe.zscore(keys.live(tenant_id, s.username), s.session_key)
+    scores = pipe.execute()
+    return [s for s, score in zip(sessions, scores, strict=True) if score is not None and float(score) >= now]
+
+
+def live_keys(r: Any, keys: Keys, tenant_id: int, username: str, now: float | None = None) -> list[str]:
+    """Row keys of the subscriber's live sessions in the live state."""
+    now = time.time() if now is None else now
+    return [k.decode() if isinstance(k, bytes) else k
+            for k in r.zrangebyscore(keys.live(tenant_id, username), now, "+inf")]
