@@ -20,6 +20,7 @@ from stack.local import temporary_stack
 from stack.servers import free_port
 from tests import rawradius as R
 from wificore import move
+from wificore.keys import Keys
 from wificore.shardmap import ShardMap
 
 MOVED = (10, "127.0.18.1", "secret-moved")      # shard1 -> shard3
@@ -235,7 +236,7 @@ def test_tenant_moves_online_under_load(shards):
     import redis as redis_lib
     r = redis_lib.Redis.from_url(s.redis.url)
     try:
-        assert r.hexists("wc:nasdir", MOVED[1])
+        assert r.hexists(Keys("wc").nas_directory, MOVED[1])
     finally:
         r.close()
     # A second run has nothing to do.
