@@ -110,7 +110,7 @@ def make_writer(writer_tenants):
     client = redis_lib.Redis.from_url(writer_tenants.redis.url)
     for w in made:
         keys = Keys(w.settings.key_prefix)
-        client.delete(*[keys.stream(p) for p in range(PARTITIONS)], keys.dead_letter)
+        client.delete(*[keys.stream(p) for p in range(PARTITIONS)], *keys.dead_letters)
     client.close()
 
 

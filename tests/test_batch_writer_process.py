@@ -137,7 +137,7 @@ class TestWriterProcess:
         ok, detail = verify(ShardMap.load(stack.shard_map), run_id, expected)
         assert ok, detail
         assert auth_rows(stack, run_id) == n_auth
-        assert redis.xlen(Keys(prefix).dead_letter) == 0
+        assert sum(redis.xlen(d) for d in Keys(prefix).dead_letters) == 0
 
     def test_sigterm_exits_zero_and_loses_nothing(self, stack, redis):
         """SIGTERM mid-run: the writer finishes and acks its batch, exits 0; the rest waits for the next."""

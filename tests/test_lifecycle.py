@@ -207,7 +207,7 @@ class TestNas:
             drain(w)
         finally:
             w.close()
-            redis.delete(*[Keys(prefix).stream(p) for p in range(4)], Keys(prefix).dead_letter)
+            redis.delete(*[Keys(prefix).stream(p) for p in range(4)], *Keys(prefix).dead_letters)
         row = shard_conn(TENANT_A[0]).execute(
             "SELECT stopped_at IS NOT NULL, close_reason FROM sessions WHERE tenant_id = %s AND "
             "acct_session_id = %s", (TENANT_A[0], sid)).fetchone()

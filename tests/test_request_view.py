@@ -356,10 +356,11 @@ class TestNotUtf8:
         assert code == "Accounting-Response"
         def dead():
             out = []
-            for _id, fields in redis.xrange(K.dead_letter):
-                _k, rec = wire.unpack(fields[b"d"])
-                if rec.get("raw", {}).get("Acct-Session-Id") == sid:
-                    out.append(rec)
+            for stream in K.dead_letters:
+                for _id, fields in redis.xrange(stream):
+                    _k, rec = wire.unpack(fields[b"d"])
+                    if rec.get("raw", {}).get("Acct-Session-Id") == sid:
+                        out.append(rec)
             return out
         recs = wait_until(dead, 5)  # live.lua sends an invalid record to the dead letters
         assert recs and "Acct-Status-Type" in recs[0]["invalid"]
