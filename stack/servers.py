@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -42,9 +43,32 @@ def reuseport_library() -> Path:
     return REUSEPORT_LIB
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
     """A loopback port free for both TCP and UDP (another port when the kernel's free TCP
-    port is taken for UDP)."""
+    port is taken for UDP). With WIFICORE_PORT_RANGE=lo-hi (bin/test gives each pass its
+    own, below the kernel's ephemeral range) a port of that range not handed out before in
+    this process: two passes side by side never pick the same port, and no outgoing
+    connection takes one between its pick and its server's bind."""
+    span = os.environ.get("WIFICORE_PORT_RANGE", "")
+    if span:
+        lo, hi = (int(x) for x in span.split("-", 1))
+        for _ in range(200):
+            port = random.randint(lo, hi)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+        raise OSError(f"no loopback port free for both TCP and UDP in {span}")
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
                 socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
