@@ -121,7 +121,7 @@ class Stack:
     def __init__(self, state: Path, ports: Ports, *, fast: bool = False, split_at: int = 500,
                  procs: int = 1, radiusd_env: dict[str, str] | None = None,
                  also_on: tuple[str, ...] = (), networks: tuple[str, ...] = (),
-                 shards: int = 2) -> None:
+                 shards: int = 2, statements: bool = False) -> None:
         if not 1 <= shards <= 16:
             raise StackError(f"shards: {shards}: from 1 to 16")
         self.state = state
@@ -138,7 +138,7 @@ class Stack:
             RedisCluster(state, list(ports.redis_cluster)) if ports.redis_cluster
             else RedisServer(state, ports.redis, also_on=also_on))
         self.pg = [PostgresServer(state, self.ports.shard(i), f"shard{i + 1}", fast=fast, home=home,
-                                  also_on=also_on, networks=networks)
+                                  also_on=also_on, networks=networks, statements=statements)
                    for i in range(shards)]
         # radiusd and batch_writer reach each shard through its PgBouncer; the admin
         # CLI, migrations and LISTEN connect directly.
@@ -237,11 +237,13 @@ class Stack:
 
 @contextlib.contextmanager
 def temporary_stack(prefix: str = "wificore-", *, keep: bool = False,
-                    shards: int = 2, procs: int = 1) -> Iterator[Stack]:
+                    shards: int = 2, procs: int = 1, statements: bool = False) -> Iterator[Stack]:
     """Redis and ``shards`` migrated shards on free loopback ports in a new folder under /tmp
-    (readable by the postgres user); stopped by PID and removed at the end."""
+    (readable by the postgres user); stopped by PID and removed at the end. ``statements``:
+    the shards count each role's statements (PostgresServer.statements_of)."""
     state = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    s = Stack(state, Ports.free(shards), fast=True, shards=shards, procs=procs)
+    s = Stack(state, Ports.free(shards), fast=True, shards=shards, procs=procs,
+              statements=statements)
     try:
         s.start_data()
         yield s

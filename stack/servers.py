@@ -321,8 +321,12 @@ class PostgresServer(Process):
 
     def __init__(self, state: Path, port: int, name: str, fast: bool = False,
                  home: Path | None = None, also_on: tuple[str, ...] = (),
-                 networks: tuple[str, ...] = (), standby_of: PostgresServer | None = None) -> None:
+                 networks: tuple[str, ...] = (), standby_of: PostgresServer | None = None,
+                 statements: bool = False) -> None:
         super().__init__(name, state)
+        #: pg_stat_statements loaded (its view in the ``postgres`` database): what a role ran,
+        #: counted as each statement ends (see :meth:`statements_of`).
+        self.statements = statements
         #: A streaming replica of that primary (pg_basebackup -R), read-only.
         self.standby_of = standby_of
         self.port = port
@@ -390,6 +394,9 @@ class PostgresServer(Process):
                 f"-c max_connections=200 -c shared_buffers=256MB")
         if self.fast:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.statements:
+            opts += (" -c shared_preload_libraries=pg_stat_statements"
+                     " -c pg_stat_statements.track_utility=off -c pg_stat_statements.max=10000")
         self.logfile.touch()
         self._chown(self.logfile)
         self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.datadir), "-o", opts,
@@ -402,6 +409,28 @@ class PostgresServer(Process):
                           "postgres", "-qAtc", "SELECT 1 FROM pg_database WHERE datname='wificore'")
         if exists.stdout.strip() != "1":
             self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "wificore")
+        if self.statements:  # in the postgres database: the product's schema stays as it is
+            self._pg("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d",
+                     "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc",
+                     "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def statements_of(self, role: str) -> tuple[int, int]:
+        """(statements ``role`` ran in the wificore database so far, entries pg_stat_statements
+        evicted so far): needs ``statements``. Unlike pg_stat_database's transaction counts,
+        which a backend reports up to a second late (an idle one at its next transaction or
+        exit, seconds or minutes later) and which count every backend's transactions
+        (autovacuum's too), a statement is counted as it ends, by its role. Two counts are
+        comparable while the evictions stay the same."""
+        import psycopg
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
+                             autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(sum(s.calls), 0) FROM pg_stat_statements s"
+                "  JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid"
+                "  WHERE r.rolname = %s AND d.datname = 'wificore'),"
+                " (SELECT dealloc FROM pg_stat_statements_info)", (role,)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
 
     def _allow_networks(self) -> None:
         hba = self.datadir / "pg_hba.conf"

@@ -33,7 +33,8 @@ TENANT_C = (600, "127.0.0.3", "secret-c", "generic")    # shard2
 
 @pytest.fixture(scope="session")
 def stack():
-    with temporary_stack("wificore-test-", keep=bool(os.environ.get("WIFICORE_TEST_KEEP"))) as s:
+    with temporary_stack("wificore-test-", keep=bool(os.environ.get("WIFICORE_TEST_KEEP")),
+                         statements=True) as s:
         yield s
 
 
