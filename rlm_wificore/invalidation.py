@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
+from wificore import announce as announcements
 from wificore.keys import Keys
 from wificore.log import get_logger
 
@@ -235,21 +236,19 @@ class Invalidation:
         if len(batch) > UNSENT_MAX:  # too many to name: every process drops everything
             announce = [json.dumps(["R"])]
         try:
-            pipe = self.redis_bg.pipeline(transaction=False)
-            if doomed and self.cache_bg is not self.redis_bg:  # the copies live in the cache Redis
-                self.cache_bg.delete(*doomed)
-            elif doomed:
-                pipe.delete(*doomed)
-            for message in announce:  # the channel: the state Redis
-                pipe.publish(self.keys.invalidation_channel, message)
-            pipe.execute()
-            return True
+            announcements.announce(self.redis_bg, self.keys, announce, doomed=doomed,
+                                   cache=self.cache_bg)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             with self._unsent_lock:
                 if len(self._unsent) == 0:
                     log.warning("invalidation_not_announced", error=str(exc), waiting=len(batch))
                 self._unsent[:0] = batch[-UNSENT_MAX - 1:]  # beyond the bound only R is sent
             return False
+        # Dropped here again: a login since the NOTIFY (Redis back, the copy not yet
+        # deleted) refilled this process from the stale Redis copy.
+        for message in announce:
+            self.apply(json.loads(message))
+        return True
 
     def take_over(self, query: Query, *, alone: bool) -> None:
         """A relay slot was just taken (the relay LISTENs already): rebuild the NAS directory;
@@ -258,10 +257,7 @@ class Invalidation:
         if self.directory is not None:
             self.directory.rebuild(query, self.redis_bg)
         messages = [json.dumps(["D"])] + ([json.dumps(["R"])] if alone else [])
-        pipe = self.redis_bg.pipeline(transaction=False)
-        for message in messages:
-            pipe.publish(self.keys.invalidation_channel, message)
-        pipe.execute()
+        announcements.announce(self.redis_bg, self.keys, messages)
 
     def reset_all(self) -> None:
         """Forget every in-process subscriber and plan (announcements may have been missed)."""
