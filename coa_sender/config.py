@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 from wificore.errors import ConfigError
-from wificore.settings import Settings, int_in_range, ip_address, setting_field
+from wificore.settings import Settings, describe_fields, int_in_range, ip_address, prefixed_values, setting_field
 
 ENV_PREFIX = "WIFICORE_COA_"
 
@@ -60,21 +59,7 @@ class CoaConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CoaConfig:
-        env = os.environ if env is None else env
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for var in sorted(env):
-            if not var.startswith(ENV_PREFIX):
-                continue
-            name = var[len(ENV_PREFIX):].lower()
-            if name not in fields:
-                raise ConfigError(f"{var}: unknown setting")
-            if env[var] == "":
-                continue
-            values[name] = fields[name].metadata["parse"](var, env[var])
-        if not values.get("consumer"):
-            host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
-            values["consumer"] = f"{host}-{os.getpid()}"
+        values = prefixed_values(cls, ENV_PREFIX, os.environ if env is None else env)
         cfg = cls(**values)
         if cfg.redis_timeout_ms <= cfg.block_ms:
             raise ConfigError(f"{ENV_PREFIX}REDIS_TIMEOUT_MS: {cfg.redis_timeout_ms} must exceed "
@@ -83,7 +68,7 @@ class CoaConfig:
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
-        return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+        return describe_fields(cls, ENV_PREFIX)
 
 
 SHARED_SETTINGS = ("shard_map", "redis_url", "state_redis_url", "key_prefix", "stream_partitions", "log_level")

@@ -191,11 +191,8 @@ class Sidecar:
         if self._follower is None or time.monotonic() < self._next_map_check:
             return False
         self._next_map_check = time.monotonic() + MapFollower.CHECK_S
-        new = self._follower.check()
+        new = self._follower.take(log)
         if new is None:
-            if self._follower.error:
-                log.warning("shard_map_not_followed", error=self._follower.error)
-                self._follower.error = None
             return False
         self.shards.map.replace(new)
         log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed))

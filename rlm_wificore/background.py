@@ -467,12 +467,9 @@ def _map_loop(engine: Engine) -> None:
     follower = MapFollower(engine.settings.shard_map, engine.shard_map)
     while not engine.stopping.wait(MapFollower.CHECK_S):
         try:
-            new = follower.check()
+            new = follower.take(log)
             if new is not None:
                 engine.follow_map(new)
-            elif follower.error:
-                log.error("shard_map_not_followed", error=follower.error, kept="the map in use")
-                follower.error = None
         except Exception as exc:  # logged; the map in use is kept
             log.error("shard_map_loop_error", error=repr(exc))
 
