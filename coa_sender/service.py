@@ -326,8 +326,13 @@ class Sidecar:
             time.sleep(RESOLVE_POLL_S)
 
     def resolve_many(self, tenant_id: int, plan_id: int | None = None) -> list[LiveSession]:
-        rows = self.shards.run(tenant_id, lambda c: coa_jobs.open_sessions(c, tenant_id, plan_id=plan_id))
-        return coa_jobs.live_only(self.redis, self.keys, tenant_id, rows)
+        """The live sessions of the tenant (or of one plan), read page by page."""
+        live, complete = coa_jobs.live_pages(lambda fn: self.shards.run(tenant_id, fn), self.redis,
+                                             self.keys, tenant_id, plan_id=plan_id)
+        if not complete:
+            log.warning("coa_sessions_cut", tenant=tenant_id, plan=plan_id, live=len(live),
+                        rows=coa_jobs.MAX_PAGES * coa_jobs.MAX_SESSIONS)
+        return live
 
     def send_all(self, job_id: str, tenant_id: int, sessions: list[LiveSession], kind: str, reason: str,
                  attrs: Callable[[LiveSession], list[radius.Attr]]) -> None:
