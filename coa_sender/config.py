@@ -44,7 +44,8 @@ class CoaConfig:
                                  "the other tenants').")
     resolve_wait_ms: int = setting_field(5000, int_in_range(0, 600_000), "How long a job waits for a live "
                                          "session's row to reach the shard (the writer's lag) before it "
-                                         "is sent without that session.")
+                                         "is sent without that session; a tenant- or plan-wide job looks "
+                                         "again this long after it was queued.")
     dedupe_ttl_s: int = setting_field(600, int_in_range(1, 86_400), "A session acknowledged as disconnected "
                                       "(or being disconnected) gets no second Disconnect for this long.")
     claim_min_idle_ms: int = setting_field(60_000, int_in_range(100, 86_400_000), "Jobs another sidecar "
