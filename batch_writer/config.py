@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 from wificore.errors import ConfigError
-from wificore.settings import Settings, int_in_range, ip_address, setting_field
+from wificore.settings import Settings, describe_fields, int_in_range, ip_address, prefixed_values, setting_field
 
 ENV_PREFIX = "WIFICORE_WRITER_"
 
@@ -29,12 +28,6 @@ def _name(var: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", value):
         raise ConfigError(f"{var}: {raw!r} must be 1..64 of letters, digits, '_', '.', ':' or '-'")
     return value
-
-
-def default_consumer() -> str:
-    """``<hostname>-<pid>``: unique per process, so two writers never share a PEL."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,20 +81,7 @@ class WriterConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WriterConfig:
         """Read ``WIFICORE_WRITER_<KEY>``; unknown ones are errors that name the variable."""
-        env = os.environ if env is None else env
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for var in sorted(env):
-            if not var.startswith(ENV_PREFIX):
-                continue
-            name = var[len(ENV_PREFIX):].lower()
-            if name not in fields:
-                raise ConfigError(f"{var}: unknown setting")
-            if env[var] == "":
-                continue
-            values[name] = fields[name].metadata["parse"](var, env[var])
-        if not values.get("consumer"):
-            values["consumer"] = default_consumer()
+        values = prefixed_values(cls, ENV_PREFIX, os.environ if env is None else env)
         cfg = cls(**values)
         redis_ms = cfg.redis_timeout_ms
         if redis_ms <= cfg.batch_max_age_ms:
@@ -112,7 +92,7 @@ class WriterConfig:
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
         """(variable, default, doc) of every writer setting, for the docs and --help."""
-        return [(ENV_PREFIX + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+        return describe_fields(cls, ENV_PREFIX)
 
 
 SHARED_SETTINGS = ("shard_map", "redis_url", "state_redis_url", "key_prefix", "stream_partitions",

@@ -39,10 +39,16 @@ import redis
 from redis.cluster import RedisCluster
 
 from wificore.keys import Keys
+from wificore.log import get_logger
+
+log = get_logger("batch_writer")
 
 LAG_SCAN_MAX = 10_000  # bound of the fallback lag count when Redis cannot tell the lag
 #: A cluster's reads do not block: the wait between two empty rounds.
 CLUSTER_POLL_S = 0.02
+#: A stream keeps at most this many entries for groups other than the writers' (read by
+#: them, not yet by the CoA sidecar's quota watcher) before it is trimmed regardless.
+OTHER_GROUPS_KEEP = 500_000
 
 
 @dataclasses.dataclass(slots=True)
@@ -72,6 +78,11 @@ def _field(fields: list[bytes], name: bytes) -> bytes | None:
         if fields[i] == name:
             return fields[i + 1]
     return None
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: Any) -> str:
@@ -387,8 +398,9 @@ class Streams:
 
         Trimming: entries older than the oldest pending one (or than the last one
         delivered, when nothing is pending) are acknowledged and can go; ``MINID ~``
-        lets Redis drop whole nodes cheaply. This assumes the writers' group is the
-        only group on the streams.
+        lets Redis drop whole nodes cheaply. Other groups on a stream (the CoA
+        sidecar's quota watcher) keep what they have not read, up to a bound
+        (:meth:`_floor_of_other_groups`).
         """
         self._add_legacy()  # a radiusd not yet upgraded may have created one since
         lag: dict[int, int] = {}
@@ -411,5 +423,33 @@ class Streams:
             lag[p] = int(value)
             floor = summary["min"] if pending[p] else last
             if floor:
+                floor = self._floor_of_other_groups(name, groups, _text(floor))
                 self.r.xtrim(name, minid=floor, approximate=True)
         return lag, pending, sum(int(self.r.xlen(name)) for name in self.keys.dead_letters)
+
+    def _floor_of_other_groups(self, name: str, groups: list[Any], floor: str) -> str:
+        """The trim floor lowered to what the other groups on the stream (the CoA sidecar's
+        quota watcher) have not read or acknowledged yet; but a stream that keeps over
+        OTHER_GROUPS_KEEP entries for them is trimmed to the writers' floor (logged): a
+        sidecar that is down must not fill Redis. The quota check of a subscriber still
+        online comes again with its next record."""
+        lowest = floor
+        behind = []
+        for g in groups:
+            gname = _text(g["name"])
+            if gname == self.group:
+                continue
+            theirs = _text(g.get("last-delivered-id") or "0-0")
+            if int(g.get("pending") or 0):
+                summary = self.r.xpending(name, gname)
+                if summary["min"]:
+                    theirs = _text(summary["min"])
+            if _stream_id(theirs) < _stream_id(lowest):
+                lowest = theirs
+                behind.append(gname)
+        if lowest == floor:
+            return floor
+        if int(self.r.xlen(name)) > OTHER_GROUPS_KEEP:
+            log.warning("stream_trimmed_past_group", stream=name, groups=behind, kept=OTHER_GROUPS_KEEP)
+            return floor
+        return lowest

@@ -240,11 +240,8 @@ class Writer:
         batch on; records of a tenant that moved and were deferred by its fence are
         swept again and routed by it."""
         assert self._follower is not None
-        new = self._follower.check()
+        new = self._follower.take(log)
         if new is None:
-            if self._follower.error:
-                log.warning("shard_map_not_followed", error=self._follower.error)
-                self._follower.error = None
             return False
         for shard in new:
             old = self.shards.get(shard.name)

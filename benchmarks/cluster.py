@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import run as loadgen  # noqa: E402
+from benchmarks.procstat import cpu_s  # noqa: E402
 from stack import cluster as tier  # noqa: E402
 from stack.local import Ports  # noqa: E402
 from tests import rawradius as raw  # noqa: E402
@@ -42,12 +43,6 @@ TENANTS = ((21, "127.0.43.1", "bench-tier-a"), (621, "127.0.43.2", "bench-tier-b
 PASSWORD = "bench-pw-1"
 #: A bound on the packets of a measured run per sender (the duration ends it first).
 MAX_PACKETS_PER_S = 50_000
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Load(threading.Thread):

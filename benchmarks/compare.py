@@ -86,6 +86,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from benchmarks import dataset as ds  # noqa: E402
 from benchmarks import noisy, report  # noqa: E402
 from benchmarks.loadgen import run as loadgen  # noqa: E402
+from benchmarks.procstat import cpu_s  # noqa: E402
 from rlm_wificore.background import Forwarder  # noqa: E402
 from rlm_wificore.engine import Engine  # noqa: E402
 from rlm_wificore.spool import Spool  # noqa: E402
@@ -164,8 +165,7 @@ def _proc_cpu_s(pids: list[int]) -> float | None:
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += cpu_s(pid)
         except (OSError, IndexError, ValueError):
             return None
     return total if pids else None

@@ -49,10 +49,14 @@ def tick_s() -> float:
     return 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process (another one: Redis), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * tick_s()
+def cpu_s(pid: int) -> float:
+    """benchmarks/procstat.py of this tree (the child's sys.path leads to the tree measured)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        from benchmarks.procstat import cpu_s as read
+    finally:
+        sys.path.pop(0)
+    return read(pid)
 
 
 def task_cpu() -> dict[str, float]:
@@ -126,7 +130,7 @@ def child(a: argparse.Namespace) -> None:
                 bytes(junk)
             thrash_ns = time.thread_time_ns() - t0
         cpu0 = task_cpu()
-        redis0 = proc_cpu(a.redis_pid)
+        redis0 = cpu_s(a.redis_pid)
         t0 = time.thread_time_ns()
         if a.thrash_kib:
             for k in range(n):
@@ -138,7 +142,7 @@ def child(a: argparse.Namespace) -> None:
         hook_ns = time.thread_time_ns() - t0 - thrash_ns
         wait_forwarded(engine)
         cpu1 = task_cpu()
-        redis_us = (proc_cpu(a.redis_pid) - redis0) / n * 1e6
+        redis_us = (cpu_s(a.redis_pid) - redis0) / n * 1e6
         per_thread = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / n * 1e6, 3)
                       for name in cpu1 if name != me}
         profile = None

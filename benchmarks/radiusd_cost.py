@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import run as loadgen  # noqa: E402
+from benchmarks.procstat import cpu_s  # noqa: E402
 from stack.local import temporary_stack  # noqa: E402
 from stack.servers import RADDB, Radiusd, free_port  # noqa: E402
 
@@ -72,21 +73,15 @@ Acct-Session-Id = "8%{n:07x}"
 '''
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def threads_cpu_s(pid: int) -> tuple[float, float]:
     """(main thread, every other thread) CPU seconds of a process: the module's threads
     (forwarder, state refresher, ...) against the thread that runs radiusd and the hooks."""
     main = other = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            t = cpu_s(pid, int(tid))
         except OSError:
             continue
-        t = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         if int(tid) == pid:
             main += t
         else:

@@ -191,11 +191,8 @@ class Sidecar:
         if self._follower is None or time.monotonic() < self._next_map_check:
             return False
         self._next_map_check = time.monotonic() + MapFollower.CHECK_S
-        new = self._follower.check()
+        new = self._follower.take(log)
         if new is None:
-            if self._follower.error:
-                log.warning("shard_map_not_followed", error=self._follower.error)
-                self._follower.error = None
             return False
         self.shards.map.replace(new)
         log.info("shard_map_followed", shards=[s.name for s in new], placed=len(new.placed))
@@ -286,8 +283,7 @@ class Sidecar:
             sessions = self.resolve_user(tenant_id, str(user), job.get("session"))
             self.send_all(job_id, tenant_id, sessions, "disconnect", reason, lambda s: [])
         elif op == "disconnect_tenant":
-            sessions = self.resolve_many(tenant_id)
-            self.send_all(job_id, tenant_id, sessions, "disconnect", reason, lambda s: [])
+            self.send_many(job_id, job, tenant_id, None, "disconnect", reason, lambda s: [])
         elif op == "coa":
             if user is not None:
                 sessions = self.resolve_user(tenant_id, user, None)
@@ -297,7 +293,7 @@ class Sidecar:
                     (tenant_id, user)).fetchone())
             else:
                 plan_id = int(job["plan"])
-                sessions = self.resolve_many(tenant_id, plan_id=plan_id)
+                sessions = []
                 rate = self.shards.run(tenant_id, lambda c: c.execute(
                     "SELECT rate_up_kbps, rate_down_kbps FROM plans WHERE tenant_id = %s AND plan_id = %s",
                     (tenant_id, plan_id)).fetchone())
@@ -307,7 +303,10 @@ class Sidecar:
 
             def attrs(s: LiveSession) -> list[radius.Attr]:
                 return radius.rendered(policy.rate_pairs(s.vendor, up, down))
-            self.send_all(job_id, tenant_id, sessions, "coa", reason, attrs)
+            if user is not None:
+                self.send_all(job_id, tenant_id, sessions, "coa", reason, attrs)
+            else:
+                self.send_many(job_id, job, tenant_id, int(job["plan"]), "coa", reason, attrs)
         else:
             raise ValueError(f"unknown op {op!r}")
 
@@ -329,8 +328,29 @@ class Sidecar:
             time.sleep(RESOLVE_POLL_S)
 
     def resolve_many(self, tenant_id: int, plan_id: int | None = None) -> list[LiveSession]:
-        rows = self.shards.run(tenant_id, lambda c: coa_jobs.open_sessions(c, tenant_id, plan_id=plan_id))
-        return coa_jobs.live_only(self.redis, self.keys, tenant_id, rows)
+        """The live sessions of the tenant (or of one plan), read page by page."""
+        live, complete = coa_jobs.live_pages(lambda fn: self.shards.run(tenant_id, fn), self.redis,
+                                             self.keys, tenant_id, plan_id=plan_id)
+        if not complete:
+            log.warning("coa_sessions_cut", tenant=tenant_id, plan=plan_id, live=len(live),
+                        rows=coa_jobs.MAX_PAGES * coa_jobs.MAX_SESSIONS)
+        return live
+
+    def send_many(self, job_id: str, job: dict[str, str], tenant_id: int, plan_id: int | None, kind: str,
+                  reason: str, attrs: Callable[[LiveSession], list[radius.Attr]]) -> None:
+        """A tenant- or plan-wide job: its live sessions now, then, resolve_wait_ms after the
+        job was queued, the ones whose rows were still in the writer's lag (a session that
+        started just before the job: live in Redis, its row not yet in the shard)."""
+        sessions = self.resolve_many(tenant_id, plan_id)
+        self.send_all(job_id, tenant_id, sessions, kind, reason, attrs)
+        wait = float(job.get("ts") or 0) + self.cfg.resolve_wait_ms / 1000 - time.time()
+        if wait <= 0 or self.stopping.wait(min(wait, self.cfg.resolve_wait_ms / 1000)):
+            return
+        seen = {s.session_key for s in sessions}
+        later = [s for s in self.resolve_many(tenant_id, plan_id) if s.session_key not in seen]
+        if later:
+            log.info("coa_sessions_in_writer_lag", job=job_id, tenant=tenant_id, sessions=len(later))
+            self.send_all(job_id, tenant_id, later, kind, reason, attrs)
 
     def send_all(self, job_id: str, tenant_id: int, sessions: list[LiveSession], kind: str, reason: str,
                  attrs: Callable[[LiveSession], list[radius.Attr]]) -> None:

@@ -39,6 +39,7 @@ import psycopg
 import redis
 from redis.cluster import RedisCluster
 
+from wificore import announce as announcements
 from wificore import quota, wire
 from wificore.backoff import REDIS_DOWN, Backoff
 from wificore.keys import TAG_ALL, Keys, bucket_of
@@ -272,6 +273,40 @@ def _forward_loop(engine: Engine) -> None:
 STATE_BATCH = 500
 
 
+def _confirmed(pubsub: Any, channel: str, timeout_s: float = 5.0) -> None:
+    """Wait for the SUBSCRIBE's confirmation: from then on every message published on
+    ``channel`` reaches this connection. TimeoutError if it does not come."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg and msg["type"] == "subscribe":
+            return
+    raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {channel} within {timeout_s} s")
+
+
+def _caught_up(engine: Engine, mark: str) -> bool:
+    """A new subscription is confirmed: apply what was announced after ``mark`` (it may have
+    reached no subscription of this process) and make every live state due for a re-read
+    (live.lua's messages are not logged). False if the log no longer reaches back to
+    ``mark``: the caller drops everything."""
+    replay = announcements.since(engine.redis_bg, engine.keys, mark)
+    if replay is None:
+        return False
+    for message in replay[0]:
+        _apply(engine, message)
+    engine.invalidation.revalidate()
+    if replay[0]:
+        log.info("invalidation_replayed", messages=len(replay[0]))
+    return True
+
+
+def _apply(engine: Engine, data: bytes | str) -> None:
+    try:
+        engine.invalidation.apply_channel_message(data)
+    except (ValueError, IndexError, TypeError) as exc:
+        log.warning("bad_invalidation", error=str(exc))
+
+
 def _state_loop(engine: Engine) -> None:
     """Re-read the live state of cached subscribers that the hooks found due."""
     live = engine.live
@@ -288,33 +323,52 @@ def _state_loop(engine: Engine) -> None:
                 log.error("state_refresh_failed", error=repr(exc))
 
 
+#: How often a channel listener moves its replay mark (one XREVRANGE).
+MARK_EVERY_S = 2.0
+
+
 def _redis_inval_loop(engine: Engine) -> None:
+    """Subscribe to the invalidation channel and apply what it carries.
+
+    After the channel was lost, the announcements logged since the listener's mark
+    are replayed once the new SUBSCRIBE is confirmed (wificore/announce.py): one
+    published in between reached no subscription of this process. The mark is the
+    log's newest id as read one MARK_EVERY_S tick earlier, while the subscription
+    was alive (so it covers only messages the open connection has delivered)."""
     backoff = Backoff(first_s=0.1, max_s=2.0)
     channel = engine.keys.invalidation_channel
     lost = False
+    mark: str | None = None  # every announcement up to this log id is applied
     while not engine.stopping.is_set():
         pubsub = None
         try:
-            pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=True)
+            pubsub = engine.redis_bg.pubsub(ignore_subscribe_messages=False)
             pubsub.subscribe(channel)
-            # The first time start clean; after an outage re-read the live states and
-            # keep the profiles: what the relay could not announce meanwhile is covered
-            # by its ``R`` when it takes its slot again alone (Invalidation.take_over).
-            if lost:
-                engine.invalidation.revalidate()
-            else:
+            _confirmed(pubsub, channel)
+            newest = announcements.top(engine.redis_bg, engine.keys)
+            # The first time start clean; after an outage replay what was announced
+            # meanwhile, re-read the live states and keep the other profiles.
+            if not (lost and mark is not None and _caught_up(engine, mark)):
                 engine.invalidation.reset_all()
             lost = False
+            mark, seen, mark_at = newest, newest, time.monotonic() + MARK_EVERY_S
             engine.directory.load_known(engine.redis_bg)
             backoff.succeeded()
             while not engine.stopping.is_set():
                 engine.directory.flush_unknown_log()
                 msg = pubsub.get_message(timeout=0.5)
                 if msg and msg["type"] == "message":
-                    try:
-                        engine.invalidation.apply_channel_message(msg["data"])
-                    except (ValueError, IndexError, TypeError) as exc:
-                        log.warning("bad_invalidation", error=str(exc))
+                    _apply(engine, msg["data"])
+                elif msg and msg["type"] == "subscribe":
+                    # redis-py re-connected and re-subscribed by itself (a killed
+                    # connection): what was published in between is replayed.
+                    newest = announcements.top(engine.redis_bg, engine.keys)
+                    if not _caught_up(engine, mark):
+                        engine.invalidation.reset_all()
+                    mark, seen, mark_at = newest, newest, time.monotonic() + MARK_EVERY_S
+                if time.monotonic() >= mark_at:
+                    mark, seen = seen, announcements.top(engine.redis_bg, engine.keys)
+                    mark_at = time.monotonic() + MARK_EVERY_S
         except REDIS_DOWN as exc:
             if not lost:
                 log.warning("invalidation_channel_lost", error=str(exc))
@@ -325,6 +379,7 @@ def _redis_inval_loop(engine: Engine) -> None:
             backoff.wait(engine.stopping)
         except Exception as exc:
             log.error("invalidation_loop_error", error=repr(exc))
+            mark = None  # what was missed is unknown: the next subscription starts clean
             backoff.failed()
             backoff.wait(engine.stopping)
         finally:
@@ -521,12 +576,9 @@ def _map_loop(engine: Engine) -> None:
     follower = MapFollower(engine.settings.shard_map, engine.shard_map)
     while not engine.stopping.wait(MapFollower.CHECK_S):
         try:
-            new = follower.check()
+            new = follower.take(log)
             if new is not None:
                 engine.follow_map(new)
-            elif follower.error:
-                log.error("shard_map_not_followed", error=follower.error, kept="the map in use")
-                follower.error = None
         except Exception as exc:  # logged; the map in use is kept
             log.error("shard_map_loop_error", error=repr(exc))
 

@@ -36,8 +36,8 @@ import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
-from redis.cluster import RedisCluster
 
+from wificore import announce as announcements
 from wificore.backoff import REDIS_DOWN
 from wificore.keys import Keys
 from wificore.log import get_logger
@@ -237,21 +237,19 @@ class Invalidation:
         if len(batch) > UNSENT_MAX:  # too many to name: every process drops everything
             announce = [json.dumps(["R"])]
         try:
-            pipe = self.redis_bg.pipeline(transaction=False)
-            if doomed and self.cache_bg is not self.redis_bg:  # the copies live in the cache Redis
-                self.cache_bg.delete(*doomed)
-            else:
-                for key in doomed:  # one key per command: a cluster's pipeline splits by slot
-                    pipe.delete(key)
-            pipe.execute()
-            self._publish(announce)  # the channel: the state Redis
-            return True
+            announcements.announce(self.redis_bg, self.keys, announce, doomed=doomed,
+                                   cache=self.cache_bg)
         except REDIS_DOWN as exc:
             with self._unsent_lock:
                 if len(self._unsent) == 0:
                     log.warning("invalidation_not_announced", error=str(exc), waiting=len(batch))
                 self._unsent[:0] = batch[-UNSENT_MAX - 1:]  # beyond the bound only R is sent
             return False
+        # Dropped here again: a login since the NOTIFY (Redis back, the copy not yet
+        # deleted) refilled this process from the stale Redis copy.
+        for message in announce:
+            self.apply(json.loads(message))
+        return True
 
     def take_over(self, query: Query, *, alone: bool) -> None:
         """A relay slot was just taken (the relay LISTENs already): rebuild the NAS directory;
@@ -259,21 +257,8 @@ class Invalidation:
         its in-process copies (``["R"]``). Redis copies changed meanwhile live out their TTL."""
         if self.directory is not None:
             self.directory.rebuild(query, self.redis_bg)
-        self._publish([json.dumps(["D"])] + ([json.dumps(["R"])] if alone else []))
-
-    def _publish(self, messages: list[str]) -> None:
-        """The messages on the channel, in order: one pipeline, or (a Redis Cluster, whose
-        pipelines refuse PUBLISH) one call each."""
-        if not messages:
-            return
-        if isinstance(self.redis_bg, RedisCluster):
-            for message in messages:
-                self.redis_bg.publish(self.keys.invalidation_channel, message)
-            return
-        pipe = self.redis_bg.pipeline(transaction=False)
-        for message in messages:
-            pipe.publish(self.keys.invalidation_channel, message)
-        pipe.execute()
+        messages = [json.dumps(["D"])] + ([json.dumps(["R"])] if alone else [])
+        announcements.announce(self.redis_bg, self.keys, messages)
 
     def reset_all(self) -> None:
         """Forget every in-process subscriber and plan (announcements may have been missed)."""

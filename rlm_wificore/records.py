@@ -121,7 +121,10 @@ def acct_record(req: dict[str, str], *, tenant_id: int, nas_id: int, interim_s: 
         _text(req, "NAS-Port-Id"), _text(req, "Called-Station-Id"), _text(req, "NAS-Identifier"),
         # As radiusd prints them ('2001:db8::/64', '0011:22ff:fe33:4455'); the writer checks.
         _text(req, "Framed-IPv6-Prefix"), _text(req, "Delegated-IPv6-Prefix"),
-        # The local day of the usage: never after its arrival (a NAS's clock ahead must not
-        # count it in a period that has not begun; later records of today would not count).
-        _text(req, "Framed-Interface-Id"), day_of(min(event_ts, arrival_ts)) if day_of is not None else None,
+        # The local day of the usage: its arrival less Acct-Delay-Time (which the NAS counts
+        # without its clock), never the NAS's Event-Timestamp: a clock ahead counted it in a
+        # period not begun (today's later records then counted in none), one behind in the
+        # period before.
+        _text(req, "Framed-Interface-Id"),
+        day_of(arrival_ts - min(delay, MAX_CLOCK_SKEW_S)) if day_of is not None else None,
     ))

@@ -458,6 +458,29 @@ class TestTriggers:
         assert all(r["to"] == COA_T2[1] and r["auth_ok"] and r["ma_ok"] for u in (a, b) for r in listener.of(u))
         assert {attempts(shard_conn, COA_T2, u)[0][1] for u in (a, b)} == {"tenant_suspended"}
 
+    def test_a_session_in_the_writers_lag_is_disconnected_with_its_tenant(self, coa_world, sidecar, listener,
+                                                                           acct, shard_conn, writer):
+        """A session that started just before `tenant suspend`, its row not yet in the
+        shard (the writer stopped here, started again a second later): found by the job's
+        second look, resolve_wait_ms after it was queued, and disconnected. Before, a
+        tenant-wide job read the rows once and never sent it a Disconnect."""
+        user = new_user(coa_world, COA_T2)
+        sid = "c" + uuid.uuid4().hex[:11]
+        writer.stop()
+        try:
+            assert acct(COA_T2, acct_packet(user, sid, "Start", **{"Framed-IP-Address": "10.46.0.9"})
+                        ).code == "Accounting-Response"
+            coa_world.admin("tenant", "suspend", "--tenant", str(COA_T2[0]))
+            time.sleep(1.0)
+        finally:
+            writer.start()
+        try:
+            assert wait_until(lambda: attempts(shard_conn, COA_T2, user), 15), sidecar.log_tail()
+        finally:
+            coa_world.admin("tenant", "resume", "--tenant", str(COA_T2[0]))
+        assert attempts(shard_conn, COA_T2, user)[0][:6] == ("disconnect", "tenant_suspended", 1, "ack", None, sid)
+        assert [text_attr(r, 44) for r in listener.of(user)] == [sid]
+
     def test_quota_used_up_mid_session_disconnects_once(self, coa_world, sidecar, listener, acct, shard_conn):
         """An Interim that takes the usage past the plan's data quota (10,000 bytes): one
         Disconnect (reason data_quota); a further Interim over the quota sends no second

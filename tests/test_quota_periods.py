@@ -118,7 +118,7 @@ def test_redis_and_postgresql_agree_on_every_period(zoned, auth, acct, subscribe
     writer: `subscriber show` gives the same usage from Redis and from PostgreSQL for the
     day, the week, the month and the lifetime, and the day's is the usage after midnight."""
     # A zone where it is not near midnight now: the session starts 15 minutes before
-    # the last local midnight, within the day a NAS's clock may be off.
+    # the last local midnight; its records are sent now, each with its Acct-Delay-Time.
     zone = next(z for z in (BEHIND, "Europe/Berlin", "Asia/Tokyo", "America/New_York")
                 if 1 <= dt.datetime.now(zoneinfo.ZoneInfo(z)).hour < 22)
     set_zone(zoned, auth, redis, zone)
@@ -131,9 +131,10 @@ def test_redis_and_postgresql_agree_on_every_period(zoned, auth, acct, subscribe
     steps = [("Start", start, 0, 0, 0), ("Interim-Update", start + 300, 300, 1000, 0),
              ("Interim-Update", midnight + 300, 1200, 5000, 0),
              ("Interim-Update", now, now - start, 9000, 1000)]
-    for status, ev, t, inp, out in steps:
+    for status, ev, t, inp, out in steps:  # sent late: Acct-Delay-Time says how late
         assert acct(TENANT, acct_packet(user, sid, status, inp=inp, out=out, t=t,
-                                        **{"Event-Timestamp": ev})).code == "Accounting-Response"
+                                        **{"Event-Timestamp": ev, "Acct-Delay-Time": int(time.time()) - ev})
+                    ).code == "Accounting-Response"
     # A second session, all today.
     acct(TENANT, acct_packet(user, "q2000002", "Start"))
     acct(TENANT, acct_packet(user, "q2000002", "Stop", inp=50, out=50, t=30))
@@ -187,21 +188,28 @@ def test_the_admin_commands(zoned):
                for line in tenants[1:])
 
 
-def test_a_nas_clock_ahead_does_not_move_usage_into_a_later_period(zoned, auth, acct, subscriber, redis):
-    """A NAS whose Event-Timestamp is ahead of the server's clock (within the day's skew
-    accepted) past the tenant's midnight: its usage is today's, not tomorrow's, and the
-    usage of the subscriber's other sessions today still counts against today's quota."""
+@pytest.mark.parametrize("clock", ["ahead", "behind"])
+def test_a_nas_clock_off_does_not_move_usage_into_another_period(zoned, auth, acct, subscriber, redis,
+                                                                 clock):
+    """A NAS whose Event-Timestamp is ahead of (behind) the server's clock, within the
+    day's skew accepted, past the tenant's midnight: its usage is today's, not tomorrow's
+    (yesterday's), and the usage of the subscriber's other sessions today still counts
+    against today's quota. The day is taken from the arrival less Acct-Delay-Time, which
+    a NAS counts without its clock."""
     zone = next(z for z in (BEHIND, "Europe/Berlin", "Asia/Tokyo", "America/New_York")
                 if 1 <= dt.datetime.now(zoneinfo.ZoneInfo(z)).hour < 22)
     set_zone(zoned, auth, redis, zone)
     user = subscriber(tenant=TENANT, plan="daily-data")  # 1000 bytes a day
     now = int(time.time())
-    ahead = now + int(seconds_to_local_midnight(zone, now)) + 600  # tomorrow by the NAS's clock
+    local = dt.datetime.now(zoneinfo.ZoneInfo(zone))
+    since_midnight = local.hour * 3600 + local.minute * 60 + local.second
+    stamp = (now + int(seconds_to_local_midnight(zone, now)) + 600 if clock == "ahead"  # tomorrow
+             else now - since_midnight - 600)  # yesterday, by the NAS's clock
     for status, inp in (("Start", 0), ("Interim-Update", 10)):
-        assert acct(TENANT, acct_packet(user, "q3000001", status, inp=inp, t=60 if inp else 0,
-                                        **{"Event-Timestamp": ahead})).code == "Accounting-Response"
-    acct(TENANT, acct_packet(user, "q3000002", "Start"))
-    acct(TENANT, acct_packet(user, "q3000002", "Interim-Update", inp=2000, t=60))
+        assert acct(TENANT, acct_packet(user, f"q3{clock[:2]}0001", status, inp=inp, t=60 if inp else 0,
+                                        **{"Event-Timestamp": stamp})).code == "Accounting-Response"
+    acct(TENANT, acct_packet(user, f"q3{clock[:2]}0002", "Start"))
+    acct(TENANT, acct_packet(user, f"q3{clock[:2]}0002", "Interim-Update", inp=2000, t=60))
     # Today's 2010 bytes are over the quota: the next login is refused.
     assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
     today = quota.date_day(dt.datetime.now(zoneinfo.ZoneInfo(zone)).date())

@@ -43,9 +43,11 @@ SELECT s.session_key, s.username, s.acct_session_id, host(s.framed_ip), s.nas_id
        n.secret, n.coa_port, n.vendor, s.started_at, s.calling_station_id
   FROM sessions s JOIN nas n USING (tenant_id, nas_id)
  WHERE s.tenant_id = %s AND s.stopped_at IS NULL {where}
- ORDER BY s.username, s.started_at
+ ORDER BY s.username, s.started_at, s.session_key
  LIMIT %s
 """
+#: Most pages of MAX_SESSIONS rows one tenant- or plan-wide job reads (live_pages).
+MAX_PAGES = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +79,15 @@ def queue(r: Any, keys: Keys, op: str, **fields: Any) -> str:
 
 def open_sessions(conn: Any, tenant_id: int, *, username: str | None = None,
                   acct_session_id: str | None = None, plan_id: int | None = None,
-                  limit: int = MAX_SESSIONS) -> list[LiveSession]:
+                  limit: int = MAX_SESSIONS, after: LiveSession | None = None) -> list[LiveSession]:
     """The tenant's open session rows (optionally of one subscriber, one Acct-Session-Id,
-    or the subscribers of one plan), with their NAS."""
+    or the subscribers of one plan), with their NAS; ``after``: the page that follows
+    that row (keyset order: username, start, row key)."""
     where = ""
     params: list[Any] = [tenant_id]
+    if after is not None:
+        where += " AND (s.username, s.started_at, s.session_key) > (%s, %s, %s)"
+        params += [after.username, after.started_at, after.session_key]
     if username is not None:
         where += " AND s.username = %s"
         params.append(username)
@@ -93,6 +99,24 @@ def open_sessions(conn: Any, tenant_id: int, *, username: str | None = None,
         params += [tenant_id, plan_id]
     rows = conn.execute(_SESSIONS_SQL.format(where=where), (*params, limit)).fetchall()
     return [LiveSession(*row) for row in rows]
+
+
+def live_pages(read: Any, r: Any, keys: Keys, tenant_id: int, *, plan_id: int | None = None,
+               page: int = MAX_SESSIONS, max_pages: int = MAX_PAGES) -> tuple[list[LiveSession], bool]:
+    """The live sessions of the tenant (or of one plan's subscribers), page by page: a
+    tenant's open rows include sessions whose Stop never came, which the live state no
+    longer holds, so one page could hold none of the live ones. ``read(fn)`` runs
+    ``fn(conn)`` on the tenant's shard (one bounded call per page). (sessions, complete):
+    complete is False when max_pages pages did not reach the end."""
+    live: list[LiveSession] = []
+    after: LiveSession | None = None
+    for _ in range(max_pages):
+        rows = read(lambda c, after=after: open_sessions(c, tenant_id, plan_id=plan_id, limit=page, after=after))
+        live += live_only(r, keys, tenant_id, rows)
+        if len(rows) < page:
+            return live, True
+        after = rows[-1]
+    return live, False
 
 
 def live_only(r: Any, keys: Keys, tenant_id: int, sessions: list[LiveSession],

@@ -139,6 +139,12 @@ class Keys:
         return f"{self.p}:inval"
 
     @property
+    def invalidation_log(self) -> str:
+        """Stream of the shards' change announcements, as published on the channel, for a
+        listener that was away to replay (wificore/announce.py); ``MAXLEN ~ 10000``."""
+        return f"{self.p}:inval:log"
+
+    @property
     def coa_jobs(self) -> str:
         """Stream of CoA / Disconnect jobs (wificore/coa_jobs.py) for the CoA sidecar's
         consumer group; bounded (``MAXLEN ~``), finished jobs deleted."""

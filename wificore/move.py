@@ -222,8 +222,9 @@ def announce(admin: Any, tenant_id: int) -> None:
     r = redis.Redis.from_url(admin.state_redis_url, socket_timeout=5)
     cache = redis.Redis.from_url(admin.cache_redis_url, socket_timeout=5)
     try:
-        cache.delete(admin.keys.tenant(tenant_id))
-        r.publish(admin.keys.invalidation_channel, json.dumps(["t", tenant_id]))
+        from wificore.announce import announce as publish
+        publish(r, admin.keys, [json.dumps(["t", tenant_id])], doomed=[admin.keys.tenant(tenant_id)],
+                cache=cache)
     finally:
         r.close()
         cache.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
+import socket
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -87,6 +89,38 @@ def _level(key: str, raw: str) -> str:
 
 def setting_field(default: Any, parse: Callable[[str, str], Any], doc: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+def prefixed_values(cls: type, prefix: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of the settings dataclass ``cls`` set in ``env`` as ``<prefix><FIELD>``
+    (an empty value: the default), each parsed by its :func:`setting_field` parser; an
+    unknown ``<prefix>`` variable is an error that names it. Also ``consumer``, when a
+    field of ``cls`` and not set: ``<hostname>-<pid>`` (unique per process)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for var in sorted(env):
+        if not var.startswith(prefix):
+            continue
+        name = var[len(prefix):].lower()
+        if name not in fields:
+            raise ConfigError(f"{var}: unknown setting")
+        if env[var] == "":
+            continue
+        values[name] = fields[name].metadata["parse"](var, env[var])
+    if "consumer" in fields and not values.get("consumer"):
+        values["consumer"] = default_consumer()
+    return values
+
+
+def describe_fields(cls: type, prefix: str) -> list[tuple[str, Any, str]]:
+    """(variable, default, doc) of every field of the settings dataclass ``cls``."""
+    return [(prefix + f.name.upper(), f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)]
+
+
+def default_consumer() -> str:
+    """``<hostname>-<pid>``: unique per process, so two consumers never share a PEL."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, UnknownTenant
 
@@ -250,6 +251,15 @@ class MapFollower:
             self.error = str(exc)  # the map in use is kept
             return None
         self.error = None
+        return new
+
+    def take(self, log: Any) -> ShardMap | None:
+        """:meth:`check`, with a map file that cannot be used logged once (``log``: a
+        structlog logger) and the map in use kept."""
+        new = self.check()
+        if new is None and self.error:
+            log.error("shard_map_not_followed", error=self.error, kept="the map in use")
+            self.error = None
         return new
 
 
