@@ -44,7 +44,7 @@ from wificore.log import Throttle, get_logger
 from wificore.profile import KIND_OFF, NAS_SQL, Nas
 from wificore.shardmap import Shard, ShardMap
 
-from .result import Result
+from .result import Result, radius_text
 from .store import RedisStore, Shards
 
 log = get_logger("rlm_wificore")
@@ -183,7 +183,7 @@ class Directory:
         log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
         return Result("ok", config=(
             ("FreeRADIUS-Client-IP-Address", ip),
-            ("FreeRADIUS-Client-Secret", nas.secret),
+            ("FreeRADIUS-Client-Secret", radius_text(nas.secret)),
             ("FreeRADIUS-Client-Shortname", nas.shortname),
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
             ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),

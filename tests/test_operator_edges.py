@@ -1,0 +1,108 @@
+"""Odd but valid operator input, end to end through radiusd (issue 16): what the admin
+CLI accepts must work on the wire as typed.
+
+* radiusd reads every string rlm_python3 hands it as a double-quoted string (backslash
+  escapes: ``\\\\``, ``\\n``, ``\\"``, octal ``\\101``): a NAS secret, a cleartext password
+  (CHAP, MS-CHAP) or a pool name with a backslash was altered on its way in.
+* Session-Timeout is a 32-bit integer: a time left beyond 2^32 - 1 s (a huge time quota,
+  an expiry far ahead) wrapped around in radiusd to an arbitrary, possibly tiny value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tests import rawradius as rr
+from tests.test_lifecycle import make_tenant
+
+#: Tenants of these tests only (shard1), each with its own NAS address.
+BASE = 60
+BACKSLASHES = ('x\\"y', "a\\\\b", "a\\nb", "o\\101", "end\\")
+
+
+def tenant(n: int, secret: str = "edge-secret", vendor: str = "mikrotik"):
+    return (BASE + n, f"127.0.{BASE + n}.1", secret, vendor)
+
+
+def pap_raw(radiusd, t, user: str, password: str):
+    return rr.send(radiusd.auth_port, rr.ACCESS_REQUEST, t[2],
+                   [(rr.USER_NAME, user.encode()), (rr.USER_PASSWORD, password.encode())], source=t[1])
+
+
+def chap_raw(radiusd, t, user: str, password: str):
+    def attrs(ident: int, authenticator: bytes):
+        digest = hashlib.md5(bytes([ident]) + password.encode() + authenticator).digest()
+        return [(rr.USER_NAME, user.encode()), (rr.CHAP_PASSWORD, bytes([ident]) + digest)]
+    return rr.send(radiusd.auth_port, rr.ACCESS_REQUEST, t[2], attrs, source=t[1])
+
+
+@pytest.fixture(scope="module")
+def edge(world):
+    """One tenant with a plain secret for the password and reply cases."""
+    t = tenant(0)
+    make_tenant(world, t)
+    return t
+
+
+class TestBackslashes:
+    @pytest.mark.parametrize("i", range(len(BACKSLASHES)))
+    def test_a_nas_secret_with_backslashes_works(self, world, radiusd, subscriber, i):
+        """A NAS whose secret holds a backslash escape gets answers (it got none: radiusd
+        keyed the client with the un-escaped secret and dropped every packet)."""
+        t = tenant(1 + i, secret=BACKSLASHES[i])
+        make_tenant(world, t)
+        user = subscriber(tenant=t)
+        code, _ = pap_raw(radiusd, t, user, "pw-123456")
+        assert code == "Access-Accept"
+
+    @pytest.mark.parametrize("password", BACKSLASHES)
+    def test_chap_with_a_backslash_in_the_password(self, radiusd, edge, subscriber, password):
+        """CHAP (rlm_chap against the Cleartext-Password the module hands over) accepts the
+        right password with a backslash and rejects a wrong one; PAP agrees."""
+        user = subscriber(tenant=edge, password=password)
+        assert chap_raw(radiusd, edge, user, password)[0] == "Access-Accept"
+        assert pap_raw(radiusd, edge, user, password)[0] == "Access-Accept"
+        assert chap_raw(radiusd, edge, user, password + "x")[0] == "Access-Reject"
+
+    def test_a_pool_name_with_a_backslash_is_sent_as_typed(self, world, radiusd, edge, subscriber):
+        world.admin("plan", "add", "--tenant", str(edge[0]), "--name", "pool-bs",
+                    "--framed-pool", "pool\\nx", "--framed-ipv6-pool", "v6\\\\pool")
+        user = subscriber(tenant=edge, plan="pool-bs")
+        code, reply = pap_raw(radiusd, edge, user, "pw-123456")
+        assert code == "Access-Accept"
+        assert rr.values(reply, 88) == [b"pool\\nx"]          # Framed-Pool
+        assert rr.values(reply, 100) == [b"v6\\\\pool"]       # Framed-IPv6-Pool
+
+
+class TestSessionTimeout32Bits:
+    def test_a_huge_time_quota_is_capped_not_wrapped(self, world, radiusd, edge, subscriber):
+        """A time quota of 5e9 s (bigint in the plan) left Session-Timeout = 5e9 mod 2^32."""
+        world.admin("plan", "add", "--tenant", str(edge[0]), "--name", "tq-huge", "--time-quota-s",
+                    "5000000000")
+        user = subscriber(tenant=edge, plan="tq-huge")
+        code, reply = pap_raw(radiusd, edge, user, "pw-123456")
+        assert code == "Access-Accept"
+        (raw,) = rr.values(reply, rr.SESSION_TIMEOUT)
+        assert int.from_bytes(raw, "big") == 2**32 - 1
+
+    def test_an_expiry_far_ahead_is_capped_not_wrapped(self, world, radiusd, edge, subscriber):
+        user = subscriber(tenant=edge, expires_at="2200-01-01")
+        code, reply = pap_raw(radiusd, edge, user, "pw-123456")
+        assert code == "Access-Accept"
+        (raw,) = rr.values(reply, rr.SESSION_TIMEOUT)
+        assert int.from_bytes(raw, "big") == 2**32 - 1
+
+
+class TestDatesAtTheCalendarsEnd:
+    @pytest.mark.parametrize("value", ["9999-12-31", "9999-12-31T23:00-05:00", "0001-01-01T00:00+05:00"])
+    def test_a_date_past_the_calendar_is_one_sentence(self, world, edge, value):
+        """`--expires-at 9999-12-31` (an operator's "never") ended in an OverflowError
+        traceback; an instant past year 9999 in UTC would be stored and then fail every
+        read of the subscriber."""
+        out = world.admin("subscriber", "add", "--tenant", str(edge[0]), "--username", "never-" + value[:4],
+                          "--password", "pw-123456", "--kind", "pppoe", "--plan", "basic",
+                          "--expires-at", value, check=False)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        assert "expires_at:" in out.stderr and "leave it out for no expiry" in out.stderr
