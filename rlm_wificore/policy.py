@@ -200,8 +200,10 @@ def rate_pairs(vendor: str, up: int, down: int) -> list[tuple[str, ...]]:
             service = f"{vendors.JUNIPER_SERVICE}({down * 1000},{up * 1000})"
         elif down:
             service = f"{vendors.JUNIPER_SERVICE_DOWN}({down * 1000})"
-        else:
+        elif up:
             service = f"{vendors.JUNIPER_SERVICE_UP}({up * 1000})"
+        else:  # no rate (a CoA after both were cleared): no service at 0 bit/s
+            return pairs
         return [("ERX-Service-Activate:1", service)]
     if vendor == "accel-ppp":  # its shaper's default: Filter-Id "down/up" in kbit/s
         return [("Filter-Id", f"{down}/{up}")]

@@ -383,10 +383,12 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
     from . import session_admin
-    if changes.get("status") in ("suspended", "expired"):
+    cut = changes.get("status")
+    if cut is None and changes.get("expires_at") is not None and changes["expires_at"] <= dt.datetime.now(dt.UTC):
+        cut = "expired"  # an expiry set in the past: expired now, as --status expired
+    if cut in ("suspended", "expired"):
         # Its live sessions are cut off (the CoA sidecar sends the Disconnect-Requests).
-        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username,
-                                   reason=changes["status"]):
+        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username, reason=cut):
             print(f"disconnect of {args.username}'s live sessions queued")
     elif "plan_id" in changes:
         # The new plan's rate for its live sessions (CoA-Request).
@@ -401,6 +403,10 @@ def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
         if cur.rowcount != 1:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} deleted")
+    # Its live sessions end with it (before, a deleted subscriber stayed online).
+    from . import session_admin
+    if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username, reason="deleted"):
+        print(f"disconnect of {args.username}'s live sessions queued")
 
 
 def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
