@@ -143,7 +143,7 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
     if plan.idle_timeout_s:
         reply.append(("Idle-Timeout", str(plan.idle_timeout_s)))
     reply.append(("Acct-Interim-Interval", str(plan.interim_interval_s)))
-    if profile.framed_ip:
+    if profile.framed_ip and ":" not in profile.framed_ip:  # IPv4 only (radiusd sent 0.0.0.0)
         reply.append(("Framed-IP-Address", profile.framed_ip))
     elif plan.framed_pool:
         reply.append(("Framed-Pool", radius_text(plan.framed_pool)))

@@ -106,3 +106,55 @@ class TestDatesAtTheCalendarsEnd:
                           "--expires-at", value, check=False)
         assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
         assert "expires_at:" in out.stderr and "leave it out for no expiry" in out.stderr
+
+
+class TestAddresses:
+    def test_an_ipv4_mapped_nas_address_is_its_ipv4_address(self, world, radiusd, edge, subscriber):
+        """`nas set --new-ip ::ffff:127.0.66.9` stored the IPv6 form: the NAS's packets (from
+        127.0.66.9) were never matched to it, and another tenant could claim 127.0.66.9."""
+        t = tenant(6)
+        make_tenant(world, t)
+        world.admin("nas", "set", "--tenant", str(t[0]), "--name", f"nas-{t[0]}", "--new-ip", "::ffff:127.0.66.9")
+        listed = world.admin("nas", "list", "--tenant", str(t[0])).stdout
+        assert "\t127.0.66.9\t" in listed and "::ffff:" not in listed, listed
+        moved = (t[0], "127.0.66.9", t[2], t[3])
+        user = subscriber(tenant=moved)
+        assert pap_raw(radiusd, moved, user, "pw-123456")[0] == "Access-Accept"
+        other = world.admin("nas", "add", "--tenant", str(edge[0]), "--name", "claim", "--ip",
+                            "::ffff:127.0.66.9", "--secret", "x", check=False)
+        assert other.returncode != 0 and "already belongs to a NAS of tenant" in other.stderr
+
+    def test_an_ipv6_framed_ip_is_refused_and_never_sent_as_0_0_0_0(self, world, radiusd, edge, subscriber,
+                                                                    shard_conn):
+        out = world.admin("subscriber", "add", "--tenant", str(edge[0]), "--username", "v6-framed",
+                          "--password", "pw-123456", "--kind", "pppoe", "--plan", "basic",
+                          "--framed-ip", "2001:db8::5", check=False)
+        assert out.returncode != 0 and "framed-ipv6-prefix" in out.stderr, out.stderr
+        # One stored by another tool: no Framed-IP-Address at all (radiusd sent 0.0.0.0).
+        user = subscriber(tenant=edge)
+        shard_conn(edge[0]).execute("UPDATE subscribers SET framed_ip = '2001:db8::5' WHERE tenant_id = %s "
+                                    "AND username = %s", (edge[0], user))
+        import time
+        deadline = time.monotonic() + 5
+        while True:
+            code, reply = pap_raw(radiusd, edge, user, "pw-123456")
+            assert code == "Access-Accept"
+            if not rr.values(reply, 8) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rr.values(reply, 8) == []
+
+
+class TestOneSentence:
+    @pytest.mark.parametrize("args,expected", [
+        (["plan", "set", "--name", "basic", "--rate-up-kbps", "99999999999"], "rate_up_kbps: must be at most"),
+        (["plan", "add", "--name", "big", "--session-timeout-s", "5000000000"], "session_timeout_s: must be at most"),
+        (["nas", "set", "--name", "second", "--new-name", "nas-60"], "new_name: 'nas-60' already names NAS"),
+    ])
+    def test_out_of_range_and_taken_names(self, world, edge, args, expected):
+        """Before: `database: integer out of range` / `duplicate key value violates unique
+        constraint` from PostgreSQL."""
+        world.admin("nas", "add", "--tenant", str(edge[0]), "--name", "second", "--ip", "127.0.60.2",
+                    "--secret", "x", "--replace")
+        out = world.admin(args[0], args[1], "--tenant", str(edge[0]), *args[2:], check=False)
+        assert out.returncode != 0 and expected in out.stderr, out.stderr

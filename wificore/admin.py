@@ -88,13 +88,23 @@ def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
     return mac
 
 
-def v_ip(value: str | None, field: str) -> str | None:
+def v_ip(value: str | None, field: str, *, v4_only: bool = False) -> str | None:
+    """An IP address, normalised: an IPv4-mapped IPv6 one (``::ffff:192.0.2.1``) is the
+    IPv4 address it maps (a NAS stored so never matched the IPv4 source of its packets,
+    and escaped the one-address-one-tenant check). ``v4_only``: Framed-IP-Address is an
+    IPv4 attribute (RFC 2865 5.8; radiusd sent 0.0.0.0 for an IPv6 one)."""
     if not value:
         return None
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise InputError(f"{field}: {value!r} is not an IP address") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if v4_only and ip.version != 4:
+        raise InputError(f"{field}: {value!r} is not an IPv4 address (Framed-IP-Address); "
+                         "an IPv6 subscriber takes --framed-ipv6-prefix")
+    return str(ip)
 
 
 def v_ipv6_prefix(value: str | None, field: str) -> str | None:
@@ -121,9 +131,16 @@ def v_pool(value: str | None, field: str) -> str | None:
     return value
 
 
+#: The plan options stored as bigint (migration 0001); the others are integer columns.
+BIGINT_FIELDS = frozenset({"data_quota_bytes", "time_quota_s"})
+
+
 def v_positive(value: int | None, field: str) -> int | None:
     if value is not None and value <= 0:
         raise InputError(f"{field}: must be greater than 0")
+    top = 2**63 - 1 if field in BIGINT_FIELDS else 2**31 - 1
+    if value is not None and value > top:
+        raise InputError(f"{field}: must be at most {top}")
     return value
 
 
@@ -272,8 +289,8 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
     for f in ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
               "data_quota_bytes", "time_quota_s", "simultaneous_use"):
         v_positive(getattr(args, f), f)
-    if args.interim_interval_s < 60:
-        raise InputError("interim_interval_s: must be at least 60")
+    if not 60 <= args.interim_interval_s <= 2**31 - 1:
+        raise InputError("interim_interval_s: must be at least 60 (and at most 2147483647)")
     ipv6_pool = v_pool(args.framed_ipv6_pool, "framed_ipv6_pool")
     period = v_choice(args.quota_period, "quota_period", quota.PERIODS)
     with a.connect(args.tenant) as conn:
@@ -328,7 +345,7 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.kind, "kind", KINDS)
     v_choice(args.status, "status", STATUS)
     v_time(args.expires_at, "expires_at")  # the format, before the tenant is looked up
-    ip = v_ip(args.framed_ip, "framed_ip")
+    ip = v_ip(args.framed_ip, "framed_ip", v4_only=True)
     prefix6 = v_ipv6_prefix(args.framed_ipv6_prefix, "framed_ipv6_prefix")
     delegated6 = v_ipv6_prefix(args.delegated_ipv6_prefix, "delegated_ipv6_prefix")
     with a.connect(args.tenant) as conn:
@@ -557,7 +574,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
                 status = v_choice((raw.get("status") or "active").strip(), "status", STATUS)
                 expires = v_time((raw.get("expires_at") or "").strip(), "expires_at", tz)
                 mac = v_mac((raw.get("mac_binding") or "").strip())
-                ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
+                ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip", v4_only=True)
                 prefix6 = v_ipv6_prefix((raw.get("framed_ipv6_prefix") or "").strip(), "framed_ipv6_prefix")
                 delegated6 = v_ipv6_prefix((raw.get("delegated_ipv6_prefix") or "").strip(),
                                            "delegated_ipv6_prefix")

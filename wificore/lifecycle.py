@@ -143,8 +143,8 @@ def cmd_plan_set(a: Admin, args: argparse.Namespace) -> None:
         if value is not None:
             changes[f] = v_positive(value, f)
     if args.interim_interval_s is not None:
-        if args.interim_interval_s < 60:
-            raise InputError("interim_interval_s: must be at least 60")
+        if not 60 <= args.interim_interval_s <= 2**31 - 1:
+            raise InputError("interim_interval_s: must be at least 60 (and at most 2147483647)")
         changes["interim_interval_s"] = args.interim_interval_s
     if args.framed_pool is not None:
         if len(args.framed_pool) > 64:
