@@ -96,6 +96,8 @@ class Listener:
             mode = self.modes.get(user, ("ack",))
         if mode[0] == "silent":
             return
+        if mode[0] == "wrong-secret":  # a NAS configured with another secret: an ACK that never verifies
+            secret, mode = b"not-" + secret, ("ack",)
         reply_attrs = b""
         if mode[0] == "ack":
             rcode = code + 1  # 41 Disconnect-ACK, 44 CoA-ACK
@@ -306,6 +308,20 @@ class TestOperator:
         assert [r[:6] for r in attempts(shard_conn, COA_T, user)] == [
             ("disconnect", "operator", 1, "nak", 503, sid)]
         assert len(listener.of(user)) == 1
+
+    def test_an_answer_with_a_wrong_authenticator_is_named(self, coa_world, sidecar, listener, acct, shard_conn):
+        """A NAS that answers with another secret: its ACKs are ignored (each attempt ends
+        as a timeout), and each attempt's detail says the NAS answered but did not verify
+        (before: a bare timeout, as if the NAS were unreachable)."""
+        user = new_user(coa_world)
+        listener.modes[user] = ("wrong-secret",)
+        online(acct, shard_conn, COA_T, user, "10.45.0.31")
+        coa_world.admin("session", "disconnect", "--tenant", str(COA_T[0]), user)
+        assert wait_until(lambda: len(attempts(shard_conn, COA_T, user)) == ATTEMPTS, 10), sidecar.log_tail()
+        assert {a[3] for a in attempts(shard_conn, COA_T, user)} == {"timeout"}
+        details = shard_conn(COA_T[0]).execute("SELECT detail FROM coa_attempts WHERE tenant_id = %s AND "
+                                               "username = %s", (COA_T[0], user)).fetchall()
+        assert all(d[0] and "wrong authenticator" in d[0] for d in details), details
 
     def test_silent_nas_bounded_retries_and_others_go_on(self, coa_world, sidecar, listener, acct, shard_conn,
                                                          redis):
