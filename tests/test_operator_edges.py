@@ -11,6 +11,7 @@ CLI accepts must work on the wire as typed.
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
@@ -158,3 +159,33 @@ class TestOneSentence:
                     "--secret", "x", "--replace")
         out = world.admin(args[0], args[1], "--tenant", str(edge[0]), *args[2:], check=False)
         assert out.returncode != 0 and expected in out.stderr, out.stderr
+
+
+class TestNasGoneFromItsAddress:
+    def test_a_deleted_or_moved_nas_is_refused_at_once_not_after_the_client_lifetime(
+            self, world, radiusd, edge, subscriber, redis):
+        """radiusd keeps a dynamic client for its lifetime (300 s here): before, a deleted
+        NAS's logins were still accepted and its accounting stored (under a nas_id that no
+        longer exists) until then, and so were a moved NAS's from its old address. Now its
+        requests are refused within the announcement bound; a NAS whose vendor changed keeps
+        working (its old client stays valid until radiusd looks it up again)."""
+        from tests.test_accounting import acct_packet, wait_until
+        t = tenant(7)
+        make_tenant(world, t)
+        user = subscriber(tenant=t)
+        assert pap_raw(radiusd, t, user, "pw-123456")[0] == "Access-Accept"  # radiusd knows the client now
+        world.admin("nas", "set", "--tenant", str(t[0]), "--name", f"nas-{t[0]}", "--vendor", "wispr")
+        time.sleep(1.5)
+        assert pap_raw(radiusd, t, user, "pw-123456")[0] == "Access-Accept"
+
+        world.admin("nas", "set", "--tenant", str(t[0]), "--name", f"nas-{t[0]}", "--new-ip", "127.0.67.2")
+        assert wait_until(lambda: pap_raw(radiusd, t, user, "pw-123456")[0] == "Access-Reject", 5)
+        moved = (t[0], "127.0.67.2", t[2], t[3])
+        assert pap_raw(radiusd, moved, user, "pw-123456")[0] == "Access-Accept"
+
+        world.admin("nas", "delete", "--tenant", str(t[0]), "--name", f"nas-{t[0]}")
+        assert wait_until(lambda: pap_raw(radiusd, moved, user, "pw-123456")[0] == "Access-Reject", 5)
+        from tests.radius import send
+        ans = send(radiusd.acct_port, "acct", moved[2], acct_packet(user, "gone-1", "Start"), source=moved[1],
+                   timeout_s=0.5, retries=0)
+        assert ans.code is None  # no NAS to book it under: not answered (as an unknown client)
