@@ -274,7 +274,7 @@ class Directory:
         old = parse_client(issued)
         if now is not None and (now.tenant_id, now.nas_id) == old[:2]:
             return
-        del self.issued[ip]
+        self.issued.pop(ip, None)  # (a hook may have replaced the dict meanwhile)
         if len(self.revoked) >= NEGATIVE_MAX:
             self.revoked = set()
         self.revoked.add(issued)
