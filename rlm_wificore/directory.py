@@ -245,8 +245,10 @@ class Directory:
             return
         self.known = KnownAddresses(n for n in names if n != BUILT)
         self.negative = {}
-        for ip in [ip for ip in self.issued if ip not in self.known]:
-            self._revoke(ip, None)
+        known = self.known
+        for ip in list(self.issued):  # one copy (a hook thread may add to it meanwhile)
+            if ip not in known:
+                self._revoke(ip, None)
 
     def address_changed(self, r: redis.Redis, ip: str) -> None:
         """The relay announced a change of the NAS at ``ip``: follow the directory. A client
