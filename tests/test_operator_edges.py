@@ -189,3 +189,16 @@ class TestNasGoneFromItsAddress:
         ans = send(radiusd.acct_port, "acct", moved[2], acct_packet(user, "gone-1", "Start"), source=moved[1],
                    timeout_s=0.5, retries=0)
         assert ans.code is None  # no NAS to book it under: not answered (as an unknown client)
+
+
+def test_active_with_an_expiry_past_says_logins_are_still_rejected(world, radiusd, edge, subscriber):
+    """`subscriber set --status active` on a subscriber whose expiry is past printed only
+    "updated", while every login stayed rejected as expired."""
+    user = subscriber(tenant=edge, expires_at="2020-01-01")
+    out = world.admin("subscriber", "set", "--tenant", str(edge[0]), user, "--status", "active")
+    assert "expired at" in out.stderr and "--expires-at" in out.stderr, out.stderr
+    assert pap_raw(radiusd, edge, user, "pw-123456")[0] == "Access-Reject"
+    out = world.admin("subscriber", "set", "--tenant", str(edge[0]), user, "--expires-at", "")
+    assert "expired at" not in out.stderr
+    from tests.test_accounting import wait_until
+    assert wait_until(lambda: pap_raw(radiusd, edge, user, "pw-123456")[0] == "Access-Accept", 5)

@@ -394,11 +394,17 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
             psycopg.sql.SQL("{} = {}").format(psycopg.sql.Identifier(k), psycopg.sql.Placeholder())
             for k in changes)
         cur = conn.execute(psycopg.sql.SQL("UPDATE subscribers SET {}, updated_at = now() "
-                                           "WHERE tenant_id = %s AND username = %s").format(sets),
+                                           "WHERE tenant_id = %s AND username = %s "
+                                           "RETURNING status, expires_at").format(sets),
                            (*changes.values(), args.tenant, args.username))
-        if cur.rowcount != 1:
+        after = cur.fetchone()
+        if cur.rowcount != 1 or after is None:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
+    if after[0] == "active" and after[1] is not None and after[1] <= dt.datetime.now(dt.UTC):
+        # Active, yet every login is rejected as expired: say so where it is typed.
+        print(f"wificore-admin: note: {args.username} expired at {after[1].isoformat()}: its logins "
+              "are rejected (expired) until --expires-at is later (or empty)", file=sys.stderr)
     from . import session_admin
     cut = changes.get("status")
     if cut is None and changes.get("expires_at") is not None and changes["expires_at"] <= dt.datetime.now(dt.UTC):
