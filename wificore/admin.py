@@ -218,6 +218,7 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("name: must be 1..200 characters")
     tz = None if args.time_zone is None else v_zone(args.time_zone)
     with a.connect(args.id) as conn:
+        before = conn.execute("SELECT time_zone FROM tenants WHERE tenant_id = %s", (args.id,)).fetchone()
         # An existing id: its name is updated, and its time zone when one is given.
         zone = returned(conn.execute(
             "INSERT INTO tenants (tenant_id, name, time_zone) VALUES (%s, %s, COALESCE(%s, 'UTC')) "
@@ -225,6 +226,11 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
             "time_zone = COALESCE(%s, tenants.time_zone) RETURNING time_zone",
             (args.id, args.name, tz, tz)))
     print(f"tenant {args.id} ({args.name}, time zone {zone}) on shard {a.map.shard_for(args.id).name}")
+    if before is not None and before[0] != zone:
+        from . import lifecycle
+        moved = lifecycle.follow_zone_change(a, args.id, str(before[0]), str(zone))
+        if moved:
+            print(f"{moved} subscribers' current quota periods moved to the new zone's dates")
 
 
 def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
