@@ -43,8 +43,8 @@ class CoaCollector:
         yield _labelled_counter("wificore_coa_jobs", "Jobs finished, by op", "op", dict(st.jobs))
         yield _labelled_counter("wificore_coa_quota_disconnects", "Disconnect jobs queued for a quota used "
                                 "up mid-session, by reason", "reason", dict(st.quota_disconnects))
-        yield _labelled_counter("wificore_coa_errors", "Errors: redis, loop, job, bad_job, record, quota",
-                                "kind", dict(st.errors))
+        yield _labelled_counter("wificore_coa_errors", "Errors: redis, loop, job, bad_job, record, quota, "
+                                "unverified_answer", "kind", dict(st.errors))
 
 
 def serve(stats: CoaStats, addr: str, port: int) -> Any:

@@ -56,6 +56,13 @@ CLAIM_EVERY_S = 10.0
 RESOLVE_POLL_S = 0.2
 
 
+def _unverified(count: int) -> str | None:
+    if not count:
+        return None
+    return (f"{count} answer(s) from the NAS with a wrong authenticator or Message-Authenticator, "
+            "ignored: is the NAS's secret the one in `nas list`?")
+
+
 class Shards:
     """One connection per shard and thread (autocommit; every statement under a
     statement_timeout, SET LOCAL, which holds behind PgBouncer)."""
@@ -436,25 +443,31 @@ class Sidecar:
 
     def attempt(self, sock: socket.socket, packet: bytes, secret: bytes,
                 addr: tuple[str, int]) -> tuple[str, int | None, str | None]:
-        """Send once, wait up to timeout_ms for a valid answer: (outcome, Error-Cause, detail)."""
+        """Send once, wait up to timeout_ms for a valid answer: (outcome, Error-Cause, detail).
+        A timeout after answers from the NAS that did not verify says so in the detail
+        (the NAS answered, with another secret): the NOC's first question."""
         deadline = time.monotonic() + self.cfg.timeout_ms / 1000
         try:
             sock.sendto(packet, addr)
         except OSError as exc:
             return "error", None, str(exc)
+        unverified = 0
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return "timeout", None, None
+                return "timeout", None, _unverified(unverified)
             sock.settimeout(left)
             try:
-                data, _src = sock.recvfrom(4096)
+                data, src = sock.recvfrom(4096)
             except TimeoutError:
-                return "timeout", None, None
+                return "timeout", None, _unverified(unverified)
             except OSError as exc:  # ICMP port unreachable and the like
                 return "error", None, str(exc)
             answer = radius.check_response(data, packet, secret)
             if answer is None:
+                if src[0] == addr[0] and len(data) >= 20 and data[1] == packet[1]:
+                    unverified += 1  # from the NAS, for this request, and it does not verify
+                    self.stats.errors["unverified_answer"] += 1
                 continue  # not an answer to this request (or forged): keep waiting
             code, attrs = answer
             cause = radius.error_cause(attrs)

@@ -44,7 +44,7 @@ from wificore.log import Throttle, get_logger
 from wificore.profile import KIND_OFF, NAS_SQL, Nas
 from wificore.shardmap import Shard, ShardMap
 
-from .result import Result
+from .result import Result, radius_text
 from .store import RedisStore, Shards
 
 log = get_logger("rlm_wificore")
@@ -147,6 +147,11 @@ class Directory:
         self.redis = redis
         self.keys = keys
         self.clients: dict[str, Client] = {}
+        #: What this process told radiusd each address is (the shortname), and the
+        #: shortnames whose NAS left that address since (deleted, moved): radiusd keeps a
+        #: dynamic client for its lifetime, so their requests are refused here meanwhile.
+        self.issued: dict[str, str] = {}
+        self.revoked: set[str] = set()
         #: Every address in the directory (None: not loaded yet; see load_known).
         self.known: KnownAddresses | None = None
         self.negative: dict[str, float] = {}  # address -> until (time.monotonic())
@@ -181,9 +186,13 @@ class Directory:
             self.negative[ip] = time.monotonic() + NEGATIVE_TTL_S
             return self._unknown(ip)
         log.info("client_added", ip=ip, tenant=nas.tenant_id, nas=nas.nas_id, vendor=nas.vendor)
+        if len(self.issued) >= NEGATIVE_MAX:
+            self.issued = {}
+        self.issued[ip] = nas.shortname
+        self.revoked.discard(nas.shortname)
         return Result("ok", config=(
             ("FreeRADIUS-Client-IP-Address", ip),
-            ("FreeRADIUS-Client-Secret", nas.secret),
+            ("FreeRADIUS-Client-Secret", radius_text(nas.secret)),
             ("FreeRADIUS-Client-Shortname", nas.shortname),
             ("FreeRADIUS-Client-NAS-Type", nas.vendor),
             ("FreeRADIUS-Client-Require-MA", "yes" if nas.require_message_authenticator else "no"),
@@ -209,6 +218,8 @@ class Directory:
             return None
         parsed = self.clients.get(client)
         if parsed is None:
+            if client in self.revoked:  # its NAS is gone from the address radiusd knows it by
+                return None
             try:
                 parsed = parse_client(client)
             except ValueError:
@@ -234,13 +245,43 @@ class Directory:
             return
         self.known = KnownAddresses(n for n in names if n != BUILT)
         self.negative = {}
+        known = self.known
+        for ip in list(self.issued):  # one copy (a hook thread may add to it meanwhile)
+            if ip not in known:
+                self._revoke(ip, None)
 
     def address_changed(self, r: redis.Redis, ip: str) -> None:
-        """The relay announced a change of the NAS at ``ip``: follow the directory."""
+        """The relay announced a change of the NAS at ``ip``: follow the directory. A client
+        this process gave radiusd for that address whose NAS is no longer there (deleted,
+        moved to another address, the address given to another NAS) is refused from now
+        on, not for the rest of radiusd's client lifetime."""
         self.negative.pop(ip, None)
+        raw = r.hget(self.keys.nas_directory, ip)
         known = self.known
         if known is not None:
-            self.known = known.with_address(ip, bool(r.hexists(self.keys.nas_directory, ip)))
+            self.known = known.with_address(ip, raw is not None)
+        if ip in self.issued:
+            try:
+                now = Nas.unpack(cast(bytes, raw)) if raw else None
+            except DecodeError:
+                now = None
+            self._revoke(ip, now)
+
+    def _revoke(self, ip: str, now: Nas | None) -> None:
+        """Refuse the shortname issued for ``ip`` unless ``now`` is the same NAS there (a
+        changed vendor or option keeps the old client working until radiusd drops it)."""
+        issued = self.issued.get(ip)
+        if issued is None:
+            return
+        old = parse_client(issued)
+        if now is not None and (now.tenant_id, now.nas_id) == old[:2]:
+            return
+        self.issued.pop(ip, None)  # (a hook may have replaced the dict meanwhile)
+        if len(self.revoked) >= NEGATIVE_MAX:
+            self.revoked = set()
+        self.revoked.add(issued)
+        self.clients.pop(issued, None)
+        log.info("client_revoked", ip=ip, client=issued)
 
     # ------------------------------------------------------------ the relay's side
     def rebuild(self, query: Query, r: redis.Redis) -> int:

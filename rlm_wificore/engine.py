@@ -36,7 +36,7 @@ from .directory import Directory, parse_client  # noqa: F401  (parse_client: its
 from .invalidation import Generation, Invalidation
 from .live import LiveStates
 from .profiles import Profiles
-from .result import Pairs, Result
+from .result import Pairs, Result, radius_text
 from .sink import MAX_USERNAME, Sink
 from .spool import Spool, SpoolFull
 from .stats import Stats
@@ -172,7 +172,7 @@ class Engine:
                 return self._reject("bad_password" if password is not None
                                     else "method_unsupported", req)
             if password is None:  # CHAP, MS-CHAP: rlm_chap / rlm_mschap check it in C
-                config = (("Cleartext-Password", profile.password),)
+                config = (("Cleartext-Password", radius_text(profile.password)),)
             elif hmac.compare_digest(password.encode("utf-8", "surrogateescape"),
                                      profile.password.encode("utf-8", "surrogateescape")):
                 config, decided = (("Auth-Type", "Accept"),), True

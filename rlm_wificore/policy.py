@@ -11,6 +11,7 @@ from wificore import vendors
 from wificore.profile import Plan, Profile, normalise_mac
 
 from .cache import LiveState
+from .result import radius_text
 
 #: reason code -> Reply-Message
 MESSAGES = {
@@ -37,6 +38,8 @@ MESSAGES = {
     "internal_error": "Service temporarily unavailable, please try again",
 }
 REASONS = tuple(MESSAGES)
+#: Session-Timeout is a RADIUS integer (RFC 2865 5.27): at most 2^32 - 1 seconds.
+MAX_SESSION_TIMEOUT_S = 2**32 - 1
 
 #: NAS-Port-Type values (as radiusd names them: RFC 2865, RFC 4603) that say which kind
 #: of service a login is for. Ethernet, Virtual and the rest say nothing on their own: a
@@ -134,20 +137,22 @@ def render_reply(profile: Profile, plan: Plan, state: LiveState | None, vendor: 
     if profile.expires_at is not None:
         limits.append(max(1, int(profile.expires_at - now)))
     if limits:
-        reply.append(("Session-Timeout", str(min(limits))))
+        # A 32-bit integer on the wire: radiusd wraps a larger value around (5e9 s of
+        # time quota became 705032704, an expiry in 2200 anything at all).
+        reply.append(("Session-Timeout", str(min(min(limits), MAX_SESSION_TIMEOUT_S))))
     if plan.idle_timeout_s:
         reply.append(("Idle-Timeout", str(plan.idle_timeout_s)))
     reply.append(("Acct-Interim-Interval", str(plan.interim_interval_s)))
-    if profile.framed_ip:
+    if profile.framed_ip and ":" not in profile.framed_ip:  # IPv4 only (radiusd sent 0.0.0.0)
         reply.append(("Framed-IP-Address", profile.framed_ip))
     elif plan.framed_pool:
-        reply.append(("Framed-Pool", plan.framed_pool))
+        reply.append(("Framed-Pool", radius_text(plan.framed_pool)))
     # IPv6 (RFC 3162, RFC 4818): the subscriber's own prefix, else the plan's pool; a
     # delegated prefix (DHCPv6-PD) of its own.
     if profile.framed_ipv6_prefix:
         reply.append(("Framed-IPv6-Prefix", profile.framed_ipv6_prefix))
     elif plan.framed_ipv6_pool:
-        reply.append(("Framed-IPv6-Pool", plan.framed_ipv6_pool))
+        reply.append(("Framed-IPv6-Pool", radius_text(plan.framed_ipv6_pool)))
     if profile.delegated_ipv6_prefix:
         reply.append(("Delegated-IPv6-Prefix", profile.delegated_ipv6_prefix))
     up, down = plan.rate_up_kbps, plan.rate_down_kbps
@@ -195,8 +200,10 @@ def rate_pairs(vendor: str, up: int, down: int) -> list[tuple[str, ...]]:
             service = f"{vendors.JUNIPER_SERVICE}({down * 1000},{up * 1000})"
         elif down:
             service = f"{vendors.JUNIPER_SERVICE_DOWN}({down * 1000})"
-        else:
+        elif up:
             service = f"{vendors.JUNIPER_SERVICE_UP}({up * 1000})"
+        else:  # no rate (a CoA after both were cleared): no service at 0 bit/s
+            return pairs
         return [("ERX-Service-Activate:1", service)]
     if vendor == "accel-ppp":  # its shaper's default: Filter-Id "down/up" in kbit/s
         return [("Filter-Id", f"{down}/{up}")]

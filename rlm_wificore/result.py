@@ -25,3 +25,14 @@ class Result:
     def __repr__(self) -> str:
         return (f"Result({self.rcode!r}, reply={self.reply!r}, config={self.config!r}, "
                 f"request={self.request!r}, reason={self.reason!r})")
+
+
+def radius_text(value: str) -> str:
+    """A string value as radiusd must be handed it. rlm_python3 parses every value it
+    is given as the inside of a double-quoted string (value_data_from_str with '"'):
+    a backslash starts an escape (``\\\\``, ``\\n``, ``\\"``, octal ``\\101``), and one at
+    the very end made radiusd read past the string (SIGSEGV). So each backslash is
+    doubled: the value arrives as typed. For the values an operator or a subscriber
+    chose (a NAS secret, a cleartext password, a pool name); fixed and numeric ones
+    hold none."""
+    return value.replace("\\", "\\\\") if "\\" in value else value

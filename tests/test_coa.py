@@ -96,6 +96,8 @@ class Listener:
             mode = self.modes.get(user, ("ack",))
         if mode[0] == "silent":
             return
+        if mode[0] == "wrong-secret":  # a NAS configured with another secret: an ACK that never verifies
+            secret, mode = b"not-" + secret, ("ack",)
         reply_attrs = b""
         if mode[0] == "ack":
             rcode = code + 1  # 41 Disconnect-ACK, 44 CoA-ACK
@@ -307,6 +309,20 @@ class TestOperator:
             ("disconnect", "operator", 1, "nak", 503, sid)]
         assert len(listener.of(user)) == 1
 
+    def test_an_answer_with_a_wrong_authenticator_is_named(self, coa_world, sidecar, listener, acct, shard_conn):
+        """A NAS that answers with another secret: its ACKs are ignored (each attempt ends
+        as a timeout), and each attempt's detail says the NAS answered but did not verify
+        (before: a bare timeout, as if the NAS were unreachable)."""
+        user = new_user(coa_world)
+        listener.modes[user] = ("wrong-secret",)
+        online(acct, shard_conn, COA_T, user, "10.45.0.31")
+        coa_world.admin("session", "disconnect", "--tenant", str(COA_T[0]), user)
+        assert wait_until(lambda: len(attempts(shard_conn, COA_T, user)) == ATTEMPTS, 10), sidecar.log_tail()
+        assert {a[3] for a in attempts(shard_conn, COA_T, user)} == {"timeout"}
+        details = shard_conn(COA_T[0]).execute("SELECT detail FROM coa_attempts WHERE tenant_id = %s AND "
+                                               "username = %s", (COA_T[0], user)).fetchall()
+        assert all(d[0] and "wrong authenticator" in d[0] for d in details), details
+
     def test_silent_nas_bounded_retries_and_others_go_on(self, coa_world, sidecar, listener, acct, shard_conn,
                                                          redis):
         """A NAS that never answers: the same request 3 times, 3 timeouts recorded within
@@ -458,6 +474,27 @@ class TestTriggers:
         assert all(r["to"] == COA_T2[1] and r["auth_ok"] and r["ma_ok"] for u in (a, b) for r in listener.of(u))
         assert {attempts(shard_conn, COA_T2, u)[0][1] for u in (a, b)} == {"tenant_suspended"}
 
+    def test_a_deleted_subscriber_and_an_expiry_set_in_the_past_are_disconnected(
+            self, coa_world, sidecar, listener, acct, shard_conn):
+        """`subscriber delete` and `subscriber set --expires-at <past>` end the subscriber's
+        live sessions, as `--status expired` does (before, both stayed online: nothing
+        was queued)."""
+        gone, late = new_user(coa_world), new_user(coa_world)
+        sid_gone = online(acct, shard_conn, COA_T, gone, "10.45.0.21")
+        sid_late = online(acct, shard_conn, COA_T, late, "10.45.0.22")
+        out = coa_world.admin("subscriber", "delete", "--tenant", str(COA_T[0]), gone)
+        assert "disconnect" in out.stdout
+        out = coa_world.admin("subscriber", "set", "--tenant", str(COA_T[0]), late, "--expires-at", "2020-01-01")
+        assert "disconnect" in out.stdout
+        assert wait_until(lambda: attempts(shard_conn, COA_T, gone) and attempts(shard_conn, COA_T, late), 10), \
+            sidecar.log_tail()
+        assert attempts(shard_conn, COA_T, gone)[0][:6] == ("disconnect", "deleted", 1, "ack", None, sid_gone)
+        assert attempts(shard_conn, COA_T, late)[0][:6] == ("disconnect", "expired", 1, "ack", None, sid_late)
+        # An expiry ahead changes nothing online.
+        ahead = new_user(coa_world)
+        coa_world.admin("subscriber", "set", "--tenant", str(COA_T[0]), ahead, "--expires-at", "2099-01-01")
+        assert not listener.of(ahead)
+
     def test_a_session_in_the_writers_lag_is_disconnected_with_its_tenant(self, coa_world, sidecar, listener,
                                                                            acct, shard_conn, writer):
         """A session that started just before `tenant suspend`, its row not yet in the
@@ -571,6 +608,18 @@ class TestUnits:
             attrs = radius.rendered(pairs)
             assert len(attrs) == len(pairs), vendor
             assert (vendor == "generic") == (not attrs), vendor
+
+    def test_no_rate_is_never_a_zero_rate(self):
+        """A plan whose rates were both cleared (`plan set --clear`): the CoA carries no
+        service at 0 bit/s (Juniper rendered wificore-rate-up(0), which throttles the
+        session to nothing); MikroTik's 0k/0k is its "unlimited"."""
+        from rlm_wificore.policy import rate_pairs
+        from wificore.vendors import VENDORS
+        for vendor in VENDORS:
+            for pair in rate_pairs(vendor, 0, 0):
+                assert vendor in ("mikrotik", "accel-ppp"), (vendor, pair)
+        assert rate_pairs("juniper", 0, 0) == []
+        assert rate_pairs("juniper", 0, 3000) == [("ERX-Service-Activate:1", "wificore-rate-down(3000000)")]
 
     def test_a_bad_answer_is_ignored(self):
         from coa_sender import radius

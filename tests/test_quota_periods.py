@@ -215,3 +215,26 @@ def test_a_nas_clock_off_does_not_move_usage_into_another_period(zoned, auth, ac
     today = quota.date_day(dt.datetime.now(zoneinfo.ZoneInfo(zone)).date())
     usage = {k.decode(): int(v) for k, v in redis.hgetall(K.usage(T, user)).items()}
     assert quota.redis_usage(usage, "daily", today) == (2010, 120), usage
+
+
+def test_a_zone_moved_westwards_still_counts_today(zoned, auth, acct, subscriber, redis):
+    """The tenant's zone moved from UTC+14 to UTC-11 (its local date one earlier): before,
+    live.lua counted no record of the new today into the daily period (the stored id was
+    the old zone's later date), so 3000 bytes against a 1000-byte daily quota were still
+    accepted. Now `tenant add --time-zone` moves the stored ids to the new zone's dates,
+    keeping what was counted, and the quota holds."""
+    import uuid
+    set_zone(zoned, auth, redis, AHEAD)
+    user = subscriber(tenant=TENANT, plan="daily-data")
+    sid = uuid.uuid4().hex[:10]
+    assert acct(TENANT, acct_packet(user, sid, "Start")).code == "Accounting-Response"
+    assert acct(TENANT, acct_packet(user, sid, "Interim-Update", inp=100, out=100, t=60)).code \
+        == "Accounting-Response"
+    assert wait_until(lambda: redis.hget(K.usage(T, user), "do") == b"200", 5)
+    set_zone(zoned, auth, redis, BEHIND)
+    today = quota.ZoneClock(BEHIND).day(time.time())
+    assert int(redis.hget(K.usage(T, user), "d")) == today
+    assert not rejected(auth, user)  # 200 of 1000
+    assert acct(TENANT, acct_packet(user, sid, "Stop", inp=1500, out=1500, t=120)).code == "Accounting-Response"
+    assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
+    assert redis.hget(K.usage(T, user), "do") == b"3000"

@@ -88,13 +88,23 @@ def v_mac(value: str | None, field: str = "mac_binding") -> str | None:
     return mac
 
 
-def v_ip(value: str | None, field: str) -> str | None:
+def v_ip(value: str | None, field: str, *, v4_only: bool = False) -> str | None:
+    """An IP address, normalised: an IPv4-mapped IPv6 one (``::ffff:192.0.2.1``) is the
+    IPv4 address it maps (a NAS stored so never matched the IPv4 source of its packets,
+    and escaped the one-address-one-tenant check). ``v4_only``: Framed-IP-Address is an
+    IPv4 attribute (RFC 2865 5.8; radiusd sent 0.0.0.0 for an IPv6 one)."""
     if not value:
         return None
     try:
-        return str(ipaddress.ip_address(value))
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise InputError(f"{field}: {value!r} is not an IP address") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if v4_only and ip.version != 4:
+        raise InputError(f"{field}: {value!r} is not an IPv4 address (Framed-IP-Address); "
+                         "an IPv6 subscriber takes --framed-ipv6-prefix")
+    return str(ip)
 
 
 def v_ipv6_prefix(value: str | None, field: str) -> str | None:
@@ -121,9 +131,16 @@ def v_pool(value: str | None, field: str) -> str | None:
     return value
 
 
+#: The plan options stored as bigint (migration 0001); the others are integer columns.
+BIGINT_FIELDS = frozenset({"data_quota_bytes", "time_quota_s"})
+
+
 def v_positive(value: int | None, field: str) -> int | None:
     if value is not None and value <= 0:
         raise InputError(f"{field}: must be greater than 0")
+    top = 2**63 - 1 if field in BIGINT_FIELDS else 2**31 - 1
+    if value is not None and value > top:
+        raise InputError(f"{field}: must be at most {top}")
     return value
 
 
@@ -210,6 +227,7 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
         raise InputError("name: must be 1..200 characters")
     tz = None if args.time_zone is None else v_zone(args.time_zone)
     with a.connect(args.id) as conn:
+        before = conn.execute("SELECT time_zone FROM tenants WHERE tenant_id = %s", (args.id,)).fetchone()
         # An existing id: its name is updated, and its time zone when one is given.
         zone = returned(conn.execute(
             "INSERT INTO tenants (tenant_id, name, time_zone) VALUES (%s, %s, COALESCE(%s, 'UTC')) "
@@ -217,6 +235,11 @@ def cmd_tenant_add(a: Admin, args: argparse.Namespace) -> None:
             "time_zone = COALESCE(%s, tenants.time_zone) RETURNING time_zone",
             (args.id, args.name, tz, tz)))
     print(f"tenant {args.id} ({args.name}, time zone {zone}) on shard {a.map.shard_for(args.id).name}")
+    if before is not None and before[0] != zone:
+        from . import lifecycle
+        moved = lifecycle.follow_zone_change(a, args.id, str(before[0]), str(zone))
+        if moved:
+            print(f"{moved} subscribers' current quota periods moved to the new zone's dates")
 
 
 def cmd_tenant_list(a: Admin, args: argparse.Namespace) -> None:
@@ -281,8 +304,8 @@ def cmd_plan_add(a: Admin, args: argparse.Namespace) -> None:
     for f in ("rate_up_kbps", "rate_down_kbps", "session_timeout_s", "idle_timeout_s",
               "data_quota_bytes", "time_quota_s", "simultaneous_use"):
         v_positive(getattr(args, f), f)
-    if args.interim_interval_s < 60:
-        raise InputError("interim_interval_s: must be at least 60")
+    if not 60 <= args.interim_interval_s <= 2**31 - 1:
+        raise InputError("interim_interval_s: must be at least 60 (and at most 2147483647)")
     ipv6_pool = v_pool(args.framed_ipv6_pool, "framed_ipv6_pool")
     period = v_choice(args.quota_period, "quota_period", quota.PERIODS)
     with a.connect(args.tenant) as conn:
@@ -337,7 +360,7 @@ def cmd_sub_add(a: Admin, args: argparse.Namespace) -> None:
     v_choice(args.kind, "kind", KINDS)
     v_choice(args.status, "status", STATUS)
     v_time(args.expires_at, "expires_at")  # the format, before the tenant is looked up
-    ip = v_ip(args.framed_ip, "framed_ip")
+    ip = v_ip(args.framed_ip, "framed_ip", v4_only=True)
     prefix6 = v_ipv6_prefix(args.framed_ipv6_prefix, "framed_ipv6_prefix")
     delegated6 = v_ipv6_prefix(args.delegated_ipv6_prefix, "delegated_ipv6_prefix")
     with a.connect(args.tenant) as conn:
@@ -386,16 +409,24 @@ def cmd_sub_set(a: Admin, args: argparse.Namespace) -> None:
             psycopg.sql.SQL("{} = {}").format(psycopg.sql.Identifier(k), psycopg.sql.Placeholder())
             for k in changes)
         cur = conn.execute(psycopg.sql.SQL("UPDATE subscribers SET {}, updated_at = now() "
-                                           "WHERE tenant_id = %s AND username = %s").format(sets),
+                                           "WHERE tenant_id = %s AND username = %s "
+                                           "RETURNING status, expires_at").format(sets),
                            (*changes.values(), args.tenant, args.username))
-        if cur.rowcount != 1:
+        after = cur.fetchone()
+        if cur.rowcount != 1 or after is None:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} updated: {', '.join(sorted(changes))}")
+    if after[0] == "active" and after[1] is not None and after[1] <= dt.datetime.now(dt.UTC):
+        # Active, yet every login is rejected as expired: say so where it is typed.
+        print(f"wificore-admin: note: {args.username} expired at {after[1].isoformat()}: its logins "
+              "are rejected (expired) until --expires-at is later (or empty)", file=sys.stderr)
     from . import session_admin
-    if changes.get("status") in ("suspended", "expired"):
+    cut = changes.get("status")
+    if cut is None and changes.get("expires_at") is not None and changes["expires_at"] <= dt.datetime.now(dt.UTC):
+        cut = "expired"  # an expiry set in the past: expired now, as --status expired
+    if cut in ("suspended", "expired"):
         # Its live sessions are cut off (the CoA sidecar sends the Disconnect-Requests).
-        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username,
-                                   reason=changes["status"]):
+        if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username, reason=cut):
             print(f"disconnect of {args.username}'s live sessions queued")
     elif "plan_id" in changes:
         # The new plan's rate for its live sessions (CoA-Request).
@@ -410,6 +441,10 @@ def cmd_sub_delete(a: Admin, args: argparse.Namespace) -> None:
         if cur.rowcount != 1:
             raise InputError(f"username: {args.username!r} does not exist in tenant {args.tenant}")
     print(f"subscriber {args.username} deleted")
+    # Its live sessions end with it (before, a deleted subscriber stayed online).
+    from . import session_admin
+    if session_admin.queue_job(a, "disconnect", tenant=args.tenant, user=args.username, reason="deleted"):
+        print(f"disconnect of {args.username}'s live sessions queued")
 
 
 def cmd_sub_list(a: Admin, args: argparse.Namespace) -> None:
@@ -560,7 +595,7 @@ def cmd_sub_import(a: Admin, args: argparse.Namespace) -> None:
                 status = v_choice((raw.get("status") or "active").strip(), "status", STATUS)
                 expires = v_time((raw.get("expires_at") or "").strip(), "expires_at", tz)
                 mac = v_mac((raw.get("mac_binding") or "").strip())
-                ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip")
+                ip = v_ip((raw.get("framed_ip") or "").strip(), "framed_ip", v4_only=True)
                 prefix6 = v_ipv6_prefix((raw.get("framed_ipv6_prefix") or "").strip(), "framed_ipv6_prefix")
                 delegated6 = v_ipv6_prefix((raw.get("delegated_ipv6_prefix") or "").strip(),
                                            "delegated_ipv6_prefix")

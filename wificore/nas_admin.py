@@ -127,6 +127,12 @@ def cmd_nas_set(a: Admin, args: argparse.Namespace) -> None:
         nas_id, old_ip = row
         if new_ip is not None:
             check_ip_free(a, new_ip, args.tenant, nas_id)
+        if "name" in changes:
+            other = conn.execute("SELECT nas_id FROM nas WHERE tenant_id = %s AND name = %s AND nas_id <> %s",
+                                 (args.tenant, changes["name"], nas_id)).fetchone()
+            if other:
+                raise InputError(f"new_name: {changes['name']!r} already names NAS {other[0]} of tenant "
+                                 f"{args.tenant}")
         cols = ", ".join(f"{c} = %s" + ("::inet" if c == "ip" else "") for c in changes)
         conn.execute(f"UPDATE nas SET {cols} WHERE tenant_id = %s AND nas_id = %s",  # noqa: S608 (fixed names)
                      (*changes.values(), args.tenant, nas_id))

@@ -61,13 +61,20 @@ def parse_instant(value: str | None, field: str, tz: dt.tzinfo) -> dt.datetime |
         day = dt.date.fromisoformat(value)
     except ValueError:
         day = None
-    if day is not None:  # through that day: the next local midnight
-        return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
     try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+        if day is not None:  # through that day: the next local midnight
+            at = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+        else:
+            try:
+                parsed = dt.datetime.fromisoformat(value)
+            except ValueError:
+                raise InputError(f"{field}: {value!r} is not an ISO 8601 date or time") from None
+            at = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+        at.astimezone(dt.UTC).timestamp()  # an instant PostgreSQL and Python both hold
+    except OverflowError:  # 9999-12-31: "through that day" is past the calendar's end
+        raise InputError(f"{field}: {value!r} is outside the dates this can hold (0001-01-02 to "
+                         "9999-12-30); leave it out for no expiry") from None
+    return at
 
 
 def show_instant(value: dt.datetime | float | None, tz: dt.tzinfo) -> str | None:
