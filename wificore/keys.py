@@ -67,6 +67,10 @@ class Keys:
         quota.py) its id and counters: d do dt, w wo wt, m mo mt; 90-day TTL."""
         return f"{self.tag(self.bucket(tenant_id, username))}use:{tenant_id}:{username}"
 
+    def usage_pattern(self, tenant_id: int) -> str:
+        """SCAN pattern of every usage hash of the tenant, in every bucket."""
+        return f"{self.p}:{{b*}}:use:{tenant_id}:*"
+
     def session(self, tenant_id: int, username: str, session_key: str) -> str:
         """HASH of the last counters seen for one session (delta base); TTL. The session
         key is unique across tenants (rlm_wificore.records.session_key)."""

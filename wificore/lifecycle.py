@@ -185,7 +185,7 @@ def follow_zone_change(a: Admin, tenant_id: int, old: str, new: str, *, settle_s
             if attempt:
                 time.sleep(settle_s)
             ids = _period_ids(new, time.time())
-            for key in r.scan_iter(match=f"{a.keys.p}:{{{tenant_id}}}:use:*", count=1000):
+            for key in r.scan_iter(match=a.keys.usage_pattern(tenant_id), count=1000):
                 if int(script(keys=[key], args=list(ids))) and not attempt:
                     changed += 1
     except redis.RedisError as exc:
