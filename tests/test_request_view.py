@@ -326,17 +326,20 @@ class TestNotUtf8:
 
     @pytest.mark.parametrize("field", ["username", "calling_station_id", "called_station_id",
                                        "nas_identifier", "acct_session_id"])
-    @pytest.mark.parametrize("odd", [b"\x00", b"\t", b"\x7f"])
+    @pytest.mark.parametrize("odd", [b"\x00", b"\t", b"\x7f", b"0X\x8d", b"0x00\x00\xff"])
     def test_accounting_nul_or_control_byte_in_each_viewed_attribute_is_kept_whole(
             self, raw, redis, field, odd):
         """Each attribute the request view tests, with a NUL (3.2.7's POSIX regex cannot
-        read it: the view's else branch takes it) or a control character inside: the
-        Start is answered and the value is stored whole, not cut at the NUL."""
+        read it: the view's else branch takes it) or a control character inside, or
+        starting with "0x" and bytes that are not UTF-8 (radiusd's %{hex:} read such a
+        value as hex digits: no hex, the value reached rlm_python3 and the call failed,
+        no Accounting-Response): the Start is answered and the value is stored whole."""
         sid = os.urandom(4).hex()
         values = {"username": b"ctl-" + sid.encode(), "calling_station_id": b"AA-BB-CC-00-11-22",
                   "called_station_id": b"ap-1:ssid", "nas_identifier": b"ap-1",
                   "acct_session_id": sid.encode()}
-        values[field] = values[field][:3] + odd + values[field][3:]
+        values[field] = (odd + values[field] if odd.lower().startswith(b"0x")
+                         else values[field][:3] + odd + values[field][3:])
         code, _ = raw([(R.USER_NAME, values["username"]), (R.ACCT_STATUS_TYPE, R.u32(1)),
                        (R.ACCT_SESSION_ID, values["acct_session_id"]),
                        (R.CALLING_STATION_ID, values["calling_station_id"]),
