@@ -86,8 +86,15 @@ class Engine(Protocol):
 
 log = get_logger("rlm_wificore.background")
 
-#: A Redis Cluster: how long a forwarded span waits for its master's replica (WAIT).
+#: A Redis Cluster: how long a forwarded span waits for its master's replica (WAIT), and
+#: how many more times while the master still has a connected replica.
 REPLICA_WAIT_MS = 1000
+REPLICA_WAIT_TRIES = 5
+
+
+def _has_replica(conn: Any) -> bool:
+    """Whether a master reports a connected replica (INFO replication)."""
+    return int(conn.info("replication").get("connected_slaves", 0) or 0) > 0
 #: Bytes of spool per script call (a few hundred records).
 FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
@@ -216,6 +223,13 @@ class Forwarder:
             pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
             try:
                 _reply, acked = pipe.execute()
+                for _try in range(REPLICA_WAIT_TRIES):
+                    if int(acked) or not _has_replica(conn):
+                        break
+                    # A replica that lags (a loaded machine): the records are on the master
+                    # alone; the span is let go only once the replica has them (or the
+                    # master has no replica left), else a kill of the master now loses them.
+                    acked = conn.execute_command("WAIT", 1, REPLICA_WAIT_MS)
                 return int(acked)
             except redis.exceptions.NoScriptError:
                 conn.script_load(_LIVE_LUA)  # a new master (a promoted replica): load it there
