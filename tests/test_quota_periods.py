@@ -210,7 +210,11 @@ def test_a_nas_clock_off_does_not_move_usage_into_another_period(zoned, auth, ac
                                         **{"Event-Timestamp": stamp})).code == "Accounting-Response"
     acct(TENANT, acct_packet(user, f"q3{clock[:2]}0002", "Start"))
     acct(TENANT, acct_packet(user, f"q3{clock[:2]}0002", "Interim-Update", inp=2000, t=60))
-    # Today's 2010 bytes are over the quota: the next login is refused.
+    # Today's 2010 bytes are over the quota: the next login is refused. (Counted in Redis
+    # first: a login before the Interim is there would keep the older state in process
+    # for live_state_ttl_s.)
+    assert wait_until(lambda: redis.hget(K.usage(T, user), "do") == b"2010", 10.0), \
+        redis.hgetall(K.usage(T, user))
     assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
     today = quota.date_day(dt.datetime.now(zoneinfo.ZoneInfo(zone)).date())
     usage = {k.decode(): int(v) for k, v in redis.hgetall(K.usage(T, user)).items()}
