@@ -40,6 +40,7 @@ from redis.cluster import RedisCluster
 
 from wificore.keys import Keys
 from wificore.log import get_logger
+from wificore.wire import stream_id
 
 log = get_logger("batch_writer")
 
@@ -78,11 +79,6 @@ def _field(fields: list[bytes], name: bytes) -> bytes | None:
         if fields[i] == name:
             return fields[i + 1]
     return None
-
-
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _text(value: Any) -> str:
@@ -444,7 +440,7 @@ class Streams:
                 summary = self.r.xpending(name, gname)
                 if summary["min"]:
                     theirs = _text(summary["min"])
-            if _stream_id(theirs) < _stream_id(lowest):
+            if stream_id(theirs) < stream_id(lowest):
                 lowest = theirs
                 behind.append(gname)
         if lowest == floor:

@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .servers import Process, StackError, free_port, wait_for
+from .servers import Process, StackError, free_port, redis_pings, wait_for
 
 #: How long a master may be silent before its replica takes over (redis.conf's
 #: cluster-node-timeout). Short: the failover tests wait for it.
@@ -76,12 +76,7 @@ class ClusterNode(Process):
         wait_for(self.ready, 30, f"redis cluster node on port {self.port}")
 
     def ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_pings(self.port)
 
     def info(self, section: str) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -223,12 +223,17 @@ class RedisServer(Process):
 
     def ready(self) -> bool:
         """PING answers PONG: listening and done loading its append-only file."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_pings(self.port)
+
+
+def redis_pings(port: int) -> bool:
+    """A Redis on loopback ``port`` answers PING with PONG (listening, done loading)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 from redis.cluster import RedisCluster
 
 from wificore.keys import Keys
+from wificore.wire import stream_id
 
 #: Entries kept in the log (``MAXLEN ~``): a listener away for more announcements than
 #: this drops every cached copy instead of replaying.
@@ -77,7 +78,7 @@ def since(client: Any, keys: Keys, mark: str) -> tuple[list[str], str] | None:
         raise
     first = info.get("first-entry")
     trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
-    if trimmed and first and _id(_text(first[0])) > _id(mark):
+    if trimmed and first and stream_id(_text(first[0])) > stream_id(mark):
         return None  # entries after the mark may be gone
     messages: list[str] = []
     newest = mark
@@ -98,8 +99,3 @@ def since(client: Any, keys: Keys, mark: str) -> tuple[list[str], str] | None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -206,3 +206,9 @@ def unpack(payload: bytes) -> tuple[str, dict[str, Any]]:
     if isinstance(body, list):
         return kind, dict(zip(READ_FIELDS[kind], body, strict=True))
     return kind, body
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    """A Redis stream entry id ``"<ms>-<seq>"`` as a comparable pair."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
