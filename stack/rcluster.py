@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .servers import Process, StackError, free_port, redis_pings, wait_for
+from .servers import Process, StackError, free_port, free_port_between, port_range, redis_pings, reserve_port, wait_for
 
 #: How long a master may be silent before its replica takes over (redis.conf's
 #: cluster-node-timeout). Short: the failover tests wait for it.
@@ -30,17 +30,29 @@ BUS_OFFSET = 10000
 
 
 def free_cluster_port(taken: set[int]) -> int:
-    """A loopback port free for the node and for its cluster bus (port + 10000)."""
+    """A loopback port free for the node and for its cluster bus (port + 10000). With
+    WIFICORE_PORT_RANGE (bin/test: one range per pass, side by side) both lie in the
+    pass's range: a bus port picked above it could be a port the other pass hands out."""
+    span = port_range()
     for _ in range(200):
-        port = free_port()
-        if port in taken or port + BUS_OFFSET > 65535 or port + BUS_OFFSET in taken:
+        if span:
+            lo, hi = span
+            if hi - lo < BUS_OFFSET:
+                raise StackError(f"WIFICORE_PORT_RANGE {lo}-{hi} is narrower than a node "
+                                 f"port and its cluster bus port ({BUS_OFFSET} apart)")
+            port = free_port_between(lo, hi - BUS_OFFSET)
+        else:
+            port = free_port()
+        bus = port + BUS_OFFSET
+        if port in taken or bus > 65535 or bus in taken:
             continue
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port + BUS_OFFSET))
+                s.bind(("127.0.0.1", bus))
             except OSError:
                 continue
-        return port
+        if reserve_port(bus):
+            return port
     raise StackError("no loopback port free with its cluster bus port")
 
 

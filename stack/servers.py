@@ -46,29 +46,52 @@ def reuseport_library() -> Path:
 _HANDED_OUT: set[int] = set()
 
 
+def port_range() -> tuple[int, int] | None:
+    """WIFICORE_PORT_RANGE=lo-hi as a pair (bin/test gives each pass its own), or None."""
+    span = os.environ.get("WIFICORE_PORT_RANGE", "")
+    if not span:
+        return None
+    lo, hi = (int(x) for x in span.split("-", 1))
+    return lo, hi
+
+
+def free_port_between(lo: int, hi: int) -> int:
+    """A loopback port of lo..hi free for both TCP and UDP and not handed out before in
+    this process (see :func:`free_port`)."""
+    for _ in range(200):
+        port = random.randint(lo, hi)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError(f"no loopback port free for both TCP and UDP in {lo}-{hi}")
+
+
+def reserve_port(port: int) -> bool:
+    """Hand out ``port`` (one a server will bind later, such as a cluster bus port): False
+    if it was handed out before in this process."""
+    if port in _HANDED_OUT:
+        return False
+    _HANDED_OUT.add(port)
+    return True
+
+
 def free_port() -> int:
     """A loopback port free for both TCP and UDP (another port when the kernel's free TCP
     port is taken for UDP). With WIFICORE_PORT_RANGE=lo-hi (bin/test gives each pass its
     own, below the kernel's ephemeral range) a port of that range not handed out before in
     this process: two passes side by side never pick the same port, and no outgoing
     connection takes one between its pick and its server's bind."""
-    span = os.environ.get("WIFICORE_PORT_RANGE", "")
+    span = port_range()
     if span:
-        lo, hi = (int(x) for x in span.split("-", 1))
-        for _ in range(200):
-            port = random.randint(lo, hi)
-            if port in _HANDED_OUT:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
-                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _HANDED_OUT.add(port)
-            return port
-        raise OSError(f"no loopback port free for both TCP and UDP in {span}")
+        return free_port_between(*span)
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
                 socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
