@@ -127,8 +127,9 @@ class LiveStates:
 
     @classmethod
     def from_reply(cls, reply: Any, plan: Plan | None, clock: quota.ZoneClock | None, now: float) -> LiveState:
-        """The live state from the reply of the read :meth:`read_into` queued."""
-        snap = livestate.parse(reply)
+        """The live state from the reply of the read :meth:`read_into` queued (the script's:
+        one subscriber's part in a list)."""
+        snap = livestate.parse(reply[0])
         return cls.state(snap.sessions, snap.values, plan, clock, now, snap.nas)
 
     @staticmethod

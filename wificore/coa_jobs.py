@@ -19,7 +19,7 @@ sent when it runs again.
 
 Live sessions are the open rows of the tenant's shard (``sessions``, where the NAS's
 Acct-Session-Id, Framed-IP-Address and NAS are) that the live state in Redis still
-holds (the row key in ``{p}:{T}:live:{user}`` with a deadline ahead): a row the
+holds (wificore/livestate.py: a session of the subscriber's hash with that row key, live): a row the
 writer has not closed yet but whose session live.lua ended (a Stop, an
 Accounting-Off, missed interims) is not live.
 """

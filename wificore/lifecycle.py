@@ -64,8 +64,9 @@ def _forget(a: Admin, keys: list[str]) -> None:
 def _tenant_keys(url: str | None, prefix: str, tenant_id: int) -> int:
     """Delete every key of the tenant in one Redis; how many: its cache keys
     (``{prefix}:{<tenant>}:…``) and its state keys in every bucket
-    (``{prefix}:{b<N>}:<kind>:<tenant>[:…]``, wificore/keys.py). Session hashes
-    (``…:sess:<session key>``) name no tenant: they expire on their own (2 days)."""
+    (``{prefix}:{b<N>}:<kind>:<tenant>[:…]``, wificore/keys.py). Session hashes of the
+    layout before 2026-12-02 (``…:sess:<session key>``) name no tenant: they expire on
+    their own (2 days)."""
     import redis
     r = _redis(url)
     if r is None:
