@@ -9,7 +9,10 @@ used_memory after the forward minus before, the streams trimmed to zero (compare
 method). CPU: ``time.thread_time()`` of the forwarder's loop (Redis's own time is not in
 it: the thread waits on the socket), divided by the records forwarded (one Redis: one
 call per span); with a Redis Cluster the forwarder also groups each span's frames by
-bucket, measured on its own (``cluster_grouping_cpu_us_per_record``).
+bucket, measured on its own (``cluster_grouping_cpu_us_per_record``). Redis's own CPU
+per record: INFO commandstats' usec of the script calls, divided by the records.
+``--local-day``: the records carry their local day (usage per quota period), as those
+of compare.py's ``redis_memory`` (``Engine.accounting`` with the tenant's zone) do.
 
     .venv/bin/python -m benchmarks.live_layout --sessions 20000
 """
@@ -117,6 +120,9 @@ def run(sessions: int, per_tenant: int = 3000, nas_per_tenant: int = 1000, break
         while forwarder.run_once():
             pass
         cpu = time.thread_time() - cpu0
+        # Redis's own time in the script calls (INFO commandstats: EVALSHA, EVAL).
+        stats = r.info("commandstats")
+        redis_usec = sum(float(stats.get(f"cmdstat_{c}", {}).get("usec", 0)) for c in ("evalsha", "eval"))
         with_streams = int(r.info("memory")["used_memory"]) - before
         for key in r.scan_iter(match="*stream*", count=1000):
             if r.type(key) == b"stream":
@@ -131,6 +137,7 @@ def run(sessions: int, per_tenant: int = 3000, nas_per_tenant: int = 1000, break
                 "bytes_per_live_session": round(without / n, 1),
                 "bytes_per_stream_record": round((with_streams - without) / forwarder.sent, 1),
                 "forwarder_cpu_us_per_record": round(cpu / forwarder.sent * 1e6, 2),
+                "redis_cpu_us_per_record": round(redis_usec / forwarder.sent, 2),
                 **grouping}
     finally:
         server.stop()

@@ -35,7 +35,10 @@ def put_session(r: Any, keys: Keys, tenant_id: int, username: str, row_key: str,
     """A live session as live.lua keeps it (its row key ``<session_key>:<suffix>``)."""
     skey, _, suffix = row_key.partition(":")
     born = time.time()
-    value = [0, 0, 0, False, False, int(deadline), int(born), suffix, born, 0, False, interval_s, nas_id, 0]
+    # The NAS's epoch as live.lua would have seen it (an earlier Accounting-On of the NAS).
+    epoch = r.hget(keys.nas_epoch(keys.bucket(tenant_id, username), tenant_id), str(nas_id))
+    seen = int(epoch.split()[0]) if epoch else 0
+    value = [0, 0, 0, False, False, int(deadline), int(born), suffix, born, 0, False, interval_s, nas_id, seen]
     r.hset(keys.subscriber(tenant_id, username), skey, msgpack.packb(value))
 
 

@@ -98,6 +98,32 @@ class TestAccountingPath:
         acct(TENANT_A, {"Acct-Status-Type": "Accounting-On", "Acct-Session-Id": "0"})
         assert wait_until(lambda: state.sessions(redis, K, t, user) == 0)
 
+    def test_accounting_on_drops_the_cached_states_of_that_nas_users_only(self, world, radiusd, acct, auth,
+                                                                           subscriber, redis):
+        """radiusd's in-process copies after an Accounting-On: the users of that NAS are
+        read again (a login refused by Simultaneous-Use is accepted at once), the tenant's
+        others keep theirs (issue 13): one whose session is on another NAS stays refused
+        by its cached state though its Redis state is gone (deleted by hand, unannounced)."""
+        other = (TENANT_A[0], "127.0.44.1", "secret-44", "mikrotik")
+        world.admin("nas", "add", "--tenant", str(TENANT_A[0]), "--name", "nas-44", "--ip", other[1],
+                    "--secret", other[2], "--vendor", "mikrotik", "--replace")
+        assert wait_until(lambda: redis.hexists(K.nas_directory, other[1]), 10)
+        here, there = subscriber(), subscriber()
+        t = TENANT_A[0]
+        login = {"User-Password": "pw-123456"}
+
+        def refused(user: str) -> bool:
+            ans = auth(TENANT_A, {**login, "User-Name": user})
+            return ans.code == "Access-Reject" and "simultaneous" in (ans.get("Reply-Message") or "")
+        assert acct(TENANT_A, acct_packet(here, "81000005", "Start")).code == "Accounting-Response"
+        assert acct(other, acct_packet(there, "81000006", "Start")).code == "Accounting-Response"
+        assert wait_until(lambda: refused(here) and refused(there), 10)  # both cached as live
+        redis.delete(K.subscriber(t, there))
+        assert refused(there)  # the cached state answers
+        acct(TENANT_A, {"Acct-Status-Type": "Accounting-On", "Acct-Session-Id": "0"})
+        assert wait_until(lambda: not refused(here), 10), radiusd.log_tail()
+        assert refused(there)
+
 
 def stream_record(redis, key, status=None):
     """The last record of a session (by its radiusd key) that reached the stream, decoded."""
