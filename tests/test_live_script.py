@@ -634,3 +634,31 @@ def test_a_nas_clock_skew_is_kept_once_in_its_home_bucket(live):
     assert len({k.bucket(1, u) for u in USERS[:8]}) > 1
     assert {b: live.r.hget(k.nas_skew(b, 1), "7") for b in range(parts)} == {
         b: (b"-5" if b == 7 % parts else None) for b in range(parts)}
+
+
+def test_usage_per_quota_period_reads_back_as_counted(live):
+    """The periods' ids and counters as the readers see them, whether stored in full or
+    left out where they follow from the day's (live.lua's u_store): a day, the next day of
+    the same week and month, a day of the next month (same week), then a record of the
+    first day again (the day's and the month's are newer: counted in the week and the
+    totals only)."""
+    import datetime as dt
+
+    from wificore import quota
+    days = [quota.date_day(dt.date(2030, 1, d)) for d in (29, 30)] + [quota.date_day(dt.date(2030, 2, 1))]
+
+    def expect(day: int, d: tuple[int, int], w: tuple[int, int], m: tuple[int, int]) -> dict[str, int]:
+        return {"d": day, "do": d[0], "dt": d[1], "w": quota.period_start("weekly", day), "wo": w[0], "wt": w[1],
+                "m": quota.period_start("monthly", day), "mo": m[0], "mt": m[1]}
+
+    def periods() -> dict[str, int]:
+        return {k: v for k, v in livestate.usage(live.r, live.k, 1, "alice").items() if k not in ("octets", "time_s")}
+    live.send(T0, record("start", local_day=days[0]), record("interim", t=60, local_day=days[0]))
+    assert periods() == expect(days[0], (1800, 60), (1800, 60), (1800, 60))
+    live.send(T0 + 120, record("interim", t=120, local_day=days[1]))
+    assert periods() == expect(days[1], (1800, 60), (3600, 120), (3600, 120))
+    live.send(T0 + 180, record("interim", t=180, local_day=days[2]))
+    assert periods() == expect(days[2], (1800, 60), (5400, 180), (1800, 60))
+    live.send(T0 + 240, record("interim", t=240, local_day=days[0]))  # the same ISO week
+    assert periods() == expect(days[2], (1800, 60), (7200, 240), (1800, 60))
+    assert livestate.usage(live.r, live.k, 1, "alice")["octets"] == 30 * 240

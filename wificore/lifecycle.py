@@ -144,12 +144,12 @@ def cmd_tenant_delete(a: Admin, args: argparse.Namespace) -> None:
 #: at 4, 7, 10; or a usage hash of the layout before 2026-12-02: fields d, w, m): a period
 #: id later than the new zone's current one is set to it, its counters kept. Returns how
 #: many ids it moved.
-_ZONE_LUA = """
+_ZONE_LUA = livestate.U_LOAD_LUA + """
 local moved = 0
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local raw = redis.call('HGET', KEYS[1], 'u')
 if raw then
-  local u = cmsgpack.unpack(raw)
+  local u = u_load(cmsgpack.unpack(raw))
   for i = 1, 3 do
     local cur = tonumber(u[3 * i + 1])
     if cur and cur > tonumber(ARGV[i]) then
@@ -157,7 +157,7 @@ if raw then
       moved = moved + 1
     end
   end
-  if moved > 0 then redis.call('HSET', KEYS[1], 'u', cmsgpack.pack(u)) end
+  if moved > 0 then redis.call('HSET', KEYS[1], 'u', u_store(u)) end
   return moved
 end
 local names = {'d', 'w', 'm'}
