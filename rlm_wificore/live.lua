@@ -580,7 +580,9 @@ local function one(payload, tag)
         end
       end
     end
-    if #doomed > 0 then redis.call('HDEL', sub, unpack(doomed)) end
+    for j = 1, #doomed, 1000 do  -- unpack's bound on the arguments of one call
+      redis.call('HDEL', sub, unpack(doomed, j, math.min(j + 999, #doomed)))
+    end
     U[U_PRUNE] = math.floor(now + PRUNE_EVERY_S)
     write_u = true
   end
