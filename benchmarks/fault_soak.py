@@ -50,6 +50,7 @@ import redis as redis_lib  # noqa: E402
 from rlm_wificore.spool import drained as spool_drained  # noqa: E402
 from stack.local import temporary_stack  # noqa: E402
 from stack.servers import BatchWriter, cluster_pids, signal_all  # noqa: E402
+from wificore import livestate  # noqa: E402
 from wificore.keys import Keys  # noqa: E402
 
 # (tenant, NAS source address, secret): tenant 1 on shard1, 600 on shard2.
@@ -346,8 +347,8 @@ def _verify(stack, r, keys: Keys, plan: Plan, senders: Senders, run_id: str, eve
             tot[1] += row[4]
     mismatches = 0
     for (tenant, user), (octets, time_s) in users.items():
-        h = r.hgetall(keys.usage(tenant, user))
-        if int(h.get(b"octets", 0)) != octets or int(h.get(b"time_s", 0)) != time_s:
+        h = livestate.usage(r, keys, tenant, user)
+        if h.get("octets", 0) != octets or h.get("time_s", 0) != time_s:
             mismatches += 1
     result = {"answered": len(senders.answered), "sessions_expected": len(last), "sessions_exact": exact,
               "lost": lost, "doubled": doubled, "dead_letters": int(r.xlen(keys.dead_letter)),

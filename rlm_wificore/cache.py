@@ -30,6 +30,7 @@ import dataclasses
 import random
 import threading
 import time
+from collections.abc import Callable
 
 from wificore.profile import Plan, Profile
 
@@ -47,6 +48,8 @@ class LiveState:
     octets: int = 0
     time_s: int = 0
     resets_at: float | None = None
+    #: The NASes of the live sessions: an Accounting-On/Off of one of them ends this state.
+    nas: tuple[int, ...] = ()
 
     def used(self, now: float) -> tuple[int, int]:
         """(octets, seconds) counting against the quotas at ``now``."""
@@ -181,6 +184,18 @@ class LocalCache:
             tenant = self._tenants.get(key[0])
             if tenant is not None:
                 tenant.d.pop(key[1], None)
+
+    def drop_where(self, tenant_id: int, doomed: Callable[[Entry], bool]) -> int:
+        """Forget the tenant's entries for which ``doomed`` holds (O(the tenant's entries));
+        how many."""
+        with self._lock:
+            tenant = self._tenants.get(tenant_id)
+            if tenant is None:
+                return 0
+            names = [name for name, entry in tenant.d.items() if doomed(entry)]
+            for name in names:
+                del tenant.d[name]
+            return len(names)
 
     def drop_tenant(self, tenant_id: int) -> None:
         """Forget every entry of the tenant: O(1) (its dict is let go)."""

@@ -18,6 +18,7 @@ Two sources announce changes (background.py runs their loops):
 
 Messages are JSON lists: ``["s", tenant, user]`` (a subscriber; ``"l"`` is the
 same from live.lua of the previous release), ``["L", [[tenant, user], ...]]``,
+``["N", [[tenant, nas_id], ...]]`` (an Accounting-On/Off: that NAS's users' live states),
 ``["p", tenant, plan]``, ``["t", tenant]``, ``["n", tenant, ip]`` (a NAS: the
 directory changed at ``ip``), ``["D"]`` (the directory was rebuilt) and
 ``["R"]`` (a relay took over with no other relay alive: announcements may
@@ -120,6 +121,7 @@ class Copies(Protocol):
     named here, as profiles.py reads the :class:`Generation` of this module)."""
 
     def drop(self, tenant_id: int, username: str) -> None: ...
+    def drop_nas(self, tenant_id: int, nas_id: int) -> None: ...
     def drop_plan(self, tenant_id: int, plan_id: int) -> None: ...
     def drop_tenant(self, tenant_id: int) -> None: ...
     def clear(self, *, plans: bool) -> None: ...
@@ -165,6 +167,9 @@ class Invalidation:
         elif kind == "L":  # live states changed by one call of live.lua: [[tenant, user], ...]
             for tenant_id, username in message[1]:
                 self.profiles.drop(int(tenant_id), str(username))
+        elif kind == "N":  # NASes whose Accounting-On/Off ended their sessions: [[tenant, nas_id], ...]
+            for tenant_id, nas_id in message[1]:
+                self.profiles.drop_nas(int(tenant_id), int(nas_id))
         elif kind == "p":
             self.profiles.drop_plan(int(message[1]), int(message[2]))
         elif kind == "t":

@@ -40,6 +40,8 @@ local TAG_ALL, LEN_SPAN = 2047, 2097152  -- wificore.keys.TAG_ALL; 2^21 (spool.L
 -- per call ({"L", [[tenant, user], ...]}), not one per record, so that every radiusd
 -- wakes once per call to drop its copies, not once per record.
 local changed = {}
+-- NASes whose Accounting-On/Off of this call ended their sessions ({"N", [[tenant, nas_id], ...]}).
+local nas_changed = {}
 
 local function int(x) return string.format('%d', x) end
 
@@ -139,27 +141,74 @@ local function month_start(z)
   return z - (doy - math.floor((153 * mp + 2) / 5))
 end
 
--- The HSET arguments that count d octets and dt seconds of local day `day` into the
--- periods, from the stored fields `cur` (PERIOD_FIELDS, in order).
-local PERIOD_FIELDS = {'d', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt'}
-local function period_fields(cur, day, d, dt)
+-- The subscriber's usage (field 'u' of its hash): a msgpack array, U_* positions. The
+-- periods (d do dt, w wo wt, m mo mt: 4-12) are left out until a record counts in one.
+local U_OCTETS, U_TIME, U_PRUNE = 1, 2, 3
+local PERIOD_FIELDS = {'d', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt'}  -- of the layout before 2026-12-02
+-- Count d octets and dt seconds of local day `day` into the periods of U.
+local function period_count(U, day, d, dt)
   local ids = {day, day - (day + 3) % 7, month_start(day)}
-  local names, args = {'d', 'w', 'm'}, {}
   for i = 1, 3 do
-    local c = tonumber(cur[3 * i - 2])
-    local o, t = d, dt
-    if c == ids[i] then
-      o, t = o + (tonumber(cur[3 * i - 1]) or 0), t + (tonumber(cur[3 * i]) or 0)
-    end
-    if c == nil or ids[i] >= c then
-      local n = names[i]
-      args[#args + 1] = n; args[#args + 1] = int(ids[i])
-      args[#args + 1] = n .. 'o'; args[#args + 1] = int(o)
-      args[#args + 1] = n .. 't'; args[#args + 1] = int(t)
+    local at = 3 * i + 1
+    local c = tonumber(U[at])
+    if c == nil or ids[i] > c then
+      U[at], U[at + 1], U[at + 2] = ids[i], d, dt
+    elseif c == ids[i] then
+      U[at + 1], U[at + 2] = (tonumber(U[at + 1]) or 0) + d, (tonumber(U[at + 2]) or 0) + dt
     end
   end
-  return args
 end
+
+-- As stored, the usage leaves out what follows from the rest (false): the week's id when
+-- it is the Monday of the day's, the month's when it is the 1st of the day's month, a
+-- week's counter equal to the day's, a month's equal to the week's (the usual case: 16 B
+-- less per subscriber). wificore/livestate.py reads it the same way.
+local function u_load(raw)
+  local U = cmsgpack.unpack(raw)
+  if #U >= 12 then
+    local d = U[4]
+    if U[7] == false then U[7] = d - (d + 3) % 7 end
+    if U[10] == false then U[10] = month_start(d) end
+    if U[8] == false then U[8] = U[5] end
+    if U[9] == false then U[9] = U[6] end
+    if U[11] == false then U[11] = U[8] end
+    if U[12] == false then U[12] = U[9] end
+  end
+  return U
+end
+local function u_store(U)
+  if #U < 12 then return cmsgpack.pack(U) end
+  local E, d = {}, U[4]
+  for i = 1, 12 do E[i] = U[i] end
+  if U[7] == d - (d + 3) % 7 then E[7] = false end
+  if U[10] == month_start(d) then E[10] = false end
+  if U[8] == U[5] then E[8] = false end
+  if U[9] == U[6] then E[9] = false end
+  if U[11] == U[8] then E[11] = false end
+  if U[12] == U[9] then E[12] = false end
+  return cmsgpack.pack(E)
+end
+
+-- A session (a field of the subscriber's hash named by its session key: its Acct-Session-
+-- Id's current generation), a msgpack array: the last counters seen (the delta base),
+-- the totals when they differ from them (a counter went backwards; else false), the live
+-- deadline (0: stopped), the refresh time (stopped: the Stop's time), the row key's
+-- suffix (<session_key>:<suffix>; '' = the plain key; false = the hex of the start's
+-- whole seconds, the usual one), the generation's start, the
+-- generation, the previous generation's suffix (false: none), the interval liveness
+-- uses, the NAS, the NAS's epoch at the session's last record (wificore/livestate.py).
+local S_LI, S_LO, S_T, S_I, S_O, S_DEADLINE, S_REFRESH = 1, 2, 3, 4, 5, 6, 7
+local S_ROW, S_BORN, S_GEN, S_PREV, S_IV, S_NAS, S_EPOCH = 8, 9, 10, 11, 12, 13, 14
+-- A session's field: its key, or (the session keys radiusd makes: hex) \0 and the bytes.
+local function field_of(skey)
+  if #skey >= 8 and #skey % 2 == 0 and not string.find(skey, '[^0-9a-f]') then
+    return '\0' .. (string.gsub(skey, '..', function(h) return string.char(tonumber(h, 16)) end))
+  end
+  return skey
+end
+-- How often a subscriber's hash is pruned of the sessions a session TTL past their last
+-- refresh or Stop (at a record of the subscriber, when due).
+local PRUNE_EVERY_S = 21600
 
 -- The dead-letter stream of a frame: its bucket's (undecodable: the tag's, else 0).
 local function dead_of(tag)
@@ -239,11 +288,15 @@ local function one(payload, tag)
 
   if status == 'on' or status == 'off' then
     -- The NAS restarted: none of its sessions is live any more, and an Acct-Session-Id
-    -- it uses again from now on is a new session (field n: see the generations below).
-    -- Only these users' cached copies are stale: they are announced with the
-    -- others of this call ({"L", ...}), not the whole tenant. Its sessions are in every
-    -- bucket: each bucket's set (a cluster: this call's bucket; the forwarder sends the
-    -- record to every bucket), the record itself to one stream.
+    -- it uses again from now on is a new session (see the generations below). Nothing
+    -- lists a NAS's sessions: the NAS's epoch (field nas_id of the bucket's nasep hash:
+    -- "<epoch> <event time>", the epoch a number that only grows) is moved on, and a
+    -- session is live only while the epoch it saw at its last record is the NAS's
+    -- current one (readers: wificore/livestate.py). Every radiusd is told the NAS
+    -- ({"N", [[tenant, nas_id], ...]}) and drops the cached states of that NAS's users
+    -- only. Its sessions are in every bucket: each bucket's epoch (a cluster: this
+    -- call's bucket; the forwarder sends the record to every bucket), the record itself
+    -- to one stream.
     local home = math.floor(tonumber(f.nas_id) or 0) % parts
     local on_at = string.format('%.3f', ev)
     local first, last_b = 0, parts - 1
@@ -253,6 +306,12 @@ local function one(payload, tag)
       if nb == home then
         redis.call('XADD', np .. 'stream', '*', 'd', payload)
       end
+      local cur = redis.call('HGET', np .. 'nasep:' .. t, int(f.nas_id))
+      local epoch = math.max(math.floor(now), (cur and tonumber(string.match(cur, '^(%d+)')) or 0) + 1)
+      redis.call('HSET', np .. 'nasep:' .. t, int(f.nas_id), int(epoch) .. ' ' .. on_at)
+      redis.call('EXPIRE', np .. 'nasep:' .. t, usage_ttl)
+      -- The layout before 2026-12-02 (one Redis upgraded with sessions in flight): the
+      -- NAS's set of the bucket names its sessions still kept in their own keys.
       local naslive = np .. 'naslive:' .. t .. ':' .. int(f.nas_id)
       local members = redis.call('ZRANGE', naslive, 0, -1)
       for _, m in ipairs(members) do
@@ -261,9 +320,6 @@ local function one(payload, tag)
           local skey = string.sub(m, sep + 1)
           local u = string.sub(m, 1, sep - 1)
           redis.call('ZREM', np .. 'live:' .. t .. ':' .. u, skey)
-          -- Should the session go on all the same, its next record enters it again. A
-          -- member can outlive its session's hash: that one is not created again (it would
-          -- have no expiry), and its next record opens a generation anyway.
           local base = np .. 'sess:' .. string.match(skey, '^([^:]*)')
           if redis.call('EXISTS', base) == 1 then
             redis.call('HDEL', base, 'r')
@@ -274,9 +330,9 @@ local function one(payload, tag)
       end
       redis.call('DEL', naslive)
     end
+    nas_changed[#nas_changed + 1] = {f.tenant_id, math.floor(tonumber(f.nas_id) or 0)}
     return
   end
-  local naslive = bp .. 'naslive:' .. t .. ':' .. int(f.nas_id)
 
   -- Counter rules, part 1: a counter above its plausible maximum is refused (taken as
   -- not reported: the last value stays), the record itself is kept.
@@ -286,90 +342,147 @@ local function one(payload, tag)
   if no == nil or no < 0 or no > MAX_OCTETS then no = nil; flags = FLAG_REFUSED end
   if nt == nil or nt < 0 or nt > MAX_SESSION_TIME_S then nt = nil; flags = FLAG_REFUSED end
 
-  local live, usage, sess = bp .. 'live:' .. t .. ':' .. user, bp .. 'use:' .. t .. ':' .. user, bp .. 'sess:' .. skey
-  -- i o t: last counters (the delta base); x: stopped; r: refresh time; I O: totals when
-  -- they differ from i o (a counter went backwards); k: the row key; b: when the current
-  -- generation started; n: the NAS's last Accounting-On/Off; g: generation; p: the
-  -- previous generation's key; v: the interim interval liveness uses.
-  local last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
-  local exists = last[3] ~= false
-  if not exists and only == nil then
-    -- One Redis upgraded with sessions in flight: a session (and its subscriber's live set
-    -- and usage) kept under the tenant's tag before 2026-12-01 moves to the bucket's keys
-    -- at its first record since (RENAME keeps the expiry). Not in a cluster (no such keys:
-    -- the old layout never ran on one).
-    local old, old_live, old_use = tp .. 'sess:' .. skey, tp .. 'live:' .. user, tp .. 'use:' .. user
-    local moved = redis.call('EXISTS', old) == 1
-    if moved then
-      redis.call('RENAME', old, sess)
-    end
-    -- A Start also takes the subscriber's usage of before, even with no session in flight.
-    if moved or status == 'start' then
-      if redis.call('EXISTS', usage) == 0 then
-        if redis.call('EXISTS', old_use) == 1 then
-          redis.call('RENAME', old_use, usage)
+  -- The subscriber's hash: field 'u' its usage (U_* positions), one field per session
+  -- (its Acct-Session-Id's current generation, S_* positions), both msgpack arrays.
+  local sub = bp .. 's:' .. t .. ':' .. user
+  local nas = math.floor(tonumber(f.nas_id) or 0)
+  local field = field_of(skey)
+  local got = redis.call('HMGET', sub, 'u', field)
+  local epraw = redis.call('HGET', bp .. 'nasep:' .. t, int(nas))
+  local epoch, on_at = 0, nil
+  if epraw then
+    local e, at = string.match(epraw, '^(%d+) (.*)$')
+    epoch, on_at = tonumber(e) or 0, tonumber(at)
+  end
+  local U, S = nil, nil
+  if got[1] then U = u_load(got[1]) end
+  if got[2] then S = cmsgpack.unpack(got[2]) end
+  local migrated = false
+  if not S then
+    local osess = bp .. 'sess:' .. skey
+    local olive, ouse = bp .. 'live:' .. t .. ':' .. user, bp .. 'use:' .. t .. ':' .. user
+    if only == nil then
+      -- One Redis upgraded from before 2026-12-01: a session (and its subscriber's live set
+      -- and usage) kept under the tenant's tag moves to the bucket's keys of before
+      -- 2026-12-02 (RENAME keeps the expiry), and from there into the hash below. Not in a
+      -- cluster (the old layout never ran on one).
+      local old, old_live, old_use = tp .. 'sess:' .. skey, tp .. 'live:' .. user, tp .. 'use:' .. user
+      local moved = redis.call('EXISTS', old) == 1
+      if moved then
+        redis.call('RENAME', old, osess)
+      end
+      if moved or status == 'start' then
+        if redis.call('EXISTS', ouse) == 0 then
+          if redis.call('EXISTS', old_use) == 1 then
+            redis.call('RENAME', old_use, ouse)
+          end
+        end
+      end
+      if moved then
+        if redis.call('EXISTS', olive) == 0 then
+          if redis.call('EXISTS', old_live) == 1 then
+            redis.call('RENAME', old_live, olive)
+          end
         end
       end
     end
-    if moved then
-      if redis.call('EXISTS', live) == 0 then
-        if redis.call('EXISTS', old_live) == 1 then
-          redis.call('RENAME', old_live, live)
-        end
+    -- The layout before 2026-12-02 (a hash per session, a live set, a usage hash, per-NAS
+    -- sets): the session's state moves into the subscriber's hash at its first record
+    -- since, its old keys deleted (its live deadline is the live set's score).
+    local o = redis.call('HMGET', osess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
+    if o[3] then
+      local k0 = o[8] or skey
+      local dl = 0
+      if o[4] ~= '1' then
+        dl = tonumber(redis.call('ZSCORE', olive, k0)) or 1
       end
-      last = redis.call('HMGET', sess, 'i', 'o', 't', 'x', 'r', 'I', 'O', 'k', 'b', 'n', 'g', 'p', 'v')
-      exists = last[3] ~= false
+      local ps = false
+      if o[12] then ps = (o[12] == skey) and '' or string.sub(o[12], #skey + 2) end
+      S = {tonumber(o[1]) or 0, tonumber(o[2]) or 0, tonumber(o[3]) or 0, tonumber(o[6]) or false,
+           tonumber(o[7]) or false, dl, tonumber(o[5]) or 0, (k0 == skey) and '' or string.sub(k0, #skey + 2),
+           tonumber(o[9]) or false, tonumber(o[11]) or 0, ps, tonumber(o[13]) or false, nas, epoch}
+      redis.call('DEL', osess)
+      redis.call('ZREM', olive, k0)
+      redis.call('ZREM', bp .. 'naslive:' .. t .. ':' .. int(nas), user .. '\n' .. k0)
+      migrated = true
+      -- An Accounting-On/Off the old layout applied to it (field n) before any epoch here.
+      if not on_at then on_at = tonumber(o[10]) end
+    end
+    if not U then
+      local ou = redis.call('HMGET', ouse, 'octets', 'time_s', unpack(PERIOD_FIELDS))
+      if ou[1] or ou[2] then
+        U = {tonumber(ou[1]) or 0, tonumber(ou[2]) or 0, 0}
+        if ou[3] or ou[6] or ou[9] then
+          for i = 3, 11 do U[i + 1] = tonumber(ou[i]) or 0 end
+        end
+        redis.call('DEL', ouse)
+        migrated = true
+      end
     end
   end
-  -- Generations of one Acct-Session-Id (one row each in PostgreSQL, key k): a Start after
-  -- a Stop, a session starting after the NAS's Accounting-On/Off, or after everything
-  -- seen of the current one, is a new session. A hash from before 2026-12-01 keeps k =
-  -- the plain key.
-  local k, born, on_at = last[8] or skey, tonumber(last[9]), tonumber(last[10])
-  -- The last event time seen of the generation: its start plus its session time.
-  local seen = born and (born + (tonumber(last[3]) or 0))
-  local gen, prev, x = tonumber(last[11]) or 0, last[12], last[4]
+  local exists = S ~= nil
+  local new_hash = not U
+  if new_hash then
+    U = {0, 0, math.floor(now + PRUNE_EVERY_S)}
+  end
+  -- A record that counts nothing still keeps what moved from the old keys.
+  local function save_moved()
+    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+    redis.call('EXPIREAT', sub, int(math.ceil(now + usage_ttl)))
+  end
+  -- Generations of one Acct-Session-Id (one row each in PostgreSQL, row key
+  -- <session_key>:<S_ROW>): a Start after a Stop, a session starting after the NAS's
+  -- Accounting-On/Off, or after everything seen of the current one, is a new session.
+  -- S_ROW '' = the plain key (a hash from before 2026-12-01).
+  local born = exists and S[S_BORN] or nil
+  if born == false then born = nil end
+  local function rowkey(suffix)
+    if suffix == false then return skey .. ':' .. string.format('%x', math.floor(born or 0)) end
+    return (suffix == '') and skey or (skey .. ':' .. suffix)
+  end
+  local k = exists and rowkey(S[S_ROW]) or skey
+  local seen = born and (born + (S[S_T] or 0))
+  local gen = exists and S[S_GEN] or 0
+  local prev = exists and S[S_PREV] and rowkey(S[S_PREV]) or nil
+  local x = exists and S[S_DEADLINE] == 0
   local rs = ev - (nt or 0)  -- when this record says its session started
   -- Only a Start, or a record whose session time restarted below the last one, can open a
   -- generation: a NAS that sends no Acct-Session-Time in its Interims, or whose clock is
   -- set mid-session (an NTP sync), goes on as one session.
-  local lt0 = tonumber(last[3]) or 0
+  local lt0 = exists and S[S_T] or 0
   local dated = status == 'start' or ((nt or 0) > 0 and nt < lt0)
   local newgen = not exists
+  local iv = exists and S[S_IV] or nil
+  if iv == false then iv = nil end
   if exists then
     if prev and born and rs < born - SLACK_S then
       -- A late record of the previous generation: to its row, nothing live or counted.
       redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil, nil))
+      if migrated then save_moved() end
       return
-    elseif status == 'start' and x == '1' then
+    elseif status == 'start' and x then
       newgen = true
     elseif dated and on_at and born and born < on_at and rs >= on_at then
       newgen = true
     elseif dated and seen and rs > seen + SLACK_S then
       newgen = true
-    elseif x == '1' then
+    elseif x then
       -- A Stop was final: nothing after it counts or revives the session.
-      redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tonumber(last[3]),
-                 tonumber(last[6] or last[1]), tonumber(last[7] or last[2]), flags, tonumber(last[13]), nil))
+      redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, S[S_T], S[S_I] or S[S_LI],
+                 S[S_O] or S[S_LO], flags, iv, nil))
+      if migrated then save_moved() end
       return
     end
   end
-  local li, lo, lt = tonumber(last[1]) or 0, tonumber(last[2]) or 0, tonumber(last[3]) or 0
-  local LI, LO = tonumber(last[6]) or li, tonumber(last[7]) or lo
-  local iv = tonumber(last[13])
+  local li, lo, lt = exists and S[S_LI] or 0, exists and S[S_LO] or 0, exists and S[S_T] or 0
+  local LI, LO = exists and S[S_I] or li, exists and S[S_O] or lo
+  local refresh_at = exists and S[S_REFRESH] or 0
   if newgen then
-    if exists then
-      prev, gen = k, gen + 1
-      if x ~= '1' then
-        -- The previous generation never stopped: it is not live any more.
-        redis.call('ZREM', live, k)
-        redis.call('ZREM', naslive, user .. '\n' .. k)
-      end
-    end
+    if exists then prev, gen = k, gen + 1 end
     k = skey .. ':' .. string.format('%x', math.floor(rs))
     if k == prev then k = k .. '.' .. gen end
     li, lo, lt, LI, LO, born, iv, x = 0, 0, 0, 0, 0, rs, nil, false
-    last[5] = false  -- refresh due now
+    refresh_at = 0  -- refresh due now
   end
   if iv == nil then
     -- The interval liveness uses, resolved at the session's first record: the plan's (the
@@ -381,7 +494,7 @@ local function one(payload, tag)
     local found = redis.call('GET', bp .. 'iv:' .. t .. ':' .. user)
     found = tonumber(found)
     if found then
-      redis.call('DEL', bp .. 'iv:' .. t .. ':' .. user)  -- taken: the session keeps it (v)
+      redis.call('DEL', bp .. 'iv:' .. t .. ':' .. user)  -- taken: the session keeps it
     elseif only == nil then
       -- Not in a cluster: the cached profile and plan are in other slots there.
       local praw = redis.call('GET', tp .. 'u:' .. user)
@@ -407,7 +520,7 @@ local function one(payload, tag)
   -- time is behind the last is late (reordered): it adds nothing. A counter lower than
   -- the last while the session time moved on went backwards (a NAS reset, a 32-bit wrap
   -- without Gigawords): the new value is the new base and counts in full (flagged).
-  -- The totals (I, O) go to the stream: PostgreSQL stores what is counted here.
+  -- The totals (S_I, S_O) go to the stream: PostgreSQL stores what is counted here.
   local late = nt ~= nil and nt < lt
   local moved = nt ~= nil and nt > lt
   local function step(c, l)
@@ -421,29 +534,12 @@ local function one(payload, tag)
   local dt = moved and (nt - lt) or 0
   LI, LO = LI + di, LO + dout
   local tt = math.max(lt, nt or 0)
-  -- Expiries are refreshed when the session's refresh time (field r) is due, not at
-  -- every Interim: refresh every R seconds, R = half a longer horizon (4 x the live
-  -- deadline), at most a quarter of the session TTL. See docs/decisions.md.
+  -- The hash's expiry is refreshed when the session's refresh time is due, not at every
+  -- Interim: every R seconds, R = twice the live deadline, at most a quarter of the
+  -- session TTL. See docs/decisions.md.
   local deadline = iv * stale + 60
   local every = math.min(2 * deadline, session_ttl / 4)
-  local refresh_at = tonumber(last[5]) or 0
   local due = now >= refresh_at
-  local fresh
-  if newgen then
-    if exists then redis.call('HDEL', sess, 'x', 'r', 'I', 'O') end
-    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt), 'k', k,
-                       'b', string.format('%.3f', born), 'g', int(gen), 'v', int(iv)) > 0
-    if prev then redis.call('HSET', sess, 'p', prev) end
-  else
-    fresh = redis.call('HSET', sess, 'i', int(bi), 'o', int(bo), 't', int(tt)) > 0
-    if LI ~= bi or LO ~= bo then
-      redis.call('HSET', sess, 'I', int(LI), 'O', int(LO))
-    end
-    if not last[13] then redis.call('HSET', sess, 'v', int(iv)) end
-    if not last[8] and not born then
-      redis.call('HSET', sess, 'b', string.format('%.3f', rs))
-    end
-  end
   -- The local day this record's usage counts in (quota periods), for the stream too:
   -- batch_writer keeps the session's totals per such day (session_days). A late record
   -- counts nothing and names no day (its totals are those of a later one).
@@ -451,63 +547,67 @@ local function one(payload, tag)
   if day then day = math.floor(day) end
   redis.call('XADD', stream, '*', 'd', extend(payload, rec, k, tt, LI, LO, flags, iv,
                                                (not late) and day or nil))
+  local write_u = new_hash or migrated
   if di + dout > 0 or dt > 0 then
     local d = di + dout
-    -- The value equals the increment: the key (or field) is new and has no expiry yet.
-    local total = redis.call('HINCRBY', usage, 'octets', int(d))
-    redis.call('HINCRBY', usage, 'time_s', int(dt))
-    if day then
-      local cur = redis.call('HMGET', usage, unpack(PERIOD_FIELDS))
-      local args = period_fields(cur, day, d, dt)
-      if #args > 0 then redis.call('HSET', usage, unpack(args)) end
-    end
-    if due or total == d then
-      redis.call('EXPIRE', usage, usage_ttl)
-    end
+    U[U_OCTETS] = U[U_OCTETS] + d
+    U[U_TIME] = U[U_TIME] + dt
+    if day then period_count(U, day, d, dt) end
+    write_u = true
   end
-  local member = user .. '\n' .. k
+  if due then refresh_at = math.floor(now + every) end
+  local dl
   if status == 'stop' then
-    redis.call('HSET', sess, 'x', '1')
-    redis.call('ZREM', live, k)
-    redis.call('ZREM', naslive, member)
-    redis.call('EXPIRE', sess, session_ttl)
+    -- Stopped (S_DEADLINE 0): kept for replays and late records until pruned, a session
+    -- TTL after the Stop (S_REFRESH the Stop's time).
+    dl, refresh_at = 0, math.floor(now)
   else
-    -- A session whose NAS goes silent expires on its own: the live set's score
-    -- is the deadline, and readers count only members whose deadline is ahead.
-    -- The key outlives every deadline set until the next refresh of any of its
-    -- sessions: its expiry is at least (refresh time + deadline).
-    local expires = now + deadline
-    if redis.call('ZADD', live, expires, k) == 1 then
-      -- A new member (a Start, or a session whose Start was lost): drop the
-      -- expired ones, and let the key live as long as its latest deadline
-      -- plus one refresh interval.
-      redis.call('ZREMRANGEBYSCORE', live, '-inf', now)
-      local top = redis.call('ZRANGE', live, -1, -1, 'WITHSCORES')
-      redis.call('EXPIREAT', live, int(math.ceil(tonumber(top[2]) + every)))
-    elseif due then
-      redis.call('EXPIREAT', live, int(math.ceil(expires + every)), 'GT')
-    end
-    -- The NAS's set is only for Accounting-On/Off, refreshed at the same times:
-    -- a NAS holds thousands of sessions, and a ZADD into that set is the
-    -- dearest command here. A member of a dead session may linger up to the
-    -- horizon; removing it from a live set it already left is harmless.
-    if due then
-      local horizon = 4 * deadline
-      if redis.call('ZADD', naslive, now + horizon, member) == 1 then
-        redis.call('ZREMRANGEBYSCORE', naslive, '-inf', now)
-      end
-      redis.call('EXPIRE', naslive, session_ttl)
-      redis.call('HSET', sess, 'r', int(now + every))
-      -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS),
-      -- kept by the sessions of the NAS's home bucket (nas_id % parts) only: once per NAS.
-      local arrival = tonumber(f.arrival_ts)
-      if arrival and arrival > 0 and b == math.floor(tonumber(f.nas_id) or 0) % parts then
-        redis.call('HSET', bp .. 'nasskew:' .. t, int(f.nas_id), string.format('%.0f', ev - arrival))
-        redis.call('EXPIRE', bp .. 'nasskew:' .. t, session_ttl)
+    -- A session whose NAS goes silent ends on its own: readers count it only while its
+    -- deadline is ahead (and its NAS had no Accounting-On/Off since: S_EPOCH).
+    dl = math.ceil(now + deadline)
+  end
+  local row = string.sub(k, #skey + 2)
+  if row == string.format('%x', math.floor(born or rs)) then row = false end
+  S = {bi, bo, tt, (LI ~= bi) and LI or false, (LO ~= bo) and LO or false, dl, refresh_at, row,
+       born or rs, gen, prev and ((prev == skey) and '' or string.sub(prev, #skey + 2)) or false,
+       iv, nas, epoch}
+  -- Pruning (bounded: a subscriber reconnecting all day): every PRUNE_EVERY_S, the sessions
+  -- a session TTL past their last refresh (or their Stop) go.
+  if now >= (U[U_PRUNE] or 0) then
+    local all = redis.call('HGETALL', sub)
+    local doomed = {}
+    for j = 1, #all, 2 do
+      local name = all[j]
+      if name ~= 'u' and name ~= field then
+        local ok, o = pcall(cmsgpack.unpack, all[j + 1])
+        -- (one still live, an interval longer than the TTL, stays until its deadline)
+        if not ok or type(o) ~= 'table' or (now > (tonumber(o[S_REFRESH]) or 0) + session_ttl
+                                            and (tonumber(o[S_DEADLINE]) or 0) < now) then
+          doomed[#doomed + 1] = name
+        end
       end
     end
-    if due or fresh then
-      redis.call('EXPIRE', sess, session_ttl)
+    for j = 1, #doomed, 1000 do  -- unpack's bound on the arguments of one call
+      redis.call('HDEL', sub, unpack(doomed, j, math.min(j + 999, #doomed)))
+    end
+    U[U_PRUNE] = math.floor(now + PRUNE_EVERY_S)
+    write_u = true
+  end
+  if write_u then
+    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+  else
+    redis.call('HSET', sub, field, cmsgpack.pack(S))
+  end
+  if due or newgen or migrated or new_hash then
+    redis.call('EXPIREAT', sub, int(math.ceil(now + usage_ttl)))
+  end
+  if due and status ~= 'stop' then
+    -- The NAS's clock against the arrival time, for the NOC (bounded: one field per NAS),
+    -- kept by the sessions of the NAS's home bucket (nas_id % parts) only: once per NAS.
+    local arrival = tonumber(f.arrival_ts)
+    if arrival and arrival > 0 and b == nas % parts then
+      redis.call('HSET', bp .. 'nasskew:' .. t, int(nas), string.format('%.0f', ev - arrival))
+      redis.call('EXPIRE', bp .. 'nasskew:' .. t, session_ttl)
     end
   end
   if status ~= 'interim' then
@@ -540,5 +640,8 @@ while pos + 3 <= size do
 end
 if #changed > 0 then
   redis.call('PUBLISH', channel, cjson.encode({'L', changed}))
+end
+if #nas_changed > 0 then
+  redis.call('PUBLISH', channel, cjson.encode({'N', nas_changed}))
 end
 return {records, pos - 1, ended, corrupt}

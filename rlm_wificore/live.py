@@ -3,8 +3,8 @@
 A cached entry carries the live state read with it; after ``live_state_ttl_s``
 it is due for a re-read. While the module's state thread runs (see
 background.py), the hook answers from what it has and queues the entry for
-that thread, which re-reads many in one script call per tenant outside the
-mutex (``_STATES_LUA``); until
+that thread, which re-reads many in one script call per bucket outside the
+mutex (wificore/livestate.py); until
 then the hook re-reads the one entry itself, through the breaker.
 """
 
@@ -16,9 +16,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.commands.core import Script
 
-from wificore import quota
+from wificore import livestate, quota
 from wificore.backoff import REDIS_DOWN
 from wificore.errors import StoreUnavailable
 from wificore.keys import Keys
@@ -38,27 +37,15 @@ MAX_STALE_QUEUE = 100_000
 
 Due = tuple[int, str, Entry]  # (tenant, username, cached entry)
 
-#: The live states of several subscribers of one bucket (their keys share the
-#: bucket's tag: one slot, wificore/keys.py), in one call: a redis-py pipeline of two commands per
-#: subscriber cost ~13 us of Python per subscriber in the state thread, holding the
-#: GIL the hook needs, against ~1.5 us for one call and one array reply.
-#: KEYS: live zset, usage hash, per subscriber; ARGV[1]: now (epoch s).
-#: Reply: session count, then the USAGE_FIELDS per subscriber (nil where absent).
-_STATES_LUA = """
-local out, now = {}, ARGV[1]
-for i = 1, #KEYS, 2 do
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[i], now, '+inf')
-  local u = redis.call('HMGET', KEYS[i + 1], %s)
-  for j = 1, %d do out[#out + 1] = u[j] end
-end
-return out
-"""
-#: The usage hash's fields a live state reads: the lifetime totals, then each quota
-#: period's id and counters (wificore/quota.py FIELDS), in PERIOD_ORDER.
+#: The live states of several subscribers of one bucket (their keys share the bucket's
+#: tag: one slot, wificore/keys.py) are read in one call of wificore.livestate's script: a
+#: redis-py pipeline of commands per subscriber cost ~13 us of Python per subscriber in
+#: the state thread, holding the GIL the hook needs, against ~1.5 us for one call.
+#: The usage fields a live state reads: the lifetime totals, then each quota period's id
+#: and counters (wificore/quota.py FIELDS), in PERIOD_ORDER.
 PERIOD_ORDER = ("daily", "weekly", "monthly")
 USAGE_FIELDS = ("octets", "time_s", *(f"{quota.FIELDS[p]}{x}" for p in PERIOD_ORDER for x in ("", "o", "t")))
-_STATES_LUA = _STATES_LUA % (", ".join(f"'{f}'" for f in USAGE_FIELDS), len(USAGE_FIELDS))
-_WIDTH = 1 + len(USAGE_FIELDS)
+assert USAGE_FIELDS == livestate.USAGE_FIELDS
 #: The idle live states of periods ending at one instant, shared (see NO_STATE).
 _IDLE: dict[float, LiveState] = {}
 #: A tenant whose zone is not known yet (its status not read in this process): UTC.
@@ -66,24 +53,20 @@ _UTC = quota.ZoneClock("UTC")
 
 
 def queue_reads(pipe: Any, keys: Keys, tenant_id: int, username: str, now: float) -> None:
-    """The two reads of one subscriber's live state, queued on ``pipe``; their replies
-    make the state (:meth:`LiveStates.state`)."""
-    pipe.zcount(keys.live(tenant_id, username), now, "+inf")
-    pipe.hmget(keys.usage(tenant_id, username), *USAGE_FIELDS)
+    """The read of one subscriber's live state, queued on ``pipe``; its reply makes the
+    state (:meth:`LiveStates.from_reply`)."""
+    livestate.READER.queue(pipe, keys, tenant_id, username, now)
 
 
 def read_states(r: redis.Redis, keys: Keys,
                 subscribers: list[tuple[int, str, Plan | None, quota.ZoneClock | None]]) -> list[LiveState]:
-    """The live states of (tenant, username, plan, tenant's zone) in one round trip, outside
-    the hooks (the CoA sidecar's mid-session quota check); the same reads and the same
-    reading of them as the hooks': the usage of the plan's quota period current now."""
+    """The live states of (tenant, username, plan, tenant's zone), one call per bucket,
+    outside the hooks (the CoA sidecar's mid-session quota check); the same reads and the
+    same reading of them as the hooks': the usage of the plan's quota period current now."""
     now = time.time()
-    pipe = r.pipeline(transaction=False)
-    for tenant_id, username, _plan, _clock in subscribers:
-        queue_reads(pipe, keys, tenant_id, username, now)
-    replies = pipe.execute()
-    return [LiveStates.state(replies[2 * i], replies[2 * i + 1], plan, clock, now)
-            for i, (_t, _u, plan, clock) in enumerate(subscribers)]
+    snaps = livestate.READER.read(r, keys, [(t, u) for t, u, _p, _c in subscribers], now=now)
+    return [LiveStates.state(s.sessions, s.values, plan, clock, now, s.nas)
+            for s, (_t, _u, plan, clock) in zip(snaps, subscribers, strict=True)]
 
 
 class LiveStates:
@@ -102,7 +85,6 @@ class LiveStates:
         self.stale_states: collections.deque[Due] = collections.deque()
         self.stale_wake = threading.Event()
         self.refresher = False
-        self._states_script = Script(redis_bg, _STATES_LUA.encode())  # bytes: no encoder asked
         #: tenant -> its zone (quota periods); Profiles fills it with the tenant's status.
         self.zones: dict[int, quota.ZoneClock] = {}
 
@@ -140,14 +122,21 @@ class LiveStates:
             self.refresh([(tenant_id, username, entry)], in_hook=True)
 
     def read_into(self, pipe: Any, tenant_id: int, username: str, now: float) -> None:
-        """Queue the two reads of a live state on ``pipe`` (see :meth:`state`)."""
+        """Queue the read of a live state on ``pipe`` (see :meth:`from_reply`)."""
         queue_reads(pipe, self.keys, tenant_id, username, now)
+
+    @classmethod
+    def from_reply(cls, reply: Any, plan: Plan | None, clock: quota.ZoneClock | None, now: float) -> LiveState:
+        """The live state from the reply of the read :meth:`read_into` queued (the script's:
+        one subscriber's part in a list)."""
+        snap = livestate.parse(reply[0])
+        return cls.state(snap.sessions, snap.values, plan, clock, now, snap.nas)
 
     @staticmethod
     def state(live: Any, usage: list[Any], plan: Plan | None, clock: quota.ZoneClock | None,
-              now: float) -> LiveState:
-        """The live state from the replies of the two reads :meth:`read_into` queued: the
-        usage of the plan's quota period current at ``now`` in the tenant's zone (``clock``;
+              now: float, nas: tuple[int, ...] = ()) -> LiveState:
+        """The live state from a read (count, USAGE_FIELDS values, the NASes of the live
+        sessions): the usage of the plan's quota period current at ``now`` in the tenant's zone (``clock``;
         None: not known yet, UTC), or the lifetime totals. A period id other than the
         current one means nothing was counted in the current period yet."""
         sessions = int(live)
@@ -175,7 +164,7 @@ class LiveStates:
                     _IDLE.clear()
                 idle = _IDLE[resets_at] = LiveState(0, 0, 0, resets_at)
             return idle
-        return LiveState(sessions, octets, time_s, resets_at)
+        return LiveState(sessions, octets, time_s, resets_at, nas if sessions else ())
 
     def refresh(self, batch: list[Due], *, in_hook: bool = False) -> None:
         """Re-read the live state of cached entries in one round trip: the state thread's
@@ -184,22 +173,8 @@ class LiveStates:
         read while an invalidation came in, used once and asked again at the next use."""
         generation = self.generation.value
 
-        def read(r: redis.Redis) -> list[Any]:
-            now = time.time()
-            by_bucket: dict[int, list[int]] = {}
-            bucket = self.keys.bucket
-            for i, (tenant_id, username, _e) in enumerate(batch):
-                by_bucket.setdefault(bucket(tenant_id, username), []).append(i)
-            out: list[Any] = [None] * (_WIDTH * len(batch))
-            for members in by_bucket.values():
-                keys: list[str] = []
-                for i in members:
-                    tenant_id, username = batch[i][0], batch[i][1]
-                    keys += (self.keys.live(tenant_id, username), self.keys.usage(tenant_id, username))
-                reply = self._states_script(keys=keys, args=[now], client=r)
-                for j, i in enumerate(members):
-                    out[_WIDTH * i:_WIDTH * (i + 1)] = reply[_WIDTH * j:_WIDTH * (j + 1)]
-            return out
+        def read(r: redis.Redis) -> list[livestate.Snapshot]:
+            return livestate.READER.read(r, self.keys, [(t, u) for t, u, _e in batch])
         try:
             replies = self.redis.call(read) if in_hook else read(self.redis_bg)
         except (StoreUnavailable, *REDIS_DOWN):  # type: ignore[misc]
@@ -214,8 +189,8 @@ class LiveStates:
         ttl, jitter = self.settings.live_state_ttl_s, self.settings.ttl_jitter_pct
         current = generation == self.generation.value
         wall = time.time()
-        for i, (tenant_id, _u, entry) in enumerate(batch):
-            entry.state = self.state(replies[_WIDTH * i], replies[_WIDTH * i + 1:_WIDTH * (i + 1)],
-                                     entry.plan, self.zones.get(tenant_id), wall)
+        for snap, (tenant_id, _u, entry) in zip(replies, batch, strict=True):
+            entry.state = self.state(snap.sessions, snap.values, entry.plan, self.zones.get(tenant_id), wall,
+                                     snap.nas)
             entry.state_expires = now + ttl_with_jitter(ttl, jitter) if current else 0.0
         self.stats.tiers["redis_state"] += len(batch)

@@ -18,8 +18,9 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from redis.exceptions import NoScriptError
 
-from wificore import quota
+from wificore import livestate, quota
 from wificore.errors import DecodeError, StoreUnavailable
 from wificore.keys import Keys
 from wificore.log import get_logger
@@ -139,9 +140,9 @@ class Profiles:
         profile: Profile | None = None
         state: LiveState | None = None
         known = False
-        live = usage = None
+        reply = None
         try:
-            raw, live, usage = self._read_redis(tenant_id, username)
+            raw, reply = self._read_redis(tenant_id, username)
             if raw == UNKNOWN:
                 known = True
             elif raw is not None:
@@ -175,8 +176,8 @@ class Profiles:
                 self.redis.call(fill)
             except StoreUnavailable:
                 pass
-        if usage is not None:  # read with the profile; the period is the plan's
-            state = self.live.state(live, usage, plan, self.zones.get(tenant_id), time.time())
+        if reply is not None:  # read with the profile; the period is the plan's
+            state = self.live.from_reply(reply, plan, self.zones.get(tenant_id), time.time())
         # Without Redis the live state is unknown (policy fails open): the entry is
         # kept for its whole lifetime (a Redis outage must not send the next login
         # to the shard again), its live state is due again at once, re-read by the
@@ -193,25 +194,28 @@ class Profiles:
         """Profile, live count and usage: one round trip, two if the cache Redis is another."""
         pkey = self.keys.profile(tenant_id, username)
 
-        def both(r: redis.Redis) -> Any:
-            pipe = r.pipeline(transaction=False)
-            pipe.get(pkey)
-            self.live.read_into(pipe, tenant_id, username, time.time())
-            return pipe.execute()
+        def run(r: redis.Redis, profile: bool) -> Any:
+            for attempt in range(2):
+                pipe = r.pipeline(transaction=False)
+                if profile:
+                    pipe.get(pkey)
+                self.live.read_into(pipe, tenant_id, username, time.time())
+                try:
+                    return pipe.execute()
+                except NoScriptError:  # a Redis that has not seen the script (restarted)
+                    if attempt:
+                        raise
+                    livestate.READER.load(r)
+            raise AssertionError("unreachable")
         if self.live.redis is self.redis:  # one Redis serves both roles
-            return self.redis.call(both)
-
-        def state(r: redis.Redis) -> Any:
-            pipe = r.pipeline(transaction=False)
-            self.live.read_into(pipe, tenant_id, username, time.time())
-            return pipe.execute()
+            return self.redis.call(lambda r: run(r, True))
         raw = self.redis.call(lambda r: r.get(pkey))
         try:
-            return [raw, *self.live.redis.call(state)]
+            return [raw, *self.live.redis.call(lambda r: run(r, False))]
         except StoreUnavailable:
             # The state Redis is out, the cache Redis answered: keep the profile (the
             # shard is not asked for it), the live state unknown (policy fails open).
-            return [raw, None, None]
+            return [raw, None]
 
     def plan(self, tenant_id: int, plan_id: int) -> Plan | None:
         """A plan: from the plan cache, else Redis, else the shard (filling both)."""
@@ -241,6 +245,11 @@ class Profiles:
     def drop(self, tenant_id: int, username: str) -> None:
         """Forget the in-process copy of one subscriber."""
         self.local.drop((tenant_id, username))
+
+    def drop_nas(self, tenant_id: int, nas_id: int) -> None:
+        """Forget the in-process copies of the tenant's subscribers with a live session on
+        the NAS (its Accounting-On/Off ended them), not the tenant's others."""
+        self.local.drop_where(tenant_id, lambda e: e.state is not None and nas_id in e.state.nas)
 
     def drop_plan(self, tenant_id: int, plan_id: int) -> None:
         """Forget a plan and every in-process subscriber on it (O(1): its epoch ends)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rlm_wificore.records import session_key
+from tests import state
 from tests.conftest import TENANT_A
 from wificore import wire
 from wificore.keys import Keys
@@ -43,22 +44,22 @@ class TestAccountingPath:
         user = subscriber()
         t = TENANT_A[0]
         assert acct(TENANT_A, acct_packet(user, "81000001", "Start")).code == "Accounting-Response"
-        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 1)
+        assert wait_until(lambda: state.sessions(redis, K, t, user) == 1)
         assert acct(TENANT_A, acct_packet(user, "81000001", "Interim-Update",
                                           inp=1000, out=5000, t=60)).code == "Accounting-Response"
-        assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"6000")
+        assert wait_until(lambda: state.usage_field(redis, K, t, user, "octets") == b"6000")
         # A retransmission of the same interim adds nothing.
         acct(TENANT_A, acct_packet(user, "81000001", "Interim-Update", inp=1000, out=5000, t=60))
         acct(TENANT_A, acct_packet(user, "81000001", "Stop", inp=1500, out=6000, t=90))
-        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 0)
-        assert redis.hget(K.usage(t, user), "octets") == b"7500"
-        assert redis.hget(K.usage(t, user), "time_s") == b"90"
+        assert wait_until(lambda: state.sessions(redis, K, t, user) == 0)
+        assert state.usage_field(redis, K, t, user, "octets") == b"7500"
+        assert state.usage_field(redis, K, t, user, "time_s") == b"90"
 
     def test_gigawords_fold_into_64_bit(self, acct, subscriber, redis):
         """Acct-Input-Gigawords counts 2^32 octets each."""
         user = subscriber()
         acct(TENANT_A, acct_packet(user, "81000002", "Interim-Update", inp=5, gw_in=3, t=10))
-        assert wait_until(lambda: redis.hget(K.usage(TENANT_A[0], user), "octets")
+        assert wait_until(lambda: state.usage_field(redis, K, TENANT_A[0], user, "octets")
                           == str(3 * 2**32 + 5).encode())
 
     def test_record_reaches_stream(self, acct, subscriber, redis, shard_conn):
@@ -93,9 +94,35 @@ class TestAccountingPath:
         user = subscriber()
         t = TENANT_A[0]
         acct(TENANT_A, acct_packet(user, "81000004", "Start"))
-        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 1)
+        assert wait_until(lambda: state.sessions(redis, K, t, user) == 1)
         acct(TENANT_A, {"Acct-Status-Type": "Accounting-On", "Acct-Session-Id": "0"})
-        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 0)
+        assert wait_until(lambda: state.sessions(redis, K, t, user) == 0)
+
+    def test_accounting_on_drops_the_cached_states_of_that_nas_users_only(self, world, radiusd, acct, auth,
+                                                                           subscriber, redis):
+        """radiusd's in-process copies after an Accounting-On: the users of that NAS are
+        read again (a login refused by Simultaneous-Use is accepted at once), the tenant's
+        others keep theirs (issue 13): one whose session is on another NAS stays refused
+        by its cached state though its Redis state is gone (deleted by hand, unannounced)."""
+        other = (TENANT_A[0], "127.0.44.1", "secret-44", "mikrotik")
+        world.admin("nas", "add", "--tenant", str(TENANT_A[0]), "--name", "nas-44", "--ip", other[1],
+                    "--secret", other[2], "--vendor", "mikrotik", "--replace")
+        assert wait_until(lambda: redis.hexists(K.nas_directory, other[1]), 10)
+        here, there = subscriber(), subscriber()
+        t = TENANT_A[0]
+        login = {"User-Password": "pw-123456"}
+
+        def refused(user: str) -> bool:
+            ans = auth(TENANT_A, {**login, "User-Name": user})
+            return ans.code == "Access-Reject" and "simultaneous" in (ans.get("Reply-Message") or "")
+        assert acct(TENANT_A, acct_packet(here, "81000005", "Start")).code == "Accounting-Response"
+        assert acct(other, acct_packet(there, "81000006", "Start")).code == "Accounting-Response"
+        assert wait_until(lambda: refused(here) and refused(there), 10)  # both cached as live
+        redis.delete(K.subscriber(t, there))
+        assert refused(there)  # the cached state answers
+        acct(TENANT_A, {"Acct-Status-Type": "Accounting-On", "Acct-Session-Id": "0"})
+        assert wait_until(lambda: not refused(here), 10), radiusd.log_tail()
+        assert refused(there)
 
 
 def stream_record(redis, key, status=None):
@@ -122,7 +149,7 @@ class TestNasSemantics:
         t = TENANT_A[0]
         assert acct(TENANT_A, acct_packet(user, "82000001", "Start")).code == "Accounting-Response"
         acct(TENANT_A, acct_packet(user, "82000001", "Interim-Update", inp=1000, out=2000, t=60))
-        assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"3000")
+        assert wait_until(lambda: state.usage_field(redis, K, t, user, "octets") == b"3000")
         ans = acct(TENANT_A, acct_packet(user, "82000001", "Interim-Update", inp=1000, out=2000, t=120,
                                          gw_in=2**31 - 1))
         assert ans.code == "Accounting-Response"
@@ -130,8 +157,8 @@ class TestNasSemantics:
         assert ans.code == "Accounting-Response"
         key = self.key(shard_conn, user, "82000001")
         assert wait_until(lambda: (stream_record(redis, key) or {}).get("session_time_s") == 2**32 - 1)
-        assert redis.hget(K.usage(t, user), "octets") == b"3000"
-        assert redis.hget(K.usage(t, user), "time_s") == b"120"
+        assert state.usage_field(redis, K, t, user, "octets") == b"3000"
+        assert state.usage_field(redis, K, t, user, "time_s") == b"120"
         assert stream_record(redis, key)["counter_flags"] == 1
 
     def test_coovachilli_client_view_point_is_swapped(self, acct, subscriber, redis, shard_conn):
@@ -171,12 +198,12 @@ class TestNasSemantics:
         acct(TENANT_A, acct_packet(user, "82000004", "Stop", inp=10, out=20, t=30))
         key = self.key(shard_conn, user, "82000004")
         assert wait_until(lambda: stream_record(redis, key, "stop"))
-        assert redis.zcard(K.live(t, user)) == 0
+        assert state.sessions(redis, K, t, user) == 0
         acct(TENANT_A, acct_packet(user, "82000004", "Start", **{"Event-Timestamp": int(time.time()) + 120}))
-        assert wait_until(lambda: redis.zcard(K.live(t, user)) == 1)
+        assert wait_until(lambda: state.sessions(redis, K, t, user) == 1)
         acct(TENANT_A, acct_packet(user, "82000004", "Interim-Update", inp=5, out=5, t=60,
                                    **{"Event-Timestamp": int(time.time()) + 180}))
-        assert wait_until(lambda: redis.hget(K.usage(t, user), "octets") == b"40")
+        assert wait_until(lambda: state.usage_field(redis, K, t, user, "octets") == b"40")
         login = {"User-Name": user, "User-Password": "pw-123456"}
         ans = wait_until(lambda: (lambda a: a if a.code == "Access-Reject" else None)(auth(TENANT_A, login)))
         assert ans is not None and "simultaneous" in ans.get("Reply-Message")

@@ -31,6 +31,7 @@ from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct, partition_of
 from stack.local import Stack, temporary_stack
 from stack.servers import free_port
+from tests import state
 from wificore import wire
 from wificore.keys import Keys
 
@@ -692,7 +693,7 @@ class TestThroughLiveScript:
             (f"{key}:{int(t0):x}", 4_000_000_900, 3000, 180, "stop", 3),
             (f"{key}:{int(t1):x}", 70, 30, 60, None, 0),
         ]
-        used = redis.hget(Keys(prefix, PARTITIONS).usage(T1, user), "octets")
+        used = state.usage_field(redis, Keys(prefix, PARTITIONS), T1, user, "octets")
         assert int(used) == sum(r[1] + r[2] for r in rows)
         redis.delete(*redis.keys(f"{prefix}:*"))
 

@@ -22,6 +22,7 @@ from benchmarks.cluster import Load, failover_gap
 from stack import cluster as tier
 from stack.local import Ports
 from tests import rawradius as raw
+from tests import state
 from tests.radius import send
 from tests.test_accounting import acct_packet, wait_until
 from wificore.keys import Keys
@@ -138,7 +139,7 @@ class TestTier:
         assert acct(c, TENANT_A, acct_packet(user, "c1000001", "Start")).code == "Accounting-Response"
         r = redis_lib.Redis.from_url(c.stack.redis.url)
         try:
-            assert wait_until(lambda: r.zcard(K.live(TENANT_A[0], user)) == 1)
+            assert wait_until(lambda: state.sessions(r, K, TENANT_A[0], user) == 1)
         finally:
             r.close()
         other = c.hosts[(home + 1) % len(c.hosts)]
@@ -174,8 +175,8 @@ class TestTier:
         assert code == "Accounting-Response"
         r = redis_lib.Redis.from_url(c.stack.redis.url)
         try:
-            assert wait_until(lambda: r.zcard(K.live(TENANT_A[0], "t6")) == 1)
-            assert r.zcard(K.live(TENANT_B[0], "t6")) == 0
+            assert wait_until(lambda: state.sessions(r, K, TENANT_A[0], "t6") == 1)
+            assert state.sessions(r, K, TENANT_B[0], "t6") == 0
         finally:
             r.close()
         # Straight to a host from an address that is not the balancer: not its client.
@@ -260,7 +261,7 @@ class TestTier:
             for user, _sid, octets in answered:
                 per_user[user] = per_user.get(user, 0) + octets
             for user, octets in per_user.items():  # counted once, not twice
-                assert r.hget(K.usage(TENANT_A[0], user), "octets") == str(octets).encode(), user
+                assert state.usage_field(r, K, TENANT_A[0], user, "octets") == str(octets).encode(), user
         finally:
             r.close()
 

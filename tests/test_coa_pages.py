@@ -10,6 +10,7 @@ import time
 
 import psycopg
 
+from tests import state
 from tests.conftest import TENANT_A
 from wificore import coa_jobs
 from wificore.keys import Keys
@@ -31,7 +32,7 @@ def test_live_sessions_after_a_page_of_stale_rows_are_found(stack, world, shard_
                          (t, f"{u}:k", nas_id, u, f"{u}-sid"))
     now = time.time()
     for u in live:
-        redis.zadd(K.live(t, u), {f"{u}:k": now + 600})
+        state.put_session(redis, K, t, u, f"{u}:k", now + 600)
     try:
         def read(fn):
             with psycopg.connect(stack.pg[0].dsn(), autocommit=True) as c:
@@ -44,4 +45,4 @@ def test_live_sessions_after_a_page_of_stale_rows_are_found(stack, world, shard_
     finally:
         conn.execute("DELETE FROM sessions WHERE tenant_id = %s AND username LIKE %s", (t, f"{tag}-%"))
         for u in live:
-            redis.delete(K.live(t, u))
+            redis.delete(K.subscriber(t, u))

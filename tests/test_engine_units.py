@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rlm_wificore.engine import Engine
+from tests import state
 from wificore.profile import Plan, Profile
 from wificore.settings import Settings
 from wificore.shardmap import ShardMap
@@ -21,7 +22,8 @@ def engine_reading(state_during_read, invalidate_during_read: bool) -> Engine:
     def fake_call(fn):
         if invalidate_during_read:
             e.invalidate(["l", 1, "bob"])  # a Stop forwarded while this lookup waited on Redis
-        return (PROFILE.pack(), *state_during_read)
+        count, usage = state_during_read[:2]  # the readers' script's reply: count, usage, NASes, rows
+        return (PROFILE.pack(), [[count, usage, list(state_during_read[2:3] and state_during_read[2]), []]])
     e.redis_store.call = fake_call
     return e
 
@@ -61,7 +63,7 @@ class TestStateRefreshOffTheHook:
         thread.start()
         try:
             assert e.authorize(dict(req)).rcode == "updated"
-            redis.hset(e.keys.usage(5, user), "time_s", 500)  # no invalidation message
+            state.put_usage(redis, e.keys, 5, user, time_s=500)  # no invalidation message
             time.sleep(1.1)
             assert e.authorize(dict(req)).rcode == "updated"  # answered from the cached state
             deadline = time.monotonic() + 3
@@ -89,9 +91,10 @@ class TestStateRefreshOffTheHook:
             for tenant in (5, 6, 5):
                 batch.append((tenant, f"u{len(batch)}-{tag}", _entry_for_test()))
             now = time.time()
-            redis.zadd(e.keys.live(5, batch[0][1]), {"s1": now + 60, "s2": now + 60, "old": now - 5})
-            redis.hset(e.keys.usage(5, batch[0][1]), mapping={"octets": 1234, "time_s": 56})
-            redis.hset(e.keys.usage(6, batch[1][1]), mapping={"time_s": 7})
+            for row, deadline in (("s1:a", now + 60), ("s2:a", now + 60), ("old:a", now - 5)):
+                state.put_session(redis, e.keys, 5, batch[0][1], row, deadline)
+            state.put_usage(redis, e.keys, 5, batch[0][1], octets=1234, time_s=56)
+            state.put_usage(redis, e.keys, 6, batch[1][1], time_s=7)
             e.live.refresh(batch)
             states = [b[2].state for b in batch]
             assert (states[0].sessions, states[0].octets, states[0].time_s) == (2, 1234, 56)
@@ -117,6 +120,21 @@ def test_one_message_drops_the_copies_of_many_subscribers():
     e.invalidate(["L", [[1, "bob"], [1, "dave"], [2, "carol"]]])
     assert e.local.peek((1, "bob")) is None and e.local.peek((1, "dave")) is None
     assert e.local.peek((1, "carol")) is not None
+
+
+def test_an_accounting_on_drops_the_copies_of_that_nas_users_only():
+    """live.lua's ["N", [[tenant, nas_id]]] (an Accounting-On/Off) drops the subscribers of
+    the tenant whose cached live state has a session on that NAS, and only those."""
+    on7 = engine_reading((1, [b"0", b"0"], [7]), invalidate_during_read=False)
+    on7.profiles.entry(1, "bob")
+    on7.profiles.entry(2, "bob")  # another tenant's NAS 7
+    on8 = engine_reading((1, [b"0", b"0"], [8]), invalidate_during_read=False)
+    on7.redis_store.call = on8.redis_store.call
+    on7.profiles.entry(1, "carol")
+    assert on7.local.peek((1, "carol")).state.nas == (8,)
+    on7.invalidate(["N", [[1, 7]]])
+    assert on7.local.peek((1, "bob")) is None
+    assert on7.local.peek((1, "carol")) is not None and on7.local.peek((2, "bob")) is not None
 
 
 

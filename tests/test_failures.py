@@ -7,6 +7,7 @@ import time
 
 import psycopg
 
+from tests import state
 from tests.conftest import TENANT_A, TENANT_C
 from tests.radius import send_pyrad
 from tests.test_accounting import acct_packet, wait_until
@@ -45,8 +46,8 @@ class TestRedisDown:
         finally:
             stack.redis.start()
         r = redis
-        assert wait_until(lambda: r.hget(K.usage(TENANT_A[0], fresh), "octets") == b"2000", timeout_s=15), \
-            f"spool not replayed: {r.hget(K.usage(TENANT_A[0], fresh), 'octets')}\n{radiusd.log_tail()}"
+        assert wait_until(lambda: state.usage_field(r, K, TENANT_A[0], fresh, "octets") == b"2000", timeout_s=15), \
+            f"spool not replayed: {state.usage_field(r, K, TENANT_A[0], fresh, 'octets')}\n{radiusd.log_tail()}"
         # The module reconnects: once its breaker has probed Redis again, the profile a
         # login reads is cached in Redis again (a login before that is served by the shard).
         def cached_again() -> bool:
@@ -143,8 +144,8 @@ class TestHostileInput:
                  (raw.ACCT_SESSION_ID, b"84000001"), forged]
         assert raw.send(radiusd.acct_port, raw.ACCOUNTING_REQUEST, TENANT_A[2], start,
                         source=TENANT_A[1])[0] == "Accounting-Response"
-        assert wait_until(lambda: redis.zcard(K.live(TENANT_A[0], user)) == 1)
-        assert redis.zcard(K.live(TENANT_C[0], user)) == 0
+        assert wait_until(lambda: state.sessions(redis, K, TENANT_A[0], user) == 1)
+        assert state.sessions(redis, K, TENANT_C[0], user) == 0
 
 
 class TestRadiusdKilled:
@@ -165,4 +166,4 @@ class TestRadiusdKilled:
             stack.redis.start()
             radiusd.start()
         assert answered == 30
-        assert wait_until(lambda: redis.hget(K.usage(TENANT_A[0], user), "octets") == b"300", timeout_s=15)
+        assert wait_until(lambda: state.usage_field(redis, K, TENANT_A[0], user, "octets") == b"300", timeout_s=15)

@@ -8,6 +8,7 @@ import uuid
 
 from batch_writer.config import load
 from batch_writer.worker import Writer
+from tests import state
 from tests.conftest import TENANT_A, TENANT_B, TENANT_C
 from tests.test_accounting import acct_packet, wait_until
 from tests.test_batch_writer import drain, new_prefix, push, writer_env
@@ -84,7 +85,7 @@ class TestTenantDelete:
         sid = uuid.uuid4().hex[:12]
         assert acct(DELETED, acct_packet(user, sid, "Start")).code == "Accounting-Response"
         assert wait_until(lambda: redis.keys(f"wc:{{{tid}}}:*"), 5)
-        assert wait_until(lambda: redis.exists(K.live(tid, user)), 5)  # its bucket's state keys too
+        assert wait_until(lambda: redis.exists(K.subscriber(tid, user)), 5)  # its bucket's state keys too
         conn = shard_conn(tid)
         conn.execute("INSERT INTO sessions (tenant_id, session_key, nas_id, username, acct_session_id,"
                      " started_at, updated_at) VALUES (%s, %s, 1, %s, %s, now(), now())",
@@ -181,7 +182,7 @@ class TestNas:
         user = subscriber()
         sid = uuid.uuid4().hex[:12]
         assert acct(nas, acct_packet(user, sid, "Start")).code == "Accounting-Response"
-        assert wait_until(lambda: redis.zcount(K.live(TENANT_A[0], user), time.time(), "+inf"), 5)
+        assert wait_until(lambda: state.sessions(redis, K, TENANT_A[0], user, now=time.time()), 5)
         start = wait_until(lambda: records(redis, "acct", lambda r: r["acct_session_id"] == sid), 5)
         assert start
 
@@ -189,8 +190,8 @@ class TestNas:
         assert "1 open sessions closed" in out.stdout, out.stdout
         assert "nas-43" not in world.admin("nas", "list", "--tenant", tenant).stdout
         assert wait_until(lambda: not redis.hexists(K.nas_directory, nas[1]), BOUND_S)
-        assert redis.zcount(K.live(TENANT_A[0], user), time.time(), "+inf") == 0
-        assert not any(redis.exists(K.nas_live(b, TENANT_A[0], nas_id)) for b in range(K.partitions))
+        assert state.sessions(redis, K, TENANT_A[0], user, now=time.time()) == 0
+        assert not any(redis.exists(K.prior_nas_live(b, TENANT_A[0], nas_id)) for b in range(K.partitions))
         off = records(redis, "acct", lambda r: r["status"] == "off" and r["nas_id"] == nas_id
                       and r["tenant_id"] == TENANT_A[0])
         assert len(off) == 1

@@ -73,7 +73,7 @@ CALLS = {
     "int(tonumber(f.tenant_id) or 0)": TENANT, "int(f.nas_id)": NAS,
     "string.sub(m, 1, sep - 1)": USER, "string.sub(m, sep + 1)": SKEY,
     "string.match(skey, '^([^:]*)')": SKEY, "int(plan_id)": PLAN,
-    "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P,
+    "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P, "int(nas)": NAS,
     "int(b)": BUCKET, "int(nb)": BUCKET,
 }
 # dead_of(tag) returns the bucket's dead-letter stream (checked below).
@@ -152,8 +152,8 @@ def test_every_key_the_script_touches_is_one_keys_builds() -> None:
     k = _BucketKeys(P)
     b: int = BUCKET  # type: ignore[assignment]
     layout = {
-        k.live(TENANT, USER): "live", k.usage(TENANT, USER): "usage", k.session(TENANT, USER, SKEY): "session",
-        k.nas_live(b, TENANT, NAS): "nas_live", k.stream(b): "stream", k.dead_letter_of(b): "dead_letter",
+        k.subscriber(TENANT, USER): "subscriber", k.nas_epoch(b, TENANT): "nas_epoch",
+        k.stream(b): "stream", k.dead_letter_of(b): "dead_letter",
         k.invalidation_channel: "invalidation_channel",
         k.profile(TENANT, USER): "profile", k.plan(TENANT, PLAN): "plan",
         k.interim(TENANT, USER): "interim", k.interim_max(b, TENANT): "interim_max",
@@ -161,6 +161,9 @@ def test_every_key_the_script_touches_is_one_keys_builds() -> None:
         # A session of the layout before 2026-12-01, moved at its first record (one Redis).
         k.legacy(TENANT, "sess", SKEY): "legacy session", k.legacy(TENANT, "live", USER): "legacy live",
         k.legacy(TENANT, "use", USER): "legacy usage",
+        # The layout before 2026-12-02, moved into the subscriber's hash at the next record.
+        k.prior_live(TENANT, USER): "prior live", k.prior_usage(TENANT, USER): "prior usage",
+        k.prior_session(TENANT, USER, SKEY): "prior session", k.prior_nas_live(b, TENANT, NAS): "prior nas_live",
     }
     script = _script_keys()
     assert script - set(layout) == set(), "live.lua builds keys that wificore.keys.Keys does not"

@@ -1,6 +1,6 @@
 """live.lua on its own, against the real Redis, with the clock chosen by the test:
-what Simultaneous-Use reads (the live set) and what Accounting-On/Off clears (the
-NAS's set) as a session's records arrive over time."""
+what Simultaneous-Use reads (the subscriber's hash, wificore/livestate.py) and what
+Accounting-On/Off ends (the NAS's epoch) as a session's records arrive over time."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from rlm_wificore.background import _LIVE_LUA, SESSION_TTL_S, USAGE_TTL_S
 from rlm_wificore.spool import MAX_RECORD, TAG_SHIFT
-from wificore import wire
+from wificore import livestate, wire
 from wificore.keys import TAG_ALL, Keys, bucket_of
 
 T0 = 1_900_000_000.0
@@ -63,10 +63,13 @@ class Live:
         assert (n, consumed, corrupt) == (len(frames), len(span), 0)
 
     def live_count(self, now: float, user: str = "alice") -> int:
-        return self.r.zcount(self.k.live(1, user), now, "+inf")
+        return livestate.sessions(self.r, self.k, 1, user, now=now)
 
-    def nas_members(self, nas_id: int = 7) -> dict[bytes, float]:
-        return dict(self.r.zrange(self.k.nas_live(0, 1, nas_id), 0, -1, withscores=True))
+    def rows(self, now: float, user: str = "alice") -> tuple[str, ...]:
+        return livestate.read(self.r, self.k, 1, user, rows=True, now=now).rows
+
+    def sub(self, user: str = "alice") -> str:
+        return self.k.subscriber(1, user)
 
     def cleanup(self) -> None:
         keys = list(self.r.scan_iter(match=f"{self.p}:*"))
@@ -104,17 +107,14 @@ def test_a_session_counts_while_interims_come_and_expires_when_they_stop(live):
     last = T0 + 5 * INTERIM_S
     assert live.live_count(last + DEADLINE_S - 1) == 1
     assert live.live_count(last + DEADLINE_S + 1) == 0
-    # The key outlives the latest deadline, by at most one refresh interval.
-    ttl_until = live.r.expiretime(live.k.live(1, "alice"))
-    assert last + DEADLINE_S <= ttl_until <= last + DEADLINE_S + REFRESH_S
+    # The subscriber's hash outlives the latest deadline.
+    assert live.r.expiretime(live.sub()) >= last + DEADLINE_S
 
 
 def test_expiries_are_pushed_at_refresh_times_and_never_fall_behind(live):
-    """Interims refresh the keys' expiries only when the session's refresh time is due, yet
-    over many refresh intervals the live set never expires before its member's deadline,
-    and the session hash and usage counters always carry an expiry."""
-    live_key = live.k.live(1, "alice")
-    sess_key, use_key = live.k.session(1, "alice", "s1"), live.k.usage(1, "alice")
+    """Interims refresh the subscriber hash's expiry only when the session's refresh time is
+    due, yet over many refresh intervals it never expires before its session's deadline."""
+    live_key = live.sub()
     live.send(T0, record("start"))
     steps = int(5 * REFRESH_S / INTERIM_S)
     pushed = 0
@@ -125,32 +125,67 @@ def test_expiries_are_pushed_at_refresh_times_and_never_fall_behind(live):
         after = live.r.expiretime(live_key)
         pushed += after != before
         assert after >= now + DEADLINE_S, k
-        assert live.r.ttl(sess_key) > 0 and live.r.ttl(use_key) > 0
     # Pushed about once per refresh interval, not at every Interim.
     assert 3 <= pushed <= steps // 3
 
 
-def test_usage_counters_created_mid_session_get_an_expiry(live):
-    """Counters removed by hand while a session goes on are created again by its next
-    Interim, with an expiry, though its refresh time is not due."""
-    use_key = live.k.usage(1, "alice")
+def test_a_hash_removed_mid_session_is_created_again_with_an_expiry(live):
+    """The subscriber's hash removed by hand while a session goes on is created again by
+    its next Interim, with an expiry, though its refresh time is not due."""
     live.send(T0, record("start"), record("interim", t=60))
-    live.r.delete(use_key)
+    live.r.delete(live.sub())
     live.send(T0 + 120, record("interim", t=120))
-    assert live.r.hgetall(use_key) == {b"octets": b"1800", b"time_s": b"60"}
-    assert live.r.ttl(use_key) > 0
+    assert live.live_count(T0 + 120) == 1
+    assert live.r.ttl(live.sub()) > 0
 
 
-def test_the_nas_set_is_refreshed_once_per_half_horizon(live):
-    """The NAS's set is written at the Start, then only when half its horizon has passed."""
-    live.send(T0, record("start"))
-    member = f"alice\n{row_key()}".encode()
-    assert live.nas_members() == {member: T0 + HORIZON_S}
-    live.send(T0 + INTERIM_S, record("interim", t=INTERIM_S))
-    assert live.nas_members() == {member: T0 + HORIZON_S}  # not rewritten
-    later = T0 + HORIZON_S / 2 + 1
-    live.send(later, record("interim", t=int(later - T0)))
-    assert live.nas_members() == {member: later + HORIZON_S}
+def test_sessions_keep_no_per_nas_or_per_session_key(live):
+    """One key per subscriber: no per-NAS set, no session hash, no live set; a NAS's epoch
+    exists only once it sent an Accounting-On/Off."""
+    live.send(T0, record("start"), record("interim", t=60), record("start", key="s2", user="bob"))
+    keys = {k.decode() for k in live.r.scan_iter(match=f"{live.p}:*")}
+    assert keys == {live.sub(), live.sub("bob"), live.k.stream(0), live.k.nas_skew(0, 1)}
+
+
+def test_a_session_started_before_the_nas_accounting_on_is_not_counted(live):
+    """The NAS's epoch decides: a session whose last record came before the NAS's
+    Accounting-On is not live (though its deadline is ahead); one started after is; one
+    that goes on after it (its next Interim) is live again."""
+    live.send(T0, record("start"), record("start", key="s2", user="bob"))
+    live.send(T0 + 10, record("on", ev=T0 + 10))
+    assert live.live_count(T0 + 11) == 0 and live.live_count(T0 + 11, "bob") == 0
+    assert live.r.hexists(live.k.nas_epoch(0, 1), "7")
+    live.send(T0 + 20, record("start", key="s3", user="carol", ev=T0 + 20))
+    assert live.live_count(T0 + 21, "carol") == 1
+    assert live.rows(T0 + 21, "carol") == (row_key("s3", started=T0 + 20),)
+    live.send(T0 + 30, record("interim", t=30))
+    assert live.live_count(T0 + 31) == 1 and live.live_count(T0 + 31, "bob") == 0
+    # A second Accounting-On in the same second still ends what the first left live.
+    live.send(T0 + 30, record("off", ev=T0 + 30))
+    assert live.live_count(T0 + 31) == 0 and live.live_count(T0 + 31, "carol") == 0
+
+
+def test_the_subscriber_hash_is_pruned_of_old_sessions(live):
+    """A hotspot subscriber reconnecting all day for days: each session is a field of its
+    hash, kept a session TTL after its Stop (replays and late records are recognised),
+    then pruned at a later record: the hash stays bounded by the TTL's worth of sessions."""
+    every = 600
+    n = int(3 * SESSION_TTL_S / every)
+    most = 0
+    for i in range(n):
+        now = T0 + i * every
+        live.send(now, record("start", key=f"h{i}", ev=now), record("stop", key=f"h{i}", t=60, ev=now + 60))
+        most = max(most, live.r.hlen(live.sub()))
+    # One field per session of the last session TTL (and prune interval), plus the usage.
+    bound = (SESSION_TTL_S + 21600) / every + 2
+    assert SESSION_TTL_S / every < most <= bound, (most, bound)
+    # A replay of a recent session's Stop is recognised (not counted again)...
+    used = usage(live)
+    last = T0 + (n - 1) * every
+    live.send(last + 5, record("stop", key=f"h{n - 1}", t=60, ev=last + 60))
+    assert usage(live) == used
+    # ... and the oldest ones are gone.
+    assert not live.r.hexists(live.sub(), "h0")
 
 
 def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(live):
@@ -162,35 +197,82 @@ def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(li
     live.send(T0 + 10, record("on", ev=T0 + 10))
     assert live.live_count(T0 + 10) == 0 and live.live_count(T0 + 10, "bob") == 0
     assert live.live_count(T0 + 10, "carol") == 1  # another NAS
-    assert live.nas_members() == {}
     live.send(T0 + 20, record("interim", t=20))
     assert live.live_count(T0 + 20) == 1
-    assert list(live.nas_members()) == [f"alice\n{row_key()}".encode()]
     live.send(T0 + 30, record("off", ev=T0 + 30))
     assert live.live_count(T0 + 30) == 0
 
 
-def test_accounting_on_never_recreates_an_expired_session_hash(live):
-    """A member of the NAS's set can outlive its session's hash (the hash expired, the
-    member waits for the next new member to be dropped): Accounting-On must not create
-    the hash again, without an expiry (a key that never goes)."""
-    live.send(T0, record("start"), record("start", key="s2", user="bob"))
-    gone = live.k.session(1, "alice", "s1")
+def prior_session(live, user: str, key: str, started: float = T0, t: int = 60, deadline: float | None = None) -> None:
+    """A session kept as the layout before 2026-12-02 kept it (one Redis upgraded mid-session):
+    its own hash, its subscriber's live set and the NAS's set of the bucket."""
+    k = live.k
+    live.r.hset(k.prior_session(1, user, key), mapping={"i": 10 * t, "o": 20 * t, "t": t, "k": row_key(key, started),
+                                                         "b": f"{started:.3f}", "g": 0, "v": INTERIM_S,
+                                                         "r": int(started + 10_000)})
+    live.r.expire(k.prior_session(1, user, key), SESSION_TTL_S)
+    live.r.zadd(k.prior_live(1, user), {row_key(key, started): deadline or started + t + DEADLINE_S})
+    live.r.zadd(k.prior_nas_live(0, 1, 7), {f"{user}\n{row_key(key, started)}": started + 10_000})
+
+
+def test_accounting_on_never_recreates_an_expired_session_hash_of_the_layout_before(live):
+    """A member of a NAS's set of the layout before 2026-12-02 can outlive its session's
+    hash: Accounting-On must not create the hash again, without an expiry (a key that
+    never goes)."""
+    prior_session(live, "alice", "s1")
+    prior_session(live, "alice", "s2")
+    gone = live.k.prior_session(1, "alice", "s1")
     live.r.delete(gone)  # expired
     live.send(T0 + 10, record("on", ev=T0 + 10))
     assert not live.r.exists(gone)
-    kept = live.k.session(1, "alice", "s2")
+    kept = live.k.prior_session(1, "alice", "s2")
     assert live.r.hget(kept, "n") is not None and live.r.ttl(kept) > 0
+    assert live.live_count(T0 + 11) == 0 and not live.r.exists(live.k.prior_nas_live(0, 1, 7))
+
+
+def test_sessions_of_the_layout_before_count_until_they_move_and_accounting_on_ends_them(live):
+    """One Redis upgraded with sessions in flight (the layout before 2026-12-02): they count
+    for Simultaneous-Use and their usage for the quotas before their next record; that
+    record moves the session and the usage into the subscriber's hash (the old keys
+    deleted) and counts only its delta; an Accounting-On ends both the moved ones and
+    those still in the old keys; a Stop after it is recognised (no double count)."""
+    k = live.k
+    prior_session(live, "alice", "s1")
+    prior_session(live, "alice", "s2")
+    live.r.hset(k.prior_usage(1, "alice"), mapping={"octets": 3600 + 5000, "time_s": 120 + 40, "d": 100,
+                                                    "do": 77, "dt": 7, "w": 98, "wo": 78, "wt": 8, "m": 90,
+                                                    "mo": 79, "mt": 9})
+    assert live.live_count(T0 + 70) == 2
+    assert set(live.rows(T0 + 70)) == {row_key("s1"), row_key("s2")}
+    assert usage(live)[b"octets"] == b"8600" and usage(live)[b"do"] == b"77"
+    live.send(T0 + 120, record("interim", t=120))
+    assert not live.r.exists(k.prior_session(1, "alice", "s1"), k.prior_usage(1, "alice"))
+    assert live.r.zrange(k.prior_live(1, "alice"), 0, -1) == [row_key("s2").encode()]
+    assert live.r.zrange(k.prior_nas_live(0, 1, 7), 0, -1) == [f"alice\n{row_key('s2')}".encode()]
+    assert live.live_count(T0 + 121) == 2
+    u = usage(live)
+    assert (u[b"octets"], u[b"time_s"], u[b"d"], u[b"do"], u[b"mt"]) == (b"10400", b"220", b"100", b"77", b"9")
+    assert stream_records(live)[-1]["live_session_key"] == row_key()
+    assert live.r.expiretime(live.sub()) == T0 + 120 + USAGE_TTL_S
+    live.send(T0 + 130, record("on", ev=T0 + 130))
+    assert live.live_count(T0 + 131) == 0
+    # The one still in the old keys moves at its Stop, counted once.
+    live.send(T0 + 140, record("stop", key="s2", t=90))
+    assert usage(live)[b"octets"] == str(10400 + 30 * 30).encode()
+    assert not live.r.exists(k.prior_session(1, "alice", "s2"), k.prior_live(1, "alice"))
+    live.send(T0 + 150, record("stop", key="s2", t=90))
+    assert usage(live)[b"octets"] == str(10400 + 30 * 30).encode()
 
 
 def test_a_stop_is_final(live):
     """After a Stop, a late Interim neither counts the session again nor adds usage."""
     live.send(T0, record("start"), record("interim", t=60), record("stop", t=120))
-    assert live.live_count(T0) == 0 and live.nas_members() == {}
-    usage = live.r.hgetall(live.k.usage(1, "alice"))
+    assert live.live_count(T0) == 0
+    used = livestate.usage(live.r, live.k, 1, "alice")
     live.send(T0 + 5, record("interim", t=600))
-    assert live.live_count(T0 + 5) == 0 and live.nas_members() == {}
-    assert live.r.hgetall(live.k.usage(1, "alice")) == usage
+    assert live.live_count(T0 + 5) == 0
+    assert livestate.usage(live.r, live.k, 1, "alice") == used
+    usage = {k.encode(): str(v).encode() for k, v in used.items()}
     assert usage[b"octets"] == b"3600" and usage[b"time_s"] == b"120"
 
 
@@ -209,9 +291,10 @@ def test_starts_and_stops_of_one_call_are_announced_in_one_message(live):
         pubsub.close()
 
 
-def test_accounting_on_announces_that_nas_users_only(live):
+def test_accounting_on_announces_that_nas_only(live):
     """An Accounting-On makes radiusd drop the cached copies of the users of that NAS, not
-    of the whole tenant: the announcement names them ('L'), and no 't' message is sent."""
+    of the whole tenant: the announcement names the NAS ('N'; each process knows the NASes
+    of the live sessions it cached), and no 't' message is sent."""
     live.send(T0, record("start"), record("start", key="s2", user="bob"),
               record("start", key="s3", user="carol", nas_id=8))
     pubsub = live.r.pubsub(ignore_subscribe_messages=True)
@@ -219,8 +302,7 @@ def test_accounting_on_announces_that_nas_users_only(live):
     try:
         live.send(T0 + 10, record("on"))
         messages = announcements(pubsub)
-        assert len(messages) == 1 and messages[0][0] == "L", messages
-        assert sorted(map(tuple, messages[0][1])) == [(1, "alice"), (1, "bob")]
+        assert messages == [["N", [[1, 7]]]], messages
     finally:
         pubsub.close()
 
@@ -232,7 +314,8 @@ def stream_records(live) -> list[dict]:
 
 
 def usage(live, user: str = "alice") -> dict[bytes, bytes]:
-    return live.r.hgetall(live.k.usage(1, user))
+    """The subscriber's usage as the readers see it (as the usage hash of before held it)."""
+    return {k.encode(): str(v).encode() for k, v in livestate.usage(live.r, live.k, 1, user).items()}
 
 
 def test_implausible_counters_are_refused_and_the_record_kept(live):
@@ -308,7 +391,7 @@ def test_a_reused_id_without_stop_or_accounting_on_is_a_new_session(live):
     t1 = T0 + 3600
     live.send(t1, record("start", ev=t1))
     assert live.live_count(t1) == 1
-    assert live.r.zrange(live.k.live(1, "alice"), 0, -1) == [row_key(started=t1).encode()]
+    assert live.rows(t1) == (row_key(started=t1),)
 
 
 def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
@@ -316,9 +399,13 @@ def test_a_retransmitted_start_and_a_replayed_span_change_nothing(live):
     no usage counted twice."""
     span = [record("start"), record("interim", t=60), record("stop", t=120), record("start", ev=T0 + 500)]
     live.send(T0 + 500, *span)
-    state = (usage(live), live.r.hgetall(live.k.session(1, "alice", "s1")))
+    def state() -> dict:
+        # Everything but the live deadline, which the replayed Start pushes (as it should).
+        return {f: [v for i, v in enumerate(msgpack.unpackb(raw)) if not (f != b"u" and i == 5)]
+                for f, raw in live.r.hgetall(live.sub()).items()}
+    before = state()
     live.send(T0 + 501, *span)
-    assert (usage(live), live.r.hgetall(live.k.session(1, "alice", "s1"))) == state
+    assert state() == before
     keys = {r["live_session_key"] for r in stream_records(live)}
     assert keys == {row_key(), row_key(started=T0 + 500)}
 
@@ -485,8 +572,8 @@ def test_each_record_goes_to_its_buckets_keys_tagged_or_not(live):
     assert len({k.bucket(1, u) for u in USERS}) > 3
     for i, u in enumerate(USERS):
         b = k.bucket(1, u)
-        assert live.r.zcount(k.live(1, u), T0, "+inf") == 1, u
-        assert live.r.exists(k.session(1, u, f"s{i}")), u
+        assert livestate.sessions(live.r, k, 1, u, now=T0) == 1, u
+        assert live.r.hexists(k.subscriber(1, u), f"s{i}") and k.subscriber(1, u).startswith(k.tag(b)), u
         assert any(wire.unpack(f[b"d"])[1]["username"] == u for _id, f in live.r.xrange(k.stream(b))), u
     assert sum(live.r.xlen(k.stream(b)) for b in range(parts)) == len(USERS)
 
@@ -506,7 +593,7 @@ def test_accounting_on_clears_the_nas_in_every_bucket_and_is_stored_once(live):
     live.send(T0, *[tagged(record("start", key=f"s{i}", user=u), parts) for i, u in enumerate(users)], parts=parts)
     assert len({k.bucket(1, u) for u in users}) >= 3
     live.send(T0 + 10, tagged(record("on", ev=T0 + 10), parts), parts=parts)
-    assert all(live.r.zcount(k.live(1, u), T0, "+inf") == 0 for u in users)
+    assert all(livestate.sessions(live.r, k, 1, u, now=T0 + 10) == 0 for u in users)
     assert stored(live, k, parts, "on") == [7 % parts]
     # The cluster's way: one call per bucket, each with the record.
     live.send(T0 + 20, *[tagged(record("start", key=f"t{i}", user=u, ev=T0 + 20), parts) for i, u in enumerate(users)],
@@ -514,13 +601,14 @@ def test_accounting_on_clears_the_nas_in_every_bucket_and_is_stored_once(live):
     off = tagged(record("off", ev=T0 + 30), parts)
     for b in range(parts):
         live.send(T0 + 30, off, parts=parts, bucket=b)
-    assert all(live.r.zcount(k.live(1, u), T0 + 30, "+inf") == 0 for u in users)
+    assert all(livestate.sessions(live.r, k, 1, u, now=T0 + 30) == 0 for u in users)
     assert stored(live, k, parts, "off") == [7 % parts]
 
 
 def test_a_session_of_the_layout_before_moves_to_its_bucket_and_counts_once(live):
-    """One Redis upgraded mid-session: the session hash, live set and usage under the
-    tenant's tag move at the session's next record; its Interim adds only its delta."""
+    """One Redis upgraded mid-session from before 2026-12-01: the session hash, live set and
+    usage under the tenant's tag move at the session's next record (into the subscriber's
+    hash, by way of the bucket's keys of before 2026-12-02); its Interim adds only its delta."""
     legacy = live.k.legacy
     live.r.hset(legacy(1, "sess", "s1"), mapping={"i": 600, "o": 1200, "t": 60, "k": row_key(), "b": f"{T0:.3f}",
                                                  "g": 0, "v": INTERIM_S, "r": int(T0 + 10_000)})
@@ -529,10 +617,12 @@ def test_a_session_of_the_layout_before_moves_to_its_bucket_and_counts_once(live
     live.r.hset(legacy(1, "use", "alice"), mapping={"octets": 1800 + 5000, "time_s": 60 + 40})
     live.send(T0 + 120, tagged(record("interim", t=120), 1))
     assert not live.r.exists(legacy(1, "sess", "s1"), legacy(1, "live", "alice"), legacy(1, "use", "alice"))
+    assert not live.r.exists(live.k.prior_session(1, "alice", "s1"), live.k.prior_live(1, "alice"),
+                             live.k.prior_usage(1, "alice"))
     assert usage(live) == {b"octets": str(6800 + 1800).encode(), b"time_s": str(100 + 60).encode()}
     assert live.live_count(T0 + 130) == 1
     assert stream_records(live)[-1]["live_session_key"] == row_key()
-    assert 0 < live.r.ttl(live.k.session(1, "alice", "s1")) <= SESSION_TTL_S
+    assert live.r.expiretime(live.sub()) == T0 + 120 + USAGE_TTL_S
 
 
 def test_a_nas_clock_skew_is_kept_once_in_its_home_bucket(live):
@@ -544,3 +634,31 @@ def test_a_nas_clock_skew_is_kept_once_in_its_home_bucket(live):
     assert len({k.bucket(1, u) for u in USERS[:8]}) > 1
     assert {b: live.r.hget(k.nas_skew(b, 1), "7") for b in range(parts)} == {
         b: (b"-5" if b == 7 % parts else None) for b in range(parts)}
+
+
+def test_usage_per_quota_period_reads_back_as_counted(live):
+    """The periods' ids and counters as the readers see them, whether stored in full or
+    left out where they follow from the day's (live.lua's u_store): a day, the next day of
+    the same week and month, a day of the next month (same week), then a record of the
+    first day again (the day's and the month's are newer: counted in the week and the
+    totals only)."""
+    import datetime as dt
+
+    from wificore import quota
+    days = [quota.date_day(dt.date(2030, 1, d)) for d in (29, 30)] + [quota.date_day(dt.date(2030, 2, 1))]
+
+    def expect(day: int, d: tuple[int, int], w: tuple[int, int], m: tuple[int, int]) -> dict[str, int]:
+        return {"d": day, "do": d[0], "dt": d[1], "w": quota.period_start("weekly", day), "wo": w[0], "wt": w[1],
+                "m": quota.period_start("monthly", day), "mo": m[0], "mt": m[1]}
+
+    def periods() -> dict[str, int]:
+        return {k: v for k, v in livestate.usage(live.r, live.k, 1, "alice").items() if k not in ("octets", "time_s")}
+    live.send(T0, record("start", local_day=days[0]), record("interim", t=60, local_day=days[0]))
+    assert periods() == expect(days[0], (1800, 60), (1800, 60), (1800, 60))
+    live.send(T0 + 120, record("interim", t=120, local_day=days[1]))
+    assert periods() == expect(days[1], (1800, 60), (3600, 120), (3600, 120))
+    live.send(T0 + 180, record("interim", t=180, local_day=days[2]))
+    assert periods() == expect(days[2], (1800, 60), (5400, 180), (1800, 60))
+    live.send(T0 + 240, record("interim", t=240, local_day=days[0]))  # the same ISO week
+    assert periods() == expect(days[2], (1800, 60), (7200, 240), (1800, 60))
+    assert livestate.usage(live.r, live.k, 1, "alice")["octets"] == 30 * 240

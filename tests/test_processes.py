@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from stack.servers import Radiusd, RadiusdGroup, free_port
-from tests import metrics
+from tests import metrics, state
 from tests.conftest import TENANT_A
 from tests.radius import send
 from tests.test_accounting import acct_packet, wait_until
@@ -62,9 +62,9 @@ class TestSharedPorts:
                            acct_packet(user, sid, status, inp=octets, out=0, t=10 if octets else 0),
                            source=TENANT_A[1])
                 assert ans.code == "Accounting-Response", f"{ans.output}\n{group.log_tail()}"
-        key = K.usage(TENANT_A[0], user)
-        assert wait_until(lambda: redis.hget(key, "octets") == b"20000", timeout_s=10), \
-            f"{redis.hget(key, 'octets')}\n{group.log_tail()}"
+        def used() -> bytes | None:
+            return state.usage_field(redis, K, TENANT_A[0], user, "octets")
+        assert wait_until(lambda: used() == b"20000", timeout_s=10), f"{used()}\n{group.log_tail()}"
 
     def test_one_process_stopped_the_other_serves(self, world, subscriber):
         """With one process gone the kernel sends everything to the ones left."""

@@ -15,6 +15,7 @@ import zoneinfo
 
 import pytest
 
+from tests import state
 from tests.test_accounting import acct_packet, wait_until
 from tests.test_policy import pap
 from wificore import quota
@@ -78,7 +79,7 @@ class TestThroughRadiusd:
         ans = wait_until(lambda: rejected(auth, user))
         assert ans is not None and "data quota" in ans.get("Reply-Message"), ans
         today = dt.datetime.now(zoneinfo.ZoneInfo(BEHIND)).date()
-        assert int(redis.hget(K.usage(T, user), "d")) == quota.date_day(today)
+        assert int(state.usage_field(redis, K, T, user, "d")) == quota.date_day(today)
         # The tenant's calendar is a day (or two) ahead: a new day, a new quota.
         set_zone(zoned, auth, redis, AHEAD)
         assert wait_until(lambda: pap(auth, TENANT, user).accepted, 10.0), rejected(auth, user)
@@ -213,11 +214,11 @@ def test_a_nas_clock_off_does_not_move_usage_into_another_period(zoned, auth, ac
     # Today's 2010 bytes are over the quota: the next login is refused. (Counted in Redis
     # first: a login before the Interim is there would keep the older state in process
     # for live_state_ttl_s.)
-    assert wait_until(lambda: redis.hget(K.usage(T, user), "do") == b"2010", 10.0), \
-        redis.hgetall(K.usage(T, user))
-    assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
+    assert wait_until(lambda: state.usage_field(redis, K, T, user, "do") == b"2010", 10.0), \
+        state.usage_all(redis, K, T, user)
+    assert wait_until(lambda: rejected(auth, user), 10.0), state.usage_all(redis, K, T, user)
     today = quota.date_day(dt.datetime.now(zoneinfo.ZoneInfo(zone)).date())
-    usage = {k.decode(): int(v) for k, v in redis.hgetall(K.usage(T, user)).items()}
+    usage = {k.decode(): int(v) for k, v in state.usage_all(redis, K, T, user).items()}
     assert quota.redis_usage(usage, "daily", today) == (2010, 120), usage
 
 
@@ -234,11 +235,11 @@ def test_a_zone_moved_westwards_still_counts_today(zoned, auth, acct, subscriber
     assert acct(TENANT, acct_packet(user, sid, "Start")).code == "Accounting-Response"
     assert acct(TENANT, acct_packet(user, sid, "Interim-Update", inp=100, out=100, t=60)).code \
         == "Accounting-Response"
-    assert wait_until(lambda: redis.hget(K.usage(T, user), "do") == b"200", 5)
+    assert wait_until(lambda: state.usage_field(redis, K, T, user, "do") == b"200", 5)
     set_zone(zoned, auth, redis, BEHIND)
     today = quota.ZoneClock(BEHIND).day(time.time())
-    assert int(redis.hget(K.usage(T, user), "d")) == today
+    assert int(state.usage_field(redis, K, T, user, "d")) == today
     assert not rejected(auth, user)  # 200 of 1000
     assert acct(TENANT, acct_packet(user, sid, "Stop", inp=1500, out=1500, t=120)).code == "Accounting-Response"
-    assert wait_until(lambda: rejected(auth, user), 10.0), redis.hgetall(K.usage(T, user))
-    assert redis.hget(K.usage(T, user), "do") == b"3000"
+    assert wait_until(lambda: rejected(auth, user), 10.0), state.usage_all(redis, K, T, user)
+    assert state.usage_field(redis, K, T, user, "do") == b"3000"

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster as ClusterClient
 from stack.rcluster import NODE_TIMEOUT_MS, RedisCluster
 from stack.servers import BatchWriter, Radiusd, free_port
 from tests import rawradius as rr
+from tests import state
 from tests.conftest import TENANT_A
 from tests.test_spool_disk import raddb_with
 from wificore import roles
@@ -143,14 +144,14 @@ def test_logins_and_accounting_reach_postgresql_once(cluster, client, cradius, c
     for u in users:
         assert login(cradius.auth_port, u) == "Access-Accept", cradius.log_tail()
         assert account(cradius.acct_port, u, sids[u], "Start", 0) == "Accounting-Response"
-    wait(lambda: all(client.zcard(keys.live(TENANT_A[0], u)) == 1 for u in users), 15, cradius.log_tail())
+    wait(lambda: all(state.sessions(client, keys, TENANT_A[0], u) == 1 for u in users), 15, cradius.log_tail())
     for u in users:
         assert account(cradius.acct_port, u, sids[u], "Interim-Update", 60) == "Accounting-Response"
         assert account(cradius.acct_port, u, sids[u], "Stop", 120) == "Accounting-Response"
-    wait(lambda: all(client.hget(keys.usage(TENANT_A[0], u), "octets") == b"12000" for u in users), 15,
+    wait(lambda: all(state.usage_field(client, keys, TENANT_A[0], u, "octets") == b"12000" for u in users), 15,
          cradius.log_tail())
-    assert all(client.zcard(keys.live(TENANT_A[0], u)) == 0 for u in users)
-    nodes = {client.get_node_from_key(keys.usage(TENANT_A[0], u)).port for u in users}
+    assert all(state.sessions(client, keys, TENANT_A[0], u) == 0 for u in users)
+    nodes = {client.get_node_from_key(keys.subscriber(TENANT_A[0], u)).port for u in users}
     assert len(nodes) >= 2, nodes
     want = {sids[u]: (1, 120, True) for u in users}
     wait(lambda: rows(shard, list(want)) == want, 30, cwriter.log_tail())
@@ -187,12 +188,12 @@ def test_a_master_killed_under_load_loses_nothing_answered(cluster, client, crad
         assert account(cradius.acct_port, u, sids[u], "Start", 0) == "Accounting-Response"
     by_node: dict[int, list[str]] = {}
     for u in users:
-        by_node.setdefault(client.get_node_from_key(keys.usage(t, u)).port, []).append(u)
+        by_node.setdefault(client.get_node_from_key(keys.subscriber(t, u)).port, []).append(u)
     victim_port = max(by_node, key=lambda p: len(by_node[p]))
     victim = next(n for n in cluster.nodes if n.port == victim_port)
     replica = cluster.replica_of(victim)
     assert replica is not None
-    probe_key = keys.usage(t, by_node[victim_port][0]).replace(":use:", ":probe:")
+    probe_key = keys.subscriber(t, by_node[victim_port][0]).replace(":s:", ":probe:")
 
     answered: dict[str, int] = {u: 0 for u in users}
     accepts: dict[str, int] = {u: 0 for u in users}

@@ -12,10 +12,12 @@ import subprocess
 import time
 import uuid
 
+import msgpack
 import pytest
 import redis as redis_lib
 
 from stack.servers import RADDB, Radiusd, RedisServer, free_port, venv_bin
+from tests import state
 from tests.conftest import TENANT_A
 from tests.radius import send
 from tests.test_accounting import acct_packet
@@ -143,7 +145,7 @@ class TestRadiusd:
                            source=TENANT_A[1])
                 assert ans.code == "Accounting-Response", f"{ans.output}\n{r.log_tail()}"
             deadline = time.monotonic() + 15
-            while redis.hget(keys.usage(TENANT_A[0], user), "octets") != b"1000":
+            while state.usage_field(redis, keys, TENANT_A[0], user, "octets") != b"1000":
                 assert time.monotonic() < deadline, r.log_tail()
                 time.sleep(0.1)
 
@@ -157,8 +159,8 @@ class TestRadiusd:
             assert keys.nas_directory in in_state, in_state
             assert any(":plan:" in k for k in in_cache), in_cache
             assert all(any(kind in k for kind in cache_kinds) for k in in_cache), in_cache
-            assert {keys.live(t, user), keys.usage(t, user)} <= in_state, in_state
-            assert any(":sess:" in k for k in in_state) and any(k.endswith(":stream") for k in in_state), in_state
+            assert keys.subscriber(t, user) in in_state, in_state
+            assert any(k.endswith(":stream") for k in in_state), in_state
             assert not any(any(kind in k for kind in cache_kinds) for k in in_state), in_state
 
             # A change committed in PostgreSQL deletes the copy in the cache Redis.
@@ -207,14 +209,15 @@ class TestRadiusd:
                        source=TENANT_A[1])
             assert ans.code == "Accounting-Response", f"{ans.output}\n{other.log_tail()}"
             deadline = time.monotonic() + 15
-            while not list(redis.scan_iter(match=f"{prefix}:{{b*}}:sess:*")):
+            while not state.sessions(redis, keys, t, user):
                 assert time.monotonic() < deadline, other.log_tail()
                 time.sleep(0.1)
-            (sess,) = list(redis.scan_iter(match=f"{prefix}:{{b*}}:sess:*"))
-            assert redis.hget(sess, "v") == b"3600", redis.hgetall(sess)
-            # Live until two plan interims and the grace have passed, not two default ones.
-            (score,) = [sc for _m, sc in redis.zrange(keys.live(t, user), 0, -1, withscores=True)]
-            assert score > time.time() + 3600, score - time.time()
+            # The session keeps the plan's interval (S_IV) and its deadline (S_DEADLINE):
+            # live until two plan interims and the grace have passed, not two default ones.
+            (sess,) = [msgpack.unpackb(v) for f, v in redis.hgetall(keys.subscriber(t, user)).items() if f != b"u"]
+            assert sess[11] == 3600, sess
+            assert sess[5] > time.time() + 3600, sess[5] - time.time()
+            assert state.sessions(redis, keys, t, user, now=time.time() + 3600) == 1
         finally:
             for r in procs:
                 assert r.stop() == 0, r.log_tail()

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import psycopg
 
-from . import lifecycle, nas_admin, quota, roles
+from . import lifecycle, livestate, nas_admin, quota, roles
 from .errors import ConfigError, InputError, UnknownTenant, WiFiCoreError
 from .keys import Keys
 from .md4 import nt_hash
@@ -505,11 +505,11 @@ def cmd_sub_show(a: Admin, args: argparse.Namespace) -> None:
                           "expires_at": show_instant(p.expires_at, tz), "mac_binding": p.mac_binding,
                           "framed_ip": p.framed_ip, "framed_ipv6_prefix": p.framed_ipv6_prefix,
                           "delegated_ipv6_prefix": p.delegated_ipv6_prefix, "ttl_s": ttl}
+            snap = livestate.READER.read(state, a.keys, [(args.tenant, args.username)], now=now)[0]
             live = {
-                "sessions": state.zcount(a.keys.live(args.tenant, args.username), now, "+inf"),
-                "usage": {k.decode(): int(v) for k, v in
-                          cast(dict[bytes, bytes], state.hgetall(a.keys.usage(args.tenant, args.username))).items()},
-                "usage_ttl_s": state.ttl(a.keys.usage(args.tenant, args.username)),
+                "sessions": snap.sessions,
+                "usage": snap.usage,
+                "usage_ttl_s": state.ttl(a.keys.subscriber(args.tenant, args.username)),
             }
         except redis.RedisError as exc:
             cached = {"error": f"redis: {exc}"}

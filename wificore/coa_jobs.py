@@ -19,7 +19,7 @@ sent when it runs again.
 
 Live sessions are the open rows of the tenant's shard (``sessions``, where the NAS's
 Acct-Session-Id, Framed-IP-Address and NAS are) that the live state in Redis still
-holds (the row key in ``{p}:{T}:live:{user}`` with a deadline ahead): a row the
+holds (wificore/livestate.py: a session of the subscriber's hash with that row key, live): a row the
 writer has not closed yet but whose session live.lua ended (a Stop, an
 Accounting-Off, missed interims) is not live.
 """
@@ -30,6 +30,7 @@ import dataclasses
 import time
 from typing import Any
 
+from . import livestate
 from .keys import Keys
 
 #: The stream's bound (``XADD MAXLEN ~``): a backlog past it loses its oldest jobs.
@@ -121,19 +122,15 @@ def live_pages(read: Any, r: Any, keys: Keys, tenant_id: int, *, plan_id: int | 
 
 def live_only(r: Any, keys: Keys, tenant_id: int, sessions: list[LiveSession],
               now: float | None = None) -> list[LiveSession]:
-    """The sessions the live state still holds (one pipelined ZSCORE each)."""
+    """The sessions the live state still holds (one read per bucket of their subscribers)."""
     if not sessions:
         return []
-    now = time.time() if now is None else now
-    pipe = r.pipeline(transaction=False)
-    for s in sessions:
-        pipe.zscore(keys.live(tenant_id, s.username), s.session_key)
-    scores = pipe.execute()
-    return [s for s, score in zip(sessions, scores, strict=True) if score is not None and float(score) >= now]
+    users = sorted({s.username for s in sessions})
+    snaps = livestate.READER.read(r, keys, [(tenant_id, u) for u in users], rows=True, now=now)
+    live = {(u, row) for u, snap in zip(users, snaps, strict=True) for row in snap.rows}
+    return [s for s in sessions if (s.username, s.session_key) in live]
 
 
 def live_keys(r: Any, keys: Keys, tenant_id: int, username: str, now: float | None = None) -> list[str]:
     """Row keys of the subscriber's live sessions in the live state."""
-    now = time.time() if now is None else now
-    return [k.decode() if isinstance(k, bytes) else k
-            for k in r.zrangebyscore(keys.live(tenant_id, username), now, "+inf")]
+    return list(livestate.READER.read(r, keys, [(tenant_id, username)], rows=True, now=now)[0].rows)

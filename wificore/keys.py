@@ -1,11 +1,11 @@
 """The Redis key layout: one prefix; state keys tagged by the subscriber's bucket.
 
 Cache keys (profile, plan, tenant status) are ``{prefix}:{<tenant>}:…``: each is read
-and written on its own. Every state key of a subscriber (live sessions, usage, session
-hashes, the accept's interval) and the stream its records go to carry the tag
+and written on its own. Every state key of a subscriber (its hash of sessions and usage,
+the accept's interval) and the stream its records go to carry the tag
 ``{b<bucket>}``, ``bucket = crc32("<tenant>:<username>") % stream_partitions``
 (:func:`bucket_of`): one script call or multi-key read touches one Redis Cluster slot,
-and a big tenant's subscribers spread over every bucket. The per-NAS sets and the
+and a big tenant's subscribers spread over every bucket. The NAS epochs and the
 tenant-wide values live.lua uses are kept per bucket. Every key that can grow has a TTL
 or a bound (see docs/redis-keys.md).
 """
@@ -58,23 +58,40 @@ class Keys:
         """The tenant's time zone (an IANA name: quota periods); TTL, with the status."""
         return f"{self.p}:{{{tenant_id}}}:tz"
 
-    def live(self, tenant_id: int, username: str) -> str:
-        """ZSET of the subscriber's live sessions, score = expiry (epoch s)."""
+    def subscriber(self, tenant_id: int, username: str) -> str:
+        """HASH of the subscriber's state (live.lua): field ``u`` its usage, one field per
+        session (its session key), msgpack arrays (wificore/livestate.py reads them); TTL."""
+        return f"{self.tag(self.bucket(tenant_id, username))}s:{tenant_id}:{username}"
+
+    def subscriber_pattern(self, tenant_id: int) -> str:
+        """SCAN pattern of every subscriber hash of the tenant, in every bucket."""
+        return f"{self.p}:{{b*}}:s:{tenant_id}:*"
+
+    def nas_epoch(self, bucket: int, tenant_id: int) -> str:
+        """HASH nas_id -> ``"<epoch> <event time>"`` of the NAS's last Accounting-On/Off in
+        the bucket: a session is live only if it saw the current epoch; TTL."""
+        return f"{self.tag(bucket)}nasep:{tenant_id}"
+
+    # The bucket layout before 2026-12-02 (read until live.lua moved each session).
+    def prior_live(self, tenant_id: int, username: str) -> str:
+        """ZSET of the subscriber's live sessions, score = deadline (before 2026-12-02)."""
         return f"{self.tag(self.bucket(tenant_id, username))}live:{tenant_id}:{username}"
 
-    def usage(self, tenant_id: int, username: str) -> str:
-        """HASH of usage counters: octets, time_s (lifetime), and per quota period (wificore/
-        quota.py) its id and counters: d do dt, w wo wt, m mo mt; 90-day TTL."""
+    def prior_usage(self, tenant_id: int, username: str) -> str:
+        """HASH of usage counters (before 2026-12-02): octets, time_s, d do dt, w wo wt, m mo mt."""
         return f"{self.tag(self.bucket(tenant_id, username))}use:{tenant_id}:{username}"
 
-    def usage_pattern(self, tenant_id: int) -> str:
-        """SCAN pattern of every usage hash of the tenant, in every bucket."""
+    def prior_usage_pattern(self, tenant_id: int) -> str:
+        """SCAN pattern of every usage hash of the tenant (before 2026-12-02)."""
         return f"{self.p}:{{b*}}:use:{tenant_id}:*"
 
-    def session(self, tenant_id: int, username: str, session_key: str) -> str:
-        """HASH of the last counters seen for one session (delta base); TTL. The session
-        key is unique across tenants (rlm_wificore.records.session_key)."""
+    def prior_session(self, tenant_id: int, username: str, session_key: str) -> str:
+        """HASH of one session's state (before 2026-12-02)."""
         return f"{self.tag(self.bucket(tenant_id, username))}sess:{session_key}"
+
+    def prior_nas_live(self, bucket: int, tenant_id: int, nas_id: int) -> str:
+        """ZSET of the NAS's sessions of the bucket (before 2026-12-02)."""
+        return f"{self.tag(bucket)}naslive:{tenant_id}:{nas_id}"
 
     def interim(self, tenant_id: int, username: str) -> str:
         """The interim interval of the subscriber's last accepted login (its plan's), kept by
@@ -90,11 +107,6 @@ class Keys:
         """HASH nas_id -> the NAS's clock skew (event time - arrival, s), for the NOC; TTL.
         A NAS's field is in its home bucket's hash: ``nas_skew(nas_id % partitions, T)``."""
         return f"{self.tag(bucket)}nasskew:{tenant_id}"
-
-    def nas_live(self, bucket: int, tenant_id: int, nas_id: int) -> str:
-        """ZSET of the NAS's live sessions of the bucket ("user\\nsession_key"), for
-        Accounting-On/Off."""
-        return f"{self.tag(bucket)}naslive:{tenant_id}:{nas_id}"
 
     def nas(self, ip: str) -> str:
         """msgpack NAS entry by source address (dynamic clients); TTL."""
@@ -125,7 +137,8 @@ class Keys:
 
     def legacy(self, tenant_id: int, kind: str, name: str) -> str:
         """A state key of the layout before 2026-12-01 (``sess``, ``live``, ``use``): live.lua
-        moves it to its bucket's name at the session's first record (one Redis)."""
+        moves it to its bucket's name at the session's first record (one Redis), and from
+        there into the subscriber's hash."""
         return f"{self.p}:{{{tenant_id}}}:{kind}:{name}"
 
     def legacy_stream(self, partition: int) -> str:

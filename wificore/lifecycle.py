@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import quota, roles, wire
+from . import livestate, quota, roles, wire
 from .errors import InputError
+from .keys import Keys
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -63,8 +64,9 @@ def _forget(a: Admin, keys: list[str]) -> None:
 def _tenant_keys(url: str | None, prefix: str, tenant_id: int) -> int:
     """Delete every key of the tenant in one Redis; how many: its cache keys
     (``{prefix}:{<tenant>}:…``) and its state keys in every bucket
-    (``{prefix}:{b<N>}:<kind>:<tenant>[:…]``, wificore/keys.py). Session hashes
-    (``…:sess:<session key>``) name no tenant: they expire on their own (2 days)."""
+    (``{prefix}:{b<N>}:<kind>:<tenant>[:…]``, wificore/keys.py). Session hashes of the
+    layout before 2026-12-02 (``…:sess:<session key>``) name no tenant: they expire on
+    their own (2 days)."""
     import redis
     r = _redis(url)
     if r is None:
@@ -138,10 +140,27 @@ def cmd_tenant_delete(a: Admin, args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------ tenant time zone
-#: Per usage hash: a period id (d, w, m) later than the new zone's current one is set to
-#: it, its counters kept. Returns how many ids it moved.
-_ZONE_LUA = """
-local names, moved = {'d', 'w', 'm'}, 0
+#: Per usage (a subscriber hash's field ``u``, live.lua's U_* positions: the periods' ids
+#: at 4, 7, 10; or a usage hash of the layout before 2026-12-02: fields d, w, m): a period
+#: id later than the new zone's current one is set to it, its counters kept. Returns how
+#: many ids it moved.
+_ZONE_LUA = livestate.U_LOAD_LUA + """
+local moved = 0
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local raw = redis.call('HGET', KEYS[1], 'u')
+if raw then
+  local u = u_load(cmsgpack.unpack(raw))
+  for i = 1, 3 do
+    local cur = tonumber(u[3 * i + 1])
+    if cur and cur > tonumber(ARGV[i]) then
+      u[3 * i + 1] = tonumber(ARGV[i])
+      moved = moved + 1
+    end
+  end
+  if moved > 0 then redis.call('HSET', KEYS[1], 'u', u_store(u)) end
+  return moved
+end
+local names = {'d', 'w', 'm'}
 for i = 1, 3 do
   local cur = tonumber(redis.call('HGET', KEYS[1], names[i]))
   if cur and cur > tonumber(ARGV[i]) then
@@ -185,9 +204,10 @@ def follow_zone_change(a: Admin, tenant_id: int, old: str, new: str, *, settle_s
             if attempt:
                 time.sleep(settle_s)
             ids = _period_ids(new, time.time())
-            for key in r.scan_iter(match=a.keys.usage_pattern(tenant_id), count=1000):
-                if int(script(keys=[key], args=list(ids))) and not attempt:
-                    changed += 1
+            for pattern in (a.keys.subscriber_pattern(tenant_id), a.keys.prior_usage_pattern(tenant_id)):
+                for key in r.scan_iter(match=pattern, count=1000):
+                    if int(script(keys=[key], args=list(ids))) and not attempt:
+                        changed += 1
     except redis.RedisError as exc:
         raise InputError(f"redis: the time zone is changed, the usage periods not all ({exc}); "
                          "run the same `tenant add` again") from None
@@ -263,6 +283,30 @@ def cmd_nas_list_all(a: Admin) -> None:
                                "coa_port", "require_message_authenticator"))
 
 
+def _redis_live_on_nas(r: Any, keys: Keys, tenant_id: int, nas_id: int, now: float) -> int:
+    """Live sessions of the NAS in the state Redis: no index lists a NAS's sessions (its
+    Accounting-On/Off moves the NAS's epoch instead), so every subscriber hash of the
+    tenant is read (SCAN, then the readers' script, a bucket at a time); plus the per-NAS
+    sets of the layout before 2026-12-02."""
+    count = sum(int(r.zcount(keys.prior_nas_live(b, tenant_id, nas_id), now, "+inf")) for b in range(keys.partitions))
+    prefix = f"{keys.p}:"
+    batch: list[tuple[int, str]] = []
+
+    def flush() -> int:
+        snaps = livestate.READER.read(r, keys, batch, now=now)
+        batch.clear()
+        return sum(s.nas.count(nas_id) for s in snaps)
+    for key in r.scan_iter(match=keys.subscriber_pattern(tenant_id), count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        user = name[len(prefix):].split(":", 3)[3]  # {bB}:s:T:user
+        batch.append((tenant_id, user))
+        if len(batch) >= 500:
+            count += flush()
+    if batch:
+        count += flush()
+    return count
+
+
 def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: int) -> int:
     """Open sessions of a NAS: open rows on the shard, or live entries in the state Redis."""
     row = conn.execute("SELECT count(*) FROM sessions WHERE tenant_id = %s AND nas_id = %s "
@@ -273,8 +317,7 @@ def live_sessions(a: Admin, conn: psycopg.Connection, tenant_id: int, nas_id: in
     if r is not None:
         try:
             now = time.time()
-            count = max(count, sum(int(r.zcount(a.keys.nas_live(b, tenant_id, nas_id), now, "+inf"))
-                                   for b in range(a.keys.partitions)))
+            count = max(count, _redis_live_on_nas(r, a.keys, tenant_id, nas_id, now))
         except redis.RedisError:
             pass
         finally:

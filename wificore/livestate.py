@@ -1,0 +1,218 @@
+"""Reading a subscriber's live state from the state Redis: its live sessions and usage.
+
+live.lua (rlm_wificore/live.lua) keeps one hash per subscriber in its bucket
+(:meth:`wificore.keys.Keys.subscriber`): field ``u`` its usage, one field per session,
+msgpack arrays (see live.lua's U_* and S_* positions). A session is live while its
+deadline is ahead and its NAS had no Accounting-On/Off since its last record: the
+epoch it saw then is still the NAS's (the bucket's ``nasep`` hash, field nas_id =
+``"<epoch> <event time>"``). A Redis upgraded with sessions in flight still holds some
+in the layout before 2026-12-02 (a live set and a usage hash per subscriber), moved at
+each session's next record: they are read too until then.
+
+Every reader goes through :data:`READ_LUA`: one call per bucket, four keys per
+subscriber of that bucket (one Redis Cluster slot).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .keys import Keys
+
+#: The usage a state carries, in this order: the lifetime totals, then each quota
+#: period's id and counters (wificore/quota.py FIELDS: d, w, m).
+USAGE_FIELDS = ("octets", "time_s", "d", "do", "dt", "w", "wo", "wt", "m", "mo", "mt")
+
+#: KEYS: per subscriber its hash, its bucket's NAS epochs, its live set and usage hash of
+#: the layout before 2026-12-02. ARGV[1]: now (epoch s); ARGV[2] '1': the row keys of the
+#: live sessions too. Reply per subscriber: {live count, {USAGE_FIELDS values (nil where
+#: absent)}, {nas ids of the live sessions}, {row keys (ARGV[2] '1')}}.
+#: live.lua's reading of its usage field (u_load there: the week's and month's ids and
+#: counters left out when they follow from the day's), for the scripts here.
+U_LOAD_LUA = """
+local function month_start(z)
+  local zz = z + 719468
+  local era = math.floor(zz / 146097)
+  local doe = zz - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+                          - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  return z - (doy - math.floor((153 * mp + 2) / 5))
+end
+local function u_load(U)
+  if #U >= 12 then
+    local d = U[4]
+    if U[7] == false then U[7] = d - (d + 3) % 7 end
+    if U[10] == false then U[10] = month_start(d) end
+    if U[8] == false then U[8] = U[5] end
+    if U[9] == false then U[9] = U[6] end
+    if U[11] == false then U[11] = U[8] end
+    if U[12] == false then U[12] = U[9] end
+  end
+  return U
+end
+local function u_store(U)
+  if #U < 12 then return cmsgpack.pack(U) end
+  local E, d = {}, U[4]
+  for i = 1, 12 do E[i] = U[i] end
+  if U[7] == d - (d + 3) % 7 then E[7] = false end
+  if U[10] == month_start(d) then E[10] = false end
+  if U[8] == U[5] then E[8] = false end
+  if U[9] == U[6] then E[9] = false end
+  if U[11] == U[8] then E[11] = false end
+  if U[12] == U[9] then E[12] = false end
+  return cmsgpack.pack(E)
+end
+"""
+
+READ_LUA = U_LOAD_LUA + """
+local now, rows = tonumber(ARGV[1]), ARGV[2] == '1'
+local S_DEADLINE, S_ROW, S_BORN, S_NAS, S_EPOCH = 6, 8, 9, 13, 14
+local out = {}
+for i = 1, #KEYS, 4 do
+  local all = redis.call('HGETALL', KEYS[i])
+  local u, live = nil, {}
+  for j = 1, #all, 2 do
+    local ok, v = pcall(cmsgpack.unpack, all[j + 1])
+    if ok and type(v) == 'table' then
+      if all[j] == 'u' then
+        u = u_load(v)
+      elseif (tonumber(v[S_DEADLINE]) or 0) > now then
+        live[#live + 1] = {all[j], v}
+      end
+    end
+  end
+  local count, nas, keys = 0, {}, {}
+  if #live > 0 then
+    local ids = {}
+    for j, l in ipairs(live) do ids[j] = string.format('%d', tonumber(l[2][S_NAS]) or 0) end
+    local eps = redis.call('HMGET', KEYS[i + 1], unpack(ids))
+    for j, l in ipairs(live) do
+      local cur = eps[j] and tonumber(string.match(eps[j], '^(%d+)')) or 0
+      if (tonumber(l[2][S_EPOCH]) or 0) >= cur then
+        count = count + 1
+        nas[#nas + 1] = tonumber(l[2][S_NAS]) or 0
+        if rows then
+          local name, suffix = l[1], l[2][S_ROW]
+          if string.byte(name, 1) == 0 then
+            name = string.gsub(string.sub(name, 2), '.', function(c) return string.format('%02x', string.byte(c)) end)
+          end
+          if suffix == false then
+            suffix = string.format('%x', math.floor(tonumber(l[2][S_BORN]) or 0))
+          end
+          keys[#keys + 1] = (suffix == '' or type(suffix) ~= 'string') and name or (name .. ':' .. suffix)
+        end
+      end
+    end
+  end
+  count = count + redis.call('ZCOUNT', KEYS[i + 2], ARGV[1], '+inf')
+  if rows then
+    for _, k in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i + 2], ARGV[1], '+inf')) do keys[#keys + 1] = k end
+  end
+  local usage = {}
+  if u then
+    usage[1], usage[2] = u[1] or false, u[2] or false
+    for j = 3, 11 do usage[j] = u[j + 1] or false end
+  else
+    usage = redis.call('HMGET', KEYS[i + 3], 'octets', 'time_s', 'd', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt')
+  end
+  out[#out + 1] = {count, usage, nas, keys}
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One subscriber's state as read: live sessions (count, their NASes, row keys if asked)
+    and the usage fields (``USAGE_FIELDS``, absent ones left out)."""
+
+    sessions: int
+    usage: dict[str, int]
+    nas: tuple[int, ...] = ()
+    rows: tuple[str, ...] = ()
+
+    @property
+    def values(self) -> list[int | None]:
+        """The usage in ``USAGE_FIELDS`` order, None where absent."""
+        return [self.usage.get(f) for f in USAGE_FIELDS]
+
+
+def subscriber_keys(keys: Keys, tenant_id: int, username: str) -> list[str]:
+    """The four keys :data:`READ_LUA` reads for one subscriber."""
+    return [keys.subscriber(tenant_id, username), keys.nas_epoch(keys.bucket(tenant_id, username), tenant_id),
+            keys.prior_live(tenant_id, username), keys.prior_usage(tenant_id, username)]
+
+
+def parse(reply: Any) -> Snapshot:
+    """One subscriber's part of :data:`READ_LUA`'s reply."""
+    count, raw, nas, rows = reply
+    usage = {f: int(v) for f, v in zip(USAGE_FIELDS, raw, strict=False) if v is not None}
+    return Snapshot(int(count), usage, tuple(int(n) for n in nas),
+                    tuple(r.decode() if isinstance(r, bytes) else str(r) for r in rows))
+
+
+class Reader:
+    """:data:`READ_LUA` on one client (a Redis, a Redis Cluster, or queued on a pipeline)."""
+
+    def __init__(self) -> None:
+        import hashlib
+        self.sha = hashlib.sha1(READ_LUA.encode()).hexdigest()
+
+    def queue(self, pipe: Any, keys: Keys, tenant_id: int, username: str, now: float, rows: bool = False) -> None:
+        """Queue one subscriber's read on ``pipe`` (EVALSHA: :meth:`run` loads the script
+        when the pipeline's Redis does not have it yet)."""
+        pipe.evalsha(self.sha, 4, *subscriber_keys(keys, tenant_id, username), now, "1" if rows else "0")
+
+    def call(self, r: Any, names: list[str], now: float, rows: bool = False) -> list[Any]:
+        """One call over the keys of subscribers of one bucket."""
+        args = (now, "1" if rows else "0")
+        try:
+            return list(r.evalsha(self.sha, len(names), *names, *args))
+        except NoScriptError:
+            return list(r.eval(READ_LUA, len(names), *names, *args))
+
+    def read(self, r: Any, keys: Keys, subscribers: list[tuple[int, str]], rows: bool = False,
+             now: float | None = None) -> list[Snapshot]:
+        """The states of (tenant, username) pairs: one call per bucket."""
+        now = time.time() if now is None else now
+        by_bucket: dict[int, list[int]] = {}
+        for i, (t, u) in enumerate(subscribers):
+            by_bucket.setdefault(keys.bucket(t, u), []).append(i)
+        out: list[Snapshot | None] = [None] * len(subscribers)
+        for members in by_bucket.values():
+            names: list[str] = []
+            for i in members:
+                names += subscriber_keys(keys, *subscribers[i])
+            for i, part in zip(members, self.call(r, names, now, rows), strict=True):
+                out[i] = parse(part)
+        return [s for s in out if s is not None]
+
+    def load(self, r: Any) -> None:
+        """Make the script known to ``r`` (after a NOSCRIPT from a pipeline)."""
+        r.script_load(READ_LUA)
+
+
+#: The module's one reader (stateless: the script's SHA).
+READER = Reader()
+
+
+def read(r: Any, keys: Keys, tenant_id: int, username: str, rows: bool = False,
+         now: float | None = None) -> Snapshot:
+    """One subscriber's live state (tools, tests)."""
+    return READER.read(r, keys, [(tenant_id, username)], rows, now)[0]
+
+
+def sessions(r: Any, keys: Keys, tenant_id: int, username: str, now: float | None = None) -> int:
+    """How many live sessions Simultaneous-Use counts for the subscriber (at ``now``)."""
+    return read(r, keys, tenant_id, username, now=now).sessions
+
+
+def usage(r: Any, keys: Keys, tenant_id: int, username: str) -> dict[str, int]:
+    """The subscriber's usage fields (``USAGE_FIELDS``, absent ones left out)."""
+    return read(r, keys, tenant_id, username).usage
