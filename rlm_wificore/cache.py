@@ -30,7 +30,6 @@ import dataclasses
 import random
 import threading
 import time
-from collections.abc import Callable
 
 from wificore.profile import Plan, Profile
 
@@ -50,6 +49,9 @@ class LiveState:
     resets_at: float | None = None
     #: The NASes of the live sessions: an Accounting-On/Off of one of them ends this state.
     nas: tuple[int, ...] = ()
+    #: When its read began (time.monotonic(); states with sessions only): an Accounting-On/Off
+    #: of one of ``nas`` announced after it ends the state (profiles.Profiles.drop_nas).
+    read_at: float = 0.0
 
     def used(self, now: float) -> tuple[int, int]:
         """(octets, seconds) counting against the quotas at ``now``."""
@@ -184,18 +186,6 @@ class LocalCache:
             tenant = self._tenants.get(key[0])
             if tenant is not None:
                 tenant.d.pop(key[1], None)
-
-    def drop_where(self, tenant_id: int, doomed: Callable[[Entry], bool]) -> int:
-        """Forget the tenant's entries for which ``doomed`` holds (O(the tenant's entries));
-        how many."""
-        with self._lock:
-            tenant = self._tenants.get(tenant_id)
-            if tenant is None:
-                return 0
-            names = [name for name, entry in tenant.d.items() if doomed(entry)]
-            for name in names:
-                del tenant.d[name]
-            return len(names)
 
     def drop_tenant(self, tenant_id: int) -> None:
         """Forget every entry of the tenant: O(1) (its dict is let go)."""

@@ -126,15 +126,16 @@ class LiveStates:
         queue_reads(pipe, self.keys, tenant_id, username, now)
 
     @classmethod
-    def from_reply(cls, reply: Any, plan: Plan | None, clock: quota.ZoneClock | None, now: float) -> LiveState:
+    def from_reply(cls, reply: Any, plan: Plan | None, clock: quota.ZoneClock | None, now: float,
+                   read_at: float | None = None) -> LiveState:
         """The live state from the reply of the read :meth:`read_into` queued (the script's:
-        one subscriber's part in a list)."""
+        one subscriber's part in a list), begun at ``read_at`` (monotonic)."""
         snap = livestate.parse(reply[0])
-        return cls.state(snap.sessions, snap.values, plan, clock, now, snap.nas)
+        return cls.state(snap.sessions, snap.values, plan, clock, now, snap.nas, read_at)
 
     @staticmethod
     def state(live: Any, usage: list[Any], plan: Plan | None, clock: quota.ZoneClock | None,
-              now: float, nas: tuple[int, ...] = ()) -> LiveState:
+              now: float, nas: tuple[int, ...] = (), read_at: float | None = None) -> LiveState:
         """The live state from a read (count, USAGE_FIELDS values, the NASes of the live
         sessions): the usage of the plan's quota period current at ``now`` in the tenant's zone (``clock``;
         None: not known yet, UTC), or the lifetime totals. A period id other than the
@@ -164,7 +165,10 @@ class LiveStates:
                     _IDLE.clear()
                 idle = _IDLE[resets_at] = LiveState(0, 0, 0, resets_at)
             return idle
-        return LiveState(sessions, octets, time_s, resets_at, nas if sessions else ())
+        if not sessions:
+            return LiveState(sessions, octets, time_s, resets_at)
+        return LiveState(sessions, octets, time_s, resets_at, nas,
+                         time.monotonic() if read_at is None else read_at)
 
     def refresh(self, batch: list[Due], *, in_hook: bool = False) -> None:
         """Re-read the live state of cached entries in one round trip: the state thread's
@@ -172,6 +176,7 @@ class LiveStates:
         breaker). Unknown (fail open) if Redis is down, asked again after STATE_RETRY_S;
         read while an invalidation came in, used once and asked again at the next use."""
         generation = self.generation.value
+        started = time.monotonic()
 
         def read(r: redis.Redis) -> list[livestate.Snapshot]:
             return livestate.READER.read(r, self.keys, [(t, u) for t, u, _e in batch])
@@ -191,6 +196,6 @@ class LiveStates:
         wall = time.time()
         for snap, (tenant_id, _u, entry) in zip(replies, batch, strict=True):
             entry.state = self.state(snap.sessions, snap.values, entry.plan, self.zones.get(tenant_id), wall,
-                                     snap.nas)
+                                     snap.nas, started)
             entry.state_expires = now + ttl_with_jitter(ttl, jitter) if current else 0.0
         self.stats.tiers["redis_state"] += len(batch)

@@ -33,6 +33,11 @@ from .live import LiveStates
 from .stats import Stats
 from .store import RedisStore, Shards
 
+#: Profiles.nas_ends: at most this many NASes remembered; past it, those heard of more than
+#: NAS_END_KEEP_S ago are forgotten (every cached state is read again well within that).
+MAX_NAS_ENDS = 100_000
+NAS_END_KEEP_S = 3600.0
+
 if TYPE_CHECKING:
     from .invalidation import Generation
 
@@ -55,6 +60,9 @@ class Profiles:
         # with it but does not keep it (the message came before the put).
         self.generation = generation
         self.local = LocalCache(settings.local_cache_max)
+        #: (tenant, nas_id) -> when this process heard of the NAS's last Accounting-On/Off
+        #: (monotonic): a cached state with a live session on it read before is ended.
+        self.nas_ends: dict[tuple[int, int], float] = {}
         self.plans: dict[tuple[int, int], tuple[float, Plan]] = {}
         #: tenant -> (until, status): 'active', 'suspended', or TENANT_UNKNOWN.
         self.tenants: dict[int, tuple[float, str]] = {}
@@ -130,12 +138,20 @@ class Profiles:
         key = (tenant_id, username)
         entry = self.local.get(key)
         if entry is not None:
+            held = entry.state
+            if held is not None and held.nas and self.nas_ends and self._ended(tenant_id, held):
+                # A NAS of its live sessions announced an Accounting-On/Off since it was
+                # read: read again now (a miss), not answered from it once more.
+                self.local.drop(key)
+                entry = None
+        if entry is not None:
             if entry.profile is not None and entry.state_expires < time.monotonic():
                 self.live.due(tenant_id, username, entry)
             self.stats.tiers["process"] += 1
             return entry
         s = self.settings
         generation = self.generation.value
+        started = time.monotonic()
         pkey = self.keys.profile(tenant_id, username)
         profile: Profile | None = None
         state: LiveState | None = None
@@ -177,7 +193,7 @@ class Profiles:
             except StoreUnavailable:
                 pass
         if reply is not None:  # read with the profile; the period is the plan's
-            state = self.live.from_reply(reply, plan, self.zones.get(tenant_id), time.time())
+            state = self.live.from_reply(reply, plan, self.zones.get(tenant_id), time.time(), started)
         # Without Redis the live state is unknown (policy fails open): the entry is
         # kept for its whole lifetime (a Redis outage must not send the next login
         # to the shard again), its live state is due again at once, re-read by the
@@ -247,9 +263,26 @@ class Profiles:
         self.local.drop((tenant_id, username))
 
     def drop_nas(self, tenant_id: int, nas_id: int) -> None:
-        """Forget the in-process copies of the tenant's subscribers with a live session on
-        the NAS (its Accounting-On/Off ended them), not the tenant's others."""
-        self.local.drop_where(tenant_id, lambda e: e.state is not None and nas_id in e.state.nas)
+        """The NAS's Accounting-On/Off ended its sessions: the cached live states with a
+        session on it that were read before now are ended (O(1) here; each is read again at
+        its next use, see :meth:`entry`), the tenant's others are kept."""
+        ends = self.nas_ends
+        if len(ends) >= MAX_NAS_ENDS:
+            # Bounded: a state older than that has long been read again (live_state_ttl_s).
+            horizon = time.monotonic() - NAS_END_KEEP_S
+            for k in [k for k, at in ends.items() if at < horizon]:
+                del ends[k]
+        ends[(tenant_id, nas_id)] = time.monotonic()
+
+    def _ended(self, tenant_id: int, state: LiveState) -> bool:
+        """Whether a NAS of the state's live sessions announced an Accounting-On/Off after
+        the state was read."""
+        ends = self.nas_ends
+        for nas_id in state.nas:
+            at = ends.get((tenant_id, nas_id))
+            if at is not None and at >= state.read_at:
+                return True
+        return False
 
     def drop_plan(self, tenant_id: int, plan_id: int) -> None:
         """Forget a plan and every in-process subscriber on it (O(1): its epoch ends)."""

@@ -123,8 +123,9 @@ def test_one_message_drops_the_copies_of_many_subscribers():
 
 
 def test_an_accounting_on_drops_the_copies_of_that_nas_users_only():
-    """live.lua's ["N", [[tenant, nas_id]]] (an Accounting-On/Off) drops the subscribers of
-    the tenant whose cached live state has a session on that NAS, and only those."""
+    """live.lua's ["N", [[tenant, nas_id]]] (an Accounting-On/Off) ends the cached live
+    states of the tenant's subscribers with a session on that NAS, and only those: each is
+    read again at its next use (a miss), the others answer from the process."""
     on7 = engine_reading((1, [b"0", b"0"], [7]), invalidate_during_read=False)
     on7.profiles.entry(1, "bob")
     on7.profiles.entry(2, "bob")  # another tenant's NAS 7
@@ -133,8 +134,15 @@ def test_an_accounting_on_drops_the_copies_of_that_nas_users_only():
     on7.profiles.entry(1, "carol")
     assert on7.local.peek((1, "carol")).state.nas == (8,)
     on7.invalidate(["N", [[1, 7]]])
-    assert on7.local.peek((1, "bob")) is None
-    assert on7.local.peek((1, "carol")) is not None and on7.local.peek((2, "bob")) is not None
+    tiers = on7.stats.tiers
+    for key, read_again in (((1, "carol"), False), ((2, "bob"), False), ((1, "bob"), True)):
+        hits = tiers["process"]
+        on7.profiles.entry(*key)
+        assert (tiers["process"] == hits) is read_again, key
+    # Read again after the Accounting-On: that state is current.
+    hits = tiers["process"]
+    on7.profiles.entry(1, "bob")
+    assert tiers["process"] == hits + 1
 
 
 
