@@ -158,7 +158,11 @@ class Streams:
         """XREADGROUP over ``streams``: one call (one Redis), or one per stream without
         blocking (a cluster: each stream its own slot), polled until ``block`` ms passed."""
         if not self.cluster:
-            return self.r.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+            try:
+                return self.r.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+            except redis.RedisError:
+                self.unsure = True
+                raise
         deadline = time.monotonic() + (block or 0) / 1000
         away: set[Any] = set()  # streams whose master did not answer: not asked again in this call
         failed: redis.RedisError | None = None

@@ -325,12 +325,14 @@ class Writer:
                 return got
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + cfg.claim_interval_s
-            if not self._needs_sweep and not self.streams.sweeping and self.streams.own_stale(LOST_IDLE_MS):
-                # Delivered to us but never returned by a read (redis-py retried a timed-out
-                # XREADGROUP, a master died before its reply): `>` never gives it again.
-                # The sweep starts with the next batch.
-                log.warning("own_pending_lost", idle_ms=LOST_IDLE_MS)
-                self._resweep = True
+            if not self.streams.sweeping:
+                self.flush()  # the batch in flight is acknowledged (or deferred) first
+                if not self._needs_sweep and self.streams.own_stale(LOST_IDLE_MS):
+                    # Delivered to us but never returned by a read (redis-py retried a
+                    # timed-out XREADGROUP, a master died before its reply): `>` never
+                    # gives it again. The sweep starts with the next batch.
+                    log.warning("own_pending_lost", idle_ms=LOST_IDLE_MS)
+                    self._resweep = True
             got = self.streams.claim_dead(max_rows=cfg.batch_max_rows, min_idle_ms=cfg.claim_min_idle_ms)
             if got:
                 self.stats.claimed += len(got)
