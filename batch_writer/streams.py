@@ -19,7 +19,14 @@ record's fault -- it is kept on :class:`Entry` for logs only):
 * :meth:`Streams.claim_dead` -- entries of a consumer whose heartbeat has expired,
   idle for ``claim_min_idle_ms``: ``XCLAIM``, count + 1.
 * :meth:`Streams.read_own_pending` -- our own entries left pending while their
-  shard was down (``XPENDING`` + ``XRANGE``): count unchanged.
+  shard was down (``XPENDING`` + ``XRANGE``): count unchanged. Also after a read
+  failed (``unsure``: a cluster master killed after its XREADGROUP ran, a timed-out
+  reply that redis-py asked again) and when one of ours has been pending for
+  ``LOST_IDLE_MS`` with no shard down (:meth:`Streams.own_stale`): delivered to us,
+  it never reached us, and ``>`` does not give it again.
+
+A cluster's stream whose master is away (killed, its replica not yet promoted) fails
+alone: the others are read on, and what was read from them is returned.
 
 Claims are not a blanket ``XAUTOCLAIM``: it would also take the entries a
 live writer keeps pending for a down shard, away from the writer that will
@@ -103,6 +110,11 @@ class Streams:
         self._history: dict[int, bytes] | None = None   # partition -> last id read, until done
         self._sweep: dict[int, str] | None = None       # partition -> XPENDING cursor, during a sweep
         self._legacy_checked = False
+        #: A read of the group failed (or a sweep could not look at a stream): entries may
+        #: have been delivered to this consumer without reaching it (a master killed after
+        #: XREADGROUP ran, a reply timed out and redis-py asked again). They sit in our
+        #: pending list, never delivered again by ``>``: the writer sweeps it.
+        self.unsure = False
 
     def _add_legacy(self) -> None:
         """Add the streams of the layout before 2026-12-01 that exist (one Redis only)."""
@@ -142,16 +154,42 @@ class Streams:
         """XREADGROUP over ``streams``: one call (one Redis), or one per stream without
         blocking (a cluster: each stream its own slot), polled until ``block`` ms passed."""
         if not self.cluster:
-            return self.r.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+            try:
+                return self.r.xreadgroup(self.group, self.consumer, streams, count=count, block=block)
+            except redis.RedisError:
+                self.unsure = True
+                raise
         deadline = time.monotonic() + (block or 0) / 1000
+        away: set[Any] = set()  # streams whose master did not answer: not asked again in this call
+        failed: redis.RedisError | None = None
         while True:
             out: list[Any] = []
             for name, cursor in streams.items():
-                resp = self.r.xreadgroup(self.group, self.consumer, {name: cursor}, count=count)
+                if name in away:
+                    continue
+                try:
+                    resp = self.r.xreadgroup(self.group, self.consumer, {name: cursor}, count=count)
+                except redis.RedisError as exc:
+                    # What this call (or redis-py's retry of it) delivered may never have
+                    # reached us: it is in our pending list, read again by a sweep.
+                    self.unsure = True
+                    if "NOGROUP" in str(exc):
+                        raise
+                    # One master away (killed, being replaced): the other streams are
+                    # read on; what was read from them is returned, not dropped.
+                    if failed is None:
+                        self.refresh_topology()
+                    failed = exc
+                    away.add(name)
+                    continue
                 for item in (resp.items() if isinstance(resp, dict) else resp or ()):
                     out.append(list(item))
             left = deadline - time.monotonic()
-            if out or block is None or left <= 0:
+            if out:
+                return out
+            if failed is not None:
+                raise failed
+            if block is None or left <= 0:
                 return out
             time.sleep(min(CLUSTER_POLL_S, left))
 
@@ -306,9 +344,19 @@ class Streams:
         count = max(1, max_rows // max(1, len(cursors)))
         wanted = []
         for p in list(cursors):
-            rows = cast(list[dict[str, Any]],
-                        self.r.xpending_range(self.names[p], self.group, cursors[p], "+", count,
-                                              consumername=self.consumer))
+            try:
+                rows = cast(list[dict[str, Any]],
+                            self.r.xpending_range(self.names[p], self.group, cursors[p], "+", count,
+                                                  consumername=self.consumer))
+            except redis.RedisError:
+                if not self.cluster:
+                    raise
+                # A cluster: that stream's master is away; the others are swept, this one
+                # by a later pass (``unsure``).
+                self.unsure = True
+                self.refresh_topology()
+                del cursors[p]
+                continue
             wanted += [(p, row["message_id"], row["times_delivered"]) for row in rows]
             if len(rows) < count:
                 del cursors[p]
@@ -317,7 +365,30 @@ class Streams:
         done = not cursors
         if done:
             self._sweep = None
-        return self._fetch(wanted), done
+        try:
+            return self._fetch(wanted), done
+        except redis.RedisError:
+            self.unsure = True  # the page is skipped by this pass: a later one reads it
+            raise
+
+    def own_stale(self, min_idle_ms: int) -> bool:
+        """Whether an entry of ours has been pending for ``min_idle_ms`` or longer on some
+        stream (one ``XPENDING … IDLE`` per stream): with no shard down and no batch that
+        old in flight, it was delivered to us without reaching us (see ``unsure``)."""
+        found = False
+        for name in self.names:
+            try:
+                if self.r.xpending_range(name, self.group, "-", "+", 1, consumername=self.consumer,
+                                         idle=min_idle_ms):
+                    found = True
+                    break
+            except redis.RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    continue  # created again by the next read
+                if not self.cluster:
+                    raise
+                self.unsure = True  # that stream's master is away: looked at again later
+        return found
 
     # -------------------------------------------------------------- claims
     def claim_dead(self, *, max_rows: int, min_idle_ms: int) -> list[Entry]:

@@ -48,6 +48,12 @@ MEASURE_INTERVAL_S = 5.0
 #: pending and are swept once it is up.
 PROBE_WAIT_S = 0.5
 WAIT_TICK_S = 0.1
+#: An entry of ours pending this long while no shard is down was delivered to us without
+#: reaching us (Streams.unsure): swept. Checked every claim_interval_s.
+LOST_IDLE_MS = 5_000
+#: After a failed read, the sweep of our pending entries waits this long (a master that
+#: is away fails every pass until its replica has taken over).
+UNSURE_SWEEP_S = 1.0
 
 
 #: Young-generation threshold of the cyclic GC in a writer process (CPython's default: 700).
@@ -128,6 +134,7 @@ class Writer:
         self._next_stale = now + cfg.stale_interval_s
         self._next_measure = now
         self._next_dead_alarm = 0.0
+        self._next_unsure_sweep = now
 
     # ------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -292,6 +299,11 @@ class Writer:
         # A sweep starts when a shard that missed entries answers again (its backoff
         # is over), or after a batch whose acknowledgement may not have reached Redis.
         ready = {n for n in self._needs_sweep if self.shards[n].retry_ready() and not self._busy(n)}
+        if self.streams.unsure and not self.streams.sweeping and time.monotonic() >= self._next_unsure_sweep:
+            # A read failed (a master away): what it delivered to us is in our pending list.
+            self.streams.unsure = False
+            self._next_unsure_sweep = time.monotonic() + UNSURE_SWEEP_S
+            self._resweep = True
         if not self.streams.sweeping and (ready or self._resweep):
             self.flush()
             self.streams.start_sweep()
@@ -313,6 +325,14 @@ class Writer:
                 return got
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + cfg.claim_interval_s
+            if not self.streams.sweeping:
+                self.flush()  # the batch in flight is acknowledged (or deferred) first
+                if not self._needs_sweep and self.streams.own_stale(LOST_IDLE_MS):
+                    # Delivered to us but never returned by a read (redis-py retried a
+                    # timed-out XREADGROUP, a master died before its reply): `>` never
+                    # gives it again. The sweep starts with the next batch.
+                    log.warning("own_pending_lost", idle_ms=LOST_IDLE_MS)
+                    self._resweep = True
             got = self.streams.claim_dead(max_rows=cfg.batch_max_rows, min_idle_ms=cfg.claim_min_idle_ms)
             if got:
                 self.stats.claimed += len(got)

@@ -168,9 +168,11 @@ class Forwarder:
         self.sent = 0
         self._corrupt_at: tuple[int, int] | None = None
         self.full = False  # the last span was as long as a span can be: more is waiting
-        # A cluster: the buckets of the span at (seg, off) already sent, when a later
-        # bucket's call failed (the retry does not send them again).
-        self._done: tuple[tuple[int, int], set[int]] | None = None
+        # A cluster: the span at (seg, off) whose later bucket's call failed, its length,
+        # and the buckets of it already sent (the retry does not send them again).
+        self._done: tuple[tuple[int, int], int, set[int]] | None = None
+        # A cluster: masters that reported no connected replica (their WAIT is skipped).
+        self._alone: set[str] = set()
 
     def run_once(self) -> int:
         """Forward one span; the number of records forwarded (0: spool empty)."""
@@ -212,19 +214,35 @@ class Forwarder:
         replica has them too, as a master killed before it replicated would lose them on
         failover (replication is asynchronous). The number of replicas that have them (0: a
         master without a live replica, after REPLICA_WAIT_MS; the records are then on the
-        master alone). A moved slot, a dead or demoted master: the slot map is read again
+        master alone, and the next calls to that master ask INFO for a replica instead of
+        waiting on WAIT until one is back). A moved slot, a dead or demoted master: the slot map is read again
         and the error raised (the caller retries the span)."""
         client = cast(RedisCluster, self.engine.redis_bg)
         for _ in range(2):
             node = client.get_node_from_key(stream)
             conn = client.get_redis_connection(node)
+            alone = node.name in self._alone
             pipe = conn.pipeline(transaction=False)
             pipe.evalsha(self.script.sha, 1, stream, *args)
-            pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+            if not alone:
+                pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
             try:
-                _reply, acked = pipe.execute()
+                replies = pipe.execute()
+                if alone:
+                    # A master known to have no replica (a promoted one whose master is
+                    # dead): WAIT would block REPLICA_WAIT_MS on every call, and the spool
+                    # would drain at one bucket a second. Asked first; WAIT once one is back.
+                    if not _has_replica(conn):
+                        return 0
+                    self._alone.discard(node.name)
+                    acked = conn.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+                else:
+                    acked = replies[1]
                 for _try in range(REPLICA_WAIT_TRIES):
-                    if int(acked) or not _has_replica(conn):
+                    if int(acked):
+                        break
+                    if not _has_replica(conn):
+                        self._alone.add(node.name)
                         break
                     # A replica that lags (a loaded machine): the records are on the master
                     # alone; the span is let go only once the replica has them (or the
@@ -242,10 +260,15 @@ class Forwarder:
         """A Redis Cluster: the span's frames grouped by bucket, one call per bucket (its
         stream names the slot). The script never reads the cached profile there (another
         slot): the accept's interval is kept as with split roles."""
-        groups, consumed, ended, corrupt = group_frames(span.data, self.engine.settings.stream_partitions)
         at = (span.seg, span.off)
-        done = self._done[1] if self._done is not None and self._done[0] == at else set()
-        self._done = (at, done)
+        data, done = span.data, set()
+        if self._done is not None and self._done[0] == at:
+            # The retry of a span whose call failed for a later bucket: only the bytes of
+            # that attempt. The spool has grown since, and a bucket already sent would have
+            # new frames in a longer span, skipped with it and let go (lost).
+            data, done = data[:self._done[1]], self._done[2]
+        groups, consumed, ended, corrupt = group_frames(data, self.engine.settings.stream_partitions)
+        self._done = (at, len(data), done)
         records = 0
         for bucket, frames in groups.items():
             if bucket in done:

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 
+from batch_writer import worker
 from batch_writer.config import load
 from batch_writer.worker import Writer
 from benchmarks.writer_bench import acct, partition_of
@@ -572,6 +573,24 @@ class TestRecovery:
         drain(w)
         assert row(shard_conn, T3, key)["close_reason"] == "stop" and pending(redis, prefix) == 0
         assert dead_letters(redis, prefix) == []
+
+
+    def test_an_entry_delivered_to_a_running_writer_without_reaching_it_is_written(
+            self, make_writer, redis, shard_conn, monkeypatch):
+        """An XREADGROUP whose entries never reached the writer (a cluster master killed
+        after it ran, a timed-out reply that redis-py asked again) leaves them in the
+        writer's own pending list, where `>` never gives them again: with no shard down,
+        an own entry pending past LOST_IDLE_MS is swept and written."""
+        monkeypatch.setattr(worker, "LOST_IDLE_MS", 200, raising=False)
+        prefix, key = new_prefix(), new_key()
+        w = make_writer(prefix, claim_interval_s=1)
+        drain(w)  # running: its start-up re-read of its own entries is done
+        push(redis, prefix, session_records(T2, key, time.time() - 1800))
+        stream = Keys(prefix).stream(partition_of(T2, PARTITIONS))
+        redis.xreadgroup("writers", w.cfg.consumer, {stream: ">"})  # the reply "lost"
+        time.sleep(1.1)  # past the idle time and the claim interval
+        drain(w)
+        assert row(shard_conn, T2, key)["close_reason"] == "stop" and pending(redis, prefix) == 0
 
 
 # ---------------------------------------------------------------- operations

@@ -231,3 +231,56 @@ class TestClusterGrouping:
         assert consumed == len(f) and not ended and sum(map(len, groups.values())) == 1
         bad = struct.pack("<I", (1 << 20) + 5)
         assert group_frames(f + bad + f, 4)[1:] == (len(f), 1, 1)
+
+    def test_a_retried_span_sends_each_frame_once_though_the_spool_grew(self, tmp_path):
+        """A cluster: the span's call for one bucket fails after another bucket's went; the
+        retry, with more records spooled meanwhile, sends the failed buckets' frames and
+        then the rest, each frame once (the buckets already sent had new frames in the
+        longer span: they were skipped with them and let go)."""
+        import types
+        from collections import Counter
+
+        import redis
+
+        from rlm_wificore.background import Forwarder
+        from wificore import wire
+        from wificore.keys import bucket_of
+
+        sp = Spool(tmp_path)
+        settings = types.SimpleNamespace(key_prefix="wc", stream_partitions=4, session_stale_interims=3)
+        engine = types.SimpleNamespace(settings=settings, spool=sp, stats=types.SimpleNamespace(errors=Counter()),
+                                       redis_bg=types.SimpleNamespace(register_script=lambda _src: None))
+        fw = Forwarder(engine)  # type: ignore[arg-type]
+        fw.cluster = True
+        users = [f"u{i}" for i in range(40)]
+        first, second = users[:20], users[20:]
+        failing = bucket_of(7, first[-1], 4)  # a bucket that comes after others in the span
+        sent: list[str] = []
+        fail = [True]
+
+        def call(stream: str, args: list) -> int:
+            if fail[0] and stream == fw.keys.stream(failing):
+                fail[0] = False
+                for u in second:  # spooled while the master was away
+                    sp.append(wire.pack(wire.KIND_ACCT, {"tenant_id": 7, "username": u, "status": "interim"}),
+                              1 + bucket_of(7, u, 4))
+                raise redis.ConnectionError("the master is away")
+            data, off = args[7], 0
+            while off < len(data):
+                (w,) = struct.unpack_from("<I", data, off)
+                n = w & spool_mod.LEN_MASK
+                sent.append(wire.unpack(data[off + 4:off + 4 + n])[1]["username"])
+                off += 4 + n
+            return 1
+
+        fw._call_replicated = call  # type: ignore[method-assign]
+        for u in first:
+            sp.append(wire.pack(wire.KIND_ACCT, {"tenant_id": 7, "username": u, "status": "interim"}),
+                      1 + bucket_of(7, u, 4))
+        with pytest.raises(redis.ConnectionError):
+            fw.run_once()
+        for _ in range(5):
+            fw.run_once()
+        assert not sp.has_pending()
+        assert sorted(sent) == sorted(users)
+        sp.close()
