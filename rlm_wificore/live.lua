@@ -199,11 +199,16 @@ end
 -- uses, the NAS, the NAS's epoch at the session's last record (wificore/livestate.py).
 local S_LI, S_LO, S_T, S_I, S_O, S_DEADLINE, S_REFRESH = 1, 2, 3, 4, 5, 6, 7
 local S_ROW, S_BORN, S_GEN, S_PREV, S_IV, S_NAS, S_EPOCH = 8, 9, 10, 11, 12, 13, 14
--- A session's field: its key, or (the session keys radiusd makes: hex) \0 and the bytes.
+-- A session's field: (the session keys radiusd makes: hex) \0 and the bytes, else its key,
+-- or \1 and the key when that could be another field's name: 'u' (the usage), one
+-- beginning with \0 (a hex key's) or \1 (an escaped one). wificore/livestate.py reads
+-- the names back.
 local function field_of(skey)
   if #skey >= 8 and #skey % 2 == 0 and not string.find(skey, '[^0-9a-f]') then
     return '\0' .. (string.gsub(skey, '..', function(h) return string.char(tonumber(h, 16)) end))
   end
+  local c = string.byte(skey, 1)
+  if skey == 'u' or c == 0 or c == 1 then return '\1' .. skey end
   return skey
 end
 -- How often a subscriber's hash is pruned of the sessions a session TTL past their last
@@ -460,7 +465,9 @@ local function one(payload, tag)
       redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil, nil))
       if migrated then save_moved() end
       return
-    elseif status == 'start' and x then
+    elseif status == 'start' and x and not (born and rs >= born - SLACK_S and rs < seen) then
+      -- (A Start saying its session began before the Stop's end is that session's own,
+      -- late or repeated: the Stop stays final below. A reused id starts after it.)
       newgen = true
     elseif dated and on_at and born and born < on_at and rs >= on_at then
       newgen = true

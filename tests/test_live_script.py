@@ -662,3 +662,37 @@ def test_usage_per_quota_period_reads_back_as_counted(live):
     live.send(T0 + 240, record("interim", t=240, local_day=days[0]))  # the same ISO week
     assert periods() == expect(days[2], (1800, 60), (7200, 240), (1800, 60))
     assert livestate.usage(live.r, live.k, 1, "alice")["octets"] == 30 * 240
+
+
+# ------------------------------------------------------------------ replays, odd keys
+def test_a_start_after_its_stop_is_not_live_again(live):
+    """A Start that arrives after its session's Stop (a retransmission, or another radiusd
+    process's spool forwarded later): the Stop was final, the session is not live again
+    (a phantom session refusing the subscriber's next login for Simultaneous-Use), no new
+    row; the same with the Stop before its Start. A reused id starting after the Stop is
+    a new session (test_a_session_id_reused_after_a_stop_is_a_new_session)."""
+    live.send(T0 + 120, record("start"), record("interim", t=60), record("stop", t=120))
+    used = usage(live)
+    live.send(T0 + 130, record("start"))
+    assert live.live_count(T0 + 131) == 0
+    assert usage(live) == used
+    assert {r["live_session_key"] for r in stream_records(live)} == {row_key()}
+    # The Stop first, its Start after it.
+    live.send(T0 + 300, record("stop", key="s2", user="bob", t=60, ev=T0 + 260))
+    live.send(T0 + 301, record("start", key="s2", user="bob", ev=T0 + 200))
+    assert live.live_count(T0 + 302, "bob") == 0
+    assert int(usage(live, "bob")[b"octets"]) == 30 * 60
+    assert [r["live_session_key"] for r in stream_records(live)][-2:] == [row_key("s2", T0 + 200)] * 2
+
+
+@pytest.mark.parametrize("odd", ["u", "\x00\x01\x02\x03\x04", "\x01u"])
+def test_a_session_key_never_shares_a_field_with_another(live, odd):
+    """Session keys are radiusd's hex digests, stored as \\0 and their bytes; any other
+    key (a record of another producer) is a field of its own: never the usage field 'u',
+    never the field of a hex key (01020304 is \\0\\1\\2\\3\\4)."""
+    live.send(T0, record("start", key=odd), record("start", key="01020304"))
+    live.send(T0 + 60, record("interim", key=odd, t=60), record("interim", key="01020304", t=60))
+    live.send(T0 + 120, record("interim", key=odd, t=120), record("interim", key="01020304", t=120))
+    assert int(usage(live)[b"octets"]) == 2 * 30 * 120
+    assert live.live_count(T0 + 121) == 2
+    assert set(live.rows(T0 + 121)) == {row_key(odd), row_key("01020304")}

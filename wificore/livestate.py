@@ -101,6 +101,8 @@ for i = 1, #KEYS, 4 do
           local name, suffix = l[1], l[2][S_ROW]
           if string.byte(name, 1) == 0 then
             name = string.gsub(string.sub(name, 2), '.', function(c) return string.format('%02x', string.byte(c)) end)
+          elseif string.byte(name, 1) == 1 then
+            name = string.sub(name, 2)
           end
           if suffix == false then
             suffix = string.format('%x', math.floor(tonumber(l[2][S_BORN]) or 0))
