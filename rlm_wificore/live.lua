@@ -208,9 +208,13 @@ local function field_of(skey)
     return '\0' .. (string.gsub(skey, '..', function(h) return string.char(tonumber(h, 16)) end))
   end
   local c = string.byte(skey, 1)
-  if skey == 'u' or c == 0 or c == 1 then return '\1' .. skey end
+  if skey == 'u' or (c and c <= 2) then return '\1' .. skey end
   return skey
 end
+-- Field \2 of the subscriber's hash: the fields of its sessions not stopped (a msgpack
+-- array; one whose deadline passed goes at the next pruning), so that a reader reads those
+-- sessions only, not every session of the session TTL (a hotspot subscriber: hundreds).
+local LIVE_LIST = '\2'
 -- How often a subscriber's hash is pruned of the sessions a session TTL past their last
 -- refresh or Stop (at a record of the subscriber, when due).
 local PRUNE_EVERY_S = 21600
@@ -352,7 +356,7 @@ local function one(payload, tag)
   local sub = bp .. 's:' .. t .. ':' .. user
   local nas = math.floor(tonumber(f.nas_id) or 0)
   local field = field_of(skey)
-  local got = redis.call('HMGET', sub, 'u', field)
+  local got = redis.call('HMGET', sub, 'u', field, LIVE_LIST)
   local epraw = redis.call('HGET', bp .. 'nasep:' .. t, int(nas))
   local epoch, on_at = 0, nil
   if epraw then
@@ -362,6 +366,32 @@ local function one(payload, tag)
   local U, S = nil, nil
   if got[1] then U = u_load(got[1]) end
   if got[2] then S = cmsgpack.unpack(got[2]) end
+  -- The live list: read with the rest; a hash of before it (2026-12-02) gets it from
+  -- its sessions, once.
+  local L, L_dirty = nil, false
+  if got[3] then
+    local ok, l = pcall(cmsgpack.unpack, got[3])
+    if ok and type(l) == 'table' then L = l end
+  end
+  local function note_live(name, alive)
+    if L == nil then
+      L, L_dirty = {}, true
+      local all = redis.call('HGETALL', sub)
+      for j = 1, #all, 2 do
+        if all[j] ~= 'u' and all[j] ~= LIVE_LIST then
+          local ok, o = pcall(cmsgpack.unpack, all[j + 1])
+          if ok and type(o) == 'table' and (tonumber(o[S_DEADLINE]) or 0) ~= 0 then L[#L + 1] = all[j] end
+        end
+      end
+    end
+    for i = 1, #L do
+      if L[i] == name then
+        if not alive then table.remove(L, i); L_dirty = true end
+        return
+      end
+    end
+    if alive then L[#L + 1] = name; L_dirty = true end
+  end
   local migrated = false
   if not S then
     local osess = bp .. 'sess:' .. skey
@@ -432,7 +462,8 @@ local function one(payload, tag)
   end
   -- A record that counts nothing still keeps what moved from the old keys.
   local function save_moved()
-    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+    note_live(field, S[S_DEADLINE] ~= 0)
+    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
     redis.call('EXPIREAT', sub, int(math.ceil(now + usage_ttl)))
   end
   -- Generations of one Acct-Session-Id (one row each in PostgreSQL, row key
@@ -582,26 +613,39 @@ local function one(payload, tag)
   -- a session TTL past their last refresh (or their Stop) go.
   if now >= (U[U_PRUNE] or 0) then
     local all = redis.call('HGETALL', sub)
-    local doomed = {}
+    local doomed, ended = {}, {}
     for j = 1, #all, 2 do
       local name = all[j]
-      if name ~= 'u' and name ~= field then
+      if name ~= 'u' and name ~= field and name ~= LIVE_LIST then
         local ok, o = pcall(cmsgpack.unpack, all[j + 1])
         -- (one still live, an interval longer than the TTL, stays until its deadline)
         if not ok or type(o) ~= 'table' or (now > (tonumber(o[S_REFRESH]) or 0) + session_ttl
                                             and (tonumber(o[S_DEADLINE]) or 0) < now) then
           doomed[#doomed + 1] = name
         end
+        if not ok or type(o) ~= 'table' or (tonumber(o[S_DEADLINE]) or 0) < now then ended[name] = true end
       end
     end
+    -- The live list keeps the sessions whose deadline is ahead (a later record enters one again).
+    note_live(field, true)
+    local keep = {}
+    for i = 1, #L do
+      if not ended[L[i]] then keep[#keep + 1] = L[i] end
+    end
+    if #keep ~= #L then L, L_dirty = keep, true end
     for j = 1, #doomed, 1000 do  -- unpack's bound on the arguments of one call
       redis.call('HDEL', sub, unpack(doomed, j, math.min(j + 999, #doomed)))
     end
     U[U_PRUNE] = math.floor(now + PRUNE_EVERY_S)
     write_u = true
   end
-  if write_u then
+  note_live(field, dl ~= 0)
+  if write_u and L_dirty then
+    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
+  elseif write_u then
     redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+  elseif L_dirty then
+    redis.call('HSET', sub, field, cmsgpack.pack(S), LIVE_LIST, cmsgpack.pack(L))
   else
     redis.call('HSET', sub, field, cmsgpack.pack(S))
   end
