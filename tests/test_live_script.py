@@ -745,3 +745,53 @@ def test_a_hash_written_before_the_live_list_is_read_and_gets_it(live):
     live.send(T0 + 90, record("stop", key="s2", nas_id=8, t=90))
     assert msgpack.unpackb(live.r.hget(live.sub(), "\x02"), raw=True) == [b"s1"]
     assert live.live_count(T0 + 91) == 1
+
+
+def test_quota_periods_follow_the_calendar_across_weeks_months_and_years(live):
+    """One record a day over a year boundary, a leap day and an ISO week spanning two
+    months: after each, the periods' ids and counters read back are those wificore.quota
+    computes (the compact encoding leaves the week's and month's out where they follow)."""
+    import datetime as dt
+
+    from wificore import quota
+    dates = [dt.date(2030, 12, 28) + dt.timedelta(days=i) for i in range(10)]
+    dates += [dt.date(2032, 2, 27) + dt.timedelta(days=i) for i in range(5)]
+    live.send(T0, record("start", local_day=quota.date_day(dates[0])))
+    sums: dict[tuple[str, int], int] = {}
+    for i, date in enumerate(dates, start=1):
+        day = quota.date_day(date)
+        live.send(T0 + 60 * i, record("interim", t=60 * i, local_day=day))
+        ids = {p: quota.period_start(name, day) for p, name in (("d", "daily"), ("w", "weekly"), ("m", "monthly"))}
+        for p, pid in ids.items():
+            sums[(p, pid)] = sums.get((p, pid), 0) + 30 * 60
+        got = livestate.usage(live.r, live.k, 1, "alice")
+        assert {p: got[p] for p in "dwm"} == ids, date
+        assert {p: got[p + "o"] for p in "dwm"} == {p: sums[(p, pid)] for p, pid in ids.items()}, date
+        assert {p: got[p + "t"] for p in "dwm"} == {p: sums[(p, pid)] // 30 for p, pid in ids.items()}, date
+
+
+def test_a_nas_accounting_on_ends_the_subscribers_session_there_only(live):
+    """One subscriber, a session on each of two NAS: NAS 7's Accounting-On ends its own;
+    the other stays live, and its usage goes on counting once."""
+    live.send(T0, record("start"), record("start", key="s2", nas_id=8))
+    live.send(T0 + 10, record("on", ev=T0 + 10))
+    snap = livestate.read(live.r, live.k, 1, "alice", rows=True, now=T0 + 11)
+    assert (snap.sessions, snap.nas, snap.rows) == (1, (8,), (row_key("s2"),))
+    live.send(T0 + 60, record("interim", key="s2", nas_id=8, t=60), record("interim", key="s2", nas_id=8, t=60))
+    assert live.live_count(T0 + 61) == 1 and int(usage(live)[b"octets"]) == 30 * 60
+
+
+def test_a_replay_within_the_session_ttl_is_recognised_though_pruning_ran(live):
+    """A Stop replayed a day after it (a spool restored from a backup, a NAS's queue): the
+    subscriber's hash was pruned in between, the session is within the session TTL: kept,
+    not counted again. (Past the TTL it is gone: a replay then counts as a new session.)"""
+    live.send(T0 + 60, record("start"), record("stop", t=60))
+    for h in range(1, 8):  # another session's records every 6 h: pruning runs at each
+        now = T0 + h * 21600 // 2 + 21600
+        if now - T0 >= SESSION_TTL_S:
+            break
+        live.send(now, record("start", key=f"o{h}", ev=now), record("stop", key=f"o{h}", t=10, ev=now + 10))
+    assert live.r.hexists(live.sub(), "s1")
+    used = usage(live)
+    live.send(T0 + SESSION_TTL_S - 60, record("stop", t=60), record("start"))
+    assert usage(live) == used and live.live_count(T0 + SESSION_TTL_S - 59) == 0
