@@ -456,6 +456,16 @@ local function one(payload, tag)
     end
   end
   local exists = S ~= nil
+  -- A record the NAS sent before its last Accounting-On/Off (its event time, the NAS's
+  -- clock, before that one's) that reached radiusd before the Accounting-On/Off was applied
+  -- here (its arrival before the epoch, which is the time it was applied: a slower spool,
+  -- the spools draining after a Redis outage) does not make its session live again: it
+  -- keeps the epoch it had (a session new here: the one before). Its usage counts.
+  local ep = epoch
+  local arrival = tonumber(f.arrival_ts)
+  if on_at and ev < on_at and arrival and arrival < epoch then
+    ep = math.min(exists and tonumber(S[S_EPOCH]) or 0, epoch - 1)
+  end
   local new_hash = not U
   if new_hash then
     U = {0, 0, math.floor(now + PRUNE_EVERY_S)}
@@ -608,7 +618,7 @@ local function one(payload, tag)
   if row == string.format('%x', math.floor(born or rs)) then row = false end
   S = {bi, bo, tt, (LI ~= bi) and LI or false, (LO ~= bo) and LO or false, dl, refresh_at, row,
        born or rs, gen, prev and ((prev == skey) and '' or string.sub(prev, #skey + 2)) or false,
-       iv, nas, epoch}
+       iv, nas, ep}
   -- Pruning (bounded: a subscriber reconnecting all day): every PRUNE_EVERY_S, the sessions
   -- a session TTL past their last refresh (or their Stop) go.
   if now >= (U[U_PRUNE] or 0) then

@@ -795,3 +795,22 @@ def test_a_replay_within_the_session_ttl_is_recognised_though_pruning_ran(live):
     used = usage(live)
     live.send(T0 + SESSION_TTL_S - 60, record("stop", t=60), record("start"))
     assert usage(live) == used and live.live_count(T0 + SESSION_TTL_S - 59) == 0
+
+
+def test_a_record_from_before_the_accounting_on_applied_after_it_does_not_revive(live):
+    """The NAS rebooted: its last Interim of s1 (sent before its Accounting-On) was in a
+    slower radiusd process's spool and is applied after the Accounting-On; so is a Start
+    from before it. Neither session is live again (a phantom refusing its subscriber's
+    reconnect for Simultaneous-Use until its deadline); the usage counts. A record sent
+    after the Accounting-On (a session that goes on) is live again, and one whose NAS clock
+    is behind but that arrived after the Accounting-On was applied is too."""
+    live.send(T0, record("start"))
+    live.send(T0 + 100, record("on", ev=T0 + 90))
+    live.send(T0 + 101, record("interim", t=60, arrival_ts=T0 + 60),
+              record("start", key="s2", user="bob", ev=T0 + 70, arrival_ts=T0 + 70))
+    assert live.live_count(T0 + 102) == 0 and live.live_count(T0 + 102, "bob") == 0
+    assert int(usage(live)[b"octets"]) == 30 * 60
+    live.send(T0 + 130, record("interim", t=120, arrival_ts=T0 + 120))
+    assert live.live_count(T0 + 131) == 1
+    live.send(T0 + 140, record("start", key="s3", user="carol", ev=T0 + 10, arrival_ts=T0 + 139))
+    assert live.live_count(T0 + 141, "carol") == 1
