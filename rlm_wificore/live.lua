@@ -214,7 +214,8 @@ end
 -- Field \2 of the subscriber's hash: the fields of its sessions not stopped (a msgpack
 -- array; one whose deadline passed goes at the next pruning), so that a reader reads those
 -- sessions only, not every session of the session TTL (a hotspot subscriber: hundreds).
-local LIVE_LIST = '\2'
+-- Kept once the hash holds LIST_FROM fields (none in a hash of fewer: read whole, as cheap).
+local LIVE_LIST, LIST_FROM = '\2', 8
 -- How often a subscriber's hash is pruned of the sessions a session TTL past their last
 -- refresh or Stop (at a record of the subscriber, when due).
 local PRUNE_EVERY_S = 21600
@@ -366,15 +367,17 @@ local function one(payload, tag)
   local U, S = nil, nil
   if got[1] then U = u_load(got[1]) end
   if got[2] then S = cmsgpack.unpack(got[2]) end
-  -- The live list: read with the rest; a hash of before it (2026-12-02) gets it from
-  -- its sessions, once.
+  -- The live list, once the hash holds LIST_FROM fields: read with the rest; made (from
+  -- every session, once) by the record that adds a field to a hash of that many.
   local L, L_dirty = nil, false
   if got[3] then
     local ok, l = pcall(cmsgpack.unpack, got[3])
     if ok and type(l) == 'table' then L = l end
   end
+  local new_field = not got[2]
   local function note_live(name, alive)
     if L == nil then
+      if not new_field or redis.call('HLEN', sub) < LIST_FROM then return end
       L, L_dirty = {}, true
       local all = redis.call('HGETALL', sub)
       for j = 1, #all, 2 do
@@ -473,7 +476,11 @@ local function one(payload, tag)
   -- A record that counts nothing still keeps what moved from the old keys.
   local function save_moved()
     note_live(field, S[S_DEADLINE] ~= 0)
-    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
+    if L_dirty then
+      redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
+    else
+      redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+    end
     redis.call('EXPIREAT', sub, int(math.ceil(now + usage_ttl)))
   end
   -- Generations of one Acct-Session-Id (one row each in PostgreSQL, row key
@@ -638,11 +645,13 @@ local function one(payload, tag)
     end
     -- The live list keeps the sessions whose deadline is ahead (a later record enters one again).
     note_live(field, true)
-    local keep = {}
-    for i = 1, #L do
-      if not ended[L[i]] then keep[#keep + 1] = L[i] end
+    if L then
+      local keep = {}
+      for i = 1, #L do
+        if not ended[L[i]] then keep[#keep + 1] = L[i] end
+      end
+      if #keep ~= #L then L, L_dirty = keep, true end
     end
-    if #keep ~= #L then L, L_dirty = keep, true end
     for j = 1, #doomed, 1000 do  -- unpack's bound on the arguments of one call
       redis.call('HDEL', sub, unpack(doomed, j, math.min(j + 999, #doomed)))
     end

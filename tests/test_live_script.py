@@ -726,25 +726,32 @@ def test_a_reader_reads_the_live_sessions_only_however_many_are_kept(live):
 
 def test_a_hash_written_before_the_live_list_is_read_and_gets_it(live):
     """A subscriber hash live.lua of before the live list wrote (main 75b8957): the readers
-    read every field until a record of the subscriber adds the list, which names every
-    session not stopped (this one's and the others')."""
+    read every field until a record adds a session to a hash of LIST_FROM (8) fields; the
+    list then names every session not stopped (the new one's and the others'). A hash of
+    fewer fields has none (read whole: as cheap)."""
     import subprocess
     old = subprocess.run(["git", "show", "75b8957:rlm_wificore/live.lua"], capture_output=True, check=True,
                          cwd=__file__.rsplit("/tests/", 1)[0]).stdout.decode()
     script, live.script = live.script, live.r.register_script(old)
-    live.send(T0, record("start"), record("start", key="s2", nas_id=8), record("start", key="s3"),
-              record("stop", key="s3", t=30))
+    live.send(T0, record("start"), record("start", key="s2", nas_id=8),
+              *[f for i in range(6) for f in (record("start", key=f"x{i}"), record("stop", key=f"x{i}", t=30))])
     live.script = script
-    assert not live.r.hexists(live.sub(), "\x02")
+    assert live.r.hlen(live.sub()) == 9 and not live.r.hexists(live.sub(), "\x02")
     assert live.live_count(T0 + 1) == 2
-    live.send(T0 + 60, record("interim", t=60))
-    assert sorted(msgpack.unpackb(live.r.hget(live.sub(), "\x02"), raw=True)) == [b"s1", b"s2"]
+    live.send(T0 + 60, record("interim", t=60))  # no field added: no list yet
+    assert not live.r.hexists(live.sub(), "\x02") and live.live_count(T0 + 61) == 2
+    live.send(T0 + 70, record("start", key="s3", ev=T0 + 70))
+    assert sorted(msgpack.unpackb(live.r.hget(live.sub(), "\x02"), raw=True)) == [b"s1", b"s2", b"s3"]
     before = hgetalls(live.r)
-    assert live.live_count(T0 + 61) == 2 and set(live.rows(T0 + 61)) == {row_key(), row_key("s2")}
+    assert live.live_count(T0 + 71) == 3
+    assert set(live.rows(T0 + 71)) == {row_key(), row_key("s2"), row_key("s3", T0 + 70)}
     assert hgetalls(live.r) == before
     live.send(T0 + 90, record("stop", key="s2", nas_id=8, t=90))
-    assert msgpack.unpackb(live.r.hget(live.sub(), "\x02"), raw=True) == [b"s1"]
-    assert live.live_count(T0 + 91) == 1
+    assert sorted(msgpack.unpackb(live.r.hget(live.sub(), "\x02"), raw=True)) == [b"s1", b"s3"]
+    assert live.live_count(T0 + 91) == 2
+    live.send(T0, record("start", key="b1", user="bob"), record("stop", key="b1", user="bob", t=5),
+              record("start", key="b2", user="bob"))
+    assert not live.r.hexists(live.sub("bob"), "\x02") and live.live_count(T0 + 1, "bob") == 1
 
 
 def test_quota_periods_follow_the_calendar_across_weeks_months_and_years(live):
