@@ -5,7 +5,8 @@ live.lua (rlm_wificore/live.lua) keeps one hash per subscriber in its bucket
 msgpack arrays (see live.lua's U_* and S_* positions). A session is live while its
 deadline is ahead and its NAS had no Accounting-On/Off since its last record: the
 epoch it saw then is still the NAS's (the bucket's ``nasep`` hash, field nas_id =
-``"<epoch> <event time>"``). A Redis upgraded with sessions in flight still holds some
+``"<epoch> <event time>"``). A hash of 8 fields or more has a live list (field ``\x02``:
+the fields of the sessions not stopped): only those are read. A Redis upgraded with sessions in flight still holds some
 in the layout before 2026-12-02 (a live set and a usage hash per subscriber), moved at
 each session's next record: they are read too until then.
 
