@@ -821,3 +821,32 @@ def test_a_record_from_before_the_accounting_on_applied_after_it_does_not_revive
     assert live.live_count(T0 + 131) == 1
     live.send(T0 + 140, record("start", key="s3", user="carol", ev=T0 + 10, arrival_ts=T0 + 139))
     assert live.live_count(T0 + 141, "carol") == 1
+
+
+def test_state_written_by_the_layout_before_goes_on_through_this_one(live):
+    """Upgrade in flight, the state written by live.lua of main 59719e4 (per-session hashes,
+    live sets, usage hash, per-NAS sets): Simultaneous-Use sees the sessions before and
+    after their next record, counters continue by delta (no double count), a session
+    stopped before the upgrade stays stopped under a replay, an Accounting-On during the
+    transition ends both the moved session and the one still in the old keys, and a Stop
+    after it counts once."""
+    import subprocess
+    old = subprocess.run(["git", "show", "59719e4:rlm_wificore/live.lua"], capture_output=True, check=True,
+                         cwd=__file__.rsplit("/tests/", 1)[0]).stdout.decode()
+    script, live.script = live.script, live.r.register_script(old)
+    live.send(T0 + 60, record("start"), record("interim", t=60), record("start", key="s2"),
+              record("start", key="s3"), record("stop", key="s3", t=30), record("start", key="b1", user="bob"))
+    live.script = script
+    assert live.live_count(T0 + 61) == 2 and live.live_count(T0 + 61, "bob") == 1
+    assert int(usage(live)[b"octets"]) == 30 * 60 + 30 * 30
+    live.send(T0 + 120, record("interim", t=120), record("stop", key="s3", t=30))
+    assert live.live_count(T0 + 121) == 2
+    assert int(usage(live)[b"octets"]) == 30 * 120 + 30 * 30
+    live.send(T0 + 130, record("on", ev=T0 + 130))
+    assert live.live_count(T0 + 131) == 0 and live.live_count(T0 + 131, "bob") == 0
+    live.send(T0 + 140, record("stop", key="s2", t=90), record("stop", key="s2", t=90),
+              record("stop", key="b1", user="bob", t=80))
+    assert int(usage(live)[b"octets"]) == 30 * 120 + 30 * 30 + 30 * 90
+    assert int(usage(live, "bob")[b"octets"]) == 30 * 80
+    assert live.live_count(T0 + 141) == 0 and live.live_count(T0 + 141, "bob") == 0
+    assert not [k for k in live.r.scan_iter(match=f"{live.p}:*") if b":live:" in k or b":use:" in k]
