@@ -438,7 +438,8 @@ local function one(payload, tag)
       if o[12] then ps = (o[12] == skey) and '' or string.sub(o[12], #skey + 2) end
       S = {tonumber(o[1]) or 0, tonumber(o[2]) or 0, tonumber(o[3]) or 0, tonumber(o[6]) or false,
            tonumber(o[7]) or false, dl, tonumber(o[5]) or 0, (k0 == skey) and '' or string.sub(k0, #skey + 2),
-           tonumber(o[9]) or false, tonumber(o[11]) or 0, ps, tonumber(o[13]) or false, nas, epoch}
+           tonumber(o[9]) or false, tonumber(o[11]) or 0, ps, tonumber(o[13]) or false, nas,
+           (dl == 1) and (epoch - 1) or epoch}  -- (not in the old live set: not live now)
       redis.call('DEL', osess)
       redis.call('ZREM', olive, k0)
       redis.call('ZREM', bp .. 'naslive:' .. t .. ':' .. int(nas), user .. '\n' .. k0)
@@ -463,11 +464,13 @@ local function one(payload, tag)
   -- clock, before that one's) that reached radiusd before the Accounting-On/Off was applied
   -- here (its arrival before the epoch, which is the time it was applied: a slower spool,
   -- the spools draining after a Redis outage) does not make its session live again: it
-  -- keeps the epoch it had (a session new here: the one before). Its usage counts.
+  -- keeps the epoch it had (a session new here: the one before; one a later record made
+  -- live again stays live). Its usage counts.
   local ep = epoch
   local arrival = tonumber(f.arrival_ts)
   if on_at and ev < on_at and arrival and arrival < epoch then
-    ep = math.min(exists and tonumber(S[S_EPOCH]) or 0, epoch - 1)
+    local had = exists and tonumber(S[S_EPOCH]) or 0
+    ep = (had >= epoch) and had or math.min(had, epoch - 1)
   end
   local new_hash = not U
   if new_hash then

@@ -819,6 +819,9 @@ def test_a_record_from_before_the_accounting_on_applied_after_it_does_not_revive
     assert int(usage(live)[b"octets"]) == 30 * 60
     live.send(T0 + 130, record("interim", t=120, arrival_ts=T0 + 120))
     assert live.live_count(T0 + 131) == 1
+    # Live again by that Interim: a copy from before the Accounting-On applied later keeps it so.
+    live.send(T0 + 132, record("interim", t=70, arrival_ts=T0 + 70))
+    assert live.live_count(T0 + 133) == 1
     live.send(T0 + 140, record("start", key="s3", user="carol", ev=T0 + 10, arrival_ts=T0 + 139))
     assert live.live_count(T0 + 141, "carol") == 1
 
