@@ -853,3 +853,18 @@ def test_state_written_by_the_layout_before_goes_on_through_this_one(live):
     assert int(usage(live, "bob")[b"octets"]) == 30 * 80
     assert live.live_count(T0 + 141) == 0 and live.live_count(T0 + 141, "bob") == 0
     assert not [k for k in live.r.scan_iter(match=f"{live.p}:*") if b":live:" in k or b":use:" in k]
+
+
+def test_the_live_list_in_a_cluster_call(live):
+    """A Redis Cluster's calls (one bucket each, ARGV[10]): a subscriber of many sessions
+    gets its live list in its bucket's hash, read by the readers in that slot."""
+    parts, k = 4, Keys(live.p, 4)
+    live.k = k
+    b = k.bucket(1, "alice")
+    frames = [f for i in range(10) for f in (record("start", key=f"{i:024x}"), record("stop", key=f"{i:024x}", t=5))]
+    live.send(T0 + 10, *[tagged(f, parts) for f in frames], tagged(record("start", key="f" * 24), parts),
+              parts=parts, bucket=b)
+    assert live.r.hexists(k.subscriber(1, "alice"), "\x02")
+    before = hgetalls(live.r)
+    assert livestate.sessions(live.r, k, 1, "alice", now=T0 + 11) == 1
+    assert hgetalls(live.r) == before
