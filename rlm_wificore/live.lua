@@ -199,13 +199,23 @@ end
 -- uses, the NAS, the NAS's epoch at the session's last record (wificore/livestate.py).
 local S_LI, S_LO, S_T, S_I, S_O, S_DEADLINE, S_REFRESH = 1, 2, 3, 4, 5, 6, 7
 local S_ROW, S_BORN, S_GEN, S_PREV, S_IV, S_NAS, S_EPOCH = 8, 9, 10, 11, 12, 13, 14
--- A session's field: its key, or (the session keys radiusd makes: hex) \0 and the bytes.
+-- A session's field: (the session keys radiusd makes: hex) \0 and the bytes, else its key,
+-- or \1 and the key when that could be another field's name: 'u' (the usage), one
+-- beginning with \0 (a hex key's) or \1 (an escaped one). wificore/livestate.py reads
+-- the names back.
 local function field_of(skey)
   if #skey >= 8 and #skey % 2 == 0 and not string.find(skey, '[^0-9a-f]') then
     return '\0' .. (string.gsub(skey, '..', function(h) return string.char(tonumber(h, 16)) end))
   end
+  local c = string.byte(skey, 1)
+  if skey == 'u' or (c and c <= 2) then return '\1' .. skey end
   return skey
 end
+-- Field \2 of the subscriber's hash: the fields of its sessions not stopped (a msgpack
+-- array; one whose deadline passed goes at the next pruning), so that a reader reads those
+-- sessions only, not every session of the session TTL (a hotspot subscriber: hundreds).
+-- Kept once the hash holds LIST_FROM fields (none in a hash of fewer: read whole, as cheap).
+local LIVE_LIST, LIST_FROM = '\2', 8
 -- How often a subscriber's hash is pruned of the sessions a session TTL past their last
 -- refresh or Stop (at a record of the subscriber, when due).
 local PRUNE_EVERY_S = 21600
@@ -347,7 +357,7 @@ local function one(payload, tag)
   local sub = bp .. 's:' .. t .. ':' .. user
   local nas = math.floor(tonumber(f.nas_id) or 0)
   local field = field_of(skey)
-  local got = redis.call('HMGET', sub, 'u', field)
+  local got = redis.call('HMGET', sub, 'u', field, LIVE_LIST)
   local epraw = redis.call('HGET', bp .. 'nasep:' .. t, int(nas))
   local epoch, on_at = 0, nil
   if epraw then
@@ -357,6 +367,34 @@ local function one(payload, tag)
   local U, S = nil, nil
   if got[1] then U = u_load(got[1]) end
   if got[2] then S = cmsgpack.unpack(got[2]) end
+  -- The live list, once the hash holds LIST_FROM fields: read with the rest; made (from
+  -- every session, once) by the record that adds a field to a hash of that many.
+  local L, L_dirty = nil, false
+  if got[3] then
+    local ok, l = pcall(cmsgpack.unpack, got[3])
+    if ok and type(l) == 'table' then L = l end
+  end
+  local new_field = not got[2]
+  local function note_live(name, alive)
+    if L == nil then
+      if not new_field or redis.call('HLEN', sub) < LIST_FROM then return end
+      L, L_dirty = {}, true
+      local all = redis.call('HGETALL', sub)
+      for j = 1, #all, 2 do
+        if all[j] ~= 'u' and all[j] ~= LIVE_LIST then
+          local ok, o = pcall(cmsgpack.unpack, all[j + 1])
+          if ok and type(o) == 'table' and (tonumber(o[S_DEADLINE]) or 0) ~= 0 then L[#L + 1] = all[j] end
+        end
+      end
+    end
+    for i = 1, #L do
+      if L[i] == name then
+        if not alive then table.remove(L, i); L_dirty = true end
+        return
+      end
+    end
+    if alive then L[#L + 1] = name; L_dirty = true end
+  end
   local migrated = false
   if not S then
     local osess = bp .. 'sess:' .. skey
@@ -400,7 +438,8 @@ local function one(payload, tag)
       if o[12] then ps = (o[12] == skey) and '' or string.sub(o[12], #skey + 2) end
       S = {tonumber(o[1]) or 0, tonumber(o[2]) or 0, tonumber(o[3]) or 0, tonumber(o[6]) or false,
            tonumber(o[7]) or false, dl, tonumber(o[5]) or 0, (k0 == skey) and '' or string.sub(k0, #skey + 2),
-           tonumber(o[9]) or false, tonumber(o[11]) or 0, ps, tonumber(o[13]) or false, nas, epoch}
+           tonumber(o[9]) or false, tonumber(o[11]) or 0, ps, tonumber(o[13]) or false, nas,
+           (dl == 1) and (epoch - 1) or epoch}  -- (not in the old live set: not live now)
       redis.call('DEL', osess)
       redis.call('ZREM', olive, k0)
       redis.call('ZREM', bp .. 'naslive:' .. t .. ':' .. int(nas), user .. '\n' .. k0)
@@ -421,13 +460,30 @@ local function one(payload, tag)
     end
   end
   local exists = S ~= nil
+  -- A record the NAS sent before its last Accounting-On/Off (its event time, the NAS's
+  -- clock, before that one's) that reached radiusd before the Accounting-On/Off was applied
+  -- here (its arrival before the epoch, which is the time it was applied: a slower spool,
+  -- the spools draining after a Redis outage) does not make its session live again: it
+  -- keeps the epoch it had (a session new here: the one before; one a later record made
+  -- live again stays live). Its usage counts.
+  local ep = epoch
+  local arrival = tonumber(f.arrival_ts)
+  if on_at and ev < on_at and arrival and arrival < epoch then
+    local had = exists and tonumber(S[S_EPOCH]) or 0
+    ep = (had >= epoch) and had or math.min(had, epoch - 1)
+  end
   local new_hash = not U
   if new_hash then
     U = {0, 0, math.floor(now + PRUNE_EVERY_S)}
   end
   -- A record that counts nothing still keeps what moved from the old keys.
   local function save_moved()
-    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+    note_live(field, S[S_DEADLINE] ~= 0)
+    if L_dirty then
+      redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
+    else
+      redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+    end
     redis.call('EXPIREAT', sub, int(math.ceil(now + usage_ttl)))
   end
   -- Generations of one Acct-Session-Id (one row each in PostgreSQL, row key
@@ -460,7 +516,9 @@ local function one(payload, tag)
       redis.call('XADD', stream, '*', 'd', extend(payload, rec, prev, nil, nil, nil, flags, nil, nil))
       if migrated then save_moved() end
       return
-    elseif status == 'start' and x then
+    elseif status == 'start' and x and not (born and rs >= born - SLACK_S and rs < seen) then
+      -- (A Start saying its session began before the Stop's end is that session's own,
+      -- late or repeated: the Stop stays final below. A reused id starts after it.)
       newgen = true
     elseif dated and on_at and born and born < on_at and rs >= on_at then
       newgen = true
@@ -570,22 +628,32 @@ local function one(payload, tag)
   if row == string.format('%x', math.floor(born or rs)) then row = false end
   S = {bi, bo, tt, (LI ~= bi) and LI or false, (LO ~= bo) and LO or false, dl, refresh_at, row,
        born or rs, gen, prev and ((prev == skey) and '' or string.sub(prev, #skey + 2)) or false,
-       iv, nas, epoch}
+       iv, nas, ep}
   -- Pruning (bounded: a subscriber reconnecting all day): every PRUNE_EVERY_S, the sessions
   -- a session TTL past their last refresh (or their Stop) go.
   if now >= (U[U_PRUNE] or 0) then
     local all = redis.call('HGETALL', sub)
-    local doomed = {}
+    local doomed, ended = {}, {}
     for j = 1, #all, 2 do
       local name = all[j]
-      if name ~= 'u' and name ~= field then
+      if name ~= 'u' and name ~= field and name ~= LIVE_LIST then
         local ok, o = pcall(cmsgpack.unpack, all[j + 1])
         -- (one still live, an interval longer than the TTL, stays until its deadline)
         if not ok or type(o) ~= 'table' or (now > (tonumber(o[S_REFRESH]) or 0) + session_ttl
                                             and (tonumber(o[S_DEADLINE]) or 0) < now) then
           doomed[#doomed + 1] = name
         end
+        if not ok or type(o) ~= 'table' or (tonumber(o[S_DEADLINE]) or 0) < now then ended[name] = true end
       end
+    end
+    -- The live list keeps the sessions whose deadline is ahead (a later record enters one again).
+    note_live(field, true)
+    if L then
+      local keep = {}
+      for i = 1, #L do
+        if not ended[L[i]] then keep[#keep + 1] = L[i] end
+      end
+      if #keep ~= #L then L, L_dirty = keep, true end
     end
     for j = 1, #doomed, 1000 do  -- unpack's bound on the arguments of one call
       redis.call('HDEL', sub, unpack(doomed, j, math.min(j + 999, #doomed)))
@@ -593,8 +661,13 @@ local function one(payload, tag)
     U[U_PRUNE] = math.floor(now + PRUNE_EVERY_S)
     write_u = true
   end
-  if write_u then
+  note_live(field, dl ~= 0)
+  if write_u and L_dirty then
+    redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U), LIVE_LIST, cmsgpack.pack(L))
+  elseif write_u then
     redis.call('HSET', sub, field, cmsgpack.pack(S), 'u', u_store(U))
+  elseif L_dirty then
+    redis.call('HSET', sub, field, cmsgpack.pack(S), LIVE_LIST, cmsgpack.pack(L))
   else
     redis.call('HSET', sub, field, cmsgpack.pack(S))
   end

@@ -210,3 +210,23 @@ class TestNasSemantics:
         keys = {r["live_session_key"] for r in [stream_record(redis, key, "stop"),
                                                 stream_record(redis, key, "interim")]}
         assert len(keys) == 2
+
+    def test_a_start_retransmitted_after_its_stop_refuses_no_login(self, acct, auth, subscriber, redis, shard_conn):
+        """A NAS retransmits a Start (its answer was lost) and the copy is handled after the
+        session's Stop: the session stays ended, Simultaneous-Use 1 lets the subscriber in
+        (before: live again until its deadline, refusing every login meanwhile), one row."""
+        user = subscriber()
+        t, now = TENANT_A[0], int(time.time())
+        start = acct_packet(user, "82000009", "Start", **{"Event-Timestamp": now - 30})
+        acct(TENANT_A, start)
+        acct(TENANT_A, acct_packet(user, "82000009", "Stop", inp=10, out=20, t=30, **{"Event-Timestamp": now}))
+        key = self.key(shard_conn, user, "82000009")
+        assert wait_until(lambda: stream_record(redis, key, "stop"))
+        acct(TENANT_A, {**start, "Acct-Delay-Time": 31})
+        assert wait_until(lambda: len([1 for p in range(4) for _i, f in redis.xrange(K.stream(p), count=100000)
+                                       if wire.unpack(f[b"d"])[1].get("session_key") == key]) == 3)
+        assert state.sessions(redis, K, t, user) == 0
+        ans = auth(TENANT_A, {"User-Name": user, "User-Password": "pw-123456"})
+        assert ans.code == "Access-Accept", ans.get("Reply-Message")
+        assert stream_record(redis, key, "start")["live_session_key"] == stream_record(redis, key, "stop")[
+            "live_session_key"]

@@ -146,6 +146,25 @@ def test_an_accounting_on_drops_the_copies_of_that_nas_users_only():
 
 
 
+def test_an_accounting_on_heard_while_a_state_was_read_ends_that_state():
+    """The NAS's ["N", ...] arrives while the subscriber's state (a session on that NAS,
+    read before the Accounting-On was applied) is on its way back: that state answers the
+    lookup it was read for, and the next lookup reads again, not answered from it."""
+    e = engine_reading((1, [b"0", b"0"], [7]), invalidate_during_read=False)
+    read = e.redis_store.call
+
+    def racing(fn):
+        reply = read(fn)
+        e.invalidate(["N", [[1, 7]]])  # heard after the read began, before it returned
+        return reply
+    e.redis_store.call = racing
+    assert e.profiles.entry(1, "bob").state.nas == (7,)
+    e.redis_store.call = read
+    hits = e.stats.tiers["process"]
+    e.profiles.entry(1, "bob")
+    assert e.stats.tiers["process"] == hits
+
+
 def test_the_kept_reply_follows_vendor_live_state_and_plan():
     """The reply rendered last is kept on the entry: reused for the same vendor, rendered
     again for another vendor or a new live state; a static one is shared by a plan's

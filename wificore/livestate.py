@@ -5,7 +5,8 @@ live.lua (rlm_wificore/live.lua) keeps one hash per subscriber in its bucket
 msgpack arrays (see live.lua's U_* and S_* positions). A session is live while its
 deadline is ahead and its NAS had no Accounting-On/Off since its last record: the
 epoch it saw then is still the NAS's (the bucket's ``nasep`` hash, field nas_id =
-``"<epoch> <event time>"``). A Redis upgraded with sessions in flight still holds some
+``"<epoch> <event time>"``). A hash of 8 fields or more has a live list (field ``\x02``:
+the fields of the sessions not stopped): only those are read. A Redis upgraded with sessions in flight still holds some
 in the layout before 2026-12-02 (a live set and a usage hash per subscriber), moved at
 each session's next record: they are read too until then.
 
@@ -75,15 +76,36 @@ local now, rows = tonumber(ARGV[1]), ARGV[2] == '1'
 local S_DEADLINE, S_ROW, S_BORN, S_NAS, S_EPOCH = 6, 8, 9, 13, 14
 local out = {}
 for i = 1, #KEYS, 4 do
-  local all = redis.call('HGETALL', KEYS[i])
+  -- The usage, and the sessions the live list names (field \2: those not stopped); a hash
+  -- of before the list: every field.
+  local head = redis.call('HMGET', KEYS[i], 'u', '\2')
+  local all = {}
+  local ok, names = pcall(cmsgpack.unpack, head[2] or '')
+  if head[2] and ok and type(names) == 'table' then
+    if head[1] then all[1], all[2] = 'u', head[1] end
+    for j = 1, #names, 1000 do
+      local part = {unpack(names, j, math.min(j + 999, #names))}
+      local vals = redis.call('HMGET', KEYS[i], unpack(part))
+      for n = 1, #part do
+        if vals[n] then
+          all[#all + 1] = part[n]
+          all[#all + 1] = vals[n]
+        end
+      end
+    end
+  else
+    all = redis.call('HGETALL', KEYS[i])
+  end
   local u, live = nil, {}
   for j = 1, #all, 2 do
-    local ok, v = pcall(cmsgpack.unpack, all[j + 1])
-    if ok and type(v) == 'table' then
-      if all[j] == 'u' then
-        u = u_load(v)
-      elseif (tonumber(v[S_DEADLINE]) or 0) > now then
-        live[#live + 1] = {all[j], v}
+    if all[j] ~= '\2' then
+      local ok2, v = pcall(cmsgpack.unpack, all[j + 1])
+      if ok2 and type(v) == 'table' then
+        if all[j] == 'u' then
+          u = u_load(v)
+        elseif (tonumber(v[S_DEADLINE]) or 0) > now then
+          live[#live + 1] = {all[j], v}
+        end
       end
     end
   end
@@ -101,6 +123,8 @@ for i = 1, #KEYS, 4 do
           local name, suffix = l[1], l[2][S_ROW]
           if string.byte(name, 1) == 0 then
             name = string.gsub(string.sub(name, 2), '.', function(c) return string.format('%02x', string.byte(c)) end)
+          elseif string.byte(name, 1) == 1 then
+            name = string.sub(name, 2)
           end
           if suffix == false then
             suffix = string.format('%x', math.floor(tonumber(l[2][S_BORN]) or 0))
