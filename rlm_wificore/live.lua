@@ -129,6 +129,12 @@ end
 -- the month (from its 1st) of that day. The usage hash keeps each period's id (its
 -- first local day) and counters: d do dt, w wo wt, m mo mt. A newer id starts the
 -- period's counters again; a record of an older period counts in the totals only.
+-- As stored, the usage leaves out what follows from the rest (false): the week's id when
+-- it is the Monday of the day's, the month's when it is the 1st of the day's month, a
+-- week's counter equal to the day's, a month's equal to the week's (the usual case: 16 B
+-- less per subscriber). wificore/livestate.py's scripts take this block as it is, from
+-- here to its end mark: one codec.
+-- usage codec: begin
 local function month_start(z)
   -- days from 1970-01-01 -> the day of the 1st of its month (civil_from_days, H. Hinnant)
   local zz = z + 719468
@@ -140,31 +146,8 @@ local function month_start(z)
   local mp = math.floor((5 * doy + 2) / 153)
   return z - (doy - math.floor((153 * mp + 2) / 5))
 end
-
--- The subscriber's usage (field 'u' of its hash): a msgpack array, U_* positions. The
--- periods (d do dt, w wo wt, m mo mt: 4-12) are left out until a record counts in one.
-local U_OCTETS, U_TIME, U_PRUNE = 1, 2, 3
-local PERIOD_FIELDS = {'d', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt'}  -- of the layout before 2026-12-02
--- Count d octets and dt seconds of local day `day` into the periods of U.
-local function period_count(U, day, d, dt)
-  local ids = {day, day - (day + 3) % 7, month_start(day)}
-  for i = 1, 3 do
-    local at = 3 * i + 1
-    local c = tonumber(U[at])
-    if c == nil or ids[i] > c then
-      U[at], U[at + 1], U[at + 2] = ids[i], d, dt
-    elseif c == ids[i] then
-      U[at + 1], U[at + 2] = (tonumber(U[at + 1]) or 0) + d, (tonumber(U[at + 2]) or 0) + dt
-    end
-  end
-end
-
--- As stored, the usage leaves out what follows from the rest (false): the week's id when
--- it is the Monday of the day's, the month's when it is the 1st of the day's month, a
--- week's counter equal to the day's, a month's equal to the week's (the usual case: 16 B
--- less per subscriber). wificore/livestate.py reads it the same way.
-local function u_load(raw)
-  local U = cmsgpack.unpack(raw)
+-- The stored array ``U`` completed (in place).
+local function u_fill(U)
   if #U >= 12 then
     local d = U[4]
     if U[7] == false then U[7] = d - (d + 3) % 7 end
@@ -188,6 +171,28 @@ local function u_store(U)
   if U[12] == U[9] then E[12] = false end
   return cmsgpack.pack(E)
 end
+-- usage codec: end
+
+
+-- The subscriber's usage (field 'u' of its hash): a msgpack array, U_* positions. The
+-- periods (d do dt, w wo wt, m mo mt: 4-12) are left out until a record counts in one.
+local U_OCTETS, U_TIME, U_PRUNE = 1, 2, 3
+local PERIOD_FIELDS = {'d', 'do', 'dt', 'w', 'wo', 'wt', 'm', 'mo', 'mt'}  -- of the layout before 2026-12-02
+-- Count d octets and dt seconds of local day `day` into the periods of U.
+local function period_count(U, day, d, dt)
+  local ids = {day, day - (day + 3) % 7, month_start(day)}
+  for i = 1, 3 do
+    local at = 3 * i + 1
+    local c = tonumber(U[at])
+    if c == nil or ids[i] > c then
+      U[at], U[at + 1], U[at + 2] = ids[i], d, dt
+    elseif c == ids[i] then
+      U[at + 1], U[at + 2] = (tonumber(U[at + 1]) or 0) + d, (tonumber(U[at + 2]) or 0) + dt
+    end
+  end
+end
+
+local function u_load(raw) return u_fill(cmsgpack.unpack(raw)) end
 
 -- A session (a field of the subscriber's hash named by its session key: its Acct-Session-
 -- Id's current generation), a msgpack array: the last counters seen (the delta base),

@@ -16,7 +16,6 @@ import argparse
 import struct
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -37,7 +36,7 @@ QUOTA_PERIOD_HELP = ("what the data and time quotas count over: none (the lifeti
 #: The tenant's rows on its shard, deleted in this order (children first).
 TENANT_TABLES = ("session_days", "sessions", "auth_log", "coa_attempts", "subscribers", "plans", "nas")
 #: The script radiusd's forwarder runs for each span of its spool (records into Redis).
-LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
+LIVE_LUA = livestate.LIVE_LUA
 
 
 def _redis(url: str | None) -> Any:

@@ -18,59 +18,37 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
 from .keys import Keys
 
+#: live.lua, whose usage codec the scripts here share (its "usage codec" block).
+LIVE_LUA = Path(__file__).resolve().parent.parent / "rlm_wificore" / "live.lua"
+
+
+def _codec() -> str:
+    """live.lua's usage codec (month_start, u_fill, u_store), as live.lua has it."""
+    text = LIVE_LUA.read_text(encoding="utf-8")
+    begin, end = "-- usage codec: begin\n", "-- usage codec: end\n"
+    return text[text.index(begin):text.index(end) + len(end)]
+
+
 #: The usage a state carries, in this order: the lifetime totals, then each quota
 #: period's id and counters (wificore/quota.py FIELDS: d, w, m).
 USAGE_FIELDS = ("octets", "time_s", "d", "do", "dt", "w", "wo", "wt", "m", "mo", "mt")
+
+#: live.lua's reading and writing of its usage field (the week's and month's ids and
+#: counters left out when they follow from the day's), for the scripts here: ``u_load``
+#: completes an unpacked array, ``u_store`` packs one.
+U_LOAD_LUA = _codec() + "local u_load = u_fill\n"
 
 #: KEYS: per subscriber its hash, its bucket's NAS epochs, its live set and usage hash of
 #: the layout before 2026-12-02. ARGV[1]: now (epoch s); ARGV[2] '1': the row keys of the
 #: live sessions too. Reply per subscriber: {live count, {USAGE_FIELDS values (nil where
 #: absent)}, {nas ids of the live sessions}, {row keys (ARGV[2] '1')}}.
-#: live.lua's reading of its usage field (u_load there: the week's and month's ids and
-#: counters left out when they follow from the day's), for the scripts here.
-U_LOAD_LUA = """
-local function month_start(z)
-  local zz = z + 719468
-  local era = math.floor(zz / 146097)
-  local doe = zz - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-                          - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  return z - (doy - math.floor((153 * mp + 2) / 5))
-end
-local function u_load(U)
-  if #U >= 12 then
-    local d = U[4]
-    if U[7] == false then U[7] = d - (d + 3) % 7 end
-    if U[10] == false then U[10] = month_start(d) end
-    if U[8] == false then U[8] = U[5] end
-    if U[9] == false then U[9] = U[6] end
-    if U[11] == false then U[11] = U[8] end
-    if U[12] == false then U[12] = U[9] end
-  end
-  return U
-end
-local function u_store(U)
-  if #U < 12 then return cmsgpack.pack(U) end
-  local E, d = {}, U[4]
-  for i = 1, 12 do E[i] = U[i] end
-  if U[7] == d - (d + 3) % 7 then E[7] = false end
-  if U[10] == month_start(d) then E[10] = false end
-  if U[8] == U[5] then E[8] = false end
-  if U[9] == U[6] then E[9] = false end
-  if U[11] == U[8] then E[11] = false end
-  if U[12] == U[9] then E[12] = false end
-  return cmsgpack.pack(E)
-end
-"""
-
 READ_LUA = U_LOAD_LUA + """
 local now, rows = tonumber(ARGV[1]), ARGV[2] == '1'
 local S_DEADLINE, S_ROW, S_BORN, S_NAS, S_EPOCH = 6, 8, 9, 13, 14
