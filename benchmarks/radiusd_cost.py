@@ -125,15 +125,14 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-AUTHZ_MSGAUTH = ("\t\tupdate reply {\n\t\t\t&Message-Authenticator := 0x00\n\t\t}\n"
-                 "\t\tupdate request {\n\t\t\t&WiFiCore-Client")
+AUTHZ_MSGAUTH = "\t\tupdate reply {\n\t\t\t&Message-Authenticator := 0x00\n\t\t}\n\t\t# The NAS"
 #: variant -> (raddb edit, code edit); each edit gets the copied folder.
 VARIANTS: dict[str, tuple[Callable[[Path], None] | None, Callable[[Path], None] | None]] = {
     "full": (None, None),
     "no_view": (lambda d: _edit(d / "sites-available" / "wificore",
                                 "\t\twificore_view\n\t\t# Sets control", "\t\t# Sets control"), None),
     "no_msgauth": (lambda d: _edit(d / "sites-available" / "wificore", AUTHZ_MSGAUTH,
-                                   "\t\tupdate request {\n\t\t\t&WiFiCore-Client"), None),
+                                   "\t\t# The NAS"), None),
     "no_client": None,  # filled in main(): needs the NAS's shortname
     "no_authlog": (None, lambda h: _edit(
         h / "rlm_wificore" / "sink.py",
@@ -203,9 +202,8 @@ def main() -> None:
         s.admin("subscriber", "import", "--tenant", "1", "-", input=csv)
         shortname = "1:1:mikrotik"  # tenant 1, NAS 1 (the site's WiFiCore-Client)
         VARIANTS["no_client"] = (lambda d: _edit(
-            d / "sites-available" / "wificore",
-            '\t\t\t&WiFiCore-Client := "%{client:shortname}"\n\t\t}\n\t\t# Values',
-            f'\t\t\t&WiFiCore-Client := "{shortname}"\n\t\t}}\n\t\t# Values'), None)
+            d / "policy.d" / "wificore", '\t\t\t&WiFiCore-Client := "%{client:shortname}"\n',
+            f'\t\t\t&WiFiCore-Client := "{shortname}"\n'), None)
         tmpd = Path(tmp)
         packets = tmpd / "pap.txt"
         packets.write_text(PACKET)
