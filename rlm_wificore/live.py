@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -134,7 +135,7 @@ class LiveStates:
         return cls.state(snap.sessions, snap.values, plan, clock, now, snap.nas, read_at)
 
     @staticmethod
-    def state(live: Any, usage: list[Any], plan: Plan | None, clock: quota.ZoneClock | None,
+    def state(live: Any, usage: Sequence[Any], plan: Plan | None, clock: quota.ZoneClock | None,
               now: float, nas: tuple[int, ...] = (), read_at: float | None = None) -> LiveState:
         """The live state from a read (count, USAGE_FIELDS values, the NASes of the live
         sessions): the usage of the plan's quota period current at ``now`` in the tenant's zone (``clock``;

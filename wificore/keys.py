@@ -63,6 +63,14 @@ class Keys:
         session (its session key), msgpack arrays (wificore/livestate.py reads them); TTL."""
         return f"{self.tag(self.bucket(tenant_id, username))}s:{tenant_id}:{username}"
 
+    def subscriber_state(self, tenant_id: int, username: str) -> tuple[str, str, str, str]:
+        """The keys of one subscriber that wificore/livestate.py reads, in its order:
+        :meth:`subscriber`, its bucket's :meth:`nas_epoch`, :meth:`prior_live` and
+        :meth:`prior_usage` (one bucket computed once)."""
+        tag = self.tag(self.bucket(tenant_id, username))
+        return (f"{tag}s:{tenant_id}:{username}", f"{tag}nasep:{tenant_id}",
+                f"{tag}live:{tenant_id}:{username}", f"{tag}use:{tenant_id}:{username}")
+
     def subscriber_pattern(self, tenant_id: int) -> str:
         """SCAN pattern of every subscriber hash of the tenant, in every bucket."""
         return f"{self.p}:{{b*}}:s:{tenant_id}:*"

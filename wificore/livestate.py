@@ -132,31 +132,33 @@ return out
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """One subscriber's state as read: live sessions (count, their NASes, row keys if asked)
-    and the usage fields (``USAGE_FIELDS``, absent ones left out)."""
+    and the usage (``USAGE_FIELDS`` order, None where absent)."""
 
     sessions: int
-    usage: dict[str, int]
+    values: tuple[int | None, ...]
     nas: tuple[int, ...] = ()
     rows: tuple[str, ...] = ()
 
     @property
-    def values(self) -> list[int | None]:
-        """The usage in ``USAGE_FIELDS`` order, None where absent."""
-        return [self.usage.get(f) for f in USAGE_FIELDS]
+    def usage(self) -> dict[str, int]:
+        """The usage fields that are there, by name."""
+        return {f: v for f, v in zip(USAGE_FIELDS, self.values, strict=False) if v is not None}
 
 
 def subscriber_keys(keys: Keys, tenant_id: int, username: str) -> list[str]:
     """The four keys :data:`READ_LUA` reads for one subscriber."""
-    return [keys.subscriber(tenant_id, username), keys.nas_epoch(keys.bucket(tenant_id, username), tenant_id),
-            keys.prior_live(tenant_id, username), keys.prior_usage(tenant_id, username)]
+    return list(keys.subscriber_state(tenant_id, username))
 
 
 def parse(reply: Any) -> Snapshot:
-    """One subscriber's part of :data:`READ_LUA`'s reply."""
+    """One subscriber's part of :data:`READ_LUA`'s reply (run for every re-read of the
+    state thread: kept lean)."""
     count, raw, nas, rows = reply
-    usage = {f: int(v) for f, v in zip(USAGE_FIELDS, raw, strict=False) if v is not None}
-    return Snapshot(int(count), usage, tuple(int(n) for n in nas),
-                    tuple(r.decode() if isinstance(r, bytes) else str(r) for r in rows))
+    values = tuple(None if v is None else int(v) for v in raw)
+    if len(values) < len(USAGE_FIELDS):
+        values += (None,) * (len(USAGE_FIELDS) - len(values))
+    return Snapshot(int(count), values, tuple(map(int, nas)) if nas else (),
+                    tuple(r.decode() if isinstance(r, bytes) else str(r) for r in rows) if rows else ())
 
 
 class Reader:
