@@ -143,7 +143,7 @@ def cmd_tenant_delete(a: Admin, args: argparse.Namespace) -> None:
 #: at 4, 7, 10; or a usage hash of the layout before 2026-12-02: fields d, w, m): a period
 #: id later than the new zone's current one is set to it, its counters kept. Returns how
 #: many ids it moved.
-_ZONE_LUA = livestate.U_LOAD_LUA + """
+_ZONE_BODY = """
 local moved = 0
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local raw = redis.call('HGET', KEYS[1], 'u')
@@ -198,7 +198,7 @@ def follow_zone_change(a: Admin, tenant_id: int, old: str, new: str, *, settle_s
     import redis
     changed = 0
     try:
-        script = r.register_script(_ZONE_LUA)
+        script = r.register_script(livestate.u_load_lua() + _ZONE_BODY)
         for attempt in range(2):
             if attempt:
                 time.sleep(settle_s)

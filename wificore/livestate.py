@@ -10,7 +10,7 @@ the fields of the sessions not stopped): only those are read. A Redis upgraded w
 in the layout before 2026-12-02 (a live set and a usage hash per subscriber), moved at
 each session's next record: they are read too until then.
 
-Every reader goes through :data:`READ_LUA`: one call per bucket, four keys per
+Every reader goes through :attr:`Reader.script`: one call per bucket, four keys per
 subscriber of that bucket (one Redis Cluster slot).
 """
 
@@ -43,13 +43,21 @@ USAGE_FIELDS = ("octets", "time_s", "d", "do", "dt", "w", "wo", "wt", "m", "mo",
 #: live.lua's reading and writing of its usage field (the week's and month's ids and
 #: counters left out when they follow from the day's), for the scripts here: ``u_load``
 #: completes an unpacked array, ``u_store`` packs one.
-U_LOAD_LUA = _codec() + "local u_load = u_fill\n"
+def u_load_lua() -> str:
+    """The codec block with ``u_load`` (read when first asked: importing does no I/O)."""
+    global _U_LOAD_LUA
+    if _U_LOAD_LUA is None:
+        _U_LOAD_LUA = _codec() + "local u_load = u_fill\n"
+    return _U_LOAD_LUA
+
+
+_U_LOAD_LUA: str | None = None
 
 #: KEYS: per subscriber its hash, its bucket's NAS epochs, its live set and usage hash of
 #: the layout before 2026-12-02. ARGV[1]: now (epoch s); ARGV[2] '1': the row keys of the
 #: live sessions too. Reply per subscriber: {live count, {USAGE_FIELDS values (nil where
 #: absent)}, {nas ids of the live sessions}, {row keys (ARGV[2] '1')}}.
-READ_LUA = U_LOAD_LUA + """
+_READ_BODY = """
 local now, rows = tonumber(ARGV[1]), ARGV[2] == '1'
 local S_DEADLINE, S_ROW, S_BORN, S_NAS, S_EPOCH = 6, 8, 9, 13, 14
 local out = {}
@@ -146,12 +154,12 @@ class Snapshot:
 
 
 def subscriber_keys(keys: Keys, tenant_id: int, username: str) -> list[str]:
-    """The four keys :data:`READ_LUA` reads for one subscriber."""
+    """The four keys :attr:`Reader.script` reads for one subscriber."""
     return list(keys.subscriber_state(tenant_id, username))
 
 
 def parse(reply: Any) -> Snapshot:
-    """One subscriber's part of :data:`READ_LUA`'s reply (run for every re-read of the
+    """One subscriber's part of :attr:`Reader.script`'s reply (run for every re-read of the
     state thread: kept lean)."""
     count, raw, nas, rows = reply
     values = tuple(None if v is None else int(v) for v in raw)
@@ -162,11 +170,23 @@ def parse(reply: Any) -> Snapshot:
 
 
 class Reader:
-    """:data:`READ_LUA` on one client (a Redis, a Redis Cluster, or queued on a pipeline)."""
+    """:attr:`Reader.script` on one client (a Redis, a Redis Cluster, or queued on a pipeline)."""
 
     def __init__(self) -> None:
         import hashlib
-        self.sha = hashlib.sha1(READ_LUA.encode()).hexdigest()
+        self._sha: str | None = None
+        self._hashlib = hashlib
+
+    @property
+    def script(self) -> str:
+        """The reader script: live.lua's usage codec and :data:`_READ_BODY`."""
+        return u_load_lua() + _READ_BODY
+
+    @property
+    def sha(self) -> str:
+        if self._sha is None:
+            self._sha = self._hashlib.sha1(self.script.encode()).hexdigest()
+        return self._sha
 
     def queue(self, pipe: Any, keys: Keys, tenant_id: int, username: str, now: float, rows: bool = False) -> None:
         """Queue one subscriber's read on ``pipe`` (EVALSHA: :meth:`run` loads the script
@@ -179,7 +199,7 @@ class Reader:
         try:
             return list(r.evalsha(self.sha, len(names), *names, *args))
         except NoScriptError:
-            return list(r.eval(READ_LUA, len(names), *names, *args))
+            return list(r.eval(self.script, len(names), *names, *args))
 
     def read(self, r: Any, keys: Keys, subscribers: list[tuple[int, str]], rows: bool = False,
              now: float | None = None) -> list[Snapshot]:
@@ -199,7 +219,7 @@ class Reader:
 
     def load(self, r: Any) -> None:
         """Make the script known to ``r`` (after a NOSCRIPT from a pipeline)."""
-        r.script_load(READ_LUA)
+        r.script_load(self.script)
 
 
 #: The module's one reader (stateless: the script's SHA).
