@@ -580,6 +580,9 @@ def _relay_loop(engine: Engine) -> None:
                         except psycopg.Error as exc:  # a shard is down: try again soon
                             log.warning("nas_directory_rebuild_failed", error=str(exc).strip())
                             rebuild_at = time.monotonic() + 5.0
+                    engine.invalidation.follow_moves(reads)
+                except psycopg.Error as exc:
+                    log.warning("nas_directory_follow_failed", error=str(exc).strip())
                 except REDIS_DOWN:
                     # Redis away: not the end of the tenure. Ending it stopped the
                     # listeners, and a change committed meanwhile was never heard: after

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import socket
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
@@ -151,7 +152,11 @@ class Directory:
         #: shortnames whose NAS left that address since (deleted, moved): radiusd keeps a
         #: dynamic client for its lifetime, so their requests are refused here meanwhile.
         self.issued: dict[str, str] = {}
-        self.revoked: set[str] = set()
+        self.revoked: dict[str, str] = {}  # shortname -> the address it was issued for
+        #: Tenants the shard map moved since the relay last read their NAS again (None in
+        #: it: the ranges changed, every address is read again); see note_moved.
+        self._moved: set[int | None] = set()
+        self._moved_lock = threading.Lock()  # the map thread adds, the relay takes
         #: Every address in the directory (None: not loaded yet; see load_known).
         self.known: KnownAddresses | None = None
         self.negative: dict[str, float] = {}  # address -> until (time.monotonic())
@@ -189,7 +194,7 @@ class Directory:
         if len(self.issued) >= NEGATIVE_MAX:
             self.issued = {}
         self.issued[ip] = nas.shortname
-        self.revoked.discard(nas.shortname)
+        self.revoked.pop(nas.shortname, None)
         return Result("ok", config=(
             ("FreeRADIUS-Client-IP-Address", ip),
             ("FreeRADIUS-Client-Secret", radius_text(nas.secret)),
@@ -260,12 +265,18 @@ class Directory:
         known = self.known
         if known is not None:
             self.known = known.with_address(ip, raw is not None)
+        try:
+            now = Nas.unpack(cast(bytes, raw)) if raw else None
+        except DecodeError:
+            now = None
         if ip in self.issued:
-            try:
-                now = Nas.unpack(cast(bytes, raw)) if raw else None
-            except DecodeError:
-                now = None
             self._revoke(ip, now)
+        elif now is not None and self.revoked.get(now.shortname) == ip:
+            # The same NAS is back at the address its client was issued for (a removal
+            # undone, a tenant move's directory read again): its client serves again.
+            del self.revoked[now.shortname]
+            self.issued[ip] = now.shortname
+            log.info("client_restored", ip=ip, client=now.shortname)
 
     def _revoke(self, ip: str, now: Nas | None) -> None:
         """Refuse the shortname issued for ``ip`` unless ``now`` is the same NAS there (a
@@ -278,8 +289,8 @@ class Directory:
             return
         self.issued.pop(ip, None)  # (a hook may have replaced the dict meanwhile)
         if len(self.revoked) >= NEGATIVE_MAX:
-            self.revoked = set()
-        self.revoked.add(issued)
+            self.revoked = {}
+        self.revoked[issued] = ip
         self.clients.pop(issued, None)
         log.info("client_revoked", ip=ip, client=issued)
 
@@ -328,14 +339,33 @@ class Directory:
         the hook path: the relay's thread) and update its field."""
         if self._rebuilding:
             self._dirty.add(ip)
-        found = [Nas(*row) for shard in self.shard_map for row in query(shard, NAS_SQL, (ip,))
-                 if self._owned_here(row[0], shard)]
-        if len(found) == 1:
-            r.hset(self.keys.nas_directory, ip, found[0].pack())
-        else:
-            if found:
-                log.warning("ambiguous_client", ip=ip, matches=len(found))
-            r.hdel(self.keys.nas_directory, ip)
+        while True:
+            # Read and written again when the map changed meanwhile: a field written from
+            # the old map (a moved tenant's NAS owned by no shard) must not be the last word.
+            signature = self.shard_map.signature
+            found = [Nas(*row) for shard in self.shard_map for row in query(shard, NAS_SQL, (ip,))
+                     if self._owned_here(row[0], shard)]
+            if len(found) == 1:
+                r.hset(self.keys.nas_directory, ip, found[0].pack())
+            else:
+                if found:
+                    log.warning("ambiguous_client", ip=ip, matches=len(found))
+                r.hdel(self.keys.nas_directory, ip)
+            if self.shard_map.signature == signature:
+                return
+
+    def note_moved(self, tenants: set[int] | None) -> None:
+        """The shard map moved ``tenants`` (None: its ranges changed): their NAS are read
+        again by the relay (:meth:`take_moved`). A relay that took the map after a move's
+        cleanup had dropped the moved tenant's addresses (no shard held them for the map
+        it had), and nothing else would have written them again before the next rebuild."""
+        with self._moved_lock:
+            self._moved |= {None} if tenants is None else tenants
+
+    def take_moved(self) -> set[int | None]:
+        with self._moved_lock:
+            moved, self._moved = self._moved, set()
+        return moved
 
     def refresh_tenant(self, query: Query, r: redis.Redis, shard: Shard, tenant_id: int) -> list[str]:
         """A tenant changed (its status): every NAS address of it read again; the addresses."""

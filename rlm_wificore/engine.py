@@ -278,6 +278,7 @@ class Engine:
         moved = self.shard_map.moved_tenants(new)
         listen = [(s.name, s.listen_dsn) for s in self.shard_map]
         self.shards.set_map(new)
+        self.directory.note_moved(moved)
         if moved is None:
             self.invalidation.reset_all()
         else:

@@ -40,6 +40,7 @@ import redis
 
 from wificore import announce as announcements
 from wificore.backoff import REDIS_DOWN
+from wificore.errors import UnknownTenant
 from wificore.keys import Keys
 from wificore.log import get_logger
 
@@ -255,6 +256,37 @@ class Invalidation:
         for message in announce:
             self.apply(json.loads(message))
         return True
+
+    def follow_moves(self, query: Query) -> None:
+        """The relay, once a second: the NAS of tenants the shard map moved since are read
+        again from their new shard (their fields written, ``n`` announced for each: every
+        process's known addresses and issued clients follow); a change of the ranges reads
+        the whole directory again. On a shard error they are kept for the next call."""
+        if self.directory is None:
+            return
+        moved = self.directory.take_moved()
+        if not moved:
+            return
+        try:
+            if None in moved:
+                self.directory.rebuild(query, self.redis_bg)
+                announcements.announce(self.redis_bg, self.keys, [json.dumps(["D"])])
+                return
+            announce = []
+            for tenant_id in sorted(t for t in moved if t is not None):
+                try:
+                    shard = self.directory.shard_map.shard_for(tenant_id)
+                except UnknownTenant:
+                    continue
+                for ip in self.directory.refresh_tenant(query, self.redis_bg, shard, tenant_id):
+                    announce.append(json.dumps(["n", tenant_id, ip]))
+        except BaseException:
+            self.directory.note_moved(None if None in moved else {t for t in moved if t is not None})
+            raise
+        if announce:
+            with self._unsent_lock:
+                self._unsent.append(([], announce))
+            self.flush_unsent()
 
     def take_over(self, query: Query, *, alone: bool) -> None:
         """A relay slot was just taken (the relay LISTENs already): rebuild the NAS directory;

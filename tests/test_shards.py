@@ -26,6 +26,7 @@ from wificore.shardmap import ShardMap
 MOVED = (10, "127.0.18.1", "secret-moved")      # shard1 -> shard3
 STAYS = (11, "127.0.18.2", "secret-stays")      # shard1, untouched
 REPLICATED = (600, "127.0.18.3", "secret-rep")  # shard2, which has a replica
+LAGGED = (12, "127.0.18.4", "secret-lagged")    # shard1 -> shard3, its cleanup before the flip
 PASSWORD = b"pw-shards-1"
 #: The longest a moved tenant's logins may go unanswered (README: tenant move). The
 #: move itself fails no login (the source answers until every process follows the
@@ -37,7 +38,7 @@ LOGIN_GAP_BOUND_S = 2.0
 def shards():
     with temporary_stack("wificore-shards-", keep=bool(os.environ.get("WIFICORE_TEST_KEEP")),
                          shards=3, procs=2) as s:
-        for tenant, ip, secret in (MOVED, STAYS, REPLICATED):
+        for tenant, ip, secret in (MOVED, STAYS, REPLICATED, LAGGED):
             t = str(tenant)
             s.admin("tenant", "add", "--id", t, "--name", f"tenant {tenant}")
             s.admin("nas", "add", "--tenant", t, "--name", f"nas-{t}", "--ip", ip, "--secret", secret,
@@ -47,7 +48,7 @@ def shards():
         csv = "username,password,plan\n" + "".join(
             f"{kind}{i},{PASSWORD.decode()},basic\n" for kind in ("login", "acct", "cold")
             for i in range(20))
-        for tenant, _, _ in (MOVED, STAYS, REPLICATED):
+        for tenant, _, _ in (MOVED, STAYS, REPLICATED, LAGGED):
             s.admin("subscriber", "import", "--tenant", str(tenant), "-", input=csv)
         for r in s.radiusds:
             r.start()
@@ -273,6 +274,44 @@ def test_an_interrupted_move_is_resumed(shards):
     assert rows(shard2, "SELECT count(*) FROM sessions WHERE tenant_id = %s", STAYS[0]) == \
         [(sessions_before + 1,)]
     assert login(s, STAYS, "cold4") == "Access-Accept"
+
+
+def test_a_relay_still_on_the_old_map_at_the_cleanup_does_not_lose_the_nas(shards):
+    """The cleanup's NOTIFYs heard by a relay that has not taken the new map yet: for the
+    map it has, no shard holds the moved tenant's NAS, so its directory field is dropped
+    and every process revokes the client radiusd holds for it. Played here by cleaning the
+    source before the flip. When the relay takes the new map it reads the moved tenant's
+    NAS again: its logins are answered again within the map check and a relay tick, not
+    refused as an unknown client until the directory's next rebuild (10 minutes)."""
+    s = shards
+    tenant = LAGGED[0]
+    assert login(s, LAGGED, "cold1") == "Access-Accept"  # radiusd holds a client for the NAS
+    smap = ShardMap.load(s.shard_map)
+    source, target = smap.by_name("shard1"), smap.by_name("shard3")
+    move.fence(source, target, tenant)
+    move.copy(source, target, tenant, say=lambda _m: None)
+    move.open_target(target, tenant)
+    move.clean_source(source, target, tenant)
+    import redis as redis_lib
+    r = redis_lib.Redis.from_url(s.redis.url)
+    try:
+        wait_until(lambda: not r.hexists(Keys("wc").nas_directory, LAGGED[1]), 10,
+                   "the NAS's field dropped by a relay on the old map")
+        time.sleep(0.5)  # every process heard the change
+        # Refused by a process holding a client for it, dropped by the other.
+        assert login(s, LAGGED, "cold2") in ("reject:Invalid request", None)
+        from wificore.shardmap import write_placement
+        write_placement(s.shard_map, tenant, "shard3")
+        bound_s = 2 * 0.5 + 1.0 + 1.0  # the map check (CHECK_S, twice), a relay tick, the announcement
+        flipped = time.monotonic()
+        wait_until(lambda: r.hexists(Keys("wc").nas_directory, LAGGED[1]), bound_s + 3,
+                   "the NAS back in the directory")
+        wait_until(lambda: all(login(s, LAGGED, f"cold{i}") == "Access-Accept" for i in range(4, 12)),
+                   bound_s + 3, "the moved tenant's logins answered from shard3")
+        print(f"answered again {time.monotonic() - flipped:.2f} s after the flip")
+        assert time.monotonic() - flipped <= bound_s + 3
+    finally:
+        r.close()
 
 
 def test_a_move_before_its_flip_is_aborted(shards):
