@@ -343,10 +343,16 @@ class Directory:
             # Read and written again when the map changed meanwhile: a field written from
             # the old map (a moved tenant's NAS owned by no shard) must not be the last word.
             signature = self.shard_map.signature
-            found = [Nas(*row) for shard in self.shard_map for row in query(shard, NAS_SQL, (ip,))
-                     if self._owned_here(row[0], shard)]
+            rows = [(shard, row) for shard in self.shard_map for row in query(shard, NAS_SQL, (ip,))]
+            found = [Nas(*row) for shard, row in rows if self._owned_here(row[0], shard)]
             if len(found) == 1:
                 r.hset(self.keys.nas_directory, ip, found[0].pack())
+            elif not found and rows:
+                # Only on shards this map does not give their tenant: a move whose flip this
+                # relay has not taken yet (its cleanup deleted the source's rows). The field
+                # stays as it is; taking the new map reads the tenant again (note_moved).
+                log.info("nas_directory_move_in_flight", ip=ip,
+                         tenants=sorted({row[0] for _, row in rows}))
             else:
                 if found:
                     log.warning("ambiguous_client", ip=ip, matches=len(found))

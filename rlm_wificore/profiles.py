@@ -175,8 +175,11 @@ class Profiles:
         else:
             self.stats.tiers["database"] += 1
             row = self.shards.fetchone(tenant_id, PROFILE_SQL, (tenant_id, username))
+            if row is None:  # the tenant is not on the shard this map names (see PROFILE_SQL)
+                raise StoreUnavailable(f"tenant {tenant_id} is not on the shard its map names "
+                                       "(a move this process has not followed yet)")
             plan = None
-            if row is not None:
+            if row[0] is not None:
                 profile, plan = from_row(row)
                 self.plans[(tenant_id, plan.plan_id)] = (time.monotonic() + s.profile_ttl_s, plan)
             ttl = s.profile_ttl_s if profile else s.negative_ttl_s

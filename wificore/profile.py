@@ -110,7 +110,10 @@ class Profile:
             raise DecodeError(f"bad cached profile: {exc}") from exc
 
 
-#: One round trip on a miss: the subscriber and its plan.
+#: One round trip on a miss: the subscriber and its plan. No row: the tenant is not on
+#: that shard (a process whose map is behind a tenant move read the source after its
+#: cleanup: no answer, never an "unknown user" cached for every process); a row of NULLs:
+#: the user is unknown.
 PROFILE_SQL = """
 SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
        extract(epoch FROM s.expires_at)::bigint, s.mac_binding::text, host(s.framed_ip),
@@ -118,8 +121,10 @@ SELECT s.subscriber_id, s.kind, s.password_type, s.password, s.status,
        p.interim_interval_s, p.data_quota_bytes, p.time_quota_s, p.simultaneous_use,
        p.framed_pool, p.framed_ipv6_pool, p.quota_period,
        s.framed_ipv6_prefix::text, s.delegated_ipv6_prefix::text
-  FROM subscribers s JOIN plans p USING (tenant_id, plan_id)
- WHERE s.tenant_id = %s AND s.username = %s
+  FROM (VALUES (%s::integer, %s::text)) AS q (tenant_id, username)
+  JOIN tenants t ON t.tenant_id = q.tenant_id
+  LEFT JOIN (subscribers s JOIN plans p USING (tenant_id, plan_id))
+         ON s.tenant_id = q.tenant_id AND s.username = q.username
 """
 
 PLAN_SQL = """
