@@ -96,8 +96,13 @@ class Profiles:
                 status = cached[1] if cached is not None else "active"
                 self.tenants[tenant_id] = (time.monotonic() + 1.0, status)
                 return status
-            status = str(row[0]) if row is not None else TENANT_UNKNOWN
-            zone = str(row[1]) if row is not None else "UTC"
+            if row is None:
+                # Not on the shard this map names: deleted, or moved by a move this process
+                # has not followed yet. Not cached in Redis (every process would take its
+                # UTC for the tenant's zone), and for a second here.
+                self.tenants[tenant_id] = (time.monotonic() + 1.0, TENANT_UNKNOWN)
+                return TENANT_UNKNOWN
+            status, zone = str(row[0]), str(row[1])
             redis_ttl = int(ttl_with_jitter(ttl, self.settings.ttl_jitter_pct))
 
             def fill(r: redis.Redis) -> None:

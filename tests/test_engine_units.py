@@ -290,3 +290,38 @@ def test_config_check_is_read_from_radiusd_command_line():
     assert not check("-t -f -d raddb -l stdout") and not check("-f -d raddb")
     assert not check("-d -C -f") and not check("-fd -C") and not check("-d/etc/raddbC -f")
     assert not check("-l -Cfile -f")
+
+
+def test_a_shard_without_the_tenant_is_no_answer_and_nothing_is_cached(world, redis):
+    """A process whose map is behind a tenant move reads the source after the move's
+    cleanup: the tenant is not there. Its login gets "try again" and nothing is cached
+    in Redis for the other processes (before: "unknown user" for negative_ttl_s, and the
+    tenant's status with UTC for its time zone for profile_ttl_s). Real Redis and shards;
+    tenant 7 is in shard1's range and exists nowhere."""
+    import uuid
+
+    from wificore.errors import StoreUnavailable
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    e = Engine(Settings(redis_url=world.redis.url, shard_map=world.shard_map, key_prefix=prefix),
+               ShardMap.load(world.shard_map))
+    try:
+        tenant, user = 7, "nobody-here"
+        assert e.profiles.tenant_status(tenant) == "unknown"
+        assert redis.get(e.keys.tenant(tenant)) is None and redis.get(e.keys.tenant_zone(tenant)) is None
+        try:
+            e.profiles.entry(tenant, user)
+        except StoreUnavailable as exc:
+            assert "not on the shard" in str(exc)
+        else:
+            raise AssertionError("an answer from a shard that does not hold the tenant")
+        assert redis.get(e.keys.profile(tenant, user)) is None
+        req = {"WiFiCore-Client": f"{tenant}:1:generic", "User-Name": user, "User-Password": "pw"}
+        got = e.authorize(req)
+        assert (got.rcode, got.reason) == ("reject", "backend_unavailable")
+        # A known tenant's unknown user is still an unknown user, cached.
+        gone = f"gone-{uuid.uuid4().hex[:8]}"
+        assert e.profiles.entry(1, gone).profile is None
+        assert redis.get(e.keys.profile(1, gone)) is not None
+    finally:
+        e.close()

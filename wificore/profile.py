@@ -195,5 +195,6 @@ SELECT n.tenant_id, n.nas_id, host(n.ip), n.secret, n.vendor, n.require_message_
 
 #: The tenant's status ('active' or 'suspended') and time zone (quota periods).
 TENANT_SQL = "SELECT status, time_zone FROM tenants WHERE tenant_id = %s"
-#: Cached for a tenant the shard does not hold (deleted): its logins find no subscriber.
+#: A tenant the shard its map names does not hold (deleted, or moved by a move not yet
+#: followed): for a second in process, never in Redis; its logins get "try again".
 TENANT_UNKNOWN = "unknown"
