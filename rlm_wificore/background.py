@@ -1,8 +1,11 @@
 """Threads the module starts itself: they run outside rlm_python3's mutex.
 
 * ``spool``: forwards the spool (accounting and auth-log records) to Redis,
-  one script call per batch (see spool.py and live.lua). The spool's own
-  ``spool-prep`` thread (spool.py) allocates its next segment ahead of need.
+  one script call per batch (see spool.py and live.lua); the spool lets go of
+  them (settles) SETTLE_S later, once Redis surely has them on disk, and what
+  a restarted Redis lost of them is sent again (the forwarder's mark). The
+  spool's own ``spool-prep`` thread (spool.py) allocates its next segment
+  ahead of need.
 * ``state``: re-reads, in one round trip per batch, the live state (session
   count, usage) of cached subscribers that the hooks found due, so that no
   hook waits on Redis for it.
@@ -29,9 +32,11 @@ engine not at all.
 
 from __future__ import annotations
 
+import collections
 import struct
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -98,6 +103,20 @@ def _has_replica(conn: Any) -> bool:
 #: Bytes of spool per script call (a few hundred records).
 FORWARD_BYTES = 64 * 1024
 FORWARD_IDLE_S = 0.02
+#: How long forwarded records stay in the spool after Redis answered (one Redis). A Redis
+#: with appendfsync everysec answers before it writes while a fsync is still running and
+#: holds the write back up to 2 s (flushAppendOnlyFile): killed meanwhile, it comes back
+#: without records it answered for. Alive and holding the forwarder's mark this long after
+#: a call, it has that call in its append-only file: the spool lets go (settles) then.
+SETTLE_S = 5.0
+
+
+class _Behind(Exception):
+    """live.lua did nothing: Redis holds another mark of this forwarder than the one expected."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__(held)
+        self.held = held
 
 
 _U32 = struct.Struct("<I")
@@ -173,6 +192,17 @@ class Forwarder:
         self._done: tuple[tuple[int, int], int, set[int]] | None = None
         # A cluster: masters that reported no connected replica (their WAIT is skipped).
         self._alone: set[str] = set()
+        # One Redis: each call sets this forwarder's mark (a number per call) with its
+        # records, and expects the one of the last call Redis answered. Calls Redis
+        # answered stay unsettled (mark, spool position after the call, when answered)
+        # until a later answer came SETTLE_S after theirs; calls that failed since the
+        # last answer may have been applied all the same (tried).
+        self.id = uuid.uuid4().hex[:16]
+        self.calls = 0
+        self.mark = ""
+        self.tried: set[str] = set()
+        self.unsettled: collections.deque[tuple[str, tuple[int, int], float]] = collections.deque()
+        self.resent = 0  # times Redis had lost calls it had answered
 
     def run_once(self) -> int:
         """Forward one span; the number of records forwarded (0: spool empty)."""
@@ -181,23 +211,82 @@ class Forwarder:
             return 0
         if not spool.has_pending():
             self.full = False
+            if not self.cluster:
+                self._settle_idle(spool)
             return 0
         span = spool.read_span(FORWARD_BYTES)
         self.full = len(span.data) == FORWARD_BYTES
         send = self._send_grouped if self.cluster else self._send
-        records, consumed, ended, corrupt = send(span) if span.data else (0, 0, 0, 0)
-        if span.data and not (consumed or ended) and len(span.data) == FORWARD_BYTES:
-            span = spool.read_span(4 + MAX_RECORD)  # one frame larger than a span
-            records, consumed, ended, corrupt = send(span)
+        try:
+            records, consumed, ended, corrupt = send(span) if span.data else (0, 0, 0, 0)
+            if span.data and not (consumed or ended) and len(span.data) == FORWARD_BYTES:
+                span = spool.read_span(4 + MAX_RECORD)  # one frame larger than a span
+                records, consumed, ended, corrupt = send(span)
+        except _Behind as behind:
+            self._lost(spool, behind.held)
+            return 0
         if corrupt and (span.seg, span.off + consumed) != self._corrupt_at:
             # Nothing after it in this segment can be framed; once the writer
             # seals the segment the forwarder moves on to the next one.
             self._corrupt_at = (span.seg, span.off + consumed)
             spool.corrupt += 1
             log.error("spool_corrupt_frame", segment=span.seg, offset=span.off + consumed)
-        spool.advance(span, consumed, bool(ended))
+        # A cluster: let go at once (each master's replica has the records: WAIT).
+        spool.advance(span, consumed, bool(ended), settle=self.cluster)
+        if not self.cluster:
+            self._answered(spool, time.monotonic())
         self.sent += records
         return records
+
+    def _answered(self, spool: Spool, now: float) -> None:
+        """Redis answered a call (holding every earlier mark): settle the calls answered
+        SETTLE_S before."""
+        self.unsettled.append((self.mark, spool.position, now))
+        upto = None
+        while self.unsettled and self.unsettled[0][2] <= now - SETTLE_S:
+            upto = self.unsettled.popleft()[1]
+        if upto is not None:
+            spool.settle(upto)
+
+    def _settle_idle(self, spool: Spool) -> None:
+        """Nothing to send: once the last call is SETTLE_S old, ask Redis for the mark (one
+        GET) and settle, or send again what it lost."""
+        if not self.unsettled or self.unsettled[-1][2] > time.monotonic() - SETTLE_S:
+            return
+        raw = self.engine.redis_bg.get(self.keys.forwarded(self.id))
+        held = raw.decode() if isinstance(raw, bytes) else (raw or "")
+        if held != self.mark:
+            self._lost(spool, held)
+            return
+        spool.settle(self.unsettled[-1][1])
+        self.unsettled.clear()
+
+    def _lost(self, spool: Spool, held: str) -> None:
+        """Redis holds mark ``held``, not the one of the last call it answered: it lost the
+        calls after ``held`` (killed before its append-only file had them). The spool is
+        read again from there (records it holds again are sent again: harmless)."""
+        if held in self.tried:
+            # A call whose answer was lost was applied: its span (the next one) goes again.
+            self.mark = held
+            self.tried.clear()
+            return
+        at = next((i for i in range(len(self.unsettled) - 1, -1, -1) if self.unsettled[i][0] == held), None)
+        if at is not None:
+            position = self.unsettled[at][1]
+            while len(self.unsettled) > at + 1:
+                self.unsettled.pop()
+        else:
+            # Older than every unsettled call, or none at all (a Redis emptied or replaced):
+            # from the checkpoint, the last call known to be in Redis for good.
+            position = spool.settled
+            self.unsettled.clear()
+        self.resent += 1
+        self.engine.stats.errors["spool_resent_redis_lost"] += 1
+        log.warning("spool_resent_redis_lost", mark=self.mark, held=held, from_segment=position[0],
+                    from_offset=position[1], segment=spool.position[0], offset=spool.position[1])
+        spool.rewind(position)
+        self.mark = held
+        self.tried.clear()
 
     def _args(self, data: bytes, bucket: str, split: bool) -> list[Any]:
         s = self.engine.settings
@@ -205,8 +294,19 @@ class Forwarder:
                 SESSION_TTL_S, USAGE_TTL_S, MAX_RECORD, data, 1 if split else 0, bucket]
 
     def _send(self, span: Span) -> list[int]:
-        """One Redis: the whole span in one call, each record to its bucket's keys."""
-        return self.script(args=self._args(span.data, "", self.engine.redis_roles_split))
+        """One Redis: the whole span in one call, each record to its bucket's keys, and this
+        forwarder's mark (:class:`_Behind` if Redis holds another one than expected)."""
+        self.calls += 1
+        mark = str(self.calls)
+        self.tried.add(mark)
+        reply = self.script(args=[*self._args(span.data, "", self.engine.redis_roles_split),
+                                  self.id, self.mark, mark])
+        if int(reply[0]) < 0:
+            held = reply[1]
+            raise _Behind(held.decode() if isinstance(held, bytes) else str(held))
+        self.mark = mark
+        self.tried.clear()
+        return reply
 
     def _call_replicated(self, stream: str, args: list[Any]) -> int:
         """live.lua on the master of ``stream``'s slot, then ``WAIT 1`` on the same connection

@@ -21,8 +21,11 @@
 -- ARGV[10] the bucket of every record of the call (a Redis Cluster: KEYS[1] is that
 --         bucket's stream, the forwarder groups the frames by their tag); empty or
 --         absent: one Redis, each record in the bucket of its frame's tag
+-- ARGV[11] the forwarder's id, ARGV[12] its mark as Redis held it after the last call
+--         that answered ('' = none yet), ARGV[13] the mark this call sets; ARGV[11]
+--         empty or absent: no mark (a cluster's calls, tools). See below.
 -- Returns {records, bytes consumed, segment ended (0/1), corrupt frames (0/1)},
--- framing as rlm_wificore/spool.py describes it.
+-- framing as rlm_wificore/spool.py describes it; or {-1, the mark held} and nothing done.
 --
 -- Keys are built here from the records (docs/redis-keys.md): every key of a record is
 -- tagged {b<bucket>}, the bucket of its tenant and username (wificore.keys.bucket_of),
@@ -322,8 +325,12 @@ local function one(payload, tag)
         redis.call('XADD', np .. 'stream', '*', 'd', payload)
       end
       local cur = redis.call('HGET', np .. 'nasep:' .. t, int(f.nas_id))
-      local epoch = math.max(math.floor(now), (cur and tonumber(string.match(cur, '^(%d+)')) or 0) + 1)
-      redis.call('HSET', np .. 'nasep:' .. t, int(f.nas_id), int(epoch) .. ' ' .. on_at)
+      -- The same Accounting-On/Off again (a replay of the spool, the NAS's retransmission
+      -- with its Event-Timestamp): the epoch stays, the sessions since stay live.
+      if not (cur and string.match(cur, '^%d+ (.*)$') == on_at) then
+        local epoch = math.max(math.floor(now), (cur and tonumber(string.match(cur, '^(%d+)')) or 0) + 1)
+        redis.call('HSET', np .. 'nasep:' .. t, int(f.nas_id), int(epoch) .. ' ' .. on_at)
+      end
       redis.call('EXPIRE', np .. 'nasep:' .. t, usage_ttl)
       -- The layout before 2026-12-02 (one Redis upgraded with sessions in flight): the
       -- NAS's set of the bucket names its sessions still kept in their own keys.
@@ -691,6 +698,21 @@ local function one(payload, tag)
   if status ~= 'interim' then
     changed[#changed + 1] = {f.tenant_id, user}
   end
+end
+
+-- The forwarder's mark ({p}:fwd:<id>), set in the same call as the records: after a
+-- restart Redis holds it and the records of the same calls, or neither. A Redis with
+-- appendfsync everysec answers before it writes while a fsync is still running (the
+-- write waits up to 2 s): killed meanwhile, it comes back without calls it answered. A
+-- call expecting a mark other than the one held does nothing and returns that one: the
+-- forwarder sends again what was lost before anything after it (rlm_wificore/background.py).
+if (ARGV[11] or '') ~= '' then
+  local mark = prefix .. ':fwd:' .. ARGV[11]
+  local held = redis.call('GET', mark) or ''
+  if ARGV[12] ~= '' and held ~= ARGV[12] then
+    return {-1, held}
+  end
+  redis.call('SET', mark, ARGV[13], 'EX', session_ttl)
 end
 
 local largest, span = tonumber(ARGV[7]), ARGV[8]

@@ -9,11 +9,12 @@ would, and then wait to get it back from the module's own threads). A thread
 of the module (outside rlm_python3's mutex) forwards the spool to Redis as
 raw bytes, one script call per span of up to ``FORWARD_BYTES`` (live.lua
 splits the frames, so the forwarder spends no Python time per record), and
-checkpoints how far the script got. When Redis
+checkpoints how far Redis surely has them (settled: see background.py, a
+Redis with ``appendfsync everysec`` may answer before it writes). When Redis
 is down the spool simply grows and drains when Redis returns. After a crash
-at most the last batch is sent again; the Redis script and the batch
-writer's merge make a replay harmless. Like Redis's ``appendfsync
-everysec``, this protects against process crashes, not against power loss.
+the records forwarded but not settled (a few seconds) are sent again; the
+Redis script and the batch writer's merge make a replay harmless. It
+protects against process crashes, not against power loss.
 
 The next segment is allocated and mapped ahead of need by the spool's own
 thread (:meth:`Spool.start_preparer`), so a hook never allocates, maps or
@@ -163,6 +164,7 @@ class Spool:
         self._next: tuple[int, mmap.mmap] | None = None  # the prepared segment
         self._retired: list[mmap.mmap] = []  # full segments, unmapped by the preparer
         self.read_seg, self.read_off = _checkpoint(self.dir, self.segments())
+        self.settled = (self.read_seg, self.read_off)  # the checkpoint (on disk)
         if self._wmap is None:  # never write where the checkpoint says data was read
             self.write_seg = max(self.write_seg, self.read_seg + (1 if self.read_off else 0))
         self._checkpoint_fd = os.open(self.dir / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
@@ -386,7 +388,7 @@ class Spool:
         return m
 
     def read_span(self, max_bytes: int, position: tuple[int, int] | None = None) -> Span:
-        """The bytes after the checkpoint (or ``position``), up to ``max_bytes``, from
+        """The bytes after the read position (or ``position``), up to ``max_bytes``, from
         one segment; empty and not sealed when there is nothing.
 
         A span may end inside a frame; whoever reads it (live.lua, in Redis)
@@ -415,24 +417,45 @@ class Spool:
             return span.seg + 1, 0
         return span.seg, span.off + consumed
 
-    def advance(self, span: Span, consumed: int, ended: bool) -> None:
-        """Checkpoint past ``consumed`` bytes of ``span`` (see :meth:`after`)."""
+    def advance(self, span: Span, consumed: int, ended: bool, *, settle: bool = True) -> None:
+        """Read on past ``consumed`` bytes of ``span`` (see :meth:`after`); ``settle``: and
+        checkpoint there (else :meth:`settle` does, later)."""
         position = self.after(span, consumed, ended)
-        if position != (self.read_seg, self.read_off):
+        if not settle:
+            self.read_seg, self.read_off = position
+        elif position != (self.read_seg, self.read_off) or position != self.settled:
             self.commit(position)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the next span starts (forwarded up to here)."""
+        return self.read_seg, self.read_off
+
+    def rewind(self, position: tuple[int, int]) -> None:
+        """Read again from ``position`` (not before the checkpoint: older segments are gone):
+        Redis lost records it had answered for."""
+        if position < self.settled:
+            raise ValueError(f"spool {self.dir}: {position} is before the checkpoint {self.settled}")
+        self.read_seg, self.read_off = position
 
     @staticmethod
     def _checkpoint_line(seg: int, off: int) -> bytes:
         return b"%012d %012d\n" % (seg, off)
 
     def commit(self, position: tuple[int, int]) -> None:
-        """Everything before ``position`` reached Redis: checkpoint, drop old segments."""
+        """Everything before ``position`` reached Redis for good: read on and checkpoint there."""
+        self.settle(position)
+        self.read_seg, self.read_off = position
+
+    def settle(self, position: tuple[int, int]) -> None:
+        """Everything before ``position`` is in Redis for good: checkpoint (a restart reads
+        on from there), drop the segments before it. The read position may be ahead."""
         seg, off = position
         # One pwrite of a fixed-width line over the last one: a crash of this
         # process cannot tear it (the kernel holds the page), and it costs one
         # system call per batch instead of a write, a rename and a scan.
         os.pwrite(self._checkpoint_fd, self._checkpoint_line(seg, off), 0)
-        if seg != self.read_seg:
+        if seg != self.settled[0]:
             if self._rmap is not None and self._rmap[0] < seg:
                 self._rmap[1].close()
                 self._rmap = None
@@ -446,7 +469,7 @@ class Spool:
                     self._used.pop(old, None)
             if freed and self._next is None:
                 self._wake.set()  # room again: prepare the next segment now
-        self.read_seg, self.read_off = seg, off
+        self.settled = (seg, off)
 
     def pending(self) -> int:
         """Bytes appended but not yet forwarded."""
@@ -499,7 +522,8 @@ def _word_at(path: Path, off: int) -> int | None:
 
 
 def drained(directory: str | Path) -> bool:
-    """Whether everything appended to the spool in ``directory`` has been forwarded.
+    """Whether everything appended to the spool in ``directory`` has been forwarded and
+    settled (its checkpoint: a few seconds after the forwarder sent it, see background.py).
 
     Reads only the checkpoint and the length word after it (and the first word of each
     later segment: a prepared one is still empty), so it is safe beside the radiusd that

@@ -68,13 +68,13 @@ def test_kind_and_version_literals_are_those_of_wire() -> None:
 # literals, local variables and a few calls, with each record value replaced by a
 # marker; the results are compared with what Keys builds from the same markers.
 P, TENANT, USER, SKEY, NAS, BUCKET = "PFX", "<tenant>", "<user>", "<skey>", "<nas>", "<bucket>"
-PLAN = "<plan>"
+PLAN, FORWARDER = "<plan>", "<forwarder>"
 CALLS = {
     "int(tonumber(f.tenant_id) or 0)": TENANT, "int(f.nas_id)": NAS,
     "string.sub(m, 1, sep - 1)": USER, "string.sub(m, sep + 1)": SKEY,
     "string.match(skey, '^([^:]*)')": SKEY, "int(plan_id)": PLAN,
     "f.session_key": SKEY, "f.username": USER, "prefix": P, "ARGV[1]": P, "int(nas)": NAS,
-    "int(b)": BUCKET, "int(nb)": BUCKET,
+    "int(b)": BUCKET, "int(nb)": BUCKET, "ARGV[11]": FORWARDER,
 }
 # dead_of(tag) returns the bucket's dead-letter stream (checked below).
 CALLS["dead_of(tag)"] = f"{P}:{{b{BUCKET}}}:dead"
@@ -157,7 +157,7 @@ def test_every_key_the_script_touches_is_one_keys_builds() -> None:
         k.invalidation_channel: "invalidation_channel",
         k.profile(TENANT, USER): "profile", k.plan(TENANT, PLAN): "plan",
         k.interim(TENANT, USER): "interim", k.interim_max(b, TENANT): "interim_max",
-        k.nas_skew(b, TENANT): "nas_skew",
+        k.nas_skew(b, TENANT): "nas_skew", k.forwarded(FORWARDER): "forwarder's mark",
         # A session of the layout before 2026-12-01, moved at its first record (one Redis).
         k.legacy(TENANT, "sess", SKEY): "legacy session", k.legacy(TENANT, "live", USER): "legacy live",
         k.legacy(TENANT, "use", USER): "legacy usage",

@@ -203,6 +203,22 @@ def test_accounting_on_clears_the_nas_and_a_session_going_on_is_tracked_again(li
     assert live.live_count(T0 + 30) == 0
 
 
+def test_an_accounting_on_sent_again_keeps_the_sessions_since_live(live):
+    """The same Accounting-On once more (the spool sending again what Redis lost or what a
+    crash left unsettled, the NAS retransmitting it with its Event-Timestamp): the NAS's
+    epoch stays, so the session started after it stays live (before: ended until its next
+    Interim); another Accounting-On still ends it."""
+    live.send(T0, record("start"))
+    live.send(T0 + 10, record("on", ev=T0 + 10))
+    live.send(T0 + 20, record("start", key="s2", ev=T0 + 20))
+    assert live.live_count(T0 + 21) == 1
+    live.send(T0 + 30, record("on", ev=T0 + 10))
+    assert live.live_count(T0 + 31) == 1
+    assert len([r for r in stream_records(live) if r["status"] == "on"]) == 2  # batch_writer: harmless
+    live.send(T0 + 40, record("on", ev=T0 + 40))
+    assert live.live_count(T0 + 41) == 0
+
+
 def prior_session(live, user: str, key: str, started: float = T0, t: int = 60, deadline: float | None = None) -> None:
     """A session kept as the layout before 2026-12-02 kept it (one Redis upgraded mid-session):
     its own hash, its subscriber's live set and the NAS's set of the bucket."""

@@ -151,8 +151,10 @@ class TestForwarderFraming:
         import random
         import uuid
 
+        from rlm_wificore import background
         from wificore import wire
         monkeypatch.setattr(spool_mod, "SEGMENT_BYTES", 4096)
+        monkeypatch.setattr(background, "SETTLE_S", 0.0)  # each call settled when answered
         prefix = f"t{uuid.uuid4().hex[:8]}"
         e = self._engine(stack, tmp_path, prefix)
         rng = random.Random(7)
@@ -187,6 +189,163 @@ class TestForwarderFraming:
             assert self._usernames(redis, prefix) == names
         finally:
             e.close()  # closes the spool too
+
+
+def _acct(user: str, status: str, t: int, ev: float) -> bytes:
+    """An accounting record as the hook packs it (the e2e test's: the Interim and the Stop
+    say their session began 60 s and 120 s before they arrived, moments after the Start)."""
+    from wificore import wire
+    octets = {"start": 0, "interim": 1, "stop": 2}[status] * (2**32 + 1000)
+    return wire.pack(wire.KIND_ACCT, {
+        "tenant_id": 1, "nas_id": 7, "session_key": f"k-{user}", "acct_session_id": "81000001",
+        "username": user, "status": status, "event_ts": ev, "arrival_ts": ev, "session_time_s": t,
+        "input_octets": octets, "output_octets": 3 * octets, "input_packets": 0, "output_packets": 0,
+        "interim_s": 60, "record_id": f"{user}-{status}"})
+
+
+def _auth(user: str) -> bytes:
+    from wificore import wire
+    return wire.pack(wire.KIND_AUTH, {"tenant_id": 1, "nas_id": 1, "ts": 1.0e9, "event_id": user,
+                                      "username": user, "result": "accept", "reason": "ok"})
+
+
+class _Snapshot:
+    """The keys of a prefix as they are now; :meth:`restore` puts Redis back to it: a Redis
+    killed before its append-only file had what it answered since, and started again."""
+
+    def __init__(self, redis, prefix: str) -> None:
+        self.redis, self.prefix = redis, prefix
+        self.keys = {k: redis.dump(k) for k in redis.scan_iter(match=f"{prefix}:*")}
+
+    def restore(self) -> None:
+        now = list(self.redis.scan_iter(match=f"{self.prefix}:*"))
+        if now:
+            self.redis.delete(*now)
+        for k, v in self.keys.items():
+            self.redis.restore(k, 0, v)
+
+
+class TestForwarderRedisLoss:
+    """One Redis that answered calls and then lost them (appendfsync everysec: a write held
+    back behind a running fsync, the process killed): the forwarder's mark tells, and the
+    spool keeps what was forwarded until it is settled."""
+
+    def _engine(self, stack, tmp_path):
+        import uuid
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        return TestForwarderFraming._engine(self, stack, tmp_path, prefix), prefix
+
+    @staticmethod
+    def _forward_all(forwarder, engine) -> None:
+        for _ in range(1000):
+            if not forwarder.run_once() and not engine.spool.has_pending():
+                return
+        raise AssertionError("the spool never drained")
+
+    @staticmethod
+    def _stream(redis, prefix) -> list[dict]:
+        from wificore import wire
+        from wificore.keys import Keys
+        return [wire.unpack(fields[b"d"])[1] for _id, fields in redis.xrange(Keys(prefix, 1).stream(0))]
+
+    def test_a_start_redis_lost_is_sent_again_and_the_session_keeps_one_row(self, stack, redis, tmp_path):
+        """Redis answered the call with a session's Start, batch_writer stored its row, and
+        Redis lost it: the forwarder sends the Start again before the session's Interim and
+        Stop, so all three carry the Start's row key and the usage counts once (before:
+        the Interim, finding no session, opened it under its own start, a second row)."""
+        from rlm_wificore.background import Forwarder
+        e, prefix = self._engine(stack, tmp_path)
+        t0 = 1_900_000_000.0
+        try:
+            f = Forwarder(e)
+            before = _Snapshot(redis, prefix)
+            e.spool.append(_acct("alice", "start", 0, t0))
+            self._forward_all(f, e)
+            stored = self._stream(redis, prefix)[0]["live_session_key"]  # batch_writer has it
+            before.restore()
+            e.spool.append(_acct("alice", "interim", 60, t0 + 0.02))
+            e.spool.append(_acct("alice", "stop", 120, t0 + 0.04))
+            self._forward_all(f, e)
+            stream = self._stream(redis, prefix)
+            assert [(r["status"], r["live_session_key"]) for r in stream] == [
+                ("start", stored), ("interim", stored), ("stop", stored)]
+            assert stream[-1]["live_input_octets"] == 2 * (2**32 + 1000) and f.resent == 1
+        finally:
+            e.close()
+
+    def test_only_the_calls_redis_lost_are_sent_again(self, stack, redis, tmp_path):
+        """Redis kept the first of three answered calls: the two after it go again, once
+        each, before the next record; the first one does not."""
+        from rlm_wificore.background import Forwarder
+        e, prefix = self._engine(stack, tmp_path)
+        try:
+            f = Forwarder(e)
+            e.spool.append(_auth("u1"))
+            self._forward_all(f, e)
+            kept = _Snapshot(redis, prefix)
+            for user in ("u2", "u3"):
+                e.spool.append(_auth(user))
+                self._forward_all(f, e)
+            kept.restore()
+            e.spool.append(_auth("u4"))
+            self._forward_all(f, e)
+            assert [r["username"] for r in self._stream(redis, prefix)] == ["u1", "u2", "u3", "u4"]
+            assert f.resent == 1
+        finally:
+            e.close()
+
+    def test_a_call_applied_whose_answer_was_lost_is_no_loss(self, stack, redis, tmp_path):
+        """The connection broke after Redis ran the call: its span goes again (a replay, as
+        before), nothing earlier does."""
+        import redis as redis_lib
+
+        from rlm_wificore.background import Forwarder
+        e, prefix = self._engine(stack, tmp_path)
+        try:
+            f = Forwarder(e)
+            e.spool.append(_auth("u1"))
+            self._forward_all(f, e)
+            script = f.script
+
+            def applied_then_cut(**kw):
+                script(**kw)
+                f.script = script
+                raise redis_lib.ConnectionError("connection reset after the call")
+            f.script = applied_then_cut
+            e.spool.append(_auth("u2"))
+            with pytest.raises(redis_lib.ConnectionError):
+                f.run_once()
+            self._forward_all(f, e)
+            assert [r["username"] for r in self._stream(redis, prefix)] == ["u1", "u2", "u2"]
+            assert f.resent == 0
+        finally:
+            e.close()
+
+    def test_forwarded_records_settle_once_redis_held_them_long_enough(self, stack, redis, tmp_path,
+                                                                       monkeypatch):
+        """The checkpoint moves SETTLE_S after the call (an idle forwarder asks Redis for its
+        mark); an idle forwarder finding the mark gone sends the records again."""
+        import time
+
+        from rlm_wificore import background
+        monkeypatch.setattr(background, "SETTLE_S", 0.3)
+        e, prefix = self._engine(stack, tmp_path)
+        try:
+            f = background.Forwarder(e)
+            empty = _Snapshot(redis, prefix)
+            e.spool.append(_auth("u1"))
+            self._forward_all(f, e)
+            assert not e.spool.has_pending() and not spool_mod.drained(tmp_path)
+            empty.restore()  # lost while nothing else was sent
+            time.sleep(0.35)
+            self._forward_all(f, e)
+            assert [r["username"] for r in self._stream(redis, prefix)] == ["u1"] and f.resent == 1
+            assert not spool_mod.drained(tmp_path)
+            time.sleep(0.35)
+            f.run_once()
+            assert spool_mod.drained(tmp_path) and len(self._stream(redis, prefix)) == 1
+        finally:
+            e.close()
 
 
 class TestClusterGrouping:

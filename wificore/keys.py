@@ -130,6 +130,11 @@ class Keys:
         """The invalidation relay's lock, one per relay slot: holder id, PX TTL."""
         return f"{self.p}:relay:{slot}"
 
+    def forwarded(self, forwarder: str) -> str:
+        """STRING: a spool forwarder's mark, set by live.lua with the records of each call
+        (one Redis; rlm_wificore/background.py). Expires a session TTL after the last call."""
+        return f"{self.p}:fwd:{forwarder}"
+
     def stream(self, bucket: int) -> str:
         """Accounting and auth-log records of the bucket's subscribers."""
         return f"{self.tag(bucket)}stream"
