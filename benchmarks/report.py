@@ -235,6 +235,14 @@ def _robustness_lines(results: dict[str, Any]) -> list[str]:
         lines += ["", "Fault soak (accounting through shard and Redis outages, writer and radiusd "
                       "restarts): " + ", ".join(f"{k} {_fmt(v, 0)}" for k, v in soak.items()) + "."]
     supp = results.get("supplementary") or {}
+    speed = supp.get("speed_check") or {}
+    if speed.get("ratios"):
+        r = speed["ratios"]
+        lines += ["", f"Speed check (a separate run, {speed.get('date', '?')}, "
+                      f"{speed.get('build', '?')}, commit {speed.get('commit', '?')}): warm PAP "
+                      f"{_fmt(r.get('wificore_warm/stock_files'))} × `stock_files` and "
+                      f"{_fmt(r.get('wificore_warm/stock_sql'))} × `stock_sql`; accounting "
+                      f"{_fmt(r.get('wificore_acct/stock_sql_acct'))} × `stock_sql_acct`."]
     if supp:
         lines += ["", "Separate runs: " + "; ".join(f"{k}: `{v.get('command')}` ({v.get('date', '?')})"
                                                     for k, v in supp.items()) + "."]
