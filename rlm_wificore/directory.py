@@ -274,7 +274,7 @@ class Directory:
         elif now is not None and self.revoked.get(now.shortname) == ip:
             # The same NAS is back at the address its client was issued for (a removal
             # undone, a tenant move's directory read again): its client serves again.
-            del self.revoked[now.shortname]
+            self.revoked.pop(now.shortname, None)  # (a hook may have dropped it meanwhile)
             self.issued[ip] = now.shortname
             log.info("client_restored", ip=ip, client=now.shortname)
 
@@ -302,11 +302,20 @@ class Directory:
         self._rebuilding, self._dirty = True, set()
         try:
             by_ip: dict[str, list[Nas]] = {}
+            unowned: set[str] = set()  # addresses with rows only on shards not given their tenant
             for shard in self.shard_map:
                 for row in query(shard, NAS_ALL_SQL, ()):
                     nas = Nas(*row)
                     if self._owned_here(nas.tenant_id, shard):
                         by_ip.setdefault(nas.ip, []).append(nas)
+                    else:
+                        unowned.add(nas.ip)
+            # A move whose flip this relay has not taken yet (see refresh_address): the
+            # directory's field for such an address is kept as it is.
+            only_unowned = sorted(unowned - by_ip.keys())
+            kept: dict[Any, Any] = {ip: raw for ip, raw in zip(
+                only_unowned, r.hmget(self.keys.nas_directory, only_unowned) if only_unowned else [],
+                strict=True) if raw is not None}
             tmp = self.keys.nas_directory + ":building"
             pipe = r.pipeline(transaction=False)
             pipe.delete(tmp)
@@ -320,6 +329,9 @@ class Directory:
                         log.warning("ambiguous_client", ip=ip, matches=len(found))
                 if mapping:
                     pipe.hset(tmp, mapping=mapping)
+            if kept:
+                log.info("nas_directory_move_in_flight", kept=len(kept))
+                pipe.hset(tmp, mapping=kept)
             pipe.hset(tmp, BUILT, str(int(time.time())))
             pipe.execute()
             # On its own: a Redis Cluster's pipeline refuses RENAME (both keys share the

@@ -170,7 +170,7 @@ class Spool:
         self._checkpoint_fd = os.open(self.dir / "checkpoint", os.O_RDWR | os.O_CREAT, 0o600)
         try:  # take the checkpoint's block now, not on a full disk later
             if os.fstat(self._checkpoint_fd).st_size == 0:
-                os.pwrite(self._checkpoint_fd, self._checkpoint_line(self.read_seg, self.read_off), 0)
+                os.pwrite(self._checkpoint_fd, self._checkpoint_line(*self.settled), 0)
         except OSError:
             pass
         self._rmap: tuple[int, mmap.mmap] | None = None
@@ -242,7 +242,7 @@ class Spool:
     def _allocate(self, seg: int) -> bool:
         if self._checkpoint_fd >= 0 and os.fstat(self._checkpoint_fd).st_size == 0:
             # The checkpoint's block first (the disk was full at start).
-            os.pwrite(self._checkpoint_fd, self._checkpoint_line(self.read_seg, self.read_off), 0)
+            os.pwrite(self._checkpoint_fd, self._checkpoint_line(*self.settled), 0)
         size = self.segment_size()
         tmp = self.dir / f"seg-{seg:012d}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -258,3 +258,40 @@ class TestRelay:
         conn.execute("UPDATE subscribers SET password = 'pw-2' WHERE tenant_id = %s"
                      " AND username = %s", (TENANT_A[0], user))
         assert wait_until(lambda: accepted("pw-2"), SETTLE_S + 1), radiusd.log_tail()
+
+
+def test_a_rebuild_on_a_map_behind_a_move_keeps_the_moved_nas(redis):
+    """A relay whose map has not taken a move's flip rebuilds the directory (its periodic
+    rebuild, a slot taken over) after the cleanup: the moved tenant's NAS is only on a
+    shard that map does not give it. Its field is kept as it was, not dropped (every
+    process would revoke its client until the relay took the map). Real Redis; the
+    shards' rows are given by the query function."""
+    import uuid
+
+    from rlm_wificore.directory import BUILT, Directory
+    from wificore.keys import Keys
+    from wificore.profile import Nas
+    from wificore.shardmap import ShardMap
+
+    old_map = ShardMap.from_dict({"shard": [
+        {"name": "s1", "first_tenant": 1, "last_tenant": 99, "dsn": "postgresql://x@127.0.0.1:1/x"},
+        {"name": "s2", "first_tenant": 100, "last_tenant": 199, "dsn": "postgresql://x@127.0.0.1:1/y"}]})
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    moved = Nas(5, 1, "10.9.0.1", "s3cret", "generic")      # tenant 5, now on s2 (the flip not taken)
+    stays = Nas(6, 2, "10.9.0.2", "s3cret", "generic")      # tenant 6, on s1
+    rows = {"s1": [stays], "s2": [moved]}
+    d = Directory(old_map, None, None, keys)  # type: ignore[arg-type]
+    redis.hset(keys.nas_directory, mapping={moved.ip: moved.pack(), stays.ip: stays.pack(), BUILT: "1"})
+
+    def query(shard, sql, params):
+        return [(n.tenant_id, n.nas_id, n.ip, n.secret, n.vendor, n.require_message_authenticator,
+                 n.kind_check, n.coa_port) for n in rows[shard.name]]
+    try:
+        assert d.rebuild(query, redis) == 1
+        assert redis.hget(keys.nas_directory, moved.ip) == moved.pack()
+        assert redis.hget(keys.nas_directory, stays.ip) == stays.pack()
+        rows["s2"] = []  # the NAS deleted for good: gone at the next rebuild
+        d.rebuild(query, redis)
+        assert redis.hget(keys.nas_directory, moved.ip) is None
+    finally:
+        redis.delete(keys.nas_directory)
