@@ -136,6 +136,16 @@ def test_access_fuzz(seed, radiusd, people, redis):
             assert right, f"seed {seed} request {i}: accepted {first_b!r} with {methods}"
             accepted.append(i)
         markers[marker] = (first_b, code)
+        if i % 20 == 19:
+            # A control among the fuzz: right credentials, plainly sent, are accepted (a seed
+            # may try none that can be: about 2 % of seeds, and then nothing else says so).
+            name = next(n for n, (kind, _) in people.items() if kind == "cleartext")
+            control = f"fz-{seed}-{i}-control"
+            code, _reply = R.send(radiusd.auth_port, R.ACCESS_REQUEST, TENANT_A[2], [
+                (R.USER_NAME, name.encode()), (R.CALLING_STATION_ID, control.encode()),
+                (R.USER_PASSWORD, people[name][1].encode())], source=TENANT_A[1])
+            assert code == "Access-Accept", f"seed {seed}: the control after request {i}: {code}"
+            markers[control] = (name.encode(), code)
         assert time.monotonic() - started < 50, f"seed {seed}: too slow, stopped at {i}"
     deadline = time.monotonic() + 10
     while True:
@@ -149,4 +159,4 @@ def test_access_fuzz(seed, radiusd, people, redis):
         for row in rows:
             assert row["reason"], (seed, marker, row)
             assert row["result"] == ("accept" if markers[marker][1] == "Access-Accept" else "reject")
-    assert accepted, f"seed {seed}: nothing was accepted: the fuzz tried no right credentials"
+    print(f"seed {seed}: {len(accepted)} of {PER_SEED} fuzzed requests accepted")
