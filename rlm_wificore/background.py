@@ -299,8 +299,11 @@ class Forwarder:
         self.calls += 1
         mark = str(self.calls)
         self.tried.add(mark)
+        # Nothing unsettled: nothing to send again, whatever Redis holds (its mark may have
+        # expired over a long idle time): no expectation.
+        expected = self.mark if self.unsettled else ""
         reply = self.script(args=[*self._args(span.data, "", self.engine.redis_roles_split),
-                                  self.id, self.mark, mark])
+                                  self.id, expected, mark])
         if int(reply[0]) < 0:
             held = reply[1]
             raise _Behind(held.decode() if isinstance(held, bytes) else str(held))

@@ -385,6 +385,11 @@ class Directory:
             moved, self._moved = self._moved, set()
         return moved
 
+    def put_back_moved(self, moved: set[int | None]) -> None:
+        """What :meth:`take_moved` gave, not read after all (a shard error): kept for next time."""
+        with self._moved_lock:
+            self._moved |= moved
+
     def refresh_tenant(self, query: Query, r: redis.Redis, shard: Shard, tenant_id: int) -> list[str]:
         """A tenant changed (its status): every NAS address of it read again; the addresses."""
         ips = [row[0] for row in query(shard, TENANT_NAS_SQL, (tenant_id,))]

@@ -281,7 +281,7 @@ class Invalidation:
                 for ip in self.directory.refresh_tenant(query, self.redis_bg, shard, tenant_id):
                     announce.append(json.dumps(["n", tenant_id, ip]))
         except BaseException:
-            self.directory.note_moved(None if None in moved else {t for t in moved if t is not None})
+            self.directory.put_back_moved(moved)
             raise
         if announce:
             with self._unsent_lock:
@@ -293,7 +293,12 @@ class Invalidation:
         if no other relay was alive, changes may have gone unannounced: every process drops
         its in-process copies (``["R"]``). Redis copies changed meanwhile live out their TTL."""
         if self.directory is not None:
-            self.directory.rebuild(query, self.redis_bg)
+            moved = self.directory.take_moved()  # the rebuild reads them on the map in use
+            try:
+                self.directory.rebuild(query, self.redis_bg)
+            except BaseException:
+                self.directory.put_back_moved(moved)
+                raise
         messages = [json.dumps(["D"])] + ([json.dumps(["R"])] if alone else [])
         announcements.announce(self.redis_bg, self.keys, messages)
 

@@ -155,3 +155,18 @@ class TestThrottle:
         for k in range(10):
             assert t.admit(k) == 0
         assert len(t._keys) <= 3
+
+
+def test_a_subscribers_state_keys_are_its_single_keys():
+    """Keys.subscriber_state (the readers' four keys, one bucket computed) names the same
+    keys as the single methods, which live.lua builds alike."""
+    from wificore.keys import Keys
+    keys = Keys("wc", 8)
+    for tenant, user in ((1, "alice"), (600, "bob@example"), (7, "é中")):
+        b = keys.bucket(tenant, user)
+        assert keys.subscriber_state(tenant, user) == (
+            keys.subscriber(tenant, user), keys.nas_epoch(b, tenant),
+            keys.prior_live(tenant, user), keys.prior_usage(tenant, user))
+        assert keys.subscriber(tenant, user) == f"wc:{{b{b}}}:s:{tenant}:{user}"
+        assert keys.prior_live(tenant, user) == f"wc:{{b{b}}}:live:{tenant}:{user}"
+        assert keys.prior_usage(tenant, user) == f"wc:{{b{b}}}:use:{tenant}:{user}"

@@ -295,8 +295,15 @@ def test_a_relay_still_on_the_old_map_at_the_cleanup_does_not_lose_the_nas(shard
     move.fence(source, target, tenant)
     move.copy(source, target, tenant, say=lambda _m: None)
     move.open_target(target, tenant)
+    # A change on the target before the relays take the flip: for their map the source's row
+    # (unchanged) is the NAS, and that is what they write. Taking the map, they read the
+    # moved tenant's NAS again from the target: the change is in the directory then.
+    with psycopg.connect(s.pg[2].dsn(), autocommit=True) as conn:
+        conn.execute("UPDATE nas SET coa_port = 3800 WHERE tenant_id = %s", (tenant,))
     move.clean_source(source, target, tenant)
     import redis as redis_lib
+
+    from wificore.profile import Nas
     r = redis_lib.Redis.from_url(s.redis.url)
     try:
         def heard() -> bool:
@@ -316,6 +323,8 @@ def test_a_relay_still_on_the_old_map_at_the_cleanup_does_not_lose_the_nas(shard
         wait_until(lambda: all(login(s, LAGGED, f"cold{i}") == "Access-Accept" for i in range(4, 12)),
                    bound_s + 3, "the moved tenant's logins answered from shard3")
         print(f"answered again {time.monotonic() - flipped:.2f} s after the flip")
+        wait_until(lambda: Nas.unpack(r.hget(Keys("wc").nas_directory, LAGGED[1])).coa_port == 3800,
+                   bound_s, "the target's change of the NAS in the directory")
         for p, m in zip(s.radiusds, marks, strict=True):
             assert "client_revoked" not in log_since(p, m)
     finally:

@@ -347,6 +347,32 @@ class TestForwarderRedisLoss:
         finally:
             e.close()
 
+    def test_a_mark_expired_over_a_long_idle_time_sends_nothing_again(self, stack, redis, tmp_path,
+                                                                      monkeypatch):
+        """Everything settled (the idle forwarder found its mark), then the mark expired (two
+        days without a call): the next call sends its own records only, once, and nothing
+        is counted as lost."""
+        import time
+
+        from rlm_wificore import background
+        from wificore.keys import Keys
+        monkeypatch.setattr(background, "SETTLE_S", 0.2)
+        e, prefix = self._engine(stack, tmp_path)
+        try:
+            f = background.Forwarder(e)
+            e.spool.append(_auth("u1"))
+            self._forward_all(f, e)
+            time.sleep(0.25)
+            f.run_once()  # idle: the mark is there, everything settles
+            assert spool_mod.drained(tmp_path)
+            redis.delete(Keys(prefix, 1).forwarded(f.id))  # its TTL ran out
+            e.spool.append(_auth("u2"))
+            self._forward_all(f, e)
+            assert [r["username"] for r in self._stream(redis, prefix)] == ["u1", "u2"]
+            assert f.resent == 0
+        finally:
+            e.close()
+
 
 class TestClusterGrouping:
     """background.group_frames: a span's frames by bucket, from the tag in their length word."""
@@ -443,3 +469,4 @@ class TestClusterGrouping:
         assert not sp.has_pending()
         assert sorted(sent) == sorted(users)
         sp.close()
+

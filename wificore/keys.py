@@ -61,12 +61,12 @@ class Keys:
     def subscriber(self, tenant_id: int, username: str) -> str:
         """HASH of the subscriber's state (live.lua): field ``u`` its usage, one field per
         session (its session key), msgpack arrays (wificore/livestate.py reads them); TTL."""
-        return f"{self.tag(self.bucket(tenant_id, username))}s:{tenant_id}:{username}"
+        return self.subscriber_state(tenant_id, username)[0]
 
     def subscriber_state(self, tenant_id: int, username: str) -> tuple[str, str, str, str]:
         """The keys of one subscriber that wificore/livestate.py reads, in its order:
         :meth:`subscriber`, its bucket's :meth:`nas_epoch`, :meth:`prior_live` and
-        :meth:`prior_usage` (one bucket computed once)."""
+        :meth:`prior_usage` (the one place their names are built: one bucket computed once)."""
         tag = self.tag(self.bucket(tenant_id, username))
         return (f"{tag}s:{tenant_id}:{username}", f"{tag}nasep:{tenant_id}",
                 f"{tag}live:{tenant_id}:{username}", f"{tag}use:{tenant_id}:{username}")
@@ -78,16 +78,16 @@ class Keys:
     def nas_epoch(self, bucket: int, tenant_id: int) -> str:
         """HASH nas_id -> ``"<epoch> <event time>"`` of the NAS's last Accounting-On/Off in
         the bucket: a session is live only if it saw the current epoch; TTL."""
-        return f"{self.tag(bucket)}nasep:{tenant_id}"
+        return f"{self.tag(bucket)}nasep:{tenant_id}"  # as in subscriber_state
 
     # The bucket layout before 2026-12-02 (read until live.lua moved each session).
     def prior_live(self, tenant_id: int, username: str) -> str:
         """ZSET of the subscriber's live sessions, score = deadline (before 2026-12-02)."""
-        return f"{self.tag(self.bucket(tenant_id, username))}live:{tenant_id}:{username}"
+        return self.subscriber_state(tenant_id, username)[2]
 
     def prior_usage(self, tenant_id: int, username: str) -> str:
         """HASH of usage counters (before 2026-12-02): octets, time_s, d do dt, w wo wt, m mo mt."""
-        return f"{self.tag(self.bucket(tenant_id, username))}use:{tenant_id}:{username}"
+        return self.subscriber_state(tenant_id, username)[3]
 
     def prior_usage_pattern(self, tenant_id: int) -> str:
         """SCAN pattern of every usage hash of the tenant (before 2026-12-02)."""

@@ -16,6 +16,8 @@ subscriber of that bucket (one Redis Cluster slot).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,18 +42,13 @@ def _codec() -> str:
 #: period's id and counters (wificore/quota.py FIELDS: d, w, m).
 USAGE_FIELDS = ("octets", "time_s", "d", "do", "dt", "w", "wo", "wt", "m", "mo", "mt")
 
-#: live.lua's reading and writing of its usage field (the week's and month's ids and
-#: counters left out when they follow from the day's), for the scripts here: ``u_load``
-#: completes an unpacked array, ``u_store`` packs one.
+@functools.cache
 def u_load_lua() -> str:
-    """The codec block with ``u_load`` (read when first asked: importing does no I/O)."""
-    global _U_LOAD_LUA
-    if _U_LOAD_LUA is None:
-        _U_LOAD_LUA = _codec() + "local u_load = u_fill\n"
-    return _U_LOAD_LUA
-
-
-_U_LOAD_LUA: str | None = None
+    """live.lua's reading and writing of its usage field (the week's and month's ids and
+    counters left out when they follow from the day's), for the scripts here: ``u_load``
+    completes an unpacked array, ``u_store`` packs one. Read when first asked (importing
+    does no I/O)."""
+    return _codec() + "local u_load = u_fill\n"
 
 #: KEYS: per subscriber its hash, its bucket's NAS epochs, its live set and usage hash of
 #: the layout before 2026-12-02. ARGV[1]: now (epoch s); ARGV[2] '1': the row keys of the
@@ -172,21 +169,14 @@ def parse(reply: Any) -> Snapshot:
 class Reader:
     """:attr:`Reader.script` on one client (a Redis, a Redis Cluster, or queued on a pipeline)."""
 
-    def __init__(self) -> None:
-        import hashlib
-        self._sha: str | None = None
-        self._hashlib = hashlib
-
-    @property
+    @functools.cached_property
     def script(self) -> str:
         """The reader script: live.lua's usage codec and :data:`_READ_BODY`."""
         return u_load_lua() + _READ_BODY
 
-    @property
+    @functools.cached_property
     def sha(self) -> str:
-        if self._sha is None:
-            self._sha = self._hashlib.sha1(self.script.encode()).hexdigest()
-        return self._sha
+        return hashlib.sha1(self.script.encode()).hexdigest()
 
     def queue(self, pipe: Any, keys: Keys, tenant_id: int, username: str, now: float, rows: bool = False) -> None:
         """Queue one subscriber's read on ``pipe`` (EVALSHA: :meth:`run` loads the script
